@@ -1,0 +1,20 @@
+"""wae_fast: fused, memory-flat MMD and reparameterized sampling for Wasserstein Auto-Encoders.
+
+Public API: :func:`mmd`, :func:`mmd_terms`, :class:`MMDLoss`, :class:`IMQ`, :class:`RBF`,
+:func:`reparameterize`, :func:`logvar_penalty`, :func:`available_backends`,
+:func:`which_backend`.  Importing this package never needs Triton, a GPU or a compiled extension.
+"""
+from __future__ import annotations
+
+from . import reference as _reference  # noqa: F401  (registers the reference ops)
+from .dispatch import BACKENDS, available_backends, which_backend
+from .functional import logvar_penalty, mmd, mmd_terms, reparameterize
+from .kernel_specs import IMQ, RBF, WAE_SCALES
+from .losses import MMDLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "IMQ", "RBF", "WAE_SCALES", "MMDLoss", "available_backends", "logvar_penalty",
+    "mmd", "mmd_terms", "reparameterize", "which_backend", "__version__",
+]

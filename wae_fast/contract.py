@@ -1,0 +1,238 @@
+"""The backend contract: one flat op schema that every backend implements.
+
+Every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides two ops in the
+``wae_fast`` namespace, with exactly these schemas (:data:`MMD_FWD_SCHEMA`, :data:`MMD_BWD_SCHEMA`)::
+
+    wae_fast::mmd_fwd_B(Tensor x, Tensor y, Tensor offset, int kind, float[] params,
+                        bool unbiased, bool grad_x, bool grad_y, str precision)
+        -> (Tensor terms, Tensor gx_parts, Tensor gy_parts)
+    wae_fast::mmd_bwd_B(Tensor grad_terms, Tensor x, Tensor y, Tensor offset, int kind,
+                        float[] params, bool unbiased, bool grad_x, bool grad_y, str precision)
+        -> (Tensor gx, Tensor gy)
+
+Meaning:
+
+* ``x`` (N, d), ``y`` (M, d): same device, same floating dtype (fp16/bf16/fp32/fp64), contiguous.
+  ``offset`` (d,) in the compute dtype (fp64 for fp64 inputs, fp32 otherwise): a shared shift
+  subtracted from every point before distances (MMD is translation invariant; the shift avoids
+  cancellation in ||a||^2 + ||b||^2 - 2 a.b). The glue passes mean(y).
+* ``kind``/``params``: the kernel lowered by :mod:`wae_fast.kernel_specs` (IMQ: the C_s; RBF: the
+  gamma_s = 1/(2 bw^2)); the kernel is the unweighted sum over params.
+* ``unbiased``: U-statistic (i == j pairs excluded from the xx and yy sums, which are divided
+  by N(N-1) and M(M-1)) or V-statistic (full means).
+* ``terms``: float64 tensor of shape (3,) = (mean k(x,x'), mean k(y,y'), mean k(x,y)) under the
+  estimator, so MMD^2 = terms[0] + terms[1] - 2 terms[2].
+* ``gx_parts``: either shape (0,) or, when the backend fuses the gradient into the forward
+  (Liger style) and ``grad_x`` is set, shape (2, N, d) in the compute dtype holding
+  d terms[0]/dx and d terms[2]/dx.  ``gy_parts`` likewise: (2, M, d) = d terms[1]/dy, d terms[2]/dy.
+* ``mmd_bwd_B`` is only called when the forward returned empty parts for an input that needs a
+  gradient: it returns sum_t grad_terms[t] * d terms[t] / dx (and dy) in the input dtype, or a
+  (0,) tensor where the flag is off.  ``grad_terms`` is a float64 (3,) tensor on the inputs' device.
+* ``precision``: dot-product precision for fp32 ("ieee" exact, "tf32x3", "tf32"); backends
+  that always compute exactly accept and ignore it.
+
+Sampling ops (``z = mu + exp(logvar / 2) * eps``, eps from a counter-based RNG keyed by seed)::
+
+    wae_fast::reparam_fwd_B(Tensor mu, Tensor logvar, int seed) -> Tensor z
+    wae_fast::reparam_bwd_B(Tensor grad_z, Tensor logvar, int seed) -> Tensor grad_logvar
+
+Backward regenerates eps from ``seed``; grad_mu = grad_z is done by the glue.
+
+To add a backend: call :func:`define_backend_ops` once with its name (this defines the schemas,
+fake implementations and autograd), then register the device implementations: from Python with
+``torch.library.impl("wae_fast::mmd_fwd_B", "CUDA")(fn)`` (or pass ``fwd=``/``bwd=`` here), or from C++
+with ``TORCH_LIBRARY_IMPL(wae_fast, CPU, m) { m.impl("mmd_fwd_B", &fn); }`` (the schema is
+defined here, in Python, once).  Then add it to :mod:`wae_fast.dispatch` and the shared tests
+pick it up.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+NAMESPACE = "wae_fast"
+
+MMD_FWD_SCHEMA = (
+    "(Tensor x, Tensor y, Tensor offset, int kind, float[] params, bool unbiased, "
+    "bool grad_x, bool grad_y, str precision) -> (Tensor, Tensor, Tensor)"
+)
+MMD_BWD_SCHEMA = (
+    "(Tensor grad_terms, Tensor x, Tensor y, Tensor offset, int kind, float[] params, "
+    "bool unbiased, bool grad_x, bool grad_y, str precision) -> (Tensor, Tensor)"
+)
+REPARAM_FWD_SCHEMA = "(Tensor mu, Tensor logvar, int seed) -> Tensor"
+REPARAM_BWD_SCHEMA = "(Tensor grad_z, Tensor logvar, int seed) -> Tensor"
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+_LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
+_DEFINED: set[str] = set()
+
+DOUBLE_BACKWARD_MSG = (
+    "wae_fast: double backward (create_graph=True through mmd/reparameterize) is not "
+    "supported; compute higher derivatives with backend='reference' on a dense formula instead"
+)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation/compute dtype: fp64 for fp64 inputs, fp32 for fp16/bf16/fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def op(name: str):
+    """The OpOverloadPacket ``torch.ops.wae_fast.<name>``."""
+    return getattr(getattr(torch.ops, NAMESPACE), name)
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,))
+
+
+def _define_mmd(backend: str) -> None:
+    fwd, bwd = f"mmd_fwd_{backend}", f"mmd_bwd_{backend}"
+    _LIB.define(fwd + MMD_FWD_SCHEMA)
+    _LIB.define(bwd + MMD_BWD_SCHEMA)
+    qf, qb = f"{NAMESPACE}::{fwd}", f"{NAMESPACE}::{bwd}"
+
+    @torch.library.register_fake(qf)
+    def _fwd_fake(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+        # A fake cannot know whether the backend fuses its gradient; the contract lets the
+        # shapes differ, so the fake reports the fused shapes only for backends that say so.
+        ct = compute_dtype(x.dtype)
+        terms = x.new_empty((3,), dtype=torch.float64)
+        if _FUSES.get(backend, False):
+            gx = x.new_empty((2, x.shape[0], x.shape[1]), dtype=ct) if grad_x else x.new_empty((0,), dtype=ct)
+            gy = y.new_empty((2, y.shape[0], y.shape[1]), dtype=ct) if grad_y else y.new_empty((0,), dtype=ct)
+        else:
+            gx, gy = x.new_empty((0,), dtype=ct), y.new_empty((0,), dtype=ct)
+        return terms, gx, gy
+
+    @torch.library.register_fake(qb)
+    def _bwd_fake(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+        gx = torch.empty_like(x) if grad_x else x.new_empty((0,))
+        gy = torch.empty_like(y) if grad_y else y.new_empty((0,))
+        return gx, gy
+
+    def setup_context(ctx, inputs, output):
+        x, y, offset, kind, params, unbiased, grad_x, grad_y, precision = inputs
+        _, gx_parts, gy_parts = output
+        ctx.args = (kind, params, unbiased, precision)
+        ctx.xdtype, ctx.ydtype = x.dtype, y.dtype
+        ctx.save_for_backward(x, y, offset, gx_parts, gy_parts)
+
+    def backward(ctx, grad_terms, _g_gx, _g_gy):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        x, y, offset, gx_parts, gy_parts = ctx.saved_tensors
+        kind, params, unbiased, precision = ctx.args
+        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_terms = grad_terms.to(torch.float64).contiguous()
+        gx = gy = None
+        fused_x = need_x and gx_parts.numel() > 0
+        fused_y = need_y and gy_parts.numel() > 0
+        if fused_x:
+            c = grad_terms[[0, 2]].to(gx_parts.dtype).view(2, 1, 1)
+            gx = (gx_parts * c).sum(0).to(ctx.xdtype)
+        if fused_y:
+            c = grad_terms[[1, 2]].to(gy_parts.dtype).view(2, 1, 1)
+            gy = (gy_parts * c).sum(0).to(ctx.ydtype)
+        rx, ry = need_x and not fused_x, need_y and not fused_y
+        if rx or ry:
+            bx, by = op(bwd)(grad_terms, x, y, offset, kind, params, unbiased, rx, ry, precision)
+            if rx:
+                gx = bx
+            if ry:
+                gy = by
+        return gx, gy, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(qf, backward, setup_context=setup_context)
+
+
+def _define_reparam(backend: str) -> None:
+    fwd, bwd = f"reparam_fwd_{backend}", f"reparam_bwd_{backend}"
+    _LIB.define(fwd + REPARAM_FWD_SCHEMA)
+    _LIB.define(bwd + REPARAM_BWD_SCHEMA)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{fwd}")
+    def _fwd_fake(mu, logvar, seed):
+        return torch.empty_like(mu)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
+    def _bwd_fake(grad_z, logvar, seed):
+        return torch.empty_like(logvar)
+
+    def setup_context(ctx, inputs, output):
+        mu, logvar, seed = inputs
+        ctx.seed = seed
+        ctx.save_for_backward(logvar)
+
+    def backward(ctx, grad_z):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        (logvar,) = ctx.saved_tensors
+        gmu = grad_z if ctx.needs_input_grad[0] else None
+        glv = None
+        if ctx.needs_input_grad[1]:
+            glv = op(bwd)(grad_z.contiguous(), logvar, ctx.seed)
+        return gmu, glv, None
+
+    torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
+
+
+_FUSES: dict[str, bool] = {}
+
+
+def define_backend_ops(
+    backend: str,
+    *,
+    fuses_grad: bool = False,
+    mmd_fwd: Optional[Callable] = None,
+    mmd_bwd: Optional[Callable] = None,
+    reparam_fwd: Optional[Callable] = None,
+    reparam_bwd: Optional[Callable] = None,
+    dispatch_key: str = "CompositeExplicitAutograd",
+) -> None:
+    """Define the schemas, fakes and autograd of backend ``backend`` (idempotent), and register
+    the given Python implementations under ``dispatch_key`` ("CPU", "CUDA", or
+    "CompositeExplicitAutograd" for any device).
+
+    ``fuses_grad`` declares that ``mmd_fwd`` returns the (2, N, d)/(2, M, d) gradient parts when
+    asked (the fake implementation must know the output shapes for torch.compile).
+    """
+    if backend not in _DEFINED:
+        _FUSES[backend] = fuses_grad
+        _define_mmd(backend)
+        _define_reparam(backend)
+        _DEFINED.add(backend)
+    for name, fn in (("mmd_fwd", mmd_fwd), ("mmd_bwd", mmd_bwd),
+                     ("reparam_fwd", reparam_fwd), ("reparam_bwd", reparam_bwd)):
+        if fn is not None:
+            _LIB.impl(f"{name}_{backend}", fn, dispatch_key)
+
+
+def mmd_terms(
+    backend: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kind: int,
+    params: list[float],
+    unbiased: bool,
+    precision: str = "ieee",
+) -> torch.Tensor:
+    """Call backend ``backend``'s forward op through autograd; returns the float64 (3,) terms.
+
+    Inputs are assumed validated (same device/dtype, 2-D, matching d)."""
+    ct = compute_dtype(x.dtype)
+    x = x.contiguous()
+    y = y.contiguous()
+    offset = y.detach().to(ct).mean(0).contiguous()
+    grad_on = torch.is_grad_enabled()
+    gx, gy = grad_on and x.requires_grad, grad_on and y.requires_grad
+    terms, _, _ = op(f"mmd_fwd_{backend}")(x, y, offset, kind, [float(p) for p in params],
+                                            unbiased, gx, gy, precision)
+    return terms
+
+
+def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
+    return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), int(seed))

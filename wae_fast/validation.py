@@ -1,0 +1,49 @@
+"""Input checks shared by every public entry point: clear exceptions that name the argument."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ESTIMATORS = ("unbiased", "biased")
+
+
+def check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} has unsupported dtype {t.dtype}; expected one of float16, bfloat16, "
+            "float32, float64"
+        )
+
+
+def check_points(x, y, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two point sets (N, d) and (M, d); returns them in their common dtype."""
+    check_tensor("x", x)
+    check_tensor("y", y)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+    for name, t in (("x", x), ("y", y)):
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (points, features), got shape {tuple(t.shape)}; "
+                             "flatten multi-channel latents first, e.g. z.flatten(1)")
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"y has d={y.shape[1]} features but x has d={x.shape[1]}; they must match")
+    if x.device != y.device:
+        raise ValueError(f"x is on {x.device} but y is on {y.device}; move both to one device")
+    if estimator == "unbiased":
+        for name, t in (("x", x), ("y", y)):
+            if t.shape[0] < 2:
+                raise ValueError(f"{name} has {t.shape[0]} point(s); the unbiased estimator needs "
+                                 "at least 2 (use estimator='biased')")
+    if x.dtype != y.dtype:
+        common = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(common), y.to(common)
+    return x, y
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
