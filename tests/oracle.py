@@ -1,0 +1,50 @@
+"""Independent float64 brute force, the oracle every backend is compared with.
+
+Dense on purpose (small N only): r_ij = sum_k (a_ik - b_jk)^2 by direct differences, no matmul
+expansion, no clamping, no shift, so it shares no numerics with the kernels.
+"""
+from __future__ import annotations
+
+import torch
+
+from wae_fast.kernel_specs import KIND_IMQ, KIND_RBF
+
+
+def kernel_matrix(a: torch.Tensor, b: torch.Tensor, kind: int, params) -> torch.Tensor:
+    a, b = a.double(), b.double()
+    r = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    k = torch.zeros_like(r)
+    for p in params:
+        k = k + (p / (p + r) if kind == KIND_IMQ else torch.exp(-p * r))
+    assert kind in (KIND_IMQ, KIND_RBF)
+    return k
+
+
+def mmd_terms(x, y, kind, params, unbiased: bool) -> torch.Tensor:
+    """(mean k(x,x'), mean k(y,y'), mean k(x,y)) in float64; differentiable."""
+    kxx, kyy, kxy = (kernel_matrix(x, x, kind, params), kernel_matrix(y, y, kind, params),
+                     kernel_matrix(x, y, kind, params))
+    n, m = x.shape[0], y.shape[0]
+    if unbiased:
+        txx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+        tyy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    else:
+        txx, tyy = kxx.mean(), kyy.mean()
+    return torch.stack([txx, tyy, kxy.mean()])
+
+
+def mmd(x, y, kind, params, unbiased: bool) -> torch.Tensor:
+    t = mmd_terms(x, y, kind, params, unbiased)
+    return t[0] + t[1] - 2 * t[2]
+
+
+def mmd_and_grads(x, y, kind, params, unbiased: bool, grad_out: float = 1.0):
+    """MMD^2, d/dx and d/dy of grad_out * MMD^2, all float64, plus the error scale
+    sum(terms) + terms[2] (= mean Kxx + mean Kyy + 2 mean Kxy) of DESIGN.md 5b."""
+    xd = x.detach().double().requires_grad_(True)
+    yd = y.detach().double().requires_grad_(True)
+    t = mmd_terms(xd, yd, kind, params, unbiased)
+    val = t[0] + t[1] - 2 * t[2]
+    gx, gy = torch.autograd.grad(val * grad_out, (xd, yd))
+    scale = float(t[0] + t[1] + 2 * t[2])
+    return val.detach(), gx, gy, scale
