@@ -26,8 +26,11 @@ def mmd_terms(x, y, kind, params, unbiased: bool) -> torch.Tensor:
                      kernel_matrix(x, y, kind, params))
     n, m = x.shape[0], y.shape[0]
     if unbiased:
-        txx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-        tyy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        # mask, not subtract: sum - trace cancels when off-diagonal values are tiny
+        offx = ~torch.eye(n, dtype=torch.bool, device=kxx.device)
+        offy = ~torch.eye(m, dtype=torch.bool, device=kyy.device)
+        txx = kxx[offx].sum() / (n * (n - 1))
+        tyy = kyy[offy].sum() / (m * (m - 1))
     else:
         txx, tyy = kxx.mean(), kyy.mean()
     return torch.stack([txx, tyy, kxy.mean()])
@@ -46,5 +49,5 @@ def mmd_and_grads(x, y, kind, params, unbiased: bool, grad_out: float = 1.0):
     t = mmd_terms(xd, yd, kind, params, unbiased)
     val = t[0] + t[1] - 2 * t[2]
     gx, gy = torch.autograd.grad(val * grad_out, (xd, yd))
-    scale = float(t[0] + t[1] + 2 * t[2])
+    scale = float((t[0] + t[1] + 2 * t[2]).detach())
     return val.detach(), gx, gy, scale

@@ -32,9 +32,11 @@ def _as_tuple(name: str, value: Union[Number, Sequence[Number]]) -> tuple[float,
     if isinstance(value, (int, float)):
         vals = (float(value),)
     else:
+        if isinstance(value, str):
+            raise TypeError(f"{name} must be a positive number or a sequence of them, got {value!r}")
         try:
             vals = tuple(float(v) for v in value)
-        except TypeError:
+        except (TypeError, ValueError):
             raise TypeError(
                 f"{name} must be a positive number or a sequence of them, got {value!r}"
             ) from None

@@ -1,0 +1,80 @@
+"""Small-shape CUDA cases for compute-sanitizer (memcheck, racecheck): every GPU backend, awkward
+shapes (not multiples of any tile), both estimators and kernels, fwd+bwd, bf16, reparameterize.
+Each result is compared with the reference backend on the same device (errors judged against the
+scale mean(Kxx) + mean(Kyy) + 2 mean(Kxy), DESIGN.md 5b). Exit status 1 when a case fails.
+
+    python benchmarks/sanitize_cases.py            # on CUDA (CPU when no GPU: dry run)
+    compute-sanitizer --tool memcheck python benchmarks/sanitize_cases.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import wae_fast  # noqa: E402
+from wae_fast import IMQ, RBF  # noqa: E402
+
+SHAPES = [(37, 53, 3), (64, 64, 16), (130, 70, 64), (5, 300, 257)]
+
+
+def main() -> int:
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    av = wae_fast.available_backends(dev)
+    backends = [b for b in ("triton", "cuda") if av[b] is None]
+    for b in ("triton", "cuda"):
+        if av[b] is not None:
+            print(f"skip backend {b} on {dev}: {av[b]}")
+    if dev == "cpu":
+        print("no GPU found: running the cases on CPU with the reference backend only (dry run)")
+        backends = ["reference"]
+    fails = 0
+    g = torch.Generator().manual_seed(0)
+    for backend in backends:
+        for (n, m, d) in SHAPES:
+            for spec, est in ((IMQ(), "unbiased"), (RBF(), "biased")):
+                for dtype in (torch.float32, torch.bfloat16):
+                    x = (torch.randn(n, d, generator=g) + 0.2).to(dev, dtype).requires_grad_(True)
+                    y = torch.randn(m, d, generator=g).to(dev, dtype)
+                    tag = f"{backend} N={n} M={m} d={d} {type(spec).__name__} {est} {str(dtype)[6:]}"
+                    try:
+                        out = wae_fast.mmd(x, y, spec, estimator=est, backend=backend)
+                        out.backward()
+                        gx = x.grad.detach().float().clone()
+                        x.grad = None
+                        xr = x.detach().float().requires_grad_(True)
+                        terms = wae_fast.mmd_terms(xr, y.float(), spec, estimator=est, backend="reference")
+                        ref = terms[0] + terms[1] - 2 * terms[2]
+                        ref.backward()
+                        scale = float(terms[0] + terms[1] + 2 * terms[2])
+                        tol = 1e-4 if dtype == torch.float32 else 3e-2
+                        err = abs(float(out) - float(ref)) / scale
+                        gerr = float((gx - xr.grad.float()).norm() / (xr.grad.norm() + 1e-30))
+                        ok = err < tol and gerr < (1e-3 if dtype == torch.float32 else 5e-2)
+                        fails += not ok
+                        print(f"{'ok  ' if ok else 'FAIL'} {tag}: value err/scale {err:.2e}, grad rel err {gerr:.2e}")
+                    except Exception as exc:  # report, keep going
+                        fails += 1
+                        print(f"FAIL {tag}: {type(exc).__name__}: {exc}")
+        try:
+            mu = torch.randn(33, 17, generator=g).to(dev).requires_grad_(True)
+            lv = (torch.randn(33, 17, generator=g) * 0.3).to(dev).requires_grad_(True)
+            z = wae_fast.reparameterize(mu, lv, generator=torch.Generator(dev).manual_seed(3), backend=backend)
+            z.backward(torch.ones_like(z))
+            ok = bool(torch.isfinite(z).all()) and bool(torch.allclose(mu.grad, torch.ones_like(mu)))
+            fails += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {backend} reparameterize 33x17 fwd+bwd")
+        except Exception as exc:
+            fails += 1
+            print(f"FAIL {backend} reparameterize: {type(exc).__name__}: {exc}")
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    print(f"sanitize cases: {fails} failure(s)")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+// Fused, memory-flat MMD tile kernels for the CPU backend.
+//
+// This file is included several times by mmd_cpu.cpp, once per instruction set, inside a
+// namespace named WAE_CPU_NS and (for the SIMD variants) under `#pragma GCC target(...)`, so
+// the same portable code (GCC vector extensions, 32-byte vectors) is compiled for the baseline
+// x86-64 ISA and for AVX2+FMA; mmd_cpu.cpp picks one at run time (no -march flags needed).
+//
+// Layout (prepared by mmd_cpu.cpp):
+//   A  (nA_pad x dp) row-major shifted points, rows padded to a multiple of kTile, columns
+//      padded to dp (a multiple of the vector length) with zeros;
+//   At (dp x nA_pad) the same, transposed (used when A is the column operand);
+//   nrmA (nA_pad) squared norms.
+// The pair matrix is cut into kTile x kTile tiles.  Per tile: dot products by a 4 x 2L register
+// micro-kernel, the squared distance, clamp, exact r_ii = 0, all kernel scales and dk/dr are
+// evaluated in registers (epilogue), the kernel sum accumulated in a vector, and (only if a
+// gradient is wanted) W = dk/dr stored into a tile buffer that two small matmuls consume:
+//   row side  g_i += rowsum(W)_i a_i - (W b)_i,   column side g_j += colsum(W)_j b_j - (W^T a)_j.
+// Symmetric (self) terms visit tiles J >= I only, off-diagonal tiles count twice.
+// Work is split into a FIXED number of stripes (a function of the problem size only); each stripe
+// owns fp64 partial sums (and fp64 gradient partial buffers where several stripes write the same
+// rows); partials are combined in stripe order, so results are bit-identical whatever the thread
+// count or scheduling.
+
+#ifndef WAE_CPU_NS
+#error "define WAE_CPU_NS before including mmd_cpu_kernel.h"
+#endif
+
+namespace WAE_CPU_NS {
+
+using wae_fast::kMaxScales;
+constexpr int64_t kTile = 64;  // rows and columns of a pair tile
+
+template <class T> struct Vec;
+template <> struct Vec<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  typedef int32_t IS;
+  static constexpr int L = 8;
+  static I iota() { return I{0, 1, 2, 3, 4, 5, 6, 7}; }
+};
+template <> struct Vec<double> {
+  typedef double V __attribute__((vector_size(32)));
+  typedef int64_t I __attribute__((vector_size(32)));
+  typedef int64_t IS;
+  static constexpr int L = 4;
+  static I iota() { return I{0, 1, 2, 3}; }
+};
+
+template <class V, class T>
+static inline __attribute__((always_inline)) V vload(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V, class T>
+static inline __attribute__((always_inline)) void vstore(T* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+template <class T, class V>
+static inline __attribute__((always_inline)) double hsum(V v) {
+  double s = 0;
+  for (int l = 0; l < Vec<T>::L; ++l) s += double(v[l]);
+  return s;
+}
+
+// Vectorised exp for x <= 0 (Cephes expf polynomial, ~1 ulp), flushing to 0 below -87.3.
+static inline __attribute__((always_inline)) Vec<float>::V vexp_neg(Vec<float>::V x) {
+  typedef Vec<float>::V V;
+  typedef Vec<float>::I I;
+  const V zero = V{} + 0.0f;
+  I under = x < -87.3f;
+  x = under ? zero - 87.3f : x;
+  V t = x * 1.44269504088896341f;
+  I ti = __builtin_convertvector(t, I);
+  V tf = __builtin_convertvector(ti, V);
+  I adj = tf > t;  // -1 where truncation rounded up (t < 0)
+  ti = ti + adj;
+  tf = __builtin_convertvector(ti, V);
+  V f = x - tf * 0.693359375f - tf * (-2.12194440e-4f);
+  V z = f * f;
+  V y = ((((1.9875691500e-4f * f + 1.3981999507e-3f) * f + 8.3334519073e-3f) * f + 4.1665795894e-2f) * f +
+         1.6666665459e-1f) * f + 5.0000001201e-1f;
+  y = y * z + f + 1.0f;
+  I e = (ti + 127) << 23;
+  V p2;
+  __builtin_memcpy(&p2, &e, sizeof(V));
+  y = y * p2;
+  return under ? zero : y;
+}
+static inline __attribute__((always_inline)) Vec<double>::V vexp_neg(Vec<double>::V x) {
+  Vec<double>::V y;
+  for (int l = 0; l < 4; ++l) y[l] = std::exp(x[l]);
+  return y;
+}
+
+template <class T>
+struct Operand {
+  const T* rows;   // (n_pad x dp)
+  const T* cols;   // (dp x n_pad) transposed
+  const T* nrm;    // (n_pad)
+  int64_t n;       // valid points
+  int64_t n_pad;   // multiple of kTile
+};
+
+template <class T>
+struct Problem {
+  Operand<T> a, b;  // rows from a, columns from b (a == b for a self term)
+  int64_t dp;
+  int kind;
+  int S;
+  T P[kMaxScales];
+  bool symmetric;
+  bool unbiased;
+};
+
+// One kTile x kTile tile: returns the kernel sum over valid pairs (in fp64, from a compute-type
+// vector accumulator); with GRAD, stores W (kTile x kTile), row sums RS and column sums CS.
+template <class T, int KIND, bool GRAD>
+static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool diag, T* __restrict W,
+                           T* __restrict RS, T* __restrict CS) {
+  typedef typename Vec<T>::V V;
+  typedef typename Vec<T>::I I;
+  constexpr int L = Vec<T>::L;
+  const int64_t dp = pb.dp;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict Bt = pb.b.cols;
+  const int64_t ldb = pb.b.n_pad;
+  const T* __restrict na = pb.a.nrm;
+  const T* __restrict nb = pb.b.nrm;
+  const int S = pb.S;
+  T P[kMaxScales];
+  for (int s = 0; s < S; ++s) P[s] = pb.P[s];
+  const V zero = V{} + T(0);
+  const I izero = I{} + 0;
+  const I iota = Vec<T>::iota();
+  V ksum = zero;
+  if (GRAD)
+    for (int j = 0; j < kTile; ++j) CS[j] = T(0);
+  for (int ib = 0; ib < kTile; ib += 4) {
+    const int64_t ibase = i0 + ib;
+    if (ibase >= pb.a.n) {  // whole group of rows is padding
+      if (GRAD) {
+        for (int r = ib; r < kTile; ++r) {
+          RS[r] = T(0);
+          for (int j = 0; j < kTile; ++j) W[r * kTile + j] = T(0);
+        }
+      }
+      break;
+    }
+    V rs[4] = {zero, zero, zero, zero};
+    for (int jb = 0; jb < kTile; jb += 2 * L) {
+      V acc[4][2];
+      for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
+      const T* a0 = A + ibase * dp;
+      const T* bp = Bt + j0 + jb;
+      for (int64_t k = 0; k < dp; ++k) {
+        V b0 = vload<V>(bp + k * ldb), b1 = vload<V>(bp + k * ldb + L);
+        for (int r = 0; r < 4; ++r) {
+          T av = a0[r * dp + k];
+          acc[r][0] += av * b0;
+          acc[r][1] += av * b1;
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        const int64_t i = ibase + r;
+        const I rowvalid = izero + (i < pb.a.n ? -1 : 0);
+        const T nai = na[i];
+        for (int h = 0; h < 2; ++h) {
+          const int64_t jbase = j0 + jb + h * L;
+          V nbv = vload<V>(nb + jbase);
+          V rr = nai + nbv - T(2) * acc[r][h];
+          rr = rr > zero ? rr : zero;
+          I jidx = iota + (typename Vec<T>::IS)(jbase);
+          I valid = (jidx < (typename Vec<T>::IS)(pb.b.n)) & rowvalid;
+          I dmask = izero;
+          if (diag) {
+            dmask = jidx == (typename Vec<T>::IS)(i);
+            rr = dmask ? zero : rr;
+          }
+          V kv = zero, wv = zero;
+          if (KIND == wae_fast::KIND_IMQ) {
+            wae_fast::imq_eval(rr, P, S, kv, wv);
+          } else {
+            for (int s = 0; s < S; ++s) {
+              V e = vexp_neg(-(P[s] * rr));
+              kv += e;
+              wv -= P[s] * e;
+            }
+          }
+          I kmask = pb.unbiased ? (valid & ~dmask) : valid;
+          ksum += kmask ? kv : zero;
+          if (GRAD) {
+            wv = (valid & ~dmask) ? wv : zero;
+            vstore(W + (ib + r) * kTile + jb + h * L, wv);
+            rs[r] += wv;
+            vstore(CS + jb + h * L, vload<V>(CS + jb + h * L) + wv);
+          }
+        }
+      }
+    }
+    if (GRAD)
+      for (int r = 0; r < 4; ++r) {
+        T s = T(0);
+        for (int l = 0; l < L; ++l) s += rs[r][l];
+        RS[ib + r] = s;
+      }
+  }
+  return hsum<T>(ksum);
+}
+
+// Row side: g[i0 + i] += RS_i a_i - (W b)_i   (g: fp64, n_pad x dp)
+template <class T>
+static void tile_grad_rows(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                           const T* __restrict RS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  constexpr int L = Vec<T>::L;
+  const int64_t dp = pb.dp;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict B = pb.b.rows;
+  const int64_t jn = std::min<int64_t>(kTile, pb.b.n - j0);
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  const V zero = V{} + T(0);
+  for (int64_t ib = 0; ib < in; ib += 4) {
+    for (int64_t kc = 0; kc < dp; kc += L) {
+      V acc[4] = {zero, zero, zero, zero};
+      for (int64_t j = 0; j < jn; ++j) {
+        V bv = vload<V>(B + (j0 + j) * dp + kc);
+        for (int r = 0; r < 4; ++r) acc[r] += W[(ib + r) * kTile + j] * bv;
+      }
+      for (int r = 0; r < 4; ++r) {
+        const int64_t i = i0 + ib + r;
+        V out = RS[ib + r] * vload<V>(A + i * dp + kc) - acc[r];
+        double* gp = g + i * dp + kc;
+        for (int l = 0; l < L; ++l) gp[l] += double(out[l]);
+      }
+    }
+  }
+}
+
+// Column side: g[j0 + j] += CS_j b_j - (W^T a)_j
+template <class T>
+static void tile_grad_cols(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                           const T* __restrict CS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  constexpr int L = Vec<T>::L;
+  const int64_t dp = pb.dp;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict B = pb.b.rows;
+  const int64_t jn = std::min<int64_t>(kTile, pb.b.n - j0);
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  const V zero = V{} + T(0);
+  for (int64_t jb = 0; jb < jn; jb += 4) {
+    for (int64_t kc = 0; kc < dp; kc += L) {
+      V acc[4] = {zero, zero, zero, zero};
+      for (int64_t i = 0; i < in; ++i) {
+        V av = vload<V>(A + (i0 + i) * dp + kc);
+        const T* wr = W + i * kTile + jb;
+        for (int c = 0; c < 4; ++c) acc[c] += wr[c] * av;
+      }
+      for (int c = 0; c < 4; ++c) {
+        const int64_t j = j0 + jb + c;
+        V out = CS[jb + c] * vload<V>(B + j * dp + kc) - acc[c];
+        double* gp = g + j * dp + kc;
+        for (int l = 0; l < L; ++l) gp[l] += double(out[l]);
+      }
+    }
+  }
+}
+
+// Runs stripe `s` of `nstripes`: row blocks I = s, s + nstripes, ...; returns the stripe's
+// kernel sum (off-diagonal tiles of a symmetric term doubled).  g_rows / g_cols (fp64, may be
+// null) receive the row-side / column-side gradient sums.
+template <class T, int KIND, bool GRAD>
+static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_rows, double* g_cols) {
+  alignas(64) T W[kTile * kTile];
+  alignas(64) T RS[kTile];
+  alignas(64) T CS[kTile];
+  const int64_t nbi = (pb.a.n + kTile - 1) / kTile;
+  const int64_t nbj = (pb.b.n + kTile - 1) / kTile;
+  double total = 0.0;
+  for (int64_t I = s; I < nbi; I += nstripes) {
+    const int64_t i0 = I * kTile;
+    double row_total = 0.0;
+    for (int64_t J = pb.symmetric ? I : 0; J < nbj; ++J) {
+      const int64_t j0 = J * kTile;
+      const bool diag = pb.symmetric && I == J;
+      double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
+      row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
+      if (GRAD) {
+        if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
+      }
+    }
+    total += row_total;
+  }
+  return total;
+}
+
+template <class T>
+double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_rows, double* g_cols) {
+  const bool grad = g_rows != nullptr || g_cols != nullptr;
+  if (pb.kind == wae_fast::KIND_IMQ)
+    return grad ? run_stripe_k<T, wae_fast::KIND_IMQ, true>(pb, s, nstripes, g_rows, g_cols)
+                : run_stripe_k<T, wae_fast::KIND_IMQ, false>(pb, s, nstripes, g_rows, g_cols);
+  return grad ? run_stripe_k<T, wae_fast::KIND_RBF, true>(pb, s, nstripes, g_rows, g_cols)
+              : run_stripe_k<T, wae_fast::KIND_RBF, false>(pb, s, nstripes, g_rows, g_cols);
+}
+
+template double run_stripe<float>(const Problem<float>&, int64_t, int64_t, double*, double*);
+template double run_stripe<double>(const Problem<double>&, int64_t, int64_t, double*, double*);
+
+}  // namespace WAE_CPU_NS

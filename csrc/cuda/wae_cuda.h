@@ -1,0 +1,45 @@
+// C ABI of the wae_fast CUDA kernels (csrc/cuda/*.cu, compiled by nvcc with NO torch headers).
+// The binding (binding.cpp) allocates memory with torch and passes raw pointers and the stream.
+//
+// dtype codes: 0 = float32, 1 = float64, 2 = float16, 3 = bfloat16.  The compute dtype is
+// float64 for float64 inputs, float32 otherwise.  All launchers return a cudaError_t as int
+// (0 = success) and never synchronise.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { WAE_F32 = 0, WAE_F64 = 1, WAE_F16 = 2, WAE_BF16 = 3 };
+
+//! Bytes of scratch memory mmd_fwd / mmd_bwd need (256-byte aligned pieces).
+size_t wae_mmd_workspace_bytes(int dtype, int64_t n, int64_t m, int64_t d, int for_backward);
+
+//! terms (device, float64, 3) = (mean k(x,x'), mean k(y,y'), mean k(x,y)) under the estimator.
+//! offset: device, compute dtype, d elements.  params: HOST array of nparams (<= 16) doubles.
+int wae_mmd_fwd(int dtype, const void* x, const void* y, const void* offset, int64_t n, int64_t m, int64_t d,
+                int kind, const double* params, int nparams, int unbiased, double* terms, void* workspace,
+                size_t workspace_bytes, cudaStream_t stream);
+
+//! gx (n, d) and/or gy (m, d) in the INPUT dtype (null to skip) = sum_t grad_terms[t] d terms[t]/d.
+//! grad_terms: HOST array of 3 doubles (the binding copies the (3,) tensor once).
+int wae_mmd_bwd(int dtype, const void* x, const void* y, const void* offset, int64_t n, int64_t m, int64_t d,
+                int kind, const double* params, int nparams, int unbiased, const double* grad_terms, void* gx,
+                void* gy, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+//! z = mu + exp(logvar / 2) * eps, eps[i] = tl.randn(seed, i) (flat int64 index), input dtype.
+int wae_reparam_fwd(int dtype, const void* mu, const void* logvar, void* z, int64_t numel, uint64_t seed,
+                    cudaStream_t stream);
+
+//! grad_logvar = grad_z * eps * exp(logvar / 2) / 2, eps regenerated from seed.
+int wae_reparam_bwd(int dtype, const void* grad_z, const void* logvar, void* grad_logvar, int64_t numel,
+                    uint64_t seed, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

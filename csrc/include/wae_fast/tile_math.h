@@ -1,0 +1,210 @@
+// Per-pair / per-tile math shared by the CPU backend (csrc/cpu) and the CUDA kernels
+// (csrc/cuda).  No torch headers: this file must compile under g++ and nvcc alike.
+//
+// Conventions (DESIGN.md, wae_fast/contract.py), r = ||a - b||^2 of SHIFTED points:
+//   IMQ  params C_s:     k = sum_s C_s / (C_s + r),   dk/dr = -sum_s C_s / (C_s + r)^2
+//   RBF  params gamma_s: k = sum_s exp(-gamma_s r),   dk/dr = -sum_s gamma_s exp(-gamma_s r)
+//
+// The functions are templates on the value type V, which may be a scalar (float, double) or a
+// GCC vector-extension type (the CPU backend evaluates 8 pairs at once with them): they use
+// only + - * / and the helpers below, never branches on values.
+#pragma once
+
+#include <cstdint>
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define WAE_HD __host__ __device__ __forceinline__
+#else
+#define WAE_HD inline __attribute__((always_inline))
+#endif
+
+namespace wae_fast {
+
+enum KernelKind : int { KIND_IMQ = 0, KIND_RBF = 1 };
+
+//! Maximum number of kernel scales the compiled kernels accept (params beyond it are rejected
+//! by the bindings with a clear error).
+constexpr int kMaxScales = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Squared distance from a dot product and the two squared norms, clamped at 0.
+// ---------------------------------------------------------------------------------------------
+template <class T>
+WAE_HD T clamp0(T r) { return r > T(0) ? r : T(0); }
+
+template <class T>
+WAE_HD T sq_dist_from_dot(T dot, T na, T nb) { return clamp0(na + nb - T(2) * dot); }
+
+// ---------------------------------------------------------------------------------------------
+// IMQ: two scales with ONE division.  With a = C1 + r, b = C2 + r, inv = 1/(a b):
+// 1/a = b inv, 1/b = a inv.  a b overflows fp32 only for r > ~1.8e19 (points ~4e9 apart), far
+// beyond the 7-scale product's limit of r ~ 3.5e5 (DESIGN.md 5b); there, both terms flush to 0
+// (their true values are < C / 1e19).  Accuracy: ~2 ulp per reciprocal.
+// k += C1/a + C2/b ; w -= C1/a^2 + C2/b^2
+// ---------------------------------------------------------------------------------------------
+//! 1/x: IEEE-rounded on the GPU (__frcp_rn: one MUFU.RCP + Newton fix-up, much cheaper than a
+//! full division), a plain division elsewhere (scalars or CPU vectors).
+template <class V, class S>
+struct Recip {
+  static WAE_HD V f(V x) { return S(1) / x; }
+};
+template <>
+struct Recip<float, float> {
+  static WAE_HD float f(float x) {
+#if defined(__CUDA_ARCH__)
+    return __frcp_rn(x);
+#else
+    return 1.0f / x;
+#endif
+  }
+};
+template <>
+struct Recip<double, double> {
+  static WAE_HD double f(double x) {
+#if defined(__CUDA_ARCH__)
+    return __drcp_rn(x);
+#else
+    return 1.0 / x;
+#endif
+  }
+};
+template <class V, class S>
+WAE_HD V recip(V x) { return Recip<V, S>::f(x); }
+
+template <class V, class S>
+WAE_HD void imq_pair(V r, S c1, S c2, V& k, V& w) {
+  V a = r + c1, b = r + c2;
+  V inv = recip<V, S>(a * b);
+  V t1 = b * inv, t2 = a * inv;
+  V k1 = c1 * t1, k2 = c2 * t2;
+  k += k1 + k2;
+  w -= k1 * t1 + k2 * t2;
+}
+
+template <class V, class S>
+WAE_HD void imq_one(V r, S c, V& k, V& w) {
+  V t = recip<V, S>(r + c);
+  V kk = c * t;
+  k += kk;
+  w -= kk * t;
+}
+
+//! Multi-scale IMQ value and derivative dk/dr (sum over nscales <= kMaxScales constants in C).
+//! The loop runs to the compile-time bound with a predicate, so that on the GPU it unrolls and
+//! C[] is indexed statically (kernel-parameter space, no local-memory copy).
+template <class V, class S>
+WAE_HD void imq_eval(V r, const S* C, int nscales, V& k, V& w) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int s = 0; s < kMaxScales; s += 2) {
+    if (s + 1 < nscales) {
+      imq_pair(r, C[s], C[s + 1], k, w);
+    } else {
+      if (s < nscales) imq_one(r, C[s], k, w);
+      break;
+    }
+  }
+}
+
+//! Multi-scale RBF given an exp functor: k = sum exp(-g r), w = -sum g exp(-g r).
+template <class V, class S, class Exp>
+WAE_HD void rbf_eval(V r, const S* G, int nscales, V& k, V& w, Exp expf_) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int s = 0; s < kMaxScales; ++s) {
+    if (s >= nscales) break;
+    V e = expf_(-(G[s] * r));
+    k += e;
+    w -= G[s] * e;
+  }
+}
+
+//! Reference single-pair evaluation in any scalar type (used by host tests).
+template <class T>
+WAE_HD void kernel_eval_scalar(int kind, T r, const T* P, int nscales, T& k, T& w, T (*expfn)(T)) {
+  k = T(0);
+  w = T(0);
+  if (kind == KIND_IMQ) imq_eval(r, P, nscales, k, w);
+  else rbf_eval(r, P, nscales, k, w, expfn);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accumulation helpers.
+// ---------------------------------------------------------------------------------------------
+//! Kahan-free fixed-order accumulation of fp32 partials into fp64 (tile -> block -> total).
+template <class T>
+WAE_HD void acc64(double& acc, T v) { acc += static_cast<double>(v); }
+
+//! Number of (ordered) pairs each term is normalised by.
+WAE_HD double pair_count_self(int64_t n, bool unbiased) {
+  return unbiased ? double(n) * double(n - 1) : double(n) * double(n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Philox 4x32-10 and randn, reproducing Triton's tl.randn(seed, offset) (triton/language/random.py):
+//   seed (uint64) -> keys k0 = low 32 bits, k1 = high 32 bits; counters (c0,c1,c2,c3) =
+//   (offset low 32, offset high 32 [0 for int32 offsets], 0, 0); randn uses the first two
+//   outputs: u1 = max(uint_to_uniform(r0), 1e-7), u2 = uint_to_uniform(r1),
+//   randn = sqrt(-2 log u1) * cos(2 pi u2).
+// ---------------------------------------------------------------------------------------------
+constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;
+constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;
+constexpr uint32_t kPhiloxRoundA = 0xD2511F53u;
+constexpr uint32_t kPhiloxRoundB = 0xCD9E8D57u;
+
+WAE_HD void umulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  uint64_t p = uint64_t(a) * uint64_t(b);
+  hi = uint32_t(p >> 32);
+  lo = uint32_t(p);
+}
+
+WAE_HD void philox4x32_10(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int i = 0; i < 10; ++i) {
+    uint32_t _c0 = c0, _c2 = c2;
+    uint32_t hi_b, lo_b, hi_a, lo_a;
+    umulhilo32(kPhiloxRoundB, _c2, hi_b, lo_b);  // c0 = umulhi(B, _c2) ^ c1 ^ k0
+    umulhilo32(kPhiloxRoundA, _c0, hi_a, lo_a);  // c2 = umulhi(A, _c0) ^ c3 ^ k1
+    c0 = hi_b ^ c1 ^ k0;
+    c2 = hi_a ^ c3 ^ k1;
+    c1 = lo_b;                                   // c1 = B * _c2
+    c3 = lo_a;                                   // c3 = A * _c0
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+}
+
+//! Triton's uint_to_uniform_float for 32-bit ints: x < 0 (as int32) -> -x - 1, times 2^-31 (fp32).
+WAE_HD float uint_to_uniform_float(uint32_t u) {
+  int32_t x = static_cast<int32_t>(u);
+  x = x < 0 ? ~x : x;  // == -x - 1 in two's complement, without the INT_MIN overflow
+  return static_cast<float>(x) * 4.6566127342e-10f;
+}
+
+//! The two uniforms tl.randn uses for (seed, offset); u1 already clamped to >= 1e-7.
+WAE_HD void philox_uniform_pair(uint64_t seed, uint64_t offset, float& u1, float& u2) {
+  uint32_t c0 = uint32_t(offset), c1 = uint32_t(offset >> 32), c2 = 0, c3 = 0;
+  philox4x32_10(c0, c1, c2, c3, uint32_t(seed), uint32_t(seed >> 32));
+  u1 = uint_to_uniform_float(c0);
+  u2 = uint_to_uniform_float(c1);
+  u1 = u1 < 1.0e-7f ? 1.0e-7f : u1;
+}
+
+//! tl.randn(seed, offset): Box-Muller (first output) of the Philox uniform pair, in fp32.
+WAE_HD float philox_randn(uint64_t seed, uint64_t offset) {
+  float u1, u2;
+  philox_uniform_pair(seed, offset, u1, u2);
+  const float th = 6.283185307179586f * u2;
+#if defined(__CUDA_ARCH__)
+  return sqrtf(-2.0f * logf(u1)) * cosf(th);
+#else
+  return std::sqrt(-2.0f * std::log(u1)) * std::cos(th);
+#endif
+}
+
+}  // namespace wae_fast

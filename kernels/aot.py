@@ -1,0 +1,203 @@
+"""Ahead-of-time compile check of every Triton kernel of wae_fast for sm_90, without a GPU.
+
+    python -m wae_fast.kernels.aot [--quick] [--arch 90] [--json FILE]
+
+Compiles each distinct code path (kernel function x kernel kind x dtype x estimator x symmetry x
+ragged/even tiles x dot precision x padded d) with ``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", arch, 32))`` and prints registers and spills per variant, read from
+``ptxas -v`` run on the generated PTX (the ``n_regs``/``n_spills`` fields of a compiled kernel are
+only filled when the binary is loaded on a GPU).  Exits 1 if any variant fails to compile.
+
+TRITON_INTERPRET must be unset (the interpreter replaces ``@triton.jit``): run this in a fresh
+process.  Written for Triton 3.6/3.7 (signature dict with "constexpr" entries + constexprs
+dict keyed by name); an older API (constants keyed by index, constexprs absent from the
+signature) is tried as a fallback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    raise SystemExit("wae_fast.kernels.aot: unset TRITON_INTERPRET (the interpreter cannot compile)")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from . import mmd as M  # noqa: E402
+from . import reparam as R  # noqa: E402
+
+_PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}
+
+
+def _jit_fn(k):
+    """The JITFunction under autotune/heuristics wrappers."""
+    while not isinstance(k, triton.runtime.jit.JITFunction):
+        k = k.fn
+    return k
+
+
+def _ct(dtype):
+    return ("fp64", tl.float64) if dtype == "fp64" else ("fp32", tl.float32)
+
+
+def mmd_variants(quick: bool = False):
+    """(name, kernel, runtime signature, constexprs, num_warps, num_stages)."""
+    out = []
+
+    def fwd(dtype, kind, sym, unb, d=64, block=64, warps=4, even=False, prec="ieee", scales=7):
+        cts, ct = _ct(dtype)
+        dp = M.padded_dim(d)
+        sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "PART": "*fp64",
+               "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
+        cx = dict(SYM=sym, UNBIASED=unb, KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct,
+                  BLOCK=block, DP=dp, EVEN_A=even, EVEN_B=even, EVEN_D=(d == dp))
+        name = (f"mmd_fwd {'imq' if kind == 0 else 'rbf'} {dtype} {'sym' if sym else 'xy'}"
+                f"{' unbiased' if (sym and unb) else (' biased' if sym else '')} d={d} B={block} w={warps}"
+                f"{' even' if even else ''}{'' if prec == 'ieee' else ' ' + prec} S={scales}")
+        out.append((name, M._mmd_fwd_kernel, sig, cx, warps, 2))
+
+    def bwd(dtype, kind, d=64, block=64, warps=4, even=False, prec="ieee", scales=7):
+        cts, ct = _ct(dtype)
+        dp = M.padded_dim(d)
+        sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "COEF": "*" + cts,
+               "G": _PTR[dtype], "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
+        cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct, BLOCK=block, DP=dp,
+                  EVEN_A=even, EVEN_B=even, EVEN_D=(d == dp))
+        name = (f"mmd_bwd {'imq' if kind == 0 else 'rbf'} {dtype} d={d} B={block} w={warps}"
+                f"{' even' if even else ''}{'' if prec == 'ieee' else ' ' + prec} S={scales}")
+        out.append((name, M._mmd_bwd_kernel, sig, cx, warps, 2))
+
+    dtypes = ("fp32", "bf16") if quick else ("fp32", "fp16", "bf16", "fp64")
+    for dtype in dtypes:
+        for kind in (M.KIND_IMQ, M.KIND_RBF):
+            sc = 7 if kind == M.KIND_IMQ else 3
+            for sym, unb in ((True, True), (True, False), (False, True)):
+                fwd(dtype, kind, sym, unb, scales=sc)
+            bwd(dtype, kind, scales=sc)
+    # The shapes/tiles/precisions that change the generated code, on fp32 IMQ.
+    fwd("fp32", 0, True, True, even=True)
+    fwd("fp32", 0, False, True, block=128, warps=8, even=True)
+    bwd("fp32", 0, block=128, warps=8, even=True)
+    for d, block in ((1, 64), (3, 64), (130, 32)):
+        fwd("fp32", 0, True, True, d=d, block=block)
+        bwd("fp32", 0, d=d, block=block)
+    fwd("fp32", 0, True, True, d=600, block=16)
+    bwd("fp32", 0, d=600, block=16)
+    fwd("fp32", 0, True, True, scales=1)
+    for prec in ("tf32", "tf32x3"):
+        fwd("fp32", 0, True, True, prec=prec)
+        fwd("fp32", 0, False, True, prec=prec)
+        bwd("fp32", 0, prec=prec)
+    fwd("fp16", 0, False, True, prec="tf32")
+    return out
+
+
+def reparam_variants(quick: bool = False):
+    out = []
+    for dtype in (("fp32", "bf16") if quick else ("fp32", "fp16", "bf16", "fp64")):
+        cts, ct = _ct(dtype)
+        sig = {"MU": _PTR[dtype], "LV": _PTR[dtype], "Z": _PTR[dtype], "n": "i32", "seed": "i32"}
+        out.append((f"reparam_fwd {dtype}", R._reparam_fwd_kernel, sig, dict(CT=ct, BLOCK=1024), 4, 1))
+        sig = {"GZ": _PTR[dtype], "LV": _PTR[dtype], "GLV": _PTR[dtype], "n": "i32", "seed": "i32"}
+        out.append((f"reparam_bwd {dtype}", R._reparam_bwd_kernel, sig, dict(CT=ct, BLOCK=1024), 4, 1))
+    return out
+
+
+def _attrs(fn, sig, backend):
+    """Mark pointer arguments 16-byte aligned, as the launcher specialises them at run time."""
+    try:
+        return {(fn.arg_names.index(k),): backend.parse_attr("D") for k, v in sig.items() if v.startswith("*")}
+    except Exception:  # older API
+        return None
+
+
+def _source(fn, sig, cx, backend):
+    full = {}
+    for name in fn.arg_names:
+        full[name] = sig[name] if name in sig else "constexpr"
+    try:
+        return ASTSource(fn, full, constexprs=dict(cx), attrs=_attrs(fn, sig, backend))
+    except TypeError:
+        # Triton <= 3.1: constexprs keyed by index and absent from the signature.
+        sig_idx = {fn.arg_names.index(k): v for k, v in sig.items()}
+        cst = {fn.arg_names.index(k): v for k, v in cx.items()}
+        return ASTSource(fn, sig_idx, cst)
+
+
+def _ptxas():
+    here = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    return os.environ.get("TRITON_PTXAS_PATH", here)
+
+
+def _usage(ptx: str):
+    """(registers, spill store bytes, spill load bytes) from ``ptxas -v``."""
+    arch = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        res = subprocess.run([_ptxas(), "-v", f"--gpu-name={arch}", src, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True)
+    txt = res.stdout + res.stderr
+    regs = re.search(r"Used (\d+) registers", txt)
+    st = re.search(r"(\d+) bytes spill stores", txt)
+    ld = re.search(r"(\d+) bytes spill loads", txt)
+    return (int(regs.group(1)) if regs else -1, int(st.group(1)) if st else -1, int(ld.group(1)) if ld else -1)
+
+
+def compile_all(arch: int = 90, quick: bool = False, verbose: bool = True):
+    target = GPUTarget("cuda", arch, 32)
+    from triton.compiler.compiler import make_backend
+    backend = make_backend(target)
+    rows, failures = [], []
+    for name, kern, sig, cx, warps, stages in mmd_variants(quick) + reparam_variants(quick):
+        fn = _jit_fn(kern)
+        t0 = time.time()
+        try:
+            ck = triton.compile(_source(fn, sig, cx, backend), target=target,
+                                options={"num_warps": warps, "num_stages": stages})
+            regs, sst, sld = _usage(ck.asm["ptx"])
+            shared = int(getattr(ck.metadata, "shared", -1))
+            row = dict(name=name, regs=regs, spill_stores=sst, spill_loads=sld, shared=shared,
+                       seconds=round(time.time() - t0, 2), ok=True)
+        except Exception as exc:  # noqa: BLE001 - report every failure
+            msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            row = dict(name=name, ok=False, error=msg, seconds=round(time.time() - t0, 2))
+            failures.append(row)
+        rows.append(row)
+        if verbose:
+            if row["ok"]:
+                print(f"{name:<62} regs {row['regs']:>4}  spill st/ld {row['spill_stores']:>5}/{row['spill_loads']:<5}"
+                      f" smem {row['shared']:>6}  {row['seconds']:5.2f}s", flush=True)
+            else:
+                print(f"{name:<62} FAILED {row['error']}", flush=True)
+    return rows, failures
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--quick", action="store_true", help="a subset (fp32/bf16 only)")
+    ap.add_argument("--json", default=None, help="write the table as JSON here")
+    args = ap.parse_args(argv)
+    print(f"triton {triton.__version__}, target sm_{args.arch}")
+    t0 = time.time()
+    rows, failures = compile_all(args.arch, args.quick)
+    print(f"{len(rows)} variants, {len(failures)} failed, {time.time() - t0:.1f}s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

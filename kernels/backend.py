@@ -1,0 +1,261 @@
+"""The Triton backend (``backend="triton"``): launch code and op registration.
+
+Registers ``wae_fast::mmd_fwd_triton``, ``mmd_bwd_triton``, ``reparam_fwd_triton`` and
+``reparam_bwd_triton`` through :func:`wae_fast.contract.define_backend_ops`:
+
+* under the ``CUDA`` dispatch key when CUDA is available (compiled kernels);
+* under the ``CPU`` dispatch key when ``TRITON_INTERPRET=1`` was set before this module was
+  imported (the Triton interpreter: slow, for testing the kernels without a GPU).
+
+The MMD backward is a separate recompute kernel (``fuses_grad=False``): the forward only
+accumulates the three kernel sums (symmetric tiles visited once), and the backward visits every
+tile of its row block, so neither pass needs atomics (see :mod:`wae_fast.kernels.mmd`).
+
+fp64 inputs run natively (fp64 compute and fp64 ``tl.dot``); set ``WAE_FAST_TRITON_FP64=reference``
+to route them to the reference backend instead (with a warning).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+from wae_fast.contract import compute_dtype, define_backend_ops, PRECISIONS
+
+OPS = ("mmd", "reparam")
+
+try:
+    import triton
+    import triton.language as tl
+
+    from . import mmd as _mmd
+    from . import reparam as _rep
+    _IMPORT_ERROR: Optional[BaseException] = None
+except ImportError as exc:  # Triton missing or broken
+    _IMPORT_ERROR = exc
+
+#: True when this module's kernels were built for the Triton interpreter.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: How fp64 inputs are handled: "native" (fp64 kernels) or "reference" (warn and fall back).
+FP64_MODE = os.environ.get("WAE_FAST_TRITON_FP64", "native")
+
+REPARAM_BLOCK = 1024
+
+
+def availability(device_type: str) -> Optional[str]:
+    """None when the Triton backend runs on ``device_type``, else the reason it does not."""
+    if _IMPORT_ERROR is not None:
+        return f"triton could not be imported ({_IMPORT_ERROR}); install it with `pip install triton`"
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available (torch.cuda.is_available() is False)"
+        return None
+    if device_type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1" and INTERPRET:
+            return None
+        return ("Triton kernels run on CPU only under the Triton interpreter: set TRITON_INTERPRET=1 "
+                "before wae_fast.kernels is imported (slow; meant for testing)")
+    return f"the Triton backend does not support device type {device_type!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _tl_ct(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+_PARAM_CACHE: dict = {}
+
+
+def _params_tensor(params, dtype, device) -> torch.Tensor:
+    """The kernel parameters as a small device tensor (cached: no H2D copy per call)."""
+    key = (tuple(float(p) for p in params), dtype, str(device))
+    t = _PARAM_CACHE.get(key)
+    if t is None:
+        if len(_PARAM_CACHE) > 64:
+            _PARAM_CACHE.clear()
+        t = torch.tensor(key[0], dtype=dtype, device=device)
+        _PARAM_CACHE[key] = t
+    return t
+
+
+class _device_guard:
+    """``torch.cuda.device(t.device)`` for CUDA tensors, a no-op otherwise."""
+
+    def __init__(self, t: torch.Tensor):
+        self.ctx = torch.cuda.device(t.device) if t.device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            return self.ctx.__exit__(*exc)
+        return False
+
+
+def _check_mmd_args(x, y, offset, kind, params, precision):
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"mmd_fwd_triton: x {tuple(x.shape)} and y {tuple(y.shape)} must be (N, d), (M, d)")
+    if x.dtype != y.dtype or x.device != y.device:
+        raise ValueError("mmd_fwd_triton: x and y must share dtype and device")
+    if kind not in (_mmd.KIND_IMQ, _mmd.KIND_RBF):
+        raise ValueError(f"kind: unknown kernel kind {kind}")
+    if len(params) == 0:
+        raise ValueError("params must not be empty")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: unknown precision {precision!r}; expected one of {PRECISIONS}")
+
+
+def _fp64_to_reference(x) -> bool:
+    if x.dtype == torch.float64 and FP64_MODE == "reference":
+        warnings.warn("wae_fast triton backend: fp64 inputs are computed by the reference backend "
+                      "(WAE_FAST_TRITON_FP64=reference)", RuntimeWarning, stacklevel=3)
+        return True
+    return False
+
+
+def _dot_precision(dtype: torch.dtype, precision: str) -> str:
+    # fp64 dots are always exact; fp16/bf16 inputs are upcast to fp32 after the shift, so the
+    # fp32 precision option applies to them too.
+    return "ieee" if dtype == torch.float64 else precision
+
+
+# ----------------------------------------------------------------------------------------------
+# MMD
+
+
+def _launch_fwd(a, b, off, p, sym, unbiased, kind, prec, ct, bucket):
+    na, d = a.shape
+    nb = b.shape[0]
+    part = torch.zeros(triton.cdiv(na, _mmd.MIN_BLOCK), dtype=torch.float64, device=a.device)
+    grid = lambda meta: (triton.cdiv(na, meta["BLOCK"]),)  # noqa: E731
+    _mmd._mmd_fwd_kernel[grid](
+        a, b, off, p, part, na, nb, d, bucket,
+        SYM=sym, UNBIASED=unbiased, KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)
+    return part.sum()
+
+
+def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+    """Contract forward (see :mod:`wae_fast.contract`); returns empty gradient parts."""
+    _check_mmd_args(x, y, offset, kind, params, precision)
+    ct = compute_dtype(x.dtype)
+    if _fp64_to_reference(x):
+        from wae_fast.reference import mmd_terms_blocked
+        return mmd_terms_blocked(x, y, offset, kind, params, unbiased, False, False)
+    n, d = x.shape
+    m = y.shape[0]
+    x, y = x.contiguous(), y.contiguous()
+    off = offset.to(ct).contiguous()
+    p = _params_tensor(params, ct, x.device)
+    prec = _dot_precision(x.dtype, precision)
+    tct = _tl_ct(x.dtype)
+    bucket = _mmd.size_bucket(max(n, m))
+    with _device_guard(x):
+        sxx = _launch_fwd(x, x, off, p, True, bool(unbiased), kind, prec, tct, bucket)
+        syy = _launch_fwd(y, y, off, p, True, bool(unbiased), kind, prec, tct, bucket)
+        sxy = _launch_fwd(x, y, off, p, False, bool(unbiased), kind, prec, tct, bucket)
+    nxx = n * (n - 1) if unbiased else n * n
+    nyy = m * (m - 1) if unbiased else m * m
+    terms = torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
+    empty = x.new_empty((0,), dtype=ct)
+    return terms, empty, empty.clone()
+
+
+def _launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket):
+    na, d = a.shape
+    nb = b.shape[0]
+    g = torch.empty_like(a)
+    grid = lambda meta: (triton.cdiv(na, meta["BLOCK"]),)  # noqa: E731
+    _mmd._mmd_bwd_kernel[grid](
+        a, b, off, p, coef, g, na, nb, d, bucket,
+        KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)
+    return g
+
+
+def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+    """Contract backward: sum_t grad_terms[t] d terms[t]/dx (and /dy), in the input dtype."""
+    _check_mmd_args(x, y, offset, kind, params, precision)
+    ct = compute_dtype(x.dtype)
+    if _fp64_to_reference(x):
+        from wae_fast.reference import _mmd_bwd
+        return _mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision)
+    n, d = x.shape
+    m = y.shape[0]
+    x, y = x.contiguous(), y.contiguous()
+    off = offset.to(ct).contiguous()
+    p = _params_tensor(params, ct, x.device)
+    prec = _dot_precision(x.dtype, precision)
+    tct = _tl_ct(x.dtype)
+    bucket = _mmd.size_bucket(max(n, m))
+    gt = grad_terms.to(device=x.device, dtype=torch.float64)
+    nxx = n * (n - 1) if unbiased else n * n
+    nyy = m * (m - 1) if unbiased else m * m
+    # d r_ij / d a_i = 2 (a_i - b_j); each unordered self pair appears twice in the sum: 4 / nxx.
+    gx = gy = None
+    with _device_guard(x):
+        if grad_x:
+            cx = torch.stack([gt[0] * (4.0 / nxx), gt[2] * (2.0 / (n * m))]).to(ct)
+            gx = _launch_bwd(x, y, off, p, cx, kind, prec, tct, bucket)
+        if grad_y:
+            cy = torch.stack([gt[1] * (4.0 / nyy), gt[2] * (2.0 / (n * m))]).to(ct)
+            gy = _launch_bwd(y, x, off, p, cy, kind, prec, tct, bucket)
+    if gx is None:
+        gx = x.new_empty((0,))
+    if gy is None:
+        gy = y.new_empty((0,))
+    return gx, gy
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+
+def reparam_fwd(mu, logvar, seed):
+    """z = mu + exp(logvar / 2) * eps, eps = tl.randn(seed, flat index)."""
+    mu, logvar = mu.contiguous(), logvar.contiguous()
+    z = torch.empty_like(mu)
+    n = mu.numel()
+    if n:
+        with _device_guard(mu):
+            _rep._reparam_fwd_kernel[(triton.cdiv(n, REPARAM_BLOCK),)](
+                mu, logvar, z, n, int(seed), CT=_tl_ct(mu.dtype), BLOCK=REPARAM_BLOCK)
+    return z
+
+
+def reparam_bwd(grad_z, logvar, seed):
+    """grad_logvar = grad_z * eps * exp(logvar / 2) / 2 with eps regenerated from ``seed``."""
+    grad_z, logvar = grad_z.contiguous(), logvar.contiguous()
+    g = torch.empty_like(logvar)
+    n = logvar.numel()
+    if n:
+        with _device_guard(logvar):
+            _rep._reparam_bwd_kernel[(triton.cdiv(n, REPARAM_BLOCK),)](
+                grad_z, logvar, g, n, int(seed), CT=_tl_ct(logvar.dtype), BLOCK=REPARAM_BLOCK)
+    return g
+
+
+def eps(shape, seed: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The noise the sampling kernels use for ``seed`` (z with mu = 0, logvar = 0)."""
+    zero = torch.zeros(shape, dtype=dtype, device=device)
+    return reparam_fwd(zero, zero, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration
+
+_IMPLS = dict(fuses_grad=False, mmd_fwd=mmd_fwd, mmd_bwd=mmd_bwd,
+              reparam_fwd=reparam_fwd, reparam_bwd=reparam_bwd)
+
+define_backend_ops("triton", fuses_grad=False)  # schemas, fakes and autograd, always
+if _IMPORT_ERROR is None:
+    if torch.cuda.is_available():
+        define_backend_ops("triton", dispatch_key="CUDA", **_IMPLS)
+    if INTERPRET:
+        define_backend_ops("triton", dispatch_key="CPU", **_IMPLS)

@@ -1,0 +1,34 @@
+"""Triton kernels for reparameterized Gaussian sampling, z = mu + exp(logvar / 2) * eps.
+
+eps = ``tl.randn(seed, offset)`` (Philox 4x32-10) with offset = the flat element index, so eps is
+a pure function of (seed, index), independent of the block size and of the launch; the backward
+regenerates it instead of storing it:  grad_logvar = grad_z * eps * exp(logvar / 2) / 2.
+Offsets are int64 (Triton's Philox uses the high word as the second counter, which is 0 for
+indices below 2^32, so the stream equals the int32-offset stream there).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _reparam_fwd_kernel(MU, LV, Z, n, seed, CT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    mu = tl.load(MU + offs, mask=mask, other=0.0).to(CT)
+    lv = tl.load(LV + offs, mask=mask, other=0.0).to(CT)
+    eps = tl.randn(seed, offs).to(CT)
+    z = mu + tl.exp(lv * 0.5) * eps
+    tl.store(Z + offs, z.to(Z.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _reparam_bwd_kernel(GZ, LV, GLV, n, seed, CT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    gz = tl.load(GZ + offs, mask=mask, other=0.0).to(CT)
+    lv = tl.load(LV + offs, mask=mask, other=0.0).to(CT)
+    eps = tl.randn(seed, offs).to(CT)
+    g = gz * eps * tl.exp(lv * 0.5) * 0.5
+    tl.store(GLV + offs, g.to(GLV.dtype.element_ty), mask=mask)

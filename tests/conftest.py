@@ -1,0 +1,57 @@
+"""Shared fixtures: the backends and devices the suite is parametrised over.
+
+Without a GPU, Triton kernels run under the interpreter: TRITON_INTERPRET must be set before
+any module defining them is imported, so it is set here, first.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import wae_fast  # noqa: E402
+from wae_fast.dispatch import BACKENDS, unavailable_reason  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backend_params(family: str = "mmd"):
+    """(backend, device) pairs; unavailable ones are skipped with their reason."""
+    params = []
+    for dev in DEVICES:
+        for name in BACKENDS:
+            reason = unavailable_reason(name, dev, family)
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            if dev == "cuda":
+                marks.append(pytest.mark.cuda)
+            params.append(pytest.param((name, dev), id=f"{name}-{dev}", marks=marks))
+    return params
+
+
+@pytest.fixture(params=backend_params("mmd"))
+def mmd_backend(request):
+    """(backend name, device) for every backend that implements MMD here."""
+    return request.param
+
+
+@pytest.fixture(params=backend_params("reparam"))
+def reparam_backend(request):
+    return request.param
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def pytest_report_header(config):
+    lines = []
+    for dev in DEVICES:
+        av = wae_fast.available_backends(dev)
+        lines.append(f"wae_fast backends on {dev}: " + ", ".join(
+            f"{k}={'yes' if v is None else 'no'}" for k, v in av.items()))
+    return lines

@@ -1,0 +1,98 @@
+"""One suite for every MMD backend (reference, cpp, triton, cuda) on every device here:
+the same contract against the float64 brute force on ragged shapes, forward and backward.
+
+Tolerances (absolute, DESIGN.md 5b): the value against the kernel-sum scale
+s = mean Kxx + mean Kyy + 2 mean Kxy, the gradients against the gradient's norm.
+* fp64 inputs: 1e-12 s (a few hundred ulps of fp64 over a few thousand summands).
+* fp32 compute: 5e-6 s = ~40 fp32 ulps of the scale: each kernel value carries a few ulps of
+  error (distance expansion after the shift, reciprocal/exp), block sums add a few more; the
+  gradient 5e-5 relative (rowsum(W) x - W y cancels one more digit).
+* fp16/bf16 inputs: the oracle runs on the rounded inputs, so only compute error remains for the
+  value (fp32, as above); the gradient is rounded to the input dtype at the end: 2 units of
+  roundoff of that dtype (fp16 2^-11, bf16 2^-8) relative to the norm.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import wae_fast
+
+from . import oracle
+
+KERNELS = {"imq7": wae_fast.IMQ(), "imq1": wae_fast.IMQ(C=0.8), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0))}
+SHAPES = [(2, 3, 1), (37, 23, 5), (130, 67, 17), (33, 70, 64), (19, 21, 130)]
+VAL_TOL = {torch.float64: 1e-12, torch.float32: 5e-6, torch.float16: 5e-6, torch.bfloat16: 5e-6}
+GRAD_TOL = {torch.float64: 1e-10, torch.float32: 5e-5, torch.float16: 2 * 2.0**-11, torch.bfloat16: 2 * 2.0**-8}
+
+
+def _points(n, m, d, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 1.1 + 0.2
+    y = torch.randn(m, d, generator=g, dtype=torch.float64)
+    return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+
+
+def _check(mmd_backend, n, m, d, kname, estimator, dtype, grad_out=1.0, need=(True, True), seed=0):
+    name, dev = mmd_backend
+    spec = KERNELS[kname]
+    x, y = _points(n, m, d, dtype, dev, seed)
+    x.requires_grad_(need[0])
+    y.requires_grad_(need[1])
+    val = wae_fast.mmd(x, y, spec, estimator=estimator, backend=name)
+    assert val.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert val.shape == () and val.device.type == dev
+    (val * grad_out).backward()
+    kind, params = spec.lower(d)
+    want, gx, gy, scale = oracle.mmd_and_grads(x.cpu(), y.cpu(), kind, params,
+                                               estimator == "unbiased", grad_out)
+    err = abs(val.item() - want.item())
+    assert err <= VAL_TOL[dtype] * scale, f"value error {err:.3g} vs scale {scale:.3g}"
+    gnorm = torch.cat([gx.flatten(), gy.flatten()]).norm().item()
+    for t, want_g, flag in ((x, gx, need[0]), (y, gy, need[1])):
+        if not flag:
+            assert t.grad is None
+            continue
+        assert t.grad.dtype == dtype and t.grad.shape == t.shape
+        gerr = (t.grad.double().cpu() - want_g).norm().item()
+        assert gerr <= GRAD_TOL[dtype] * gnorm + 1e-300, f"grad error {gerr:.3g} vs norm {gnorm:.3g}"
+
+
+@pytest.mark.parametrize("n,m,d", SHAPES)
+@pytest.mark.parametrize("kname", ["imq7", "rbf3"])
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_fp32_against_oracle(mmd_backend, n, m, d, kname, estimator):
+    _check(mmd_backend, n, m, d, kname, estimator, torch.float32, seed=n + m + d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,m,d", [(37, 23, 5), (70, 45, 64)])
+def test_dtypes_against_oracle(mmd_backend, dtype, n, m, d):
+    _check(mmd_backend, n, m, d, "imq7", "unbiased", dtype, seed=7)
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)])
+def test_one_side_grad_and_grad_output(mmd_backend, need):
+    _check(mmd_backend, 41, 29, 9, "imq1", "unbiased", torch.float32, grad_out=-3.7, need=need)
+
+
+def test_bit_identical_reruns(mmd_backend):
+    name, dev = mmd_backend
+    x, y = _points(150, 97, 20, torch.float32, dev, 5)
+    res = []
+    for _ in range(2):
+        xa, ya = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        v = wae_fast.mmd(xa, ya, backend=name)
+        v.backward()
+        res.append((v.detach(), xa.grad, ya.grad))
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
+def test_agrees_with_reference(mmd_backend):
+    name, dev = mmd_backend
+    x, y = _points(200, 150, 33, torch.float32, dev, 8)
+    a = wae_fast.mmd_terms(x, y, backend=name).cpu()
+    b = wae_fast.mmd_terms(x.cpu(), y.cpu(), backend="reference")
+    scale = float(b[0] + b[1] + 2 * b[2])
+    assert torch.allclose(a, b, rtol=0, atol=5e-6 * scale)

@@ -1,0 +1,41 @@
+"""Dispatch entry of the C++ CPU backend (``backend="cpp"``).
+
+The op schemas are defined in Python (:func:`wae_fast.contract.define_backend_ops`) BEFORE the
+extension ``wae_fast._C`` is imported; the extension registers the CPU implementations of
+``wae_fast::mmd_fwd_cpp`` / ``mmd_bwd_cpp`` with ``TORCH_LIBRARY_IMPL(wae_fast, CPU, m)``.
+
+The forward fuses the gradient parts (``fuses_grad=True``): with grad flags set it returns the
+(2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .contract import define_backend_ops
+
+OPS = ("mmd",)
+
+define_backend_ops("cpp", fuses_grad=True)
+
+_C = None
+_IMPORT_ERROR: Optional[BaseException] = None
+try:
+    from . import _C  # noqa: F811  (registers the CPU kernels)
+except ImportError as exc:  # extension not built
+    _IMPORT_ERROR = exc
+
+_HOW = ("the C++ extension wae_fast._C was not built: pip install --no-build-isolation -e . "
+        "(or python setup.py build_ext --inplace) with a C++ compiler and torch installed")
+
+
+def availability(device_type: str) -> Optional[str]:
+    if _C is None:
+        return f"{_HOW} (import error: {_IMPORT_ERROR})"
+    if device_type != "cpu":
+        return f"the cpp backend runs on CPU tensors only (got device type {device_type!r}); use 'cuda' or 'triton'"
+    return None
+
+
+def isa() -> Optional[str]:
+    """Instruction set of the tile kernels chosen at run time ("avx2+fma" or "generic")."""
+    return None if _C is None else _C.isa()
