@@ -8,7 +8,8 @@ Extensions (torch.utils.cpp_extension; needs torch importable at build time, so 
 * ``wae_fast._C_cuda`` CUDA backend (CUDAExtension) from csrc/cuda/*, only when nvcc and a CUDA
   build of torch are present.
 
-Switches: WAE_FAST_BUILD_CPP=0/1 and WAE_FAST_BUILD_CUDA=0/1 skip or force a part (unset: auto).
+Switches: WAE_FAST_BUILD_CPP=0/1 and WAE_FAST_BUILD_CUDA=0/1 skip or force a part (unset: auto);
+WAE_FAST_CUDA_ARCHS (default "80;90") lists the SM architectures of the CUDA build.
 Neither part is needed to import wae_fast; a missing one is JIT-built on first use or skipped.
 """
 import glob
@@ -36,19 +37,28 @@ def _extensions():
         return [], {}
     exts = []
     include = [os.path.join(HERE, "csrc", "include")]
+    # CPU backend.  No -march flags: the tile kernels are compiled for the baseline x86-64 ISA
+    # and for AVX2+FMA inside mmd_cpu.cpp (#pragma GCC target) and chosen at run time, so the
+    # wheel runs on any x86-64 machine.  torch's cpp_extension picks the C++ standard.
     cpp_src = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if cpp_src and want_cpp is not False:
         exts.append(cpp_extension.CppExtension(
-            "wae_fast._C", cpp_src, include_dirs=include,
-            extra_compile_args=["-O3", "-fopenmp", "-std=c++17"], extra_link_args=["-fopenmp"]))
+            "wae_fast._C", cpp_src, include_dirs=include + [os.path.join(HERE, "csrc", "cpu")],
+            depends=sorted(glob.glob(os.path.join("csrc", "cpu", "*.h")) + glob.glob(os.path.join("csrc", "include", "wae_fast", "*.h"))),
+            extra_compile_args=["-O3", "-fopenmp", "-Wno-psabi"], extra_link_args=["-fopenmp"]))
+    # CUDA backend: kernels in .cu (no torch headers) + binding.cpp.
     cuda_src = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     has_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if cuda_src and (want_cuda or (want_cuda is None and has_cuda)):
         if not has_cuda:
             raise RuntimeError("WAE_FAST_BUILD_CUDA=1 but torch is not a CUDA build or nvcc/CUDA_HOME is missing")
+        archs = os.environ.get("WAE_FAST_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+        gencode = []
+        for a in (a.strip() for a in archs if a.strip()):
+            gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
         exts.append(cpp_extension.CUDAExtension(
-            "wae_fast._C_cuda", cuda_src, include_dirs=include,
-            extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]}))
+            "wae_fast._C_cuda", cuda_src, include_dirs=include + [os.path.join(HERE, "csrc", "cuda")],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"] + gencode}))
     if not exts:
         return [], {}
     return exts, {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)}

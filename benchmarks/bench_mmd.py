@@ -181,17 +181,66 @@ def run_mem_probe(row: dict) -> dict:
     allocation above 64 KiB to the OS at once (MALLOC_MMAP_THRESHOLD_=65536, set by the driver),
     so that the peak counts live allocations, not blocks the allocator keeps cached."""
     try:
-        step, leaves = _build(row, "cpu")
         if row["backend"] == "compiled":  # compile first: the compiler's memory is not the op's
+            step, leaves = _build(row, "cpu")
             step()
             for t in leaves:
                 t.grad = None
+        else:  # one call on tiny inputs first: thread pools and one-time buffers are not the op's
+            tiny_step, _ = _build(dict(row, n=min(row["n"], 64), m=min(row["m"], 64)), "cpu")
+            tiny_step()
+            del tiny_step
+            step, leaves = _build(row, "cpu")
         _reset_peak_rss()
         rss0 = _rss_bytes()
         step()
         return {"mmap_peak_mem_mb": max(0, _maxrss_bytes() - rss0) / 2**20}
     except Exception as exc:
         return {"mmap_peak_mem_mb": None, "reason": f"mem probe: {type(exc).__name__}: {exc}"[:300]}
+
+
+def run_paired(rows: list, device: str, budget: float, max_reps: int) -> dict:
+    """Interleaved timing of several rows in ONE process (A B A B ...): on a shared machine the
+    load changes between processes, so a ratio is taken from calls made side by side.
+    Returns {backend: median_ms} (or {backend: "error: ..."})."""
+    import torch
+
+    steps, out = {}, {}
+    for row in rows:
+        try:
+            step, leaves = _build(row, device)
+            step()  # warm-up / compile
+            for t in leaves:
+                t.grad = None
+            steps[row["backend"]] = (step, leaves)
+        except Exception as exc:
+            out[row["backend"]] = f"error: {type(exc).__name__}: {exc}"[:200]
+    if not steps:
+        return out
+    t0 = time.perf_counter()
+    for step, leaves in steps.values():
+        step()
+        for t in leaves:
+            t.grad = None
+    est = time.perf_counter() - t0
+    reps = int(max(3, min(max_reps, budget / max(est, 1e-6))))
+    times = {b: [] for b in steps}
+    for _ in range(reps):
+        for b, (step, leaves) in steps.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[b].append(time.perf_counter() - t1)
+            for t in leaves:
+                t.grad = None
+    for b, ts in times.items():
+        ts.sort()
+        out[b] = 1e3 * ts[len(ts) // 2]
+    out["_reps"] = reps
+    return out
 
 
 def run_worker(row: dict, device: str, row_budget: float, max_reps: int) -> dict:
@@ -451,8 +500,8 @@ def run_rows(rows, *, device: str, stem: str, out_dir: Optional[str] = None, res
         report.append_md(md_path, report.md_row(rd))
         report.mirror([csv_path, md_path], out_dir)
         t = rd.get("time_ms")
-        log(f"[{i + 1}/{len(rows)}] {row.backend:9s} {row.op:7s} N={row.n:<8d} d={row.d:<3d} {row.kernel:4s} "
-            f"{row.dtype} {row.passes:6s} {row.estimator[:3]} {row.precision}: {rd['status']}"
+        log(f"[{i + 1}/{len(rows)}] {row.backend:9s} {row.op:7s} N={row.n:<8d} d={row.d:<3d} {rd['kernel']:4s} "
+            f"{row.dtype} {row.passes:6s} {rd['estimator'][:3]} {rd['precision']}: {rd['status']}"
             + (f" {t:.4g} ms, {rd.get('peak_mem_mb', 0):.4g} MB, {100 * rd.get('frac_floor', 0):.3g}% of floor"
                if rd["status"] == "ok" else f" ({rd.get('reason', '')})") + f" [{rd['wall_s']} s]")
         results.append(rd)
@@ -466,6 +515,65 @@ def run_rows(rows, *, device: str, stem: str, out_dir: Optional[str] = None, res
 
 
 # ---- answering the foundation targets ----------------------------------------------------------
+
+#: (target, slower peer, wae_fast backend, N, d, goal ratio): the CPU target comparisons.
+PAIRED_TARGETS = [
+    ("T1", "naive", "reference", 4096, 64, 4.0),
+    ("T3", "compiled", "cpp", 4096, 64, 1.0),
+    ("T4", "pykeops", "cpp", 16384, 8, 5.0),
+]
+
+
+def run_paired_targets(device: str = "cpu", timeout: float = 300.0, log=print) -> list[dict]:
+    """Each target's two backends timed interleaved in one subprocess (see :func:`run_paired`)."""
+    from wae_fast.dispatch import unavailable_reason
+
+    from . import peers
+    from .rows import Row
+
+    out = []
+    for tag, peer, mine, n, d, goal in PAIRED_TARGETS:
+        rec = {"target": tag, "peer": peer, "backend": mine, "n": n, "d": d, "goal": goal}
+        why = unavailable_reason(mine, device, "mmd") or peers.peer_unavailable(peer, 0, [1.0] * 7, True, device)
+        if why:
+            rec["status"] = f"skip: {why}"
+            out.append(rec)
+            log(f"paired {tag}: skip ({why})")
+            continue
+        rows = [Row(peer, n, d).as_dict(), Row(mine, n, d).as_dict()]
+        cmd = [sys.executable, "-m", "benchmarks.bench_mmd", "--worker", json.dumps(rows), "--paired",
+               "--device", device, "--row-budget", "12", "--max-reps", "7"]
+        try:
+            p = subprocess.run(cmd, cwd=REPO, env=_env_for_worker(), capture_output=True, text=True, timeout=timeout)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            res = json.loads(line[-1][7:]) if line else {"error": (p.stderr or "")[-300:]}
+        except subprocess.TimeoutExpired:
+            res = {"error": f"timeout after {timeout:.0f} s"}
+        tp, tm = res.get(peer), res.get(mine)
+        if isinstance(tp, float) and isinstance(tm, float):
+            rec.update(status="ok", peer_ms=tp, backend_ms=tm, ratio=tp / tm, reps=res.get("_reps"))
+            log(f"paired {tag}: {peer} {tp:.4g} ms vs {mine} {tm:.4g} ms: {tp / tm:.2f}x (goal {goal}x)")
+        else:
+            rec["status"] = f"error: {res}"[:300]
+            log(f"paired {tag}: {rec['status']}")
+        out.append(rec)
+    return out
+
+
+def paired_summary(recs: list[dict]) -> str:
+    lines = ["", "### Interleaved ratios (both backends in one process, calls alternated: robust to the shared "
+                 "CPU's load changing between rows)", "",
+             "| target | N=M | d | peer | peer ms | wae_fast backend | its ms | ratio | goal | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        if r.get("status") == "ok":
+            lines.append(f"| {r['target']} | {r['n']} | {r['d']} | {r['peer']} | {r['peer_ms']:.4g} | {r['backend']} | "
+                         f"{r['backend_ms']:.4g} | {r['ratio']:.2f}x | >= {r['goal']:g}x | "
+                         f"{'MET' if r['ratio'] >= r['goal'] else 'NOT MET'} ({r['reps']} alternations) |")
+        else:
+            lines.append(f"| {r['target']} | {r['n']} | {r['d']} | {r['peer']} | | {r['backend']} | | | >= {r['goal']:g}x | "
+                         f"{str(r.get('status')).replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
 
 def _find(results, **kw) -> Optional[dict]:
     for r in results:
@@ -539,6 +647,39 @@ def cpu_targets_summary(results: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def mem_only(rows, a) -> int:
+    """One probe call per mem_probe row (CPU), appended to <stem>.md as a table."""
+    from . import report
+
+    stem = a.stem or default_stem("cpu", False)
+    md = os.path.join(a.results_dir, stem + ".md")
+    lines = ["", "### Live-allocation peak (one call after a tiny warm-up, MALLOC_MMAP_THRESHOLD_=65536; "
+                 "`--mem-only`)", "", "| backend | N=M | d | pass | peak extra MB |", "|---|---|---|---|---|"]
+    for row in rows:
+        if not row.mem_probe:
+            continue
+        pre = _precheck(row, "cpu", a.dense_limit_gb * 1e9, None, False, [])
+        if pre is not None:
+            lines.append(f"| {row.backend} | {row.n} | {row.d} | {row.passes} | {pre[0]}: {pre[1]} |")
+            print(lines[-1], flush=True)
+            continue
+        env = _env_for_worker()
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        cmd = [sys.executable, "-m", "benchmarks.bench_mmd", "--worker", json.dumps(row.as_dict()), "--mem-probe"]
+        try:
+            p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=a.row_timeout or 400)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            r = json.loads(line[-1][7:]) if line else {"reason": (p.stderr or "")[-200:]}
+        except subprocess.TimeoutExpired:
+            r = {"reason": "timeout"}
+        v = r.get("mmap_peak_mem_mb")
+        lines.append(f"| {row.backend} | {row.n} | {row.d} | {row.passes} | "
+                     + (f"{v:.1f}" if isinstance(v, (int, float)) else str(r.get("reason", "")).replace("|", "/")) + " |")
+        print(lines[-1], flush=True)
+    report.append_md(md, "\n".join(lines) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("cpu", "gpu"), default="cpu")
@@ -556,8 +697,17 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--device", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mem-probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-paired", action="store_true", help="CPU mode: skip the interleaved target ratios")
+    ap.add_argument("--mem-only", action="store_true",
+                    help="CPU: only the live-allocation memory probe of the rows marked mem_probe (one call each, "
+                         "after a tiny warm-up), appended to the report as its own table")
     a = ap.parse_args(argv)
 
+    if a.worker and a.paired:
+        res = run_paired(json.loads(a.worker), a.device or "cpu", a.row_budget or 10.0, a.max_reps or 7)
+        print("RESULT " + json.dumps(res), flush=True)
+        return 0
     if a.worker and a.mem_probe:
         print("RESULT " + json.dumps(run_mem_probe(json.loads(a.worker))), flush=True)
         return 0
@@ -574,6 +724,8 @@ def main(argv=None) -> int:
         return 0
     import torch
 
+    if a.mem_only:
+        return mem_only(get_rows(a.rows or "cpu-targets"), a)
     if a.mode == "gpu" and not a.dry_run and not torch.cuda.is_available():
         print("no GPU found: use --dry-run (or WAE_FAST_DRY_RUN=1) to run the GPU row sets at tiny sizes on CPU")
         return 2
@@ -597,6 +749,8 @@ def main(argv=None) -> int:
     md = os.path.join(a.results_dir, stem + ".md")
     if a.mode == "cpu" and not a.dry_run:
         report.append_md(md, cpu_targets_summary(results))
+        if not a.no_paired:
+            report.append_md(md, paired_summary(run_paired_targets("cpu", log=lambda s: print(s, flush=True))))
     report.append_md(md, f"\nRun wall time: {time.time() - t0:.0f} s; command: `python -m benchmarks.bench_mmd "
                          + " ".join(argv if argv is not None else sys.argv[1:]) + "`\n")
     report.mirror([md], a.out_dir)

@@ -2,7 +2,7 @@
 # One-command GPU validation of wae_fast on a bare machine with an NVIDIA GPU and no network.
 #
 #   bash benchmarks/gpu_validate.sh env build          # versions, clocks, ceilings; install + build CUDA ext
-#   bash benchmarks/gpu_validate.sh test               # python -m pytest -q tests (CUDA tests enabled)
+#   bash benchmarks/gpu_validate.sh test [--pytest-args "tests/test_x.py -k cuda"]  # pytest -q tests, CUDA enabled
 #   bash benchmarks/gpu_validate.sh sanitize           # compute-sanitizer memcheck + racecheck, small shapes
 #   bash benchmarks/gpu_validate.sh bench [--rows gpu-headline,gpu-nsweep] [--budget 400]
 #   bash benchmarks/gpu_validate.sh all                # everything (longer than one 10-minute device call)

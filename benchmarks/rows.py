@@ -66,7 +66,7 @@ def cpu_targets() -> list[Row]:
 def cpu_sweep() -> list[Row]:
     s = "cpu-sweep"
     rows = []
-    rows += _rows(s, ("naive", "reference", "cpp"), [1024, 2048, 8192], [64])  # with 4096 above
+    rows += _rows(s, ("naive", "reference", "cpp"), [1024, 2048, 8192], [64], max_reps=3)  # + 4096 above
     rows += _rows(s, ("reference", "cpp"), [4096], [2, 8, 256], max_reps=3)   # d sweep
     rows += _rows(s, ("naive", "reference", "cpp"), [4096], [64], kernel="rbf")
     rows += _rows(s, ("naive", "reference", "cpp"), [4096], [64], dtype="bf16", passes="fwd")
@@ -116,7 +116,7 @@ def gpu_misc() -> list[Row]:
 
 
 def gpu_core() -> list[Row]:
-    return gpu_headline() + gpu_nsweep() + gpu_dsweep() + gpu_1m() + gpu_misc()
+    return gpu_headline() + gpu_nsweep() + gpu_dsweep() + gpu_misc() + gpu_1m()  # slowest last
 
 
 # ---- tiny (tests, smoke) ------------------------------------------------------------------------

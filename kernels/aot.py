@@ -1,6 +1,6 @@
 """Ahead-of-time compile check of every Triton kernel of wae_fast for sm_90, without a GPU.
 
-    python -m wae_fast.kernels.aot [--quick] [--arch 90] [--json FILE]
+    python -m wae_fast.kernels.aot [--set core|extra|all] [--only SUBSTRING] [--arch 90] [--json FILE]
 
 Compiles each distinct code path (kernel function x kernel kind x dtype x estimator x symmetry x
 ragged/even tiles x dot precision x padded d) with ``triton.compile(ASTSource(...),
@@ -49,61 +49,82 @@ def _ct(dtype):
     return ("fp64", tl.float64) if dtype == "fp64" else ("fp32", tl.float32)
 
 
-def mmd_variants(quick: bool = False):
-    """(name, kernel, runtime signature, constexprs, num_warps, num_stages)."""
+def mmd_variants(which: str = "core"):
+    """(name, kernel, runtime signature, constexprs, num_warps, num_stages).
+
+    ``core``: every kernel x kind x dtype x estimator/symmetry at d = 64 (ragged tiles) with the
+    primary tile config (:data:`wae_fast.kernels.mmd.PRIMARY`); ``extra``: the other things that
+    change the generated code (d = 1/3/130/600, even tiles, tf32/tf32x3, one scale, other tiles)."""
     out = []
 
-    def fwd(dtype, kind, sym, unb, d=64, block=64, warps=4, even=False, prec="ieee", scales=7):
+    def cfg(kern, dtype, block, warps):
+        if block is None:
+            block, warps = M.PRIMARY["fp64" if dtype == "fp64" else kern]
+        return block, warps
+
+    def fwd(dtype, kind, sym, unb, d=64, block=None, warps=None, even=False, prec="ieee", scales=None):
+        block, warps = cfg("fwd", dtype, block, warps)
+        scales = scales or (7 if kind == M.KIND_IMQ else 3)
         cts, ct = _ct(dtype)
         dp = M.padded_dim(d)
         sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "PART": "*fp64",
                "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
         cx = dict(SYM=sym, UNBIASED=unb, KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct,
-                  BLOCK=block, DP=dp, EVEN_A=even, EVEN_B=even, EVEN_D=(d == dp))
+                  BLOCK=block, DP=dp, EVEN_A=even, EVEN_B=even, EVEN_D=(d == dp),
+                  BK=M.chunk_dim(d), EVEN_K=(d % M.chunk_dim(d) == 0))
         name = (f"mmd_fwd {'imq' if kind == 0 else 'rbf'} {dtype} {'sym' if sym else 'xy'}"
                 f"{' unbiased' if (sym and unb) else (' biased' if sym else '')} d={d} B={block} w={warps}"
                 f"{' even' if even else ''}{'' if prec == 'ieee' else ' ' + prec} S={scales}")
         out.append((name, M._mmd_fwd_kernel, sig, cx, warps, 2))
 
-    def bwd(dtype, kind, d=64, block=64, warps=4, even=False, prec="ieee", scales=7):
+    def bwd(dtype, kind, d=64, block=None, warps=None, even=False, prec="ieee", scales=None):
+        block, warps = cfg("bwd", dtype, block, warps)
+        scales = scales or (7 if kind == M.KIND_IMQ else 3)
         cts, ct = _ct(dtype)
         dp = M.padded_dim(d)
         sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "COEF": "*" + cts,
                "G": _PTR[dtype], "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
+        dp = M.grad_chunk(d)
         cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct, BLOCK=block, DP=dp,
-                  EVEN_A=even, EVEN_B=even, EVEN_D=(d == dp))
+                  EVEN_A=even, EVEN_B=even, EVEN_D=(d % dp == 0), BK=M.chunk_dim(d),
+                  EVEN_K=(d % M.chunk_dim(d) == 0))
         name = (f"mmd_bwd {'imq' if kind == 0 else 'rbf'} {dtype} d={d} B={block} w={warps}"
                 f"{' even' if even else ''}{'' if prec == 'ieee' else ' ' + prec} S={scales}")
         out.append((name, M._mmd_bwd_kernel, sig, cx, warps, 2))
 
-    dtypes = ("fp32", "bf16") if quick else ("fp32", "fp16", "bf16", "fp64")
-    for dtype in dtypes:
-        for kind in (M.KIND_IMQ, M.KIND_RBF):
-            sc = 7 if kind == M.KIND_IMQ else 3
-            for sym, unb in ((True, True), (True, False), (False, True)):
-                fwd(dtype, kind, sym, unb, scales=sc)
-            bwd(dtype, kind, scales=sc)
-    # The shapes/tiles/precisions that change the generated code, on fp32 IMQ.
-    fwd("fp32", 0, True, True, even=True)
-    fwd("fp32", 0, False, True, block=128, warps=8, even=True)
-    bwd("fp32", 0, block=128, warps=8, even=True)
-    for d, block in ((1, 64), (3, 64), (130, 32)):
-        fwd("fp32", 0, True, True, d=d, block=block)
-        bwd("fp32", 0, d=d, block=block)
-    fwd("fp32", 0, True, True, d=600, block=16)
-    bwd("fp32", 0, d=600, block=16)
-    fwd("fp32", 0, True, True, scales=1)
-    for prec in ("tf32", "tf32x3"):
-        fwd("fp32", 0, True, True, prec=prec)
-        fwd("fp32", 0, False, True, prec=prec)
-        bwd("fp32", 0, prec=prec)
-    fwd("fp16", 0, False, True, prec="tf32")
+    if which in ("core", "all"):
+        for dtype in ("fp32", "fp16", "bf16", "fp64"):
+            for kind in (M.KIND_IMQ, M.KIND_RBF):
+                for sym, unb in ((True, True), (True, False), (False, True)):
+                    fwd(dtype, kind, sym, unb)
+                bwd(dtype, kind)
+    if which in ("extra", "all"):
+        fwd("fp32", 0, True, True, even=True)
+        fwd("fp32", 0, False, True, even=True)
+        bwd("fp32", 0, even=True)
+        fwd("fp32", 0, False, True, block=128, warps=8)
+        fwd("fp32", 0, False, True, block=64, warps=4)
+        bwd("fp32", 0, block=32, warps=4)
+        for d in (1, 3, 130):
+            fwd("fp32", 0, True, True, d=d)
+            bwd("fp32", 0, d=d)
+        fwd("fp32", 0, False, True, d=600)
+        bwd("fp32", 0, d=600)
+        bwd("fp16", 1, d=130)
+        fwd("fp32", 0, True, True, scales=1)
+        for prec in ("tf32", "tf32x3"):
+            fwd("fp32", 0, True, True, prec=prec)
+            fwd("fp32", 0, False, True, prec=prec)
+            bwd("fp32", 0, prec=prec)
+        fwd("bf16", 0, False, True, prec="tf32")
     return out
 
 
-def reparam_variants(quick: bool = False):
+def reparam_variants(which: str = "core"):
     out = []
-    for dtype in (("fp32", "bf16") if quick else ("fp32", "fp16", "bf16", "fp64")):
+    if which not in ("core", "all"):
+        return out
+    for dtype in ("fp32", "fp16", "bf16", "fp64"):
         cts, ct = _ct(dtype)
         sig = {"MU": _PTR[dtype], "LV": _PTR[dtype], "Z": _PTR[dtype], "n": "i32", "seed": "i32"}
         out.append((f"reparam_fwd {dtype}", R._reparam_fwd_kernel, sig, dict(CT=ct, BLOCK=1024), 4, 1))
@@ -154,12 +175,14 @@ def _usage(ptx: str):
     return (int(regs.group(1)) if regs else -1, int(st.group(1)) if st else -1, int(ld.group(1)) if ld else -1)
 
 
-def compile_all(arch: int = 90, quick: bool = False, verbose: bool = True):
+def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=None):
     target = GPUTarget("cuda", arch, 32)
     from triton.compiler.compiler import make_backend
     backend = make_backend(target)
     rows, failures = [], []
-    for name, kern, sig, cx, warps, stages in mmd_variants(quick) + reparam_variants(quick):
+    for name, kern, sig, cx, warps, stages in mmd_variants(which) + reparam_variants(which):
+        if only and only not in name:
+            continue
         fn = _jit_fn(kern)
         t0 = time.time()
         try:
@@ -186,12 +209,14 @@ def compile_all(arch: int = 90, quick: bool = False, verbose: bool = True):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--quick", action="store_true", help="a subset (fp32/bf16 only)")
+    ap.add_argument("--set", default="core", choices=("core", "extra", "all"),
+                    help="core: every kernel x kind x dtype x estimator (default); extra: d, tiles, precisions")
+    ap.add_argument("--only", default=None, help="compile only variants whose name contains this")
     ap.add_argument("--json", default=None, help="write the table as JSON here")
     args = ap.parse_args(argv)
     print(f"triton {triton.__version__}, target sm_{args.arch}")
     t0 = time.time()
-    rows, failures = compile_all(args.arch, args.quick)
+    rows, failures = compile_all(args.arch, args.set, only=args.only)
     print(f"{len(rows)} variants, {len(failures)} failed, {time.time() - t0:.1f}s")
     if args.json:
         with open(args.json, "w") as f:

@@ -172,7 +172,7 @@ def _launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket):
     na, d = a.shape
     nb = b.shape[0]
     g = torch.empty_like(a)
-    grid = lambda meta: (triton.cdiv(na, meta["BLOCK"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(na, meta["BLOCK"]), triton.cdiv(d, meta["DP"]))  # noqa: E731
     _mmd._mmd_bwd_kernel[grid](
         a, b, off, p, coef, g, na, nb, d, bucket,
         KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)

@@ -1,9 +1,11 @@
 """Triton kernels for the fused, memory-flat squared MMD (forward and recompute backward).
 
 Forward (``_mmd_fwd_kernel``): one launch per term (xx, yy, xy).  A program owns one row block
-of ``A`` (kept in registers, shifted by ``offset`` on load) and streams column blocks of ``B``;
-for every tile it forms r = |a|^2 + |b|^2 - 2 a.b with ``tl.dot`` (clamped at 0, r_ii set to exactly
-0 on the diagonal tile), evaluates every kernel scale from that one r in registers, sums the tile
+of ``A`` and streams column blocks of ``B``; for every tile it forms r = |a|^2 + |b|^2 - 2 a.b
+with ``tl.dot`` over d-chunks of 16/32 (points shifted by ``offset`` on load; K >= 16 as the GPU
+compiler requires; nothing of size BLOCK x d stays resident, which keeps sm_90 register use
+below 255 without spills), clamps r at 0, sets r_ii to exactly 0 on the diagonal tile,
+evaluates every kernel scale from that one r in registers, sums the tile
 in fp32 and adds the tile sum to a per-program fp64 total.  For the symmetric terms (xx, yy) a
 program visits only the diagonal tile and the tiles to its right (counted twice).  Each program
 writes its fp64 partial sum to its own slot; the host sums the slots in fp64 (fixed order, no
@@ -15,7 +17,9 @@ recomputing W = dk/dr per tile and accumulating
 
     g_i = rowsum(c W)_i a_i - (c W @ b)_i          (c: the chain-rule coefficient of the term)
 
-so each output row is written by exactly one program.  The coefficients (grad_terms times the
+so each output row is written by exactly one program.  Grid axis 1 splits d into chunks of
+<= 64 gradient columns (the (BLOCK, d) accumulator of the FMA dot spills beyond that on sm_90);
+for d > 64 each chunk recomputes W.  The coefficients (grad_terms times the
 estimator normalisation, times 4 or 2 for dr/da) are computed on the device and loaded by the
 kernel: no host synchronisation.
 
@@ -44,32 +48,58 @@ def padded_dim(d: int) -> int:
     return max(16, triton.next_power_of_2(int(d)))
 
 
+def grad_chunk(d: int) -> int:
+    """Width of the d-chunk of the gradient one backward program accumulates (grid axis 1).
+    Above 64 the FMA-dot accumulator (BLOCK, d) spills on sm_90, so wider d is split over
+    programs that each recompute W (cost: ceil(d / 64) x the pair work for d > 64)."""
+    return min(padded_dim(d), 64)
+
+
+def chunk_dim(d: int) -> int:
+    """Width of the d-chunks the distance dot product streams (16 or 32)."""
+    return 16 if padded_dim(d) <= 16 else 32
+
+
 def size_bucket(n: int) -> int:
     """Coarse size class used as an autotune key (so tuning is not redone for every N)."""
     return min(8, max(0, (max(int(n), 1) - 1).bit_length() // 2))
 
 
-def _configs():
+def _configs(kind: str):
+    """Autotune configs (GPU) or the one interpreter config.  Register use on sm_90 at d = 64
+    (``python -m wae_fast.kernels.aot``): 64x64 tiles need 8 warps to avoid spills in the
+    backward (128-row backward tiles spill heavily: not offered); fp64 wants 32x32 tiles."""
     if INTERPRET:
         # One config: autotune with several configs fails under the interpreter.
         return [triton.Config({"BLOCK": INTERPRET_BLOCK}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK": 16}, num_warps=4, num_stages=2),
-    ]
+    cfg = [(64, 8), (128, 8), (64, 4), (32, 4)] if kind == "fwd" else [(64, 8), (32, 4)]
+    return [triton.Config({"BLOCK": b}, num_warps=w, num_stages=2) for b, w in cfg]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep the tiles whose register/shared footprint is sane for this d (and at least one)."""
-    dp = padded_dim(named_args["D"])
-    # BLOCK * DP is the size of the resident row block (and of the backward accumulator).
-    keep = [c for c in configs if c.kwargs["BLOCK"] * dp <= 8192 and (c.kwargs["BLOCK"] >= 32 or dp > 256)]
-    if not keep:
-        keep = [min(configs, key=lambda c: c.kwargs["BLOCK"])]
-    return keep
+#: The config the AOT check reports for each kernel (the first of the list: the expected winner).
+PRIMARY = {"fwd": (64, 8), "bwd": (64, 8), "fp64": (32, 4)}
+
+
+def _is_fp64(named_args) -> bool:
+    a = named_args.get("A")
+    return getattr(a, "dtype", None) is not None and str(a.dtype) == "torch.float64"
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    """The forward streams d in chunks: nothing of size BLOCK x d is resident; tiles >= 32
+    (fp64: <= 64)."""
+    keep = [c for c in configs if c.kwargs["BLOCK"] >= 32]
+    if _is_fp64(named_args):
+        keep = [c for c in keep if c.kwargs["BLOCK"] <= 64]
+    return keep or configs
+
+
+def _prune_bwd(configs, named_args, **kwargs):
+    """The backward keeps a (BLOCK, DC) accumulator, DC <= 64 (fp64: tiles <= 32)."""
+    keep = list(configs)
+    if _is_fp64(named_args):
+        keep = [c for c in keep if c.kwargs["BLOCK"] <= 32]
+    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK"])]
 
 
 _HEUR = {
@@ -77,7 +107,13 @@ _HEUR = {
     "EVEN_A": lambda a: a["NA"] % a["BLOCK"] == 0,
     "EVEN_B": lambda a: a["NB"] % a["BLOCK"] == 0,
     "EVEN_D": lambda a: a["D"] == padded_dim(a["D"]),
+    "BK": lambda a: chunk_dim(a["D"]),
+    "EVEN_K": lambda a: a["D"] % chunk_dim(a["D"]) == 0,
 }
+
+_HEUR_BWD = dict(_HEUR)
+_HEUR_BWD["DP"] = lambda a: grad_chunk(a["D"])
+_HEUR_BWD["EVEN_D"] = lambda a: a["D"] % grad_chunk(a["D"]) == 0
 
 #: The smallest tile any config may use (sizes the partial-sum buffer before tuning).
 MIN_BLOCK = INTERPRET_BLOCK if INTERPRET else 16
@@ -101,9 +137,46 @@ def _load_rows(ptr, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexp
 
 
 @triton.jit
-def _sq_dist(a, na, b, nb, PRECISION: tl.constexpr):
+def _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK: tl.constexpr, BK: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
+              EVEN_K: tl.constexpr):
+    """(a_i . b_j) for one tile and |b_j|^2, streaming d in chunks of BK (K >= 16 for tl.dot);
+    nothing of size BLOCK x d stays resident, which keeps register use low."""
+    kk = tl.arange(0, BK)
+    ab = tl.zeros((BLOCK, BLOCK), dtype=CT)
+    nb = tl.zeros((BLOCK,), dtype=CT)
+    for k0 in range(0, D, BK):
+        dims = k0 + kk
+        if EVEN_K:
+            off = tl.load(OFF + dims).to(CT)
+        else:
+            off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
+        a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_K)
+        b = _load_rows(B, cols, dims, NB, D, off, CT, EVEN_B, EVEN_K)
+        ab = tl.dot(a, tl.trans(b), ab, input_precision=PRECISION, out_dtype=CT)
+        nb += tl.sum(b * b, 1)
+    return ab, nb
+
+
+@triton.jit
+def _row_norms(A, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
+               EVEN_A: tl.constexpr, EVEN_K: tl.constexpr):
+    kk = tl.arange(0, BK)
+    na = tl.zeros((BLOCK,), dtype=CT)
+    for k0 in range(0, D, BK):
+        dims = k0 + kk
+        if EVEN_K:
+            off = tl.load(OFF + dims).to(CT)
+        else:
+            off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
+        a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_K)
+        na += tl.sum(a * a, 1)
+    return na
+
+
+@triton.jit
+def _sq_dist(ab, na, nb):
     """r_ij = |a_i|^2 + |b_j|^2 - 2 a_i.b_j, clamped at 0."""
-    ab = tl.dot(a, tl.trans(b), input_precision=PRECISION)
     r = na[:, None] + nb[None, :] - 2.0 * ab
     return tl.maximum(r, 0.0)
 
@@ -111,27 +184,45 @@ def _sq_dist(a, na, b, nb, PRECISION: tl.constexpr):
 @triton.jit
 def _kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.constexpr):
     """k = sum_s k_s(r) and (if NEED_W) w = sum_s dk_s/dr, every scale from the same r.
-    IMQ: k_s = C/(C+r), dk_s/dr = -C/(C+r)^2.  RBF: k_s = exp(-g r), dk_s/dr = -g exp(-g r)."""
+
+    IMQ: k_s = C/(C+r), dk_s/dr = -C/(C+r)^2, evaluated two scales per reciprocal
+    (C1/u1 + C2/u2 = (C1 u2 + C2 u1) / (u1 u2), u = C + r), which halves the special-function
+    (MUFU) work, the bound of this kernel on H100 (DESIGN.md 6).  Pairing, not one rational
+    function of all scales: u1 u2 stays finite for r < ~1e19, while the product of 7 factors
+    overflows fp32 near r ~ 3.5e5.  The derivative is ((C1 u2^2 + C2 u1^2) t) t with
+    t = 1/(u1 u2), multiplied in that order so that it does not underflow early.
+    RBF: k_s = exp(-g r), dk_s/dr = -g exp(-g r) (one exp per scale)."""
     k = tl.zeros_like(r)
     w = tl.zeros_like(r)
-    for s in tl.static_range(NUM_SCALES):
-        p = tl.load(P + s).to(r.dtype)
-        if KIND == 0:
-            t = 1.0 / (p + r)
-            pt = p * t
-            k += pt
+    if KIND == 0:
+        for s in tl.static_range(NUM_SCALES // 2):
+            c1 = tl.load(P + 2 * s).to(r.dtype)
+            c2 = tl.load(P + 2 * s + 1).to(r.dtype)
+            u1 = c1 + r
+            u2 = c2 + r
+            t = 1.0 / (u1 * u2)
+            k += (c1 * u2 + c2 * u1) * t
             if NEED_W:
-                w -= pt * t
-        else:
-            e = tl.exp(-p * r)
+                w -= ((c1 * u2 * u2 + c2 * u1 * u1) * t) * t
+        if NUM_SCALES % 2 == 1:
+            c = tl.load(P + (NUM_SCALES - 1)).to(r.dtype)
+            t = 1.0 / (c + r)
+            ct = c * t
+            k += ct
+            if NEED_W:
+                w -= ct * t
+    else:
+        for s in tl.static_range(NUM_SCALES):
+            g = tl.load(P + s).to(r.dtype)
+            e = tl.exp(-g * r)
             k += e
             if NEED_W:
-                w -= p * e
+                w -= g * e
     return k, w
 
 
-@triton.autotune(configs=_configs(), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
-                 prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs("fwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
+                 prune_configs_by={"early_config_prune": _prune_fwd})
 @triton.heuristics(_HEUR)
 @triton.jit
 def _mmd_fwd_kernel(
@@ -139,24 +230,19 @@ def _mmd_fwd_kernel(
     NA, NB, D, SIZE_BUCKET,
     SYM: tl.constexpr, UNBIASED: tl.constexpr, KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
     PRECISION: tl.constexpr, CT: tl.constexpr,
-    BLOCK: tl.constexpr, DP: tl.constexpr,
-    EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK: tl.constexpr, DP: tl.constexpr, BK: tl.constexpr,
+    EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     idx = tl.arange(0, BLOCK)
-    dims = tl.arange(0, DP)
-    if EVEN_D:
-        off = tl.load(OFF + dims).to(CT)
-    else:
-        off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
     rows = pid * BLOCK + idx
-    a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-    na = tl.sum(a * a, 1)
+    na = _row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
     total = tl.zeros((1,), dtype=tl.float64)
     nblocks = tl.cdiv(NB, BLOCK)
     if SYM:
         # Diagonal tile (B is A): r_ii exactly 0; i == j pairs excluded when unbiased.
-        r = _sq_dist(a, na, a, na, PRECISION)
+        ab, _nb = _dot_tile(A, A, OFF, rows, rows, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
+        r = _sq_dist(ab, na, na)
         eye = rows[:, None] == rows[None, :]
         r = tl.where(eye, 0.0, r)
         k, _w = _kernel_sum(r, P, KIND, NUM_SCALES, False)
@@ -172,9 +258,8 @@ def _mmd_fwd_kernel(
         weight = 1.0
     for jb in range(start, nblocks):
         cols = jb * BLOCK + idx
-        b = _load_rows(B, cols, dims, NB, D, off, CT, EVEN_B, EVEN_D)
-        nb = tl.sum(b * b, 1)
-        r = _sq_dist(a, na, b, nb, PRECISION)
+        ab, nb = _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_B, EVEN_K)
+        r = _sq_dist(ab, na, nb)
         k, _w = _kernel_sum(r, P, KIND, NUM_SCALES, False)
         if not EVEN_A:
             k = tl.where((rows < NA)[:, None], k, 0.0)
@@ -184,29 +269,29 @@ def _mmd_fwd_kernel(
     tl.store(PART + pid + tl.arange(0, 1), total)
 
 
-@triton.autotune(configs=_configs(), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
-                 prune_configs_by={"early_config_prune": _prune})
-@triton.heuristics(_HEUR)
+@triton.autotune(configs=_configs("bwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
+                 prune_configs_by={"early_config_prune": _prune_bwd})
+@triton.heuristics(_HEUR_BWD)
 @triton.jit
 def _mmd_bwd_kernel(
     A, B, OFF, P, COEF, G,
     NA, NB, D, SIZE_BUCKET,
     KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
     PRECISION: tl.constexpr, CT: tl.constexpr,
-    BLOCK: tl.constexpr, DP: tl.constexpr,
-    EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK: tl.constexpr, DP: tl.constexpr, BK: tl.constexpr,
+    EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,b_j) (a_i - b_j)."""
+    """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,b_j) (a_i - b_j),
+    for the columns [pid1 * DP, pid1 * DP + DP) of G (DP here is the gradient chunk width)."""
     pid = tl.program_id(0)
     idx = tl.arange(0, BLOCK)
-    dims = tl.arange(0, DP)
+    dims = tl.program_id(1) * DP + tl.arange(0, DP)
+    rows = pid * BLOCK + idx
+    na = _row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
     if EVEN_D:
         off = tl.load(OFF + dims).to(CT)
     else:
         off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
-    rows = pid * BLOCK + idx
-    a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-    na = tl.sum(a * a, 1)
     c_self = tl.load(COEF).to(CT)
     c_cross = tl.load(COEF + 1).to(CT)
     rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij
@@ -214,28 +299,29 @@ def _mmd_bwd_kernel(
     # Self term: every column block of A (the diagonal W_ii multiplies a_i - a_i = 0: dropped).
     for jb in range(0, tl.cdiv(NA, BLOCK)):
         cols = jb * BLOCK + idx
-        b = _load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-        nb = tl.sum(b * b, 1)
-        r = _sq_dist(a, na, b, nb, PRECISION)
+        ab, nb = _dot_tile(A, A, OFF, rows, cols, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
+        r = _sq_dist(ab, na, nb)
         _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
         keep = rows[:, None] != cols[None, :]
         if not EVEN_A:
             keep = keep & (cols < NA)[None, :]
         w = tl.where(keep, w * c_self, 0.0)
         rs += tl.sum(w, 1)
-        acc = tl.dot(w, b, acc, input_precision=PRECISION)
+        b = _load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
+        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
     # Cross term: every column block of B.
     for jb in range(0, tl.cdiv(NB, BLOCK)):
         cols = jb * BLOCK + idx
-        b = _load_rows(B, cols, dims, NB, D, off, CT, EVEN_B, EVEN_D)
-        nb = tl.sum(b * b, 1)
-        r = _sq_dist(a, na, b, nb, PRECISION)
+        ab, nb = _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_B, EVEN_K)
+        r = _sq_dist(ab, na, nb)
         _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
         w = w * c_cross
         if not EVEN_B:
             w = tl.where((cols < NB)[None, :], w, 0.0)
         rs += tl.sum(w, 1)
-        acc = tl.dot(w, b, acc, input_precision=PRECISION)
+        b = _load_rows(B, cols, dims, NB, D, off, CT, EVEN_B, EVEN_D)
+        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
+    a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
     g = rs[:, None] * a - acc
     gp = G + rows.to(tl.int64)[:, None] * D + dims[None, :]
     g = g.to(G.dtype.element_ty)

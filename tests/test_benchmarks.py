@@ -168,3 +168,11 @@ def test_row_sets_and_dry_run_shrink():
     assert shrink(Row("cuda", 1 << 20, 64)).n == 512
     cpu = get_rows("cpu")
     assert any(r.backend == "reference" and r.n == 16384 for r in cpu)
+
+
+def test_mem_probe_and_paired_in_process():
+    row = Row("reference", 96, 4).as_dict()
+    r = bench_mmd.run_mem_probe(row)
+    assert r["mmap_peak_mem_mb"] is not None and r["mmap_peak_mem_mb"] >= 0
+    p = bench_mmd.run_paired([Row("naive", 64, 4).as_dict(), row], "cpu", 0.01, 3)
+    assert p["_reps"] == 3 and p["naive"] > 0 and p["reference"] > 0

@@ -2,19 +2,23 @@
 
 Public API: :func:`mmd`, :func:`mmd_terms`, :class:`MMDLoss`, :class:`IMQ`, :class:`RBF`,
 :func:`reparameterize`, :func:`logvar_penalty`, :func:`available_backends`,
-:func:`which_backend`.  Importing this package never needs Triton, a GPU or a compiled extension.
+:func:`which_backend`; beyond one batch and one process: :func:`mmd_to_prior`,
+:func:`mmd_linear`, :func:`mmd_distributed`, :func:`mmd_to_prior_distributed`.  Importing this package never needs Triton, a GPU or a compiled extension.
 """
 from __future__ import annotations
 
 from . import reference as _reference  # noqa: F401  (registers the reference ops)
 from .dispatch import BACKENDS, available_backends, which_backend
+from .distributed import mmd_distributed, mmd_to_prior_distributed
 from .functional import logvar_penalty, mmd, mmd_terms, reparameterize
 from .kernel_specs import IMQ, RBF, WAE_SCALES
 from .losses import MMDLoss
+from .prior import mmd_linear, mmd_to_prior, prior_samples
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "IMQ", "RBF", "WAE_SCALES", "MMDLoss", "available_backends", "logvar_penalty",
-    "mmd", "mmd_terms", "reparameterize", "which_backend", "__version__",
+    "mmd", "mmd_distributed", "mmd_linear", "mmd_terms", "mmd_to_prior", "mmd_to_prior_distributed",
+    "prior_samples", "reparameterize", "which_backend", "__version__",
 ]

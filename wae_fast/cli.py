@@ -39,7 +39,7 @@ def _fail(cmd: str, msg: str) -> "NoReturn":  # noqa: F821
 _TRAIN_FIELDS = ("data_path", "objective", "kernel", "estimator", "encoder", "arch", "width", "z_dim",
                  "lam", "batch_size", "prior_samples", "epochs", "lr", "d_lr", "lr_schedule", "prior",
                  "prior_sigma2", "logvar_penalty", "logvar_weight", "device", "backend", "seed",
-                 "eval_samples", "max_images", "image_size", "cost_scale")
+                 "eval_samples", "max_images", "image_size", "cost_scale", "threads", "logvar_init")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -139,7 +139,8 @@ def _add_train(sub) -> None:
     a("--prior-sigma2", type=float, dest="prior_sigma2", help="prior variance sigma^2 (N(0, sigma^2 I))")
     a("--logvar-penalty", choices=("l1", "l2", "none"), dest="logvar_penalty",
       help="penalty on the Gaussian encoder's logvar (default l1)")
-    a("--logvar-weight", type=float, dest="logvar_weight", help="weight of the logvar penalty (default 0.1)")
+    a("--logvar-weight", type=float, dest="logvar_weight", help="weight of the logvar penalty (default 0.01)")
+    a("--logvar-init", type=float, dest="logvar_init", help="initial logvar of the Gaussian encoder (default -5)")
     a("--cost-scale", type=float, dest="cost_scale", help="c(x,y) = cost_scale ||x-y||^2 (default 0.05)")
     a("--eval-samples", type=int, dest="eval_samples", help="held-out points for the metrics (1000)")
     a("--max-images", type=int, dest="max_images", help="use at most this many training images (mnist/folder)")
@@ -147,6 +148,7 @@ def _add_train(sub) -> None:
     a("--device", help="auto (default), cpu, cuda")
     a("--backend", help="MMD/reparameterize backend: auto (default), reference, cpp, triton, cuda")
     a("--seed", type=int)
+    a("--threads", type=int, help="CPU threads (0: 1 for MLPs, which is fastest for them, else torch's default)")
     a("--out", help="run directory (default runs/<dataset>-<objective>-<encoder>-z<dim>-<time>)")
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a("--overwrite", action="store_true", help="start over even if --out holds a checkpoint")
@@ -163,9 +165,10 @@ def _add_experiment(sub) -> None:
                                             "squares: MMD(Q_Z,P_Z), reconstruction, sample quality")
     ld.add_argument("--z-dims", type=_int_list, default=[1, 2, 4, 8], dest="z_dims")
     ld.add_argument("--seeds", type=int, default=3)
-    ld.add_argument("--epochs", type=int, default=10)
+    ld.add_argument("--epochs", type=int, default=20)
     ld.add_argument("--lam", type=float, default=10.0)
-    ld.add_argument("--logvar-weight", type=float, default=0.1, dest="logvar_weight")
+    ld.add_argument("--logvar-weight", type=float, default=0.01, dest="logvar_weight",
+                    help="weight of the L1 logvar penalty of the Gaussian encoders (0.01)")
     ld.add_argument("--n-train", type=int, default=2000, dest="n_train", help="training images per run")
     ld.add_argument("--backend", default="auto")
     ld.add_argument("--device", default="cpu")

@@ -16,6 +16,7 @@
 
 #include "wae_fast/tile_math.h"
 
+
 #define WAE_CPU_NS wae_cpu_generic
 #include "mmd_cpu_kernel.h"
 #undef WAE_CPU_NS

@@ -195,7 +195,7 @@ __global__ void reduce_partials(const double* __restrict__ partials, int64_t cou
 
 // gacc[split][i][k] += coef * sum_{j in this split's column tiles} W_ij (a_ik - b_jk)
 template <class T, int KIND>
-__global__ void __launch_bounds__(kThreads) mmd_grad_rows(const T* __restrict__ A, const T* __restrict__ B,
+__global__ void __launch_bounds__(kThreads, 2) mmd_grad_rows(const T* __restrict__ A, const T* __restrict__ B,
                                                           const T* __restrict__ na, const T* __restrict__ nb,
                                                           int64_t nA, int64_t nB, int64_t d, KParams<T> P,
                                                           int symmetric, double coef, double* __restrict__ gacc) {
@@ -258,13 +258,20 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_rows(const T* __restrict__ 
   }
 }
 
+// out[e] = c_self * gt[side] * sum_s gself[s][e] + c_cross * gt[2] * sum_s gcross[s][e]
+// (grad_terms read on the device: no host synchronisation in the backward).
 template <class O>
-__global__ void grad_combine(const double* __restrict__ gacc, int64_t nsplit, int64_t count, O* __restrict__ out) {
+__global__ void grad_combine(const double* __restrict__ gself, const double* __restrict__ gcross, int64_t nsplit,
+                             int64_t count, const double* __restrict__ gt, int side, double c_self, double c_cross,
+                             O* __restrict__ out) {
   const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= count) return;
-  double s = 0.0;
-  for (int64_t sp = 0; sp < nsplit; ++sp) s += gacc[sp * count + e];
-  out[e] = from_double<O>(s);
+  double s1 = 0.0, s2 = 0.0;
+  for (int64_t sp = 0; sp < nsplit; ++sp) {
+    s1 += gself[sp * count + e];
+    s2 += gcross[sp * count + e];
+  }
+  out[e] = from_double<O>(c_self * gt[side] * s1 + c_cross * gt[2] * s2);
 }
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -290,7 +297,7 @@ Layout layout(int dtype, int64_t n, int64_t m, int64_t d, int for_backward) {
   // a function of the sizes only (determinism), at most 32.
   const int64_t rows = std::max<int64_t>(1, std::min(nbx, nby));
   L.nsplit = for_backward ? std::max<int64_t>(1, std::min<int64_t>(32, ceil_div(528, rows))) : 0;
-  L.gacc = for_backward ? align256(8 * size_t(L.nsplit) * size_t(std::max(n, m)) * d) : 0;
+  L.gacc = for_backward ? align256(2 * 8 * size_t(L.nsplit) * size_t(std::max(n, m)) * d) : 0;  // self + cross
   L.total = L.xs + L.ys + L.nx + L.ny + L.part + L.gacc;
   return L;
 }
@@ -384,16 +391,19 @@ int bwd_impl(const void* x, const void* y, const void* offset, int64_t n, int64_
     const T* na = side == 0 ? nx : ny;
     const T* nb = side == 0 ? ny : nx;
     const int64_t nA = side == 0 ? n : m, nB = side == 0 ? m : n;
-    const double cself = gt[side] * 4.0 / (side == 0 ? nxx : nyy);
-    const double cx = gt[2] * 2.0 / nxy;             // d terms[2] / d a_i = 2/(nm) sum_j W (a_i - b_j)
+    const double cself = 4.0 / (side == 0 ? nxx : nyy);  // times grad_terms[side]
+    const double cx = 2.0 / nxy;                          // times grad_terms[2]
     const int64_t nsplit = L.nsplit;
     const int64_t count = nA * d;
     if (count == 0) continue;
-    e = cudaMemsetAsync(gacc, 0, sizeof(double) * size_t(nsplit) * size_t(count), st);
+    double* gself = gacc;
+    double* gcross = gacc + nsplit * count;
+    e = cudaMemsetAsync(gacc, 0, 2 * sizeof(double) * size_t(nsplit) * size_t(count), st);
     if (e != cudaSuccess) return int(e);
-    if (cself != 0.0) launch_grad<T>(A, A, na, na, nA, nA, d, kind, P, 1, cself, gacc, nsplit, st);
-    if (cx != 0.0) launch_grad<T>(A, B, na, nb, nA, nB, d, kind, P, 0, cx, gacc, nsplit, st);
-    grad_combine<TI><<<unsigned(ceil_div(count, 256)), 256, 0, st>>>(gacc, nsplit, count, static_cast<TI*>(out));
+    if (nA > 0) launch_grad<T>(A, A, na, na, nA, nA, d, kind, P, 1, 1.0, gself, nsplit, st);
+    if (nA > 0 && nB > 0) launch_grad<T>(A, B, na, nb, nA, nB, d, kind, P, 0, 1.0, gcross, nsplit, st);
+    grad_combine<TI><<<unsigned(ceil_div(count, 256)), 256, 0, st>>>(gself, gcross, nsplit, count, gt, side, cself,
+                                                                     cx, static_cast<TI*>(out));
   }
   return int(cudaGetLastError());
 }

@@ -27,7 +27,7 @@ int wae_mmd_fwd(int dtype, const void* x, const void* y, const void* offset, int
                 size_t workspace_bytes, cudaStream_t stream);
 
 //! gx (n, d) and/or gy (m, d) in the INPUT dtype (null to skip) = sum_t grad_terms[t] d terms[t]/d.
-//! grad_terms: HOST array of 3 doubles (the binding copies the (3,) tensor once).
+//! grad_terms: DEVICE array of 3 doubles (read by the kernels: no host synchronisation).
 int wae_mmd_bwd(int dtype, const void* x, const void* y, const void* offset, int64_t n, int64_t m, int64_t d,
                 int kind, const double* params, int nparams, int unbiased, const double* grad_terms, void* gx,
                 void* gy, void* workspace, size_t workspace_bytes, cudaStream_t stream);

@@ -147,7 +147,7 @@ def _as_images(name: str, a: np.ndarray, where: str) -> torch.Tensor:
     if a.ndim != 3 or a.shape[0] < 1:
         raise DataError(f"{where}: {name} has shape {a.shape}; expected (N, H, W) images. {_MNIST_LAYOUT}")
     if a.dtype == np.uint8:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.array(a, dtype=np.uint8, copy=True))
     else:
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         if t.numel() and float(t.max()) > 1.0 + 1e-6:

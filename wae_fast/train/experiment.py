@@ -33,8 +33,8 @@ def _mean_std(v: Sequence[float]) -> tuple[float, float]:
     return m, s
 
 
-def run_latent_dim(out: str, z_dims: Sequence[int] = (1, 2, 4, 8), seeds: int = 3, epochs: int = 10,
-                   lam: float = 10.0, logvar_weight: float = 0.1, backend: str = "auto",
+def run_latent_dim(out: str, z_dims: Sequence[int] = (1, 2, 4, 8), seeds: int = 3, epochs: int = 20,
+                   lam: float = 10.0, logvar_weight: float = 0.01, backend: str = "auto",
                    device: str = "cpu", n_train: int = 2000, progress: bool = True,
                    log: Callable[[str], None] = print) -> dict:
     out_p = Path(out)

@@ -11,7 +11,9 @@ Two families, as in the WAE paper:
   w = 128; our default is 64 (``--width`` sets it).
 
 Encoders return ``(mu, logvar)``; ``logvar`` is None for deterministic encoders and is clipped
-to ``[logvar_min, logvar_max]`` (default [-20, 5], Rubenstein et al.'s code) for Gaussian ones.
+to ``[logvar_min, logvar_max]`` (default [-20, 5], Rubenstein et al.'s code) for Gaussian ones,
+whose logvar outputs start at ``logvar_init`` (the trainer's default -5: started at 0, i.e. at the
+prior's variance, the encoder tends to stay collapsed onto the prior and ignore its input).
 Decoders end in a sigmoid (pixels in [0, 1]).
 """
 from __future__ import annotations
@@ -24,13 +26,16 @@ from torch import nn
 
 class Encoder(nn.Module):
     def __init__(self, body: nn.Module, feat: int, z_dim: int, stochastic: bool,
-                 logvar_min: float = -20.0, logvar_max: float = 5.0) -> None:
+                 logvar_min: float = -20.0, logvar_max: float = 5.0, logvar_init: float = 0.0) -> None:
         super().__init__()
         self.body = body
         self.z_dim = z_dim
         self.stochastic = stochastic
         self.logvar_min, self.logvar_max = logvar_min, logvar_max
         self.head = nn.Linear(feat, 2 * z_dim if stochastic else z_dim)
+        if stochastic:
+            with torch.no_grad():
+                self.head.bias[z_dim:].fill_(logvar_init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         h = self.head(self.body(x))
@@ -95,20 +100,20 @@ class ConvDecoder(nn.Module):
 
 
 def build_autoencoder(arch: str, shape: tuple[int, int, int], z_dim: int, stochastic: bool,
-                      width: int = 0, logvar_min: float = -20.0, logvar_max: float = 5.0
-                      ) -> tuple[Encoder, nn.Module]:
+                      width: int = 0, logvar_min: float = -20.0, logvar_max: float = 5.0,
+                      logvar_init: float = 0.0) -> tuple[Encoder, nn.Module]:
     c, h, w_ = shape
     if arch == "mlp":
         width = width or 256
         d_in = c * h * w_
-        enc = Encoder(_mlp_body(d_in, width), width, z_dim, stochastic, logvar_min, logvar_max)
+        enc = Encoder(_mlp_body(d_in, width), width, z_dim, stochastic, logvar_min, logvar_max, logvar_init)
         dec = MLPDecoder(z_dim, shape, width)
     elif arch == "conv":
         if h != w_ or h not in (28, 64):
             raise ValueError(f"--arch conv: supports 28x28 and 64x64 images, got {h}x{w_} (use --arch mlp)")
         width = width or 64
         body, feat = _conv_body(c, h, width)
-        enc = Encoder(body, feat, z_dim, stochastic, logvar_min, logvar_max)
+        enc = Encoder(body, feat, z_dim, stochastic, logvar_min, logvar_max, logvar_init)
         dec = ConvDecoder(z_dim, shape, width)
     else:
         raise ValueError(f"--arch: unknown architecture {arch!r}; expected 'mlp' or 'conv'")

@@ -95,6 +95,11 @@ def plot_curves(history: list[dict], path: Path, data_mmd: Optional[float] = Non
 
 def write_plots(trainer, out: Path) -> list[Path]:
     """All end-of-run plots for a :class:`~wae_fast.train.Trainer` into ``out``."""
+    with trainer.threads():
+        return _write_plots(trainer, out)
+
+
+def _write_plots(trainer, out: Path) -> list[Path]:
     plt = _plt()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +115,7 @@ def write_plots(trainer, out: Path) -> list[Path]:
     from .data import to_float
     xf = to_float(x)
     pair = torch.cat([xf[:8], xr[:8], xf[8:16], xr[8:16]]) if n >= 16 else torch.cat([xf, xr])
-    paths.append(_show(plt, image_grid(pair, min(8, n)), "held-out images (rows 1, 3) and reconstructions (rows 2, 4)",
+    paths.append(_show(plt, image_grid(pair, min(8, n)), "held-out (rows 1, 3), reconstructed (2, 4)",
                        out / "reconstructions.png"))
     zp = trainer._prior(64, g)
     paths.append(_show(plt, image_grid(trainer.decode_all(zp).cpu(), 8), "samples G(z), z ~ prior",
@@ -125,7 +130,7 @@ def write_plots(trainer, out: Path) -> list[Path]:
             rows.append(a[None] * (1 - steps[:, None]) + b[None] * steps[:, None])
         zi = torch.cat(rows)
         paths.append(_show(plt, image_grid(trainer.decode_all(zi).cpu(), 10),
-                           "latent interpolations between held-out codes (encoder means)",
+                           "interpolations (encoder means)",
                            out / "interpolations.png"))
     paths.append(plot_codes(trainer, out / "latent_pca.png", g))
     return paths
