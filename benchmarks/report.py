@@ -20,6 +20,8 @@ CSV_FIELDS = [
 MD_HEADER = ("| backend | op | N | M | d | kernel | dtype | pass | est | prec | status | median ms | "
              "peak extra MB | floor ms (bound) | % of floor | note |")
 MD_RULE = "|" + "---|" * 16
+COLORS = {"naive": "tab:green", "compiled": "tab:purple", "reference": "tab:red", "cpp": "tab:orange",
+          "triton": "tab:blue", "cuda": "tab:cyan", "pykeops": "tab:brown", "geomloss": "tab:pink"}
 
 
 def _fmt(v, spec: str = ".3g") -> str:
@@ -123,7 +125,8 @@ def plot(csv_path: str, png_stem: str) -> list[str]:
                 pts = sorted((int(r["n"]), _num(r.get(col))) for r in rs if _num(r.get(col)) is not None
                              and _num(r.get(col)) > 0)
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend,
+                            color=COLORS.get(backend))
             if what == "time" and floors[key]:
                 fl = sorted(floors[key].items())
                 ax.plot([p[0] for p in fl], [p[1] for p in fl], "k--", label="floor")

@@ -26,6 +26,7 @@ def test_aot_compile_sm90():
     env.pop("TRITON_INTERPRET", None)
     which = os.environ.get("WAE_FAST_AOT_SET", "core")
     with tempfile.TemporaryDirectory() as tmp:
+        env["TRITON_CACHE_DIR"] = os.path.join(tmp, "cache")   # really compile, no cache hits
         out = os.path.join(tmp, "aot.json")
         res = subprocess.run(
             [sys.executable, "-m", "wae_fast.kernels.aot", "--arch", "90", "--set", which, "--json", out],

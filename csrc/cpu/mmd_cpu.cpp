@@ -80,9 +80,10 @@ wae_cpu_generic::Operand<T> as_operand(const Prepared<T>& p) {
 }
 
 template <class T>
-double run_stripe_dispatch(const wae_cpu_generic::Problem<T>& pb, int64_t s, int64_t ns, double* gr, double* gc) {
+double run_stripe_dispatch(const wae_cpu_generic::Problem<T>& pb, int64_t s, int64_t ns, double* gr, double* gc,
+                           bool avx2) {
 #ifdef WAE_HAVE_AVX2_VARIANT
-  if (use_avx2()) {
+  if (avx2) {
     // The two namespaces hold layout-identical structs; reinterpret the problem description.
     static_assert(sizeof(wae_cpu_generic::Problem<T>) == sizeof(wae_cpu_avx2::Problem<T>), "layout");
     wae_cpu_avx2::Problem<T> q;
@@ -129,6 +130,7 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
   std::vector<at::Tensor> partials;
   if (cols_needed)
     for (int64_t s = 0; s < ns; ++s) partials.push_back(at::zeros({part_rows, a.dp}, at::kDouble));
+  const bool avx2 = use_avx2();  // decided once, outside the parallel region
   at::parallel_for(0, ns, 1, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
       double* gr = nullptr;
@@ -141,7 +143,7 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
           gc = cols_needed ? partials[s].data_ptr<double>() : nullptr;
         }
       }
-      sums[s] = run_stripe_dispatch<T>(pb, s, ns, gr, gc);
+      sums[s] = run_stripe_dispatch<T>(pb, s, ns, gr, gc, avx2);
     }
   });
   double total = 0.0;

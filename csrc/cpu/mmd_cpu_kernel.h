@@ -189,6 +189,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           acc[r][1] += av * b1;
         }
       }
+      V csacc[2] = {zero, zero};  // column sums of these 4 rows (one RMW of CS per vector)
       for (int r = 0; r < 4; ++r) {
         const int64_t i = ibase + r;
         const I rowvalid = izero + (i < pb.a.n ? -1 : 0);
@@ -221,9 +222,13 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
             wv = (valid & ~dmask) ? wv : zero;
             vstore(W + (ib + r) * kTile + jb + h * L, wv);
             rs[r] += wv;
-            vstore(CS + jb + h * L, vload<V>(CS + jb + h * L) + wv);
+            csacc[h] += wv;
           }
         }
+      }
+      if (GRAD) {
+        vstore(CS + jb, vload<V>(CS + jb) + csacc[0]);
+        vstore(CS + jb + L, vload<V>(CS + jb + L) + csacc[1]);
       }
     }
     if (GRAD)
