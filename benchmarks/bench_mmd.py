@@ -710,10 +710,18 @@ def main(argv=None) -> int:
     ap.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-paired", action="store_true", help="CPU mode: skip the interleaved target ratios")
     ap.add_argument("--paired-only", action="store_true", help="CPU: only the interleaved target ratios")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads in the workers (default: torch's; 1 is steadier on a shared machine)")
     ap.add_argument("--mem-only", action="store_true",
                     help="CPU: only the live-allocation memory probe of the rows marked mem_probe (one call each, "
                          "after a tiny warm-up), appended to the report as its own table")
     a = ap.parse_args(argv)
+    if a.threads:  # workers inherit it through the environment
+        os.environ["WAE_BENCH_THREADS"] = str(a.threads)
+    if a.worker and os.environ.get("WAE_BENCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["WAE_BENCH_THREADS"]))
 
     if a.worker and a.paired:
         res = run_paired(json.loads(a.worker), a.device or "cpu", a.row_budget or 10.0, a.max_reps or 7)
@@ -743,7 +751,8 @@ def main(argv=None) -> int:
         md = os.path.join(a.results_dir, (a.stem or default_stem("cpu", False)) + ".md")
         t0 = time.time()
         report.append_md(md, paired_summary(run_paired_targets("cpu", log=lambda s: print(s, flush=True)))
-                         + f"\n(`python -m benchmarks.bench_mmd --paired-only`, {time.time() - t0:.0f} s, "
+                         + f"\n(`python -m benchmarks.bench_mmd " + " ".join(argv if argv is not None else sys.argv[1:])
+                         + f"`, {time.time() - t0:.0f} s, "
                          f"{_dt.datetime.now(_dt.timezone.utc).strftime('%H:%M UTC')})\n")
         return 0
     if a.mode == "gpu" and not a.dry_run and not torch.cuda.is_available():

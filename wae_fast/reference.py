@@ -75,9 +75,9 @@ def _self_term(p, kind, params, unbiased, g_acc, block):
             if g_acc is not None:
                 if diag:
                     w.diagonal().zero_()
-                g_acc[i0:i0 + block] += (w.sum(1)[:, None] * a - w @ b).to(torch.float64)
+                g_acc[i0:i0 + block] += w.sum(1)[:, None] * a - w @ b
                 if not diag:
-                    g_acc[j0:j0 + block] += (w.sum(0)[:, None] * b - w.T @ a).to(torch.float64)
+                    g_acc[j0:j0 + block] += w.sum(0)[:, None] * b - w.T @ a
     return total
 
 
@@ -93,35 +93,46 @@ def _cross_term(x, y, kind, params, gx_acc, gy_acc, block):
             k, w = kernel_and_derivative(r, kind, params, need)
             total += k.sum(dtype=torch.float64)
             if gx_acc is not None:
-                gx_acc[i0:i0 + block] += (w.sum(1)[:, None] * a - w @ b).to(torch.float64)
+                gx_acc[i0:i0 + block] += w.sum(1)[:, None] * a - w @ b
             if gy_acc is not None:
-                gy_acc[j0:j0 + block] += (w.sum(0)[:, None] * b - w.T @ a).to(torch.float64)
+                gy_acc[j0:j0 + block] += w.sum(0)[:, None] * b - w.T @ a
     return total
 
 
 def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y=False,
                       block_size: int = BLOCK_SIZE):
-    """Contract forward (see :mod:`wae_fast.contract`) with an explicit block size."""
+    """Contract forward (see :mod:`wae_fast.contract`) with an explicit block size.
+
+    Value: block sums combined in float64. Gradient parts: accumulated in the compute dtype
+    straight into the (2, N, d) / (2, M, d) outputs (each block adds one matmul's worth of
+    terms, so this is as accurate as one long matmul), keeping the extra memory at the outputs
+    plus one block."""
     ct = compute_dtype(x.dtype)
     n, m = x.shape[0], y.shape[0]
     xs = x.to(ct) - offset.to(ct)
     ys = y.to(ct) - offset.to(ct)
-    f64 = dict(dtype=torch.float64, device=x.device)
-    gxx = torch.zeros(xs.shape, **f64) if grad_x else None
-    gxy_x = torch.zeros(xs.shape, **f64) if grad_x else None
-    gyy = torch.zeros(ys.shape, **f64) if grad_y else None
-    gxy_y = torch.zeros(ys.shape, **f64) if grad_y else None
+    gx = torch.zeros((2,) + tuple(xs.shape), dtype=ct, device=x.device) if grad_x else None
+    gy = torch.zeros((2,) + tuple(ys.shape), dtype=ct, device=y.device) if grad_y else None
 
     nxx = n * (n - 1) if unbiased else n * n
     nyy = m * (m - 1) if unbiased else m * m
-    sxx = _self_term(xs, kind, params, unbiased, gxx, block_size)
-    syy = _self_term(ys, kind, params, unbiased, gyy, block_size)
-    sxy = _cross_term(xs, ys, kind, params, gxy_x, gxy_y, block_size)
+    sxx = _self_term(xs, kind, params, unbiased, gx[0] if grad_x else None, block_size)
+    syy = _self_term(ys, kind, params, unbiased, gy[0] if grad_y else None, block_size)
+    sxy = _cross_term(xs, ys, kind, params, gx[1] if grad_x else None,
+                      gy[1] if grad_y else None, block_size)
     terms = torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
 
     # d r_ij / d a_i = 2 (a_i - b_j); each unordered xx pair appears twice in the sum.
-    gx = torch.stack([gxx * (4.0 / nxx), gxy_x * (2.0 / (n * m))]).to(ct) if grad_x else x.new_empty((0,), dtype=ct)
-    gy = torch.stack([gyy * (4.0 / nyy), gxy_y * (2.0 / (n * m))]).to(ct) if grad_y else y.new_empty((0,), dtype=ct)
+    if grad_x:
+        gx[0].mul_(4.0 / nxx)
+        gx[1].mul_(2.0 / (n * m))
+    if grad_y:
+        gy[0].mul_(4.0 / nyy)
+        gy[1].mul_(2.0 / (n * m))
+    if not grad_x:
+        gx = x.new_empty((0,), dtype=ct)
+    if not grad_y:
+        gy = y.new_empty((0,), dtype=ct)
     return terms, gx, gy
 
 

@@ -67,7 +67,7 @@ Prepared<T> prepare(const at::Tensor& pts, const at::Tensor& offset, int64_t dp)
   at::Tensor rows = at::zeros({p.n_pad, dp}, pts.options().dtype(st));
   rows.narrow(0, 0, p.n).narrow(1, 0, d).copy_(pts.to(st) - offset.to(st));
   p.rows = rows;
-  p.cols = rows.t().contiguous();
+  p.cols = rows.view({p.n_pad / kTile, kTile, dp}).transpose(1, 2).contiguous();  // per-tile transpose
   // squared norms accumulated in fp64, rounded once to the compute type
   p.nrm = rows.to(at::kDouble).pow(2).sum(1).to(st).contiguous();
   return p;

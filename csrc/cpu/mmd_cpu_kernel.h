@@ -8,7 +8,8 @@
 // Layout (prepared by mmd_cpu.cpp):
 //   A  (nA_pad x dp) row-major shifted points, rows padded to a multiple of kTile, columns
 //      padded to dp (a multiple of the vector length) with zeros;
-//   At (dp x nA_pad) the same, transposed (used when A is the column operand);
+//   At (nA_pad / kTile, dp, kTile) the same, transposed per tile of kTile points (used when A is
+//      the column operand);
 //   nrmA (nA_pad) squared norms.
 // The pair matrix is cut into kTile x kTile tiles.  Per tile: dot products by a 4 x 2L register
 // micro-kernel, the squared distance, clamp, exact r_ii = 0, all kernel scales and dk/dr are
@@ -124,7 +125,7 @@ static inline __attribute__((always_inline)) void imq_eval_vec(V r, const T* C, 
 template <class T>
 struct Operand {
   const T* rows;   // (n_pad x dp)
-  const T* cols;   // (dp x n_pad) transposed
+  const T* cols;   // (n_pad / kTile, dp, kTile): transposed per tile
   const T* nrm;    // (n_pad)
   int64_t n;       // valid points
   int64_t n_pad;   // multiple of kTile
@@ -151,8 +152,10 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   constexpr int L = Vec<T>::L;
   const int64_t dp = pb.dp;
   const T* __restrict A = pb.a.rows;
-  const T* __restrict Bt = pb.b.cols;
-  const int64_t ldb = pb.b.n_pad;
+  // column operand packed per tile: (n_pad / kTile) blocks of (dp x kTile), contiguous, so the
+  // k-rows of a tile do not alias in L1 (a plain (dp x n_pad) transpose has a 4 KiB-multiple stride)
+  const T* __restrict Bt = pb.b.cols + (j0 / kTile) * dp * kTile;
+  constexpr int64_t ldb = kTile;
   const T* __restrict na = pb.a.nrm;
   const T* __restrict nb = pb.b.nrm;
   const int S = pb.S;
@@ -180,7 +183,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
       V acc[4][2];
       for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
       const T* a0 = A + ibase * dp;
-      const T* bp = Bt + j0 + jb;
+      const T* bp = Bt + jb;
       for (int64_t k = 0; k < dp; ++k) {
         V b0 = vload<V>(bp + k * ldb), b1 = vload<V>(bp + k * ldb + L);
         for (int r = 0; r < 4; ++r) {
@@ -254,7 +257,28 @@ static void tile_grad_rows(const Problem<T>& pb, int64_t i0, int64_t j0, const T
   const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
   const V zero = V{} + T(0);
   for (int64_t ib = 0; ib < in; ib += 4) {
-    for (int64_t kc = 0; kc < dp; kc += L) {
+    int64_t kc = 0;
+    for (; kc + 2 * L <= dp; kc += 2 * L) {  // 4 rows x 2 vectors: 8 FMAs per 2 loads + 4 broadcasts
+      V acc[4][2] = {{zero, zero}, {zero, zero}, {zero, zero}, {zero, zero}};
+      for (int64_t j = 0; j < jn; ++j) {
+        const T* bp = B + (j0 + j) * dp + kc;
+        V b0 = vload<V>(bp), b1 = vload<V>(bp + L);
+        for (int r = 0; r < 4; ++r) {
+          const T wv = W[(ib + r) * kTile + j];
+          acc[r][0] += wv * b0;
+          acc[r][1] += wv * b1;
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        const int64_t i = i0 + ib + r;
+        for (int h = 0; h < 2; ++h) {
+          V out = RS[ib + r] * vload<V>(A + i * dp + kc + h * L) - acc[r][h];
+          double* gp = g + i * dp + kc + h * L;
+          for (int l = 0; l < L; ++l) gp[l] += double(out[l]);
+        }
+      }
+    }
+    for (; kc < dp; kc += L) {
       V acc[4] = {zero, zero, zero, zero};
       for (int64_t j = 0; j < jn; ++j) {
         V bv = vload<V>(B + (j0 + j) * dp + kc);
@@ -283,7 +307,28 @@ static void tile_grad_cols(const Problem<T>& pb, int64_t i0, int64_t j0, const T
   const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
   const V zero = V{} + T(0);
   for (int64_t jb = 0; jb < jn; jb += 4) {
-    for (int64_t kc = 0; kc < dp; kc += L) {
+    int64_t kc = 0;
+    for (; kc + 2 * L <= dp; kc += 2 * L) {
+      V acc[4][2] = {{zero, zero}, {zero, zero}, {zero, zero}, {zero, zero}};
+      for (int64_t i = 0; i < in; ++i) {
+        const T* ap = A + (i0 + i) * dp + kc;
+        V a0 = vload<V>(ap), a1 = vload<V>(ap + L);
+        const T* wr = W + i * kTile + jb;
+        for (int c = 0; c < 4; ++c) {
+          acc[c][0] += wr[c] * a0;
+          acc[c][1] += wr[c] * a1;
+        }
+      }
+      for (int c = 0; c < 4; ++c) {
+        const int64_t j = j0 + jb + c;
+        for (int h = 0; h < 2; ++h) {
+          V out = CS[jb + c] * vload<V>(B + j * dp + kc + h * L) - acc[c][h];
+          double* gp = g + j * dp + kc + h * L;
+          for (int l = 0; l < L; ++l) gp[l] += double(out[l]);
+        }
+      }
+    }
+    for (; kc < dp; kc += L) {
       V acc[4] = {zero, zero, zero, zero};
       for (int64_t i = 0; i < in; ++i) {
         V av = vload<V>(A + (i0 + i) * dp + kc);
