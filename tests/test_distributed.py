@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import wae_fast
 from wae_fast.distributed import assign_blocks, mmd_distributed, mmd_to_prior_distributed
 from wae_fast.prior import mmd_to_prior
-from wae_fast.prior import block_pairs, cross_blocks, sym_blocks
+from wae_fast.reference import block_pairs, cross_blocks, sym_blocks
 
 N, M, D = 23, 17, 3
 BLOCK = 4
@@ -96,6 +96,8 @@ def _worker(rank, world, init_file, outdir):
         res["error"] = traceback.format_exc()
     torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
     if dist.is_initialized():
+        # every rank leaves together: tearing gloo down while a peer still talks aborts
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -42,8 +42,8 @@ from .contract import compute_dtype
 import math
 
 from .kernel_specs import IMQ, KernelSpec, resolve_kernel
-from .prior import (QUADRATURES, _closed_form_cross, block_pairs, cross_sum, quadrature_rule,
-                    self_sum)
+from .prior import QUADRATURES, _closed_form_cross, quadrature_rule
+from .reference import block_pairs, cross_sum, self_sum
 from .reference import BLOCK_SIZE
 from .validation import ESTIMATORS, FLOAT_DTYPES
 

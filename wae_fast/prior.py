@@ -68,7 +68,7 @@ import torch
 
 from .contract import compute_dtype
 from .kernel_specs import IMQ, KIND_IMQ, KIND_RBF, KernelSpec, resolve_kernel
-from .reference import BLOCK_SIZE, _sq_dist, kernel_and_derivative
+from .reference import BLOCK_SIZE, _acc_rows, _sq_dist, _sym_block, kernel_and_derivative, self_sum
 from .validation import check_finite as _check_finite
 from .validation import check_points, check_tensor
 
@@ -82,83 +82,6 @@ _F64 = torch.float64
 # ----------------------------------------------------------------------------------------------
 # Blocked pair sums (shared with wae_fast.distributed)
 # ----------------------------------------------------------------------------------------------
-
-def _sym_block(a, b, na, nb, diag, kind, params, unbiased, need_w):
-    """Kernel sum of one block of a symmetric (xx or yy) Gram matrix; ``diag``: a is b."""
-    r = _sq_dist(a, b, na, nb, diag)
-    k, w = kernel_and_derivative(r, kind, params, need_w)
-    if diag and unbiased:
-        k.diagonal().zero_()
-    s = k.sum(dtype=_F64)
-    return (s if diag else 2.0 * s), w
-
-
-def _acc_rows(g, i0, w, a, b):
-    """g[i0:i0+len(a)] += sum_j W_ij (a_i - b_j)."""
-    g[i0:i0 + a.shape[0]] += (w.sum(1)[:, None] * a - w @ b).to(_F64)
-
-
-def _acc_cols(g, j0, w, a, b):
-    """g[j0:j0+len(b)] += sum_i W_ij (b_j - a_i)."""
-    g[j0:j0 + b.shape[0]] += (w.sum(0)[:, None] * b - w.T @ a).to(_F64)
-
-
-def sym_blocks(n: int, block: int) -> list[tuple[int, int]]:
-    """(i0, j0) of the blocks on and above the diagonal of an n x n pair matrix."""
-    return [(i0, j0) for i0 in range(0, n, block) for j0 in range(i0, n, block)]
-
-
-def cross_blocks(n: int, m: int, block: int) -> list[tuple[int, int]]:
-    return [(i0, j0) for i0 in range(0, n, block) for j0 in range(0, m, block)]
-
-
-def block_pairs(i0: int, j0: int, n: int, m: int, block: int) -> int:
-    """Kernel values evaluated for block (i0, j0) of an n x m pair matrix."""
-    return (min(i0 + block, n) - i0) * (min(j0 + block, m) - j0)
-
-
-def self_sum(p, kind, params, unbiased, block, blocks=None, g_acc=None):
-    """sum_{i != j} (or sum_{i,j}) k(p_i, p_j) over the given upper blocks (all by default), in
-    float64.  When ``g_acc`` (n, d) float64 is given, adds sum_j W_ij (p_i - p_j) to it: the
-    derivative of the returned sum w.r.t. p is 4 * g_acc.  Returns (sum, pairs evaluated)."""
-    n = p.shape[0]
-    sq = (p * p).sum(1)
-    total = torch.zeros((), dtype=_F64, device=p.device)
-    pairs = 0
-    for i0, j0 in (sym_blocks(n, block) if blocks is None else blocks):
-        a, na = p[i0:i0 + block], sq[i0:i0 + block]
-        b, nb = p[j0:j0 + block], sq[j0:j0 + block]
-        diag = i0 == j0
-        s, w = _sym_block(a, b, na, nb, diag, kind, params, unbiased, g_acc is not None)
-        total += s
-        pairs += a.shape[0] * b.shape[0]
-        if g_acc is not None:
-            _acc_rows(g_acc, i0, w, a, b)
-            if not diag:
-                _acc_cols(g_acc, j0, w, a, b)
-    return total, pairs
-
-
-def cross_sum(x, y, kind, params, block, blocks=None, gx_acc=None, gy_acc=None):
-    """sum_{i,j} k(x_i, y_j) over the given blocks (all by default), float64; the derivatives
-    of the sum are 2 * gx_acc and 2 * gy_acc.  Returns (sum, pairs evaluated)."""
-    sx, sy = (x * x).sum(1), (y * y).sum(1)
-    total = torch.zeros((), dtype=_F64, device=x.device)
-    pairs = 0
-    need = gx_acc is not None or gy_acc is not None
-    for i0, j0 in (cross_blocks(x.shape[0], y.shape[0], block) if blocks is None else blocks):
-        a, na = x[i0:i0 + block], sx[i0:i0 + block]
-        b, nb = y[j0:j0 + block], sy[j0:j0 + block]
-        r = _sq_dist(a, b, na, nb, False)
-        k, w = kernel_and_derivative(r, kind, params, need)
-        total += k.sum(dtype=_F64)
-        pairs += a.shape[0] * b.shape[0]
-        if gx_acc is not None:
-            _acc_rows(gx_acc, i0, w, a, b)
-        if gy_acc is not None:
-            _acc_cols(gy_acc, j0, w, a, b)
-    return total, pairs
-
 
 # ----------------------------------------------------------------------------------------------
 # Seeded, block-regenerable prior samples

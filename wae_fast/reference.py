@@ -55,48 +55,85 @@ def _sq_dist(a, b, na, nb, diagonal: bool):
     return r
 
 
-def _self_term(p, kind, params, unbiased, g_acc, block):
-    """Sum of k over pairs of one set (symmetric blocks visited once); accumulates the
-    unnormalised gradient sum_j W_ij (p_i - p_j) into g_acc when given."""
+def _sym_block(a, b, na, nb, diag, kind, params, unbiased, need_w):
+    """Kernel sum of one block of a symmetric (xx or yy) Gram matrix; ``diag``: a is b.
+    Off-diagonal blocks count twice (their mirror image is never visited)."""
+    r = _sq_dist(a, b, na, nb, diag)
+    k, w = kernel_and_derivative(r, kind, params, need_w)
+    if diag and unbiased:
+        k.diagonal().zero_()
+    if diag and w is not None:
+        w.diagonal().zero_()
+    s = k.sum(dtype=torch.float64)
+    return (s if diag else 2.0 * s), w
+
+
+def _acc_rows(g, i0, w, a, b):
+    """g[i0:i0+len(a)] += sum_j W_ij (a_i - b_j)  (one matmul; g may be fp64 or the compute dtype)."""
+    g[i0:i0 + a.shape[0]] += (w.sum(1)[:, None] * a - w @ b).to(g.dtype)
+
+
+def _acc_cols(g, j0, w, a, b):
+    """g[j0:j0+len(b)] += sum_i W_ij (b_j - a_i)."""
+    g[j0:j0 + b.shape[0]] += (w.sum(0)[:, None] * b - w.T @ a).to(g.dtype)
+
+
+def sym_blocks(n: int, block: int) -> list[tuple[int, int]]:
+    """(i0, j0) of the blocks on and above the diagonal of an n x n pair matrix."""
+    return [(i0, j0) for i0 in range(0, n, block) for j0 in range(i0, n, block)]
+
+
+def cross_blocks(n: int, m: int, block: int) -> list[tuple[int, int]]:
+    """(i0, j0) of all blocks of an n x m pair matrix."""
+    return [(i0, j0) for i0 in range(0, n, block) for j0 in range(0, m, block)]
+
+
+def block_pairs(i0: int, j0: int, n: int, m: int, block: int) -> int:
+    """Kernel values evaluated for block (i0, j0) of an n x m pair matrix."""
+    return (min(i0 + block, n) - i0) * (min(j0 + block, m) - j0)
+
+
+def self_sum(p, kind, params, unbiased, block, blocks=None, g_acc=None):
+    """sum_{i != j} (unbiased) or sum_{i,j} k(p_i, p_j) over the given upper blocks (all by
+    default), in float64.  When ``g_acc`` (n, d) is given, adds sum_j W_ij (p_i - p_j) to it:
+    the derivative of the returned sum w.r.t. p is 4 * g_acc.  Returns (sum, pairs evaluated)."""
     n = p.shape[0]
     sq = (p * p).sum(1)
     total = torch.zeros((), dtype=torch.float64, device=p.device)
-    for i0 in range(0, n, block):
+    pairs = 0
+    for i0, j0 in (sym_blocks(n, block) if blocks is None else blocks):
         a, na = p[i0:i0 + block], sq[i0:i0 + block]
-        for j0 in range(i0, n, block):
-            b, nb = p[j0:j0 + block], sq[j0:j0 + block]
-            diag = i0 == j0
-            r = _sq_dist(a, b, na, nb, diag)
-            k, w = kernel_and_derivative(r, kind, params, g_acc is not None)
-            if diag and unbiased:
-                k.diagonal().zero_()
-            s = k.sum(dtype=torch.float64)
-            total += s if diag else 2.0 * s
-            if g_acc is not None:
-                if diag:
-                    w.diagonal().zero_()
-                g_acc[i0:i0 + block] += w.sum(1)[:, None] * a - w @ b
-                if not diag:
-                    g_acc[j0:j0 + block] += w.sum(0)[:, None] * b - w.T @ a
-    return total
+        b, nb = p[j0:j0 + block], sq[j0:j0 + block]
+        diag = i0 == j0
+        s, w = _sym_block(a, b, na, nb, diag, kind, params, unbiased, g_acc is not None)
+        total += s
+        pairs += a.shape[0] * b.shape[0]
+        if g_acc is not None:
+            _acc_rows(g_acc, i0, w, a, b)
+            if not diag:
+                _acc_cols(g_acc, j0, w, a, b)
+    return total, pairs
 
 
-def _cross_term(x, y, kind, params, gx_acc, gy_acc, block):
+def cross_sum(x, y, kind, params, block, blocks=None, gx_acc=None, gy_acc=None):
+    """sum_{i,j} k(x_i, y_j) over the given blocks (all by default), float64; the derivatives
+    of the sum are 2 * gx_acc and 2 * gy_acc.  Returns (sum, pairs evaluated)."""
     sx, sy = (x * x).sum(1), (y * y).sum(1)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
+    pairs = 0
     need = gx_acc is not None or gy_acc is not None
-    for i0 in range(0, x.shape[0], block):
+    for i0, j0 in (cross_blocks(x.shape[0], y.shape[0], block) if blocks is None else blocks):
         a, na = x[i0:i0 + block], sx[i0:i0 + block]
-        for j0 in range(0, y.shape[0], block):
-            b, nb = y[j0:j0 + block], sy[j0:j0 + block]
-            r = _sq_dist(a, b, na, nb, False)
-            k, w = kernel_and_derivative(r, kind, params, need)
-            total += k.sum(dtype=torch.float64)
-            if gx_acc is not None:
-                gx_acc[i0:i0 + block] += w.sum(1)[:, None] * a - w @ b
-            if gy_acc is not None:
-                gy_acc[j0:j0 + block] += w.sum(0)[:, None] * b - w.T @ a
-    return total
+        b, nb = y[j0:j0 + block], sy[j0:j0 + block]
+        r = _sq_dist(a, b, na, nb, False)
+        k, w = kernel_and_derivative(r, kind, params, need)
+        total += k.sum(dtype=torch.float64)
+        pairs += a.shape[0] * b.shape[0]
+        if gx_acc is not None:
+            _acc_rows(gx_acc, i0, w, a, b)
+        if gy_acc is not None:
+            _acc_cols(gy_acc, j0, w, a, b)
+    return total, pairs
 
 
 def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y=False,
@@ -116,10 +153,10 @@ def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y
 
     nxx = n * (n - 1) if unbiased else n * n
     nyy = m * (m - 1) if unbiased else m * m
-    sxx = _self_term(xs, kind, params, unbiased, gx[0] if grad_x else None, block_size)
-    syy = _self_term(ys, kind, params, unbiased, gy[0] if grad_y else None, block_size)
-    sxy = _cross_term(xs, ys, kind, params, gx[1] if grad_x else None,
-                      gy[1] if grad_y else None, block_size)
+    sxx, _ = self_sum(xs, kind, params, unbiased, block_size, g_acc=gx[0] if grad_x else None)
+    syy, _ = self_sum(ys, kind, params, unbiased, block_size, g_acc=gy[0] if grad_y else None)
+    sxy, _ = cross_sum(xs, ys, kind, params, block_size, gx_acc=gx[1] if grad_x else None,
+                       gy_acc=gy[1] if grad_y else None)
     terms = torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
 
     # d r_ij / d a_i = 2 (a_i - b_j); each unordered xx pair appears twice in the sum.
