@@ -134,6 +134,41 @@ def test_bit_identical_reruns_and_thread_counts():
         assert torch.equal(u, v) and torch.equal(u, w)
 
 
+# Sizes past the grouped schedule's thresholds: 2200 points = 35 row blocks of 64 (more blocks than
+# the 32 groups, uneven groups), 700 = 11 blocks (an odd group count, padded with an empty group).
+GROUPED = [(2200, 700, 5), (700, 2200, 5), (700, 700, 3)]
+
+
+@pytest.mark.parametrize("n,m,d,which,kname", [(2200, 700, 5, "both", "imq7"), (700, 2200, 5, "y", "rbf3"),
+                                                (700, 700, 3, "x", "imq7")])
+def test_grouped_schedule_matches_oracle(n, m, d, which, kname):
+    """Gradients of the self terms and of the cross term with both gradients come from the
+    round-scheduled group pairs (every gradient row written by one task at a time)."""
+    for dtype in (torch.float32, torch.float64):
+        x, y = _points(n, m, d, dtype, seed=n + 2 * m)
+        _check(x, y, KERNELS[kname], "unbiased", grad_x=which != "y", grad_y=which != "x", grad_out=0.7)
+
+
+@pytest.mark.parametrize("n,m,d", GROUPED[:2])
+def test_grouped_schedule_bit_identical_thread_counts(n, m, d):
+    x, y = _points(n, m, d, torch.float32, seed=21)
+    nt = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            outs.append(_run(x, y, IMQ()))
+            xr = x.clone().requires_grad_(True)  # x-only gradient: row stripes + one grouped self term
+            v = wae_fast.mmd(xr, y, IMQ(), backend="cpp")
+            v.backward()
+            outs[-1] = outs[-1] + (v.detach(), xr.grad)
+    finally:
+        torch.set_num_threads(nt)
+    for o in outs[1:]:
+        for u, v in zip(outs[0], o):
+            assert torch.equal(u, v)
+
+
 def test_generic_isa_matches(monkeypatch):
     """The baseline-ISA build of the tile kernels (selected with WAE_FAST_CPU_ISA=generic) agrees
     with the run-time selected one (AVX2+FMA here) to fp32 rounding."""

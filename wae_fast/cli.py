@@ -48,7 +48,6 @@ def _train(args: argparse.Namespace) -> int:
 
     from .train import CheckpointError, Trainer, preset
     from .train.data import DataError
-    from .train.plots import write_plots
 
     out = args.out
     try:
@@ -69,6 +68,18 @@ def _train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted; the last finished epoch is saved: resume with --out {out} --resume",
               file=sys.stderr)
         return 130
+    if not trainer.is_main:  # torchrun: rank 0 reports and writes, the other ranks stay silent
+        trainer.close()
+        return 0 if hist else 1
+    try:
+        return _report(args, trainer, cfg, out, hist)
+    finally:
+        trainer.close()
+
+
+def _report(args: argparse.Namespace, trainer, cfg, out: str, hist: list) -> int:
+    from .train.plots import write_plots
+
     print(trainer.summary())
     if trainer.epoch < cfg.epochs:
         print(f"stopped after epoch {trainer.epoch} of {cfg.epochs}; continue with: "
@@ -111,7 +122,9 @@ def _experiment(args: argparse.Namespace) -> int:
 def _add_train(sub) -> None:
     t = sub.add_parser(
         "train", help="train a Wasserstein auto-encoder (default: WAE-MMD on 8x8 digits, ~2-3 min on 2 CPU cores)",
-        description="Train a WAE. Unset flags take the preset of --dataset and --objective (the WAE paper's "
+        description="Train a WAE (on several processes: torchrun --nproc-per-node K -m wae_fast train ...; "
+                    "--batch-size is then the global batch, split across the ranks). Unset flags take the "
+                    "preset of --dataset and --objective (the WAE paper's "
                     "defaults: mnist z_dim 8, lambda 10, batch 100, Adam lr 1e-3 betas (0.5, 0.999); "
                     "celeba z_dim 64, lambda 100, lr 5e-4 (MMD) / 3e-4 (GAN); WAE-GAN lambda 1). Cost "
                     "c(x, y) = 0.05 ||x - y||^2 summed over pixels, averaged over the batch.")

@@ -391,6 +391,27 @@ def _check_codes(x, unbiased: bool, estimator: str):
                          "(use unbiased=False)")
 
 
+PRIOR_BACKENDS = ("reference", "triton")
+
+
+def _check_prior_backend(backend, estimator: str):
+    if not isinstance(backend, str) or backend not in PRIOR_BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r} for mmd_to_prior; expected one of "
+                         f"{PRIOR_BACKENDS}")
+    if backend == "triton" and estimator != "sampled":
+        raise ValueError(f"backend='triton' implements only estimator='sampled' (prior samples "
+                         f"generated in-kernel), got estimator={estimator!r}")
+
+
+def _triton_prior_terms(x, kind, params, sigma2, unbiased, m, seed):
+    from .dispatch import unavailable_reason
+    reason = unavailable_reason("triton", x.device)
+    if reason is not None:
+        raise RuntimeError(f"backend='triton' is not available for mmd_to_prior on {x.device}: {reason}")
+    from .kernels import prior as _kprior
+    return _kprior.prior_terms(x, kind, params, sigma2, unbiased, m, seed)
+
+
 def mmd_to_prior_terms(
     x: torch.Tensor,
     kernel: Union[KernelSpec, str, None] = _DEFAULT_KERNEL,
@@ -406,11 +427,13 @@ def mmd_to_prior_terms(
     quad_nodes: Optional[int] = None,
     recompute_backward: bool = False,
     check_finite: bool = False,
+    backend: str = "reference",
 ) -> torch.Tensor:
     """The float64 (3,) terms (mean k(x,x'), mean k(y,y'), mean k(x,y)) of :func:`mmd_to_prior`
     for the "closed_form" (prior means exact) and "sampled" estimators; differentiable w.r.t. x."""
     if estimator not in ("closed_form", "sampled"):
         raise ValueError(f"estimator: {estimator!r} has no terms; expected 'closed_form' or 'sampled'")
+    _check_prior_backend(backend, estimator)
     _check_codes(x, unbiased, estimator)
     spec = resolve_kernel(kernel)
     s2 = float(spec.sigma2 if sigma2 is None else sigma2)
@@ -431,6 +454,10 @@ def mmd_to_prior_terms(
     m = n if num_samples is None else num_samples
     _check_count("num_samples", m, 2 if unbiased else 1)
     s = _resolve_seed(seed, generator)
+    if backend == "triton":
+        # Prior samples generated tile by tile inside the Triton kernels (never stored);
+        # block_size and recompute_backward do not apply (the backward always recomputes).
+        return _triton_prior_terms(x, kind, params, s2, bool(unbiased), m, s)
     return _SampledTerms.apply(x, kind, params, s2, bool(unbiased), block_size, m, s, need_grad,
                                bool(recompute_backward))
 
@@ -450,6 +477,7 @@ def mmd_to_prior(
     quad_nodes: Optional[int] = None,
     recompute_backward: bool = False,
     check_finite: bool = False,
+    backend: str = "reference",
 ) -> torch.Tensor:
     r"""Squared MMD between the codes ``x`` (N, d) and the prior N(0, sigma2 I_d).
 
@@ -476,6 +504,12 @@ def mmd_to_prior(
             forward computes values only and the backward redoes the xx pass and regenerates the
             prior blocks from the seed (two passes; for forwards that are rarely differentiated).
         check_finite: raise ValueError on NaN/Inf in x.
+        backend: ``"reference"`` (default: the PyTorch paths above) or ``"triton"`` (only with
+            ``estimator="sampled"``: the M prior samples y_j = sqrt(sigma2) * tl.randn(seed,
+            j * d + k) are generated tile by tile inside the Triton kernels and never stored,
+            see :mod:`wae_fast.kernels.prior`; CUDA tensors, or CPU under TRITON_INTERPRET=1;
+            ``block_size`` and ``recompute_backward`` do not apply, the backward recomputes).
+            The samples differ from the reference backend's for the same seed (same law).
 
     Returns:
         0-dim tensor, float64 for fp64 x, float32 otherwise. The closed-form unbiased value can
@@ -483,6 +517,7 @@ def mmd_to_prior(
     """
     if estimator not in PRIOR_ESTIMATORS:
         raise ValueError(f"estimator: unknown estimator {estimator!r}; expected one of {PRIOR_ESTIMATORS}")
+    _check_prior_backend(backend, estimator)
     out_dtype = _F64 if (isinstance(x, torch.Tensor) and x.dtype == _F64) else torch.float32
     if estimator == "linear":
         _check_codes(x, False, "linear")
@@ -500,7 +535,8 @@ def mmd_to_prior(
     t = mmd_to_prior_terms(x, kernel, sigma2=sigma2, estimator=estimator, unbiased=unbiased,
                            num_samples=num_samples, generator=generator, seed=seed,
                            block_size=block_size, quadrature=quadrature, quad_nodes=quad_nodes,
-                           recompute_backward=recompute_backward, check_finite=check_finite)
+                           recompute_backward=recompute_backward, check_finite=check_finite,
+                           backend=backend)
     return (t[0] + t[1] - 2.0 * t[2]).to(out_dtype)
 
 

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -94,18 +95,43 @@ double run_stripe_dispatch(const wae_cpu_generic::Problem<T>& pb, int64_t s, int
   return wae_cpu_generic::run_stripe<T>(pb, s, ns, gr, gc);
 }
 
-// Number of stripes: a function of the problem size only (never of the thread count), so the
-// fixed-order reduction is bit-identical on any machine.  Per-stripe fp64 gradient buffers are
-// capped at ~256 MiB in total (at least 2 stripes).
-int64_t num_stripes(int64_t row_blocks, int64_t partial_bytes) {
-  int64_t ns = 16;
-  if (partial_bytes > 0) ns = std::min<int64_t>(ns, std::max<int64_t>(2, (int64_t(256) << 20) / partial_bytes));
-  return std::max<int64_t>(1, std::min<int64_t>(ns, row_blocks));
+template <class T>
+double run_block_dispatch(const wae_cpu_generic::Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1,
+                          bool tri, double* gr, double* gc, bool avx2) {
+#ifdef WAE_HAVE_AVX2_VARIANT
+  if (avx2) {
+    wae_cpu_avx2::Problem<T> q;
+    std::memcpy(static_cast<void*>(&q), static_cast<const void*>(&pb), sizeof(q));
+    return wae_cpu_avx2::run_block<T>(q, I0, I1, J0, J1, tri, gr, gc);
+  }
+#endif
+  return wae_cpu_generic::run_block<T>(pb, I0, I1, J0, J1, tri, gr, gc);
 }
+
+// Number of row stripes / block groups: functions of the problem size only (never of the thread
+// count), so the fixed-order reductions are bit-identical on any machine.
+constexpr int64_t kMaxStripes = 16;
+constexpr int64_t kMaxGroups = 32;
+
+int64_t num_stripes(int64_t row_blocks) { return std::max<int64_t>(1, std::min<int64_t>(kMaxStripes, row_blocks)); }
+
+// First block of group g when nb blocks are cut into G contiguous groups.
+inline int64_t group_begin(int64_t g, int64_t nb, int64_t G) { return g * nb / G; }
 
 // One term: sum of k over the pairs (self term: symmetric, tiles visited once).  g_a/g_b
 // (fp64, n_pad x dp, zero-initialised) receive sum_j W_ij (a_i - b_j) and sum_i W_ij (b_j - a_i)
 // when non-null.  For a self term pass g_b == nullptr; g_a gets the full-row sums.
+//
+// Memory: no per-task gradient copies.  When only the row side needs a gradient, row stripes
+// own their rows.  When the column side needs one too (self term with gradient, cross term with
+// both gradients), the row blocks are cut into G groups and the group pairs are run in rounds
+// whose tasks write disjoint gradient rows:
+//   self term:  one round of diagonal groups (P, P) (upper-triangle tiles), then the G - 1 rounds
+//               of a round-robin tournament (circle method) over the G groups, pairs (P < Q);
+//   cross term: Gl rounds of a Latin square, task t pairs small-side group t with large-side
+//               group (t + r) mod Gl.
+// Each gradient row thus receives its contributions in a fixed order; the kernel sums of the
+// tasks are combined in a fixed order.
 template <class T>
 double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int kind, const std::vector<double>& P,
                 bool unbiased, double* g_a, double* g_b) {
@@ -119,41 +145,65 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
   pb.symmetric = symmetric;
   pb.unbiased = unbiased;
   const int64_t nbi = (a.n + kTile - 1) / kTile;
-  // Which buffers need per-stripe copies: the column side of any term (several stripes write the
-  // same columns), and the row side of a symmetric term (its columns are also rows).
-  const bool grad = g_a || g_b;
-  const bool cols_needed = symmetric ? (g_a != nullptr) : (g_b != nullptr);
-  const int64_t part_rows = symmetric ? a.n_pad : b.n_pad;
-  const int64_t part_bytes = cols_needed ? part_rows * a.dp * int64_t(sizeof(double)) : 0;
-  const int64_t ns = num_stripes(nbi, part_bytes);
-  std::vector<double> sums(ns, 0.0);
-  std::vector<at::Tensor> partials;
-  if (cols_needed)
-    for (int64_t s = 0; s < ns; ++s) partials.push_back(at::zeros({part_rows, a.dp}, at::kDouble));
+  const int64_t nbj = (b.n + kTile - 1) / kTile;
   const bool avx2 = use_avx2();  // decided once, outside the parallel region
-  at::parallel_for(0, ns, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) {
-      double* gr = nullptr;
-      double* gc = nullptr;
-      if (grad) {
-        if (symmetric) {
-          gr = gc = partials[s].data_ptr<double>();
-        } else {
-          gr = g_a;  // rows of a are owned by exactly one stripe
-          gc = cols_needed ? partials[s].data_ptr<double>() : nullptr;
-        }
-      }
-      sums[s] = run_stripe_dispatch<T>(pb, s, ns, gr, gc, avx2);
-    }
-  });
-  double total = 0.0;
-  for (int64_t s = 0; s < ns; ++s) total += sums[s];  // fixed order
-  if (cols_needed) {
-    at::Tensor acc = partials[0];
-    for (int64_t s = 1; s < ns; ++s) acc.add_(partials[s]);  // fixed order
-    double* dst = symmetric ? g_a : g_b;
-    std::memcpy(dst, acc.data_ptr<double>(), sizeof(double) * part_rows * a.dp);
+  const bool cols_needed = symmetric ? (g_a != nullptr) : (g_b != nullptr);
+  if (!cols_needed) {  // row stripes: rows of a are owned by exactly one stripe
+    const int64_t ns = num_stripes(nbi);
+    std::vector<double> sums(ns, 0.0);
+    at::parallel_for(0, ns, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) sums[s] = run_stripe_dispatch<T>(pb, s, ns, g_a, nullptr, avx2);
+    });
+    double total = 0.0;
+    for (int64_t s = 0; s < ns; ++s) total += sums[s];  // fixed order
+    return total;
   }
+  std::vector<double> sums;
+  auto run_round = [&](int64_t ntasks, const std::function<double(int64_t)>& task) {
+    const size_t base = sums.size();
+    sums.resize(base + ntasks, 0.0);
+    at::parallel_for(0, ntasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) sums[base + t] = task(t);
+    });
+  };
+  if (symmetric) {
+    double* g = g_a;
+    int64_t G = std::min<int64_t>(kMaxGroups, nbi);
+    G += G & 1;  // even number of groups (one may be empty)
+    run_round(G, [&](int64_t p) {
+      const int64_t b0 = group_begin(p, nbi, G), b1 = group_begin(p + 1, nbi, G);
+      return run_block_dispatch<T>(pb, b0, b1, b0, b1, true, g, g, avx2);
+    });
+    for (int64_t r = 0; r + 1 < G; ++r) {
+      run_round(G / 2, [&](int64_t t) {
+        int64_t p, q;
+        if (t == 0) {
+          p = r;
+          q = G - 1;
+        } else {
+          p = (r + t) % (G - 1);
+          q = (r - t + (G - 1)) % (G - 1);
+        }
+        if (p > q) std::swap(p, q);
+        return run_block_dispatch<T>(pb, group_begin(p, nbi, G), group_begin(p + 1, nbi, G),
+                                     group_begin(q, nbi, G), group_begin(q + 1, nbi, G), false, g, g, avx2);
+      });
+    }
+  } else {
+    const int64_t Gi = std::min<int64_t>(kMaxGroups, nbi), Gj = std::min<int64_t>(kMaxGroups, nbj);
+    const int64_t Gs = std::min(Gi, Gj), Gl = std::max(Gi, Gj);
+    for (int64_t r = 0; r < Gl; ++r) {
+      run_round(Gs, [&](int64_t t) {
+        const int64_t l = (t + r) % Gl;
+        const int64_t gi = Gi <= Gj ? t : l, gj = Gi <= Gj ? l : t;
+        return run_block_dispatch<T>(pb, group_begin(gi, nbi, Gi), group_begin(gi + 1, nbi, Gi),
+                                     group_begin(gj, nbj, Gj), group_begin(gj + 1, nbj, Gj), false, g_a, g_b,
+                                     avx2);
+      });
+    }
+  }
+  double total = 0.0;
+  for (double v : sums) total += v;  // fixed order
   return total;
 }
 
@@ -212,14 +262,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x_, co
   tp[0] = sxx / nxx;
   tp[1] = syy / nyy;
   tp[2] = sxy / nxy;
+  px = Prepared<T>();  // release the padded copies before the outputs are allocated
+  py = Prepared<T>();
   auto ct = x.options().dtype(st);
   at::Tensor gx = at::empty({0}, ct), gy = at::empty({0}, ct);
-  if (grad_x)
-    gx = at::stack({gxx.narrow(0, 0, n).narrow(1, 0, d) * (4.0 / nxx),
-                    gxy_x.narrow(0, 0, n).narrow(1, 0, d) * (2.0 / nxy)}).to(st).contiguous();
-  if (grad_y)
-    gy = at::stack({gyy.narrow(0, 0, m).narrow(1, 0, d) * (4.0 / nyy),
-                    gxy_y.narrow(0, 0, m).narrow(1, 0, d) * (2.0 / nxy)}).to(st).contiguous();
+  // scale in place in fp64, round once to the compute type (same values as (g * c).to(st))
+  auto part = [&](at::Tensor& out, int64_t k, at::Tensor& g, int64_t rows, double c) {
+    at::Tensor v = g.narrow(0, 0, rows).narrow(1, 0, d);
+    v.mul_(c);
+    out.select(0, k).copy_(v);
+    g = at::Tensor();
+  };
+  if (grad_x) {
+    gx = at::empty({2, n, d}, ct);
+    part(gx, 0, gxx, n, 4.0 / nxx);
+    part(gx, 1, gxy_x, n, 2.0 / nxy);
+  }
+  if (grad_y) {
+    gy = at::empty({2, m, d}, ct);
+    part(gy, 0, gyy, m, 4.0 / nyy);
+    part(gy, 1, gxy_y, m, 2.0 / nxy);
+  }
   return {terms, gx, gy};
 }
 

@@ -17,10 +17,12 @@
 // gradient is wanted) W = dk/dr stored into a tile buffer that two small matmuls consume:
 //   row side  g_i += rowsum(W)_i a_i - (W b)_i,   column side g_j += colsum(W)_j b_j - (W^T a)_j.
 // Symmetric (self) terms visit tiles J >= I only, off-diagonal tiles count twice.
-// Work is split into a FIXED number of stripes (a function of the problem size only); each stripe
-// owns fp64 partial sums (and fp64 gradient partial buffers where several stripes write the same
-// rows); partials are combined in stripe order, so results are bit-identical whatever the thread
-// count or scheduling.
+// Work is split into a FIXED decomposition (a function of the problem size only) with fp64
+// partial sums per task, combined in a fixed order.  Every gradient row is written by exactly one
+// task at a time: row stripes when only the row side needs a gradient; otherwise groups of row
+// blocks scheduled in rounds (a round-robin tournament over the groups for a self term, a Latin
+// square for a cross term) in which the tasks of one round write disjoint rows.  No per-task
+// gradient copies exist, and results are bit-identical whatever the thread count or scheduling.
 
 #ifndef WAE_CPU_NS
 #error "define WAE_CPU_NS before including mmd_cpu_kernel.h"
@@ -373,6 +375,50 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
   }
   return total;
 }
+
+// Runs the tiles (I, J) with I in [I0, I1), J in [J0, J1) (and J >= I when `tri`); returns their
+// kernel sum (off-diagonal tiles of a symmetric term doubled).  Row-side gradient sums go to
+// g_rows (rows of block I), column-side sums to g_cols (rows of block J; skipped on diagonal
+// tiles).  The caller guarantees that no other concurrent task writes the same gradient rows.
+template <class T, int KIND, bool GRAD>
+static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri,
+                          double* g_rows, double* g_cols) {
+  alignas(64) T W[kTile * kTile];
+  alignas(64) T RS[kTile];
+  alignas(64) T CS[kTile];
+  double total = 0.0;
+  for (int64_t I = I0; I < I1; ++I) {
+    const int64_t i0 = I * kTile;
+    double row_total = 0.0;
+    for (int64_t J = tri ? std::max(I, J0) : J0; J < J1; ++J) {
+      const int64_t j0 = J * kTile;
+      const bool diag = pb.symmetric && I == J;
+      double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
+      row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
+      if (GRAD) {
+        if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
+      }
+    }
+    total += row_total;
+  }
+  return total;
+}
+
+template <class T>
+double run_block(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri, double* g_rows,
+                 double* g_cols) {
+  const bool grad = g_rows != nullptr || g_cols != nullptr;
+  if (pb.kind == wae_fast::KIND_IMQ)
+    return grad ? run_block_k<T, wae_fast::KIND_IMQ, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols)
+                : run_block_k<T, wae_fast::KIND_IMQ, false>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
+  return grad ? run_block_k<T, wae_fast::KIND_RBF, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols)
+              : run_block_k<T, wae_fast::KIND_RBF, false>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
+}
+
+template double run_block<float>(const Problem<float>&, int64_t, int64_t, int64_t, int64_t, bool, double*, double*);
+template double run_block<double>(const Problem<double>&, int64_t, int64_t, int64_t, int64_t, bool, double*,
+                                  double*);
 
 template <class T>
 double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_rows, double* g_cols) {

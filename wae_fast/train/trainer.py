@@ -39,6 +39,7 @@ from ..functional import mmd
 from ..kernel_specs import IMQ, WAE_SCALES
 from .checkpoint import (CheckpointError, atomic_write_text, check_fingerprint, load_checkpoint,
                          save_checkpoint)
+from . import distributed_setup
 from .config import TrainConfig, lr_factor
 from .data import ImageData, load_dataset, to_float
 from .models import LatentDiscriminator, build_autoencoder
@@ -53,6 +54,10 @@ METRIC_KEYS = ("epoch", "lr", "loss", "rec", "dz", "pen", "d_loss", "train_recon
 def stream_seed(*keys: int) -> int:
     """A 63-bit seed mixed from integer keys (numpy's SeedSequence)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _silent(msg: str) -> None:
+    pass
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,10 +77,17 @@ class Trainer:
                  resume: bool = False, overwrite: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print) -> None:
         self.cfg = cfg.validate()
+        self.device = resolve_device(cfg.device)
+        # several processes (torchrun, WORLD_SIZE > 1): see distributed_setup; None otherwise
+        self.dist = distributed_setup.setup(self.device)
+        if self.dist is not None:
+            self.device = self.dist.device
+            out = self.dist.broadcast_object(None if out is None else str(out))  # rank 0's run directory
+            if not self.dist.is_main:
+                log = _silent
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.log = log
-        self.device = resolve_device(cfg.device)
         self.ckpt_path = self.out / CHECKPOINT if self.out is not None else None
         state = None
         if resume:
@@ -127,6 +139,17 @@ class Trainer:
         if state is not None:
             self._restore(state)
             self.log(f"resumed from {self.ckpt_path} after epoch {self.epoch}")
+        self.ddp = distributed_setup.DistributedParts(self, self.dist) if self.dist is not None else None
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes (always, unless training on several processes)."""
+        return self.dist is None or self.dist.is_main
+
+    def close(self) -> None:
+        """Leave the process group (several processes only; a no-op otherwise)."""
+        if self.dist is not None:
+            self.dist.close()
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -164,13 +187,13 @@ class Trainer:
                 pass
 
     def save(self) -> None:
-        if self.out is None:
+        if self.out is None or not self.is_main:
             return
         save_checkpoint(self.ckpt_path, self.state_dict())
         self.write_metrics()
 
     def write_metrics(self) -> None:
-        if self.out is None:
+        if self.out is None or not self.is_main:
             return
         buf = io.StringIO()
         keys = [k for k in METRIC_KEYS if any(k in h for h in self.history)]
@@ -206,33 +229,35 @@ class Trainer:
         self._set_train(True)
         sums = {"loss": 0.0, "rec": 0.0, "dz": 0.0, "pen": 0.0, "d_loss": 0.0}
         steps = 0
+        gr = self.ddp.rank_generator(c.seed, epoch) if self.ddp is not None else None
         for start in range(0, n, c.batch_size):
             idx = perm[start:start + c.batch_size]
             if len(idx) < 2:
                 break
-            x = to_float(self.data.train[idx]).to(self.device)
-            z, mu, logvar = encode(self.encoder, x, g, c.backend)
-            rec = recon_cost(x, self.decoder(z), c.cost_scale)
-            p = self._prior(c.n_prior(len(z)), g)
-            d_loss = torch.zeros(())
-            if c.objective == "mmd":
-                dz = self.mmd_loss(z, p)
+            if self.ddp is not None:  # this rank's shard of the global batch, MMD over all ranks
+                vals = self.ddp.step(self, idx, g, gr)
             else:
-                self.opt_d.zero_grad(set_to_none=True)
-                d_loss = gan_discriminator_loss(self.disc(p), self.disc(z.detach()))
-                d_loss.backward()
-                self.opt_d.step()
-                dz = gan_encoder_loss(self.disc(z))
-            pen = penalty(logvar, c.logvar_penalty)
-            loss = rec + c.lam * dz + c.logvar_weight * pen
-            self.opt_ae.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_ae.step()
-            vals = {"loss": loss.item(), "rec": rec.item(), "dz": dz.item(), "pen": float(pen.detach()),
-                    "d_loss": float(d_loss.detach())}
-            if not math.isfinite(vals["loss"]):
-                raise FloatingPointError(f"epoch {epoch + 1}: the loss became {vals['loss']} "
-                                         f"(rec {vals['rec']}, dz {vals['dz']}); lower --lr or --lam")
+                x = to_float(self.data.train[idx]).to(self.device)
+                z, mu, logvar = encode(self.encoder, x, g, c.backend)
+                rec = recon_cost(x, self.decoder(z), c.cost_scale)
+                p = self._prior(c.n_prior(len(z)), g)
+                d_loss = torch.zeros(())
+                if c.objective == "mmd":
+                    dz = self.mmd_loss(z, p)
+                else:
+                    self.opt_d.zero_grad(set_to_none=True)
+                    d_loss = gan_discriminator_loss(self.disc(p), self.disc(z.detach()))
+                    d_loss.backward()
+                    self.opt_d.step()
+                    dz = gan_encoder_loss(self.disc(z))
+                pen = penalty(logvar, c.logvar_penalty)
+                loss = rec + c.lam * dz + c.logvar_weight * pen
+                self.opt_ae.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt_ae.step()
+                vals = {"loss": loss.item(), "rec": rec.item(), "dz": dz.item(), "pen": float(pen.detach()),
+                        "d_loss": float(d_loss.detach())}
+            self._check_finite(epoch, vals)
             for k, v in vals.items():
                 sums[k] += v
             steps += 1
@@ -250,6 +275,15 @@ class Trainer:
             out.pop("pen")
         out["lr"] = c.lr * lr_f
         return out
+
+    @staticmethod
+    def _check_finite(epoch: int, vals: dict[str, float]) -> None:
+        if not math.isfinite(vals["loss"]):
+            raise FloatingPointError(f"epoch {epoch + 1}: the loss became {vals['loss']} "
+                                     f"(rec {vals['rec']}, dz {vals['dz']}); lower --lr or --lam")
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        return self.evaluate(epoch) if self.dist is None else distributed_setup.evaluate(self, epoch)
 
     @torch.no_grad()
     def encode_all(self, x: torch.Tensor, g: Optional[torch.Generator], sample: bool = True, bs: int = 500
@@ -315,13 +349,13 @@ class Trainer:
     def _fit(self, stop_after, t_start):
         c = self.cfg
         if self.epoch == 0 and not self.history:
-            row = {"epoch": 0, **self.evaluate(0), "time_s": 0.0}
+            row = {"epoch": 0, **self._evaluate(0), "time_s": 0.0}
             self.history.append(row)
         last = c.epochs if stop_after is None else min(c.epochs, stop_after)
         n = len(self.data.train)
         steps_per_epoch = sum(1 for s in range(0, n, c.batch_size) if n - s >= 2)
         bar = None
-        if self.progress and last > self.epoch:
+        if self.progress and self.is_main and last > self.epoch:
             from tqdm.auto import tqdm
             bar = tqdm(total=(last - self.epoch) * steps_per_epoch, desc=f"WAE-{c.objective.upper()}",
                        unit="step", dynamic_ncols=True, leave=True)
@@ -330,7 +364,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 row: dict[str, Any] = {"epoch": self.epoch + 1}
                 row.update(self.train_epoch(self.epoch, bar))
-                row.update(self.evaluate(self.epoch + 1))
+                row.update(self._evaluate(self.epoch + 1))
                 row["time_s"] = round(time.perf_counter() - t0, 3)
                 self.history.append(row)
                 self.epoch += 1
@@ -367,6 +401,9 @@ class Trainer:
 
     def _backend_name(self) -> str:
         from ..dispatch import which_backend
+        if self.dist is not None:
+            return (f"mmd_distributed over {self.dist.world} processes" if self.cfg.objective == "mmd"
+                    else f"- (WAE-GAN, {self.dist.world} processes)")
         try:
             return which_backend(self.device, self.cfg.backend)
         except Exception as exc:  # pragma: no cover
