@@ -26,9 +26,7 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 
 import torch
 
@@ -65,62 +63,40 @@ def _time_reference(n: int, d: int, reps: int) -> dict:
     return {"times": times, "own": [times], "value": val, "pairs": [pairs]}
 
 
-def _rank_worker(rank, world, init_file, outdir, sizes, d, reps):
+def _rank_worker(rank, world, sizes, d, reps):
+    """One rank's timings (run under wae_fast.distributed.run_local_ranks: gloo, 1 thread)."""
     import torch.distributed as dist
 
     import wae_fast
     from wae_fast.distributed import mmd_distributed
 
     res = {}
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        for n in sizes:
-            x, y = _data(n, d)
-            lo, hi = rank * n // world, (rank + 1) * n // world
-            times, own, val, pairs = [], [], None, 0
-            for i in range(reps + 1):
-                xl = x[lo:hi].clone().requires_grad_(True)
-                yl = y[lo:hi]
-                dist.barrier()
-                t0 = time.perf_counter()
-                v, pairs = mmd_distributed(xl, yl, wae_fast.IMQ(), return_pairs=True)
-                v.backward()
-                t_own = time.perf_counter() - t0
-                dist.barrier()
-                dt = time.perf_counter() - t0
-                if i:
-                    times.append(dt)
-                    own.append(t_own)
-                val = float(v.detach())
-            res[n] = {"times": times, "own": own, "value": val, "pairs": pairs}
-    except Exception:
-        res["error"] = traceback.format_exc()
-    torch.save(res, os.path.join(outdir, f"k{world}-rank{rank}.pt"))
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    for n in sizes:
+        x, y = _data(n, d)
+        lo, hi = rank * n // world, (rank + 1) * n // world
+        times, own, val, pairs = [], [], None, 0
+        for i in range(reps + 1):
+            xl = x[lo:hi].clone().requires_grad_(True)
+            yl = y[lo:hi]
+            dist.barrier()
+            t0 = time.perf_counter()
+            v, pairs = mmd_distributed(xl, yl, wae_fast.IMQ(), return_pairs=True)
+            v.backward()
+            t_own = time.perf_counter() - t0
+            dist.barrier()
+            dt = time.perf_counter() - t0
+            if i:
+                times.append(dt)
+                own.append(t_own)
+            val = float(v.detach())
+        res[n] = {"times": times, "own": own, "value": val, "pairs": pairs}
+    return res
 
 
 def _time_distributed(world: int, sizes, d: int, reps: int, timeout: float) -> dict:
-    import torch.multiprocessing as mp
+    from wae_fast.distributed import run_local_ranks
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(_rank_worker, args=(world, os.path.join(tmp, "init"), tmp, list(sizes), d, reps),
-                                 nprocs=world, join=False, start_method="spawn")
-        deadline = time.time() + timeout
-        try:
-            while not ctx.join(timeout=max(0.1, deadline - time.time())):
-                if time.time() > deadline:
-                    raise TimeoutError(f"{world} ranks did not finish in {timeout} s")
-        finally:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-        out = [torch.load(os.path.join(tmp, f"k{world}-rank{r}.pt"), weights_only=False) for r in range(world)]
-    for r, res in enumerate(out):
-        if "error" in res:
-            raise RuntimeError(f"K={world} rank {r}:\n{res['error']}")
+    out = run_local_ranks(_rank_worker, world, list(sizes), d, reps, timeout=timeout)
     return {n: {"times": out[0][n]["times"], "value": out[0][n]["value"],
                 "pairs": [o[n]["pairs"] for o in out], "own": [o[n]["own"] for o in out]} for n in sizes}
 

@@ -121,6 +121,8 @@ def _build(row: dict, device: str):
     """Inputs and the callable of one row."""
     import torch
 
+    import wae_fast
+
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}[row["dtype"]]
     gen = torch.Generator(device="cpu").manual_seed(1234)
     n, m, d = row["n"], row["m"], row["d"]
@@ -135,8 +137,6 @@ def _build(row: dict, device: str):
 
             fn = lambda: naive_reparam(mu, logvar)  # noqa: E731
         else:
-            import wae_fast
-
             rg = torch.Generator(device=device).manual_seed(7)
             fn = lambda: wae_fast.reparameterize(mu, logvar, generator=rg, backend=backend)  # noqa: E731
         leaves = [mu, logvar]
@@ -152,7 +152,6 @@ def _build(row: dict, device: str):
     # codes: a shifted, slightly wider cloud than the prior, as an encoder's would be
     x = (torch.randn(n, d, generator=gen) * 1.1 + 0.3).to(device=device, dtype=dt).requires_grad_(want_grad)
     y = torch.randn(m, d, generator=gen).to(device=device, dtype=dt)
-    import wae_fast
     from wae_fast.kernel_specs import IMQ, RBF
 
     spec = IMQ() if row["kernel"] == "imq7" else RBF()
@@ -751,7 +750,7 @@ def main(argv=None) -> int:
         md = os.path.join(a.results_dir, (a.stem or default_stem("cpu", False)) + ".md")
         t0 = time.time()
         report.append_md(md, paired_summary(run_paired_targets("cpu", log=lambda s: print(s, flush=True)))
-                         + f"\n(`python -m benchmarks.bench_mmd " + " ".join(argv if argv is not None else sys.argv[1:])
+                         + "\n(`python -m benchmarks.bench_mmd " + " ".join(argv if argv is not None else sys.argv[1:])
                          + f"`, {time.time() - t0:.0f} s, "
                          f"{_dt.datetime.now(_dt.timezone.utc).strftime('%H:%M UTC')})\n")
         return 0

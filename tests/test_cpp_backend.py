@@ -13,7 +13,6 @@ Tolerances (relative to those scales):
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

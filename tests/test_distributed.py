@@ -6,17 +6,13 @@ workers write their results to a temporary directory and the test process compar
 """
 from __future__ import annotations
 
-import os
-import time
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import wae_fast
-from wae_fast.distributed import assign_blocks, mmd_distributed, mmd_to_prior_distributed
+from wae_fast.distributed import assign_blocks, mmd_distributed, mmd_to_prior_distributed, run_local_ranks
 from wae_fast.prior import mmd_to_prior
 from wae_fast.reference import block_pairs, cross_blocks, sym_blocks
 
@@ -39,91 +35,62 @@ def _shard(t, sizes, rank):
     return t[start:start + sizes[rank]]
 
 
-def _worker(rank, world, init_file, outdir):
+def _worker(rank, world):
     res = {}
+    x, y = _data()
+    for kname, spec in KERNELS.items():
+        for est in ("unbiased", "biased"):
+            xl = _shard(x, XSIZES[world], rank).clone().requires_grad_(True)
+            yl = _shard(y, YSIZES[world], rank).clone().requires_grad_(True)
+            val, pairs = mmd_distributed(xl, yl, spec, estimator=est, block_size=BLOCK,
+                                         return_pairs=True)
+            val.backward()
+            res[(kname, est)] = (val.detach(), xl.grad.clone(), yl.grad.clone(), pairs)
+    # closed-form MMD to the prior over the sharded codes
+    for kname, spec in KERNELS.items():
+        for unb in (True, False):
+            xl = _shard(x, XSIZES[world], rank).clone().requires_grad_(True)
+            val, pairs = mmd_to_prior_distributed(xl, spec, unbiased=unb, sigma2=1.3,
+                                                  block_size=BLOCK, return_pairs=True)
+            val.backward()
+            res[("prior", kname, unb)] = (val.detach(), xl.grad.clone(), pairs)
+    xl = _shard(x, XSIZES[world], rank)
+    if rank == 0:
+        xl = xl[:, :2]
     try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                world_size=world)
-        torch.set_num_threads(1)
-        x, y = _data()
-        for kname, spec in KERNELS.items():
-            for est in ("unbiased", "biased"):
-                xl = _shard(x, XSIZES[world], rank).clone().requires_grad_(True)
-                yl = _shard(y, YSIZES[world], rank).clone().requires_grad_(True)
-                val, pairs = mmd_distributed(xl, yl, spec, estimator=est, block_size=BLOCK,
-                                             return_pairs=True)
-                val.backward()
-                res[(kname, est)] = (val.detach(), xl.grad.clone(), yl.grad.clone(), pairs)
-        # closed-form MMD to the prior over the sharded codes
-        for kname, spec in KERNELS.items():
-            for unb in (True, False):
-                xl = _shard(x, XSIZES[world], rank).clone().requires_grad_(True)
-                val, pairs = mmd_to_prior_distributed(xl, spec, unbiased=unb, sigma2=1.3,
-                                                      block_size=BLOCK, return_pairs=True)
-                val.backward()
-                res[("prior", kname, unb)] = (val.detach(), xl.grad.clone(), pairs)
-        xl = _shard(x, XSIZES[world], rank)
-        if rank == 0:
-            xl = xl[:, :2]
-        try:
-            mmd_to_prior_distributed(xl, block_size=BLOCK)
-            res["prior_bad"] = None
-        except ValueError as e:
-            res["prior_bad"] = str(e)
-        # DDP convention: gradients scaled by the world size, value unchanged
-        xl = _shard(x, XSIZES[world], rank).clone().requires_grad_(True)
-        yl = _shard(y, YSIZES[world], rank).clone()
-        val = mmd_distributed(xl, yl, block_size=BLOCK, scale_grad_by_world_size=True)
-        val.backward()
-        res["ddp"] = (val.detach(), xl.grad.clone())
-        # no gradient anywhere: plain collectives
-        with torch.no_grad():
-            res["nograd"] = mmd_distributed(_shard(x, XSIZES[world], rank),
-                                            _shard(y, YSIZES[world], rank), block_size=BLOCK)
-        # a bad shard on the last rank: the same ValueError everywhere, no hang ...
-        xl = _shard(x, XSIZES[world], rank)
-        if rank == world - 1:
-            xl = torch.randn(xl.shape[0], D + 1, dtype=torch.float64)
-        try:
-            mmd_distributed(xl, _shard(y, YSIZES[world], rank), block_size=BLOCK)
-            res["bad"] = None
-        except ValueError as e:
-            res["bad"] = str(e)
-        # ... and the group still works afterwards
-        res["after"] = mmd_distributed(_shard(x, XSIZES[world], rank),
-                                       _shard(y, YSIZES[world], rank), block_size=BLOCK).detach()
-    except Exception:  # report, do not hang the parent
-        res["error"] = traceback.format_exc()
-    torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
-    if dist.is_initialized():
-        # every rank leaves together: tearing gloo down while a peer still talks aborts
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _run(world, tmp_path, timeout=60.0):
-    init_file = tmp_path / "init"
-    ctx = mp.start_processes(_worker, args=(world, str(init_file), str(tmp_path)), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline = time.time() + timeout
+        mmd_to_prior_distributed(xl, block_size=BLOCK)
+        res["prior_bad"] = None
+    except ValueError as e:
+        res["prior_bad"] = str(e)
+    # DDP convention: gradients scaled by the world size, value unchanged
+    xl = _shard(x, XSIZES[world], rank).clone().requires_grad_(True)
+    yl = _shard(y, YSIZES[world], rank).clone()
+    val = mmd_distributed(xl, yl, block_size=BLOCK, scale_grad_by_world_size=True)
+    val.backward()
+    res["ddp"] = (val.detach(), xl.grad.clone())
+    # no gradient anywhere: plain collectives
+    with torch.no_grad():
+        res["nograd"] = mmd_distributed(_shard(x, XSIZES[world], rank),
+                                        _shard(y, YSIZES[world], rank), block_size=BLOCK)
+    # a bad shard on the last rank: the same ValueError everywhere, no hang ...
+    xl = _shard(x, XSIZES[world], rank)
+    if rank == world - 1:
+        xl = torch.randn(xl.shape[0], D + 1, dtype=torch.float64)
     try:
-        while not ctx.join(timeout=max(0.1, deadline - time.time())):
-            if time.time() > deadline:
-                raise TimeoutError(f"{world} processes did not finish in {timeout} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    out = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
-    for r, res in enumerate(out):
-        assert "error" not in res, f"rank {r}:\n{res['error']}"
-    return out
+        mmd_distributed(xl, _shard(y, YSIZES[world], rank), block_size=BLOCK)
+        res["bad"] = None
+    except ValueError as e:
+        res["bad"] = str(e)
+    # ... and the group still works afterwards
+    res["after"] = mmd_distributed(_shard(x, XSIZES[world], rank),
+                                   _shard(y, YSIZES[world], rank), block_size=BLOCK).detach()
+    return res
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["world2", "world3"])
-def world_results(request, tmp_path_factory):
+def world_results(request):
     world = request.param
-    return world, _run(world, tmp_path_factory.mktemp(f"dist{world}"))
+    return world, run_local_ranks(_worker, world)
 
 
 def _single(kname, est):

@@ -15,13 +15,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import traceback
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from wae_fast.distributed import run_local_ranks
 from wae_fast.train import ImageData, Trainer, preset
 from wae_fast.train.data import load_digits_data
 from wae_fast.train.distributed_setup import shard_bounds
@@ -40,42 +37,20 @@ def _cfg(**kw):
     return preset("digits", base.pop("objective", "mmd"), **base)
 
 
-def _worker(rank, world, init_file, outdir):
+def _worker(rank, world, outdir):
     res = {}
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        torch.set_num_threads(1)
-        tr = Trainer(_cfg(), os.path.join(outdir, "run"), data=_data(), progress=False)
-        res["is_main"] = tr.is_main
-        res["mmd"] = tr.fit()
-        # WAE-GAN with a Gaussian encoder and M != N prior samples (uneven prior shards): it runs
-        tr = Trainer(_cfg(objective="gan", encoder="gaussian", prior_samples=30), None,
-                     data=_data(), progress=False)
-        res["gan"] = tr.fit()
-    except Exception:  # report, do not hang the parent
-        res["error"] = traceback.format_exc()
-    torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    tr = Trainer(_cfg(), os.path.join(outdir, "run"), data=_data(), progress=False)
+    res["is_main"] = tr.is_main
+    res["mmd"] = tr.fit()
+    # WAE-GAN with a Gaussian encoder and M != N prior samples (uneven prior shards): it runs
+    tr = Trainer(_cfg(objective="gan", encoder="gaussian", prior_samples=30), None,
+                 data=_data(), progress=False)
+    res["gan"] = tr.fit()
+    return res
 
 
 def _spawn(world, tmp_path, timeout=90.0):
-    ctx = mp.start_processes(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline = time.time() + timeout
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.time())):
-            if time.time() > deadline:
-                raise TimeoutError(f"{world} processes did not finish in {timeout} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    out = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
-    for r, res in enumerate(out):
-        assert "error" not in res, f"rank {r}:\n{res['error']}"
-    return out
+    return run_local_ranks(_worker, world, str(tmp_path), timeout=timeout)
 
 
 def test_shard_bounds():

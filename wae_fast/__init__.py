@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import reference as _reference  # noqa: F401  (registers the reference ops)
 from .dispatch import BACKENDS, available_backends, which_backend
-from .distributed import mmd_distributed, mmd_to_prior_distributed
+from .distributed import mmd_distributed, mmd_to_prior_distributed, run_local_ranks
 from .functional import logvar_penalty, mmd, mmd_terms, reparameterize
 from .kernel_specs import IMQ, RBF, WAE_SCALES
 from .losses import MMDLoss
@@ -20,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS", "IMQ", "RBF", "WAE_SCALES", "MMDLoss", "available_backends", "logvar_penalty",
     "mmd", "mmd_distributed", "mmd_linear", "mmd_terms", "mmd_to_prior", "mmd_to_prior_distributed",
-    "prior_samples", "reparameterize", "which_backend", "__version__",
+    "prior_samples", "reparameterize", "run_local_ranks", "which_backend", "__version__",
 ]

@@ -402,3 +402,56 @@ def mmd_to_prior_distributed(
     value = total[0] / nxx + eyy - 2.0 * total[2] / n
     value = value.to(_F64 if dtype == _F64 else torch.float32)
     return (value, pairs) if return_pairs else value
+
+
+# ----------------------------------------------------------------------------------------------
+# Local multi-process runner (CPU tests and benchmarks of the code above)
+# ----------------------------------------------------------------------------------------------
+
+def _local_rank_main(rank, fn, world, init_file, outdir, args):
+    import os
+    import traceback
+
+    res = {}
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        torch.set_num_threads(1)
+        res = {"result": fn(rank, world, *args)}
+    except Exception:  # reported by the parent: a rank must never hang the others
+        res = {"error": traceback.format_exc()}
+    torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
+    if dist.is_initialized():
+        # every rank leaves together: tearing gloo down while a peer still talks aborts
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def run_local_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
+    """Run ``fn(rank, world, *args)`` in ``world`` local processes joined in one gloo process
+    group (file:// rendezvous in a temporary folder, one thread each) and return the list of
+    their return values (which must be picklable by ``torch.save``). ``fn`` must be defined at
+    module level (processes are spawned). A rank's exception is raised here as a RuntimeError with
+    its traceback; ranks still running after ``timeout`` seconds are killed (TimeoutError)."""
+    import os
+    import tempfile
+    import time
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.start_processes(_local_rank_main, args=(fn, world, os.path.join(tmp, "init"), tmp, args),
+                                 nprocs=world, join=False, start_method="spawn")
+        deadline = time.time() + timeout
+        try:
+            while not ctx.join(timeout=max(0.1, deadline - time.time())):
+                if time.time() > deadline:
+                    raise TimeoutError(f"{world} processes did not finish in {timeout} s")
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+        out = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+    for r, res in enumerate(out):
+        if "error" in res:
+            raise RuntimeError(f"rank {r} of {world} failed:\n{res['error']}")
+    return [res["result"] for res in out]

@@ -20,7 +20,6 @@ or uint8 (converted per batch by :func:`to_float`).
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from .checkpoint import atomic_write_text
 from .config import preset

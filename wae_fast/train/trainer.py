@@ -329,7 +329,6 @@ class Trainer:
     def fit(self, stop_after: Optional[int] = None) -> list[dict[str, Any]]:
         """Train up to ``cfg.epochs`` (or, with ``stop_after``, until that many epochs are done,
         as if interrupted), checkpointing after each epoch. Returns the metric history."""
-        c = self.cfg
         t_start = time.perf_counter()
         with self.threads():
             return self._fit(stop_after, t_start)
