@@ -137,41 +137,94 @@ def _load_rows(ptr, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexp
 
 
 @triton.jit
-def _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT: tl.constexpr, PRECISION: tl.constexpr,
-              BLOCK: tl.constexpr, BK: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
-              EVEN_K: tl.constexpr):
+def _load_off(OFF, dims, D, CT: tl.constexpr, EVEN: tl.constexpr):
+    """The shift ``OFF[dims]`` in CT (0 past D unless EVEN)."""
+    if EVEN:
+        off = tl.load(OFF + dims).to(CT)
+    else:
+        off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
+    return off
+
+
+@triton.jit
+def _gen_rows(seed, sig, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexpr,
+              EVEN_D: tl.constexpr):
+    """Rows ``rows`` of the virtual (N, D) prior sample matrix sig * randn(seed, row * D + col)
+    as a (BLOCK, BK) tile in CT, minus ``off``: the generated twin of ``_load_rows`` (padded
+    columns are 0, padded rows hold -off).  Used by :mod:`wae_fast.kernels.prior`."""
+    idx = rows.to(tl.int64)[:, None] * D + dims[None, :]
+    v = tl.randn(seed, idx).to(CT) * sig
+    if EVEN_N and EVEN_D:
+        v = v
+    elif EVEN_D:
+        v = tl.where((rows < N)[:, None], v, 0.0)
+    elif EVEN_N:
+        v = tl.where((dims < D)[None, :], v, 0.0)
+    else:
+        v = tl.where((rows < N)[:, None] & (dims < D)[None, :], v, 0.0)
+    return v - off[None, :]
+
+
+@triton.jit
+def _tile_rows(ptr, seed, sig, rows, dims, N, D, off, CT: tl.constexpr, GEN: tl.constexpr,
+               EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
+    """Load (GEN False: ``seed``/``sig`` unused) or generate (GEN True: ``ptr`` unused) a
+    shifted (BLOCK, BK) tile."""
+    if GEN:
+        t = _gen_rows(seed, sig, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
+    else:
+        t = _load_rows(ptr, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
+    return t
+
+
+@triton.jit
+def _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
+                GEN_A: tl.constexpr, GEN_B: tl.constexpr, EVEN_A: tl.constexpr,
+                EVEN_B: tl.constexpr, EVEN_K: tl.constexpr):
     """(a_i . b_j) for one tile and |b_j|^2, streaming d in chunks of BK (K >= 16 for tl.dot);
-    nothing of size BLOCK x d stays resident, which keeps register use low."""
+    nothing of size BLOCK x d stays resident, which keeps register use low.  GEN_A / GEN_B:
+    generate that side (``_gen_rows``) instead of loading it."""
     kk = tl.arange(0, BK)
     ab = tl.zeros((BLOCK, BLOCK), dtype=CT)
     nb = tl.zeros((BLOCK,), dtype=CT)
     for k0 in range(0, D, BK):
         dims = k0 + kk
-        if EVEN_K:
-            off = tl.load(OFF + dims).to(CT)
-        else:
-            off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
-        a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_K)
-        b = _load_rows(B, cols, dims, NB, D, off, CT, EVEN_B, EVEN_K)
+        off = _load_off(OFF, dims, D, CT, EVEN_K)
+        a = _tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
+        b = _tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_K)
         ab = tl.dot(a, tl.trans(b), ab, input_precision=PRECISION, out_dtype=CT)
         nb += tl.sum(b * b, 1)
     return ab, nb
 
 
 @triton.jit
-def _row_norms(A, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
-               EVEN_A: tl.constexpr, EVEN_K: tl.constexpr):
+def _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK: tl.constexpr, BK: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
+              EVEN_K: tl.constexpr):
+    """``_dot_tile_g`` with both sides loaded."""
+    return _dot_tile_g(A, B, 0, 1.0, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
+                       False, False, EVEN_A, EVEN_B, EVEN_K)
+
+
+@triton.jit
+def _row_norms_g(A, seed, sig, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr,
+                 BK: tl.constexpr, GEN_A: tl.constexpr, EVEN_A: tl.constexpr, EVEN_K: tl.constexpr):
+    """|a_i|^2 of the (loaded or, GEN_A, generated) shifted rows, over d-chunks of BK."""
     kk = tl.arange(0, BK)
     na = tl.zeros((BLOCK,), dtype=CT)
     for k0 in range(0, D, BK):
         dims = k0 + kk
-        if EVEN_K:
-            off = tl.load(OFF + dims).to(CT)
-        else:
-            off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
-        a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_K)
+        off = _load_off(OFF, dims, D, CT, EVEN_K)
+        a = _tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
         na += tl.sum(a * a, 1)
     return na
+
+
+@triton.jit
+def _row_norms(A, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
+               EVEN_A: tl.constexpr, EVEN_K: tl.constexpr):
+    return _row_norms_g(A, 0, 1.0, OFF, rows, NA, D, CT, BLOCK, BK, False, EVEN_A, EVEN_K)
 
 
 @triton.jit
@@ -221,6 +274,30 @@ def _kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.c
     return k, w
 
 
+@triton.jit
+def _fwd_tile_sum(A, B, seed, sig, OFF, P, rows, cols, na, NA, NB, D, EYE: tl.constexpr,
+                  UNBIASED: tl.constexpr, KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
+                  PRECISION: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
+                  BK: tl.constexpr, GEN_A: tl.constexpr, GEN_B: tl.constexpr,
+                  EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_K: tl.constexpr):
+    """fp64 sum of k(a_i, b_j) over one tile (padded rows/columns masked).  EYE: the tile may
+    hold i == j pairs (symmetric term): r_ii is set to exactly 0, and k_ii to 0 if UNBIASED."""
+    ab, nb = _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
+                         GEN_A, GEN_B, EVEN_A, EVEN_B, EVEN_K)
+    r = _sq_dist(ab, na, nb)
+    if EYE:
+        eye = rows[:, None] == cols[None, :]
+        r = tl.where(eye, 0.0, r)
+    k, _w = _kernel_sum(r, P, KIND, NUM_SCALES, False)
+    if EYE and UNBIASED:
+        k = tl.where(eye, 0.0, k)
+    if not EVEN_A:
+        k = tl.where((rows < NA)[:, None], k, 0.0)
+    if not EVEN_B:
+        k = tl.where((cols < NB)[None, :], k, 0.0)
+    return tl.sum(tl.sum(k, 1), 0).to(tl.float64)
+
+
 @triton.autotune(configs=_configs("fwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
                  prune_configs_by={"early_config_prune": _prune_fwd})
 @triton.heuristics(_HEUR)
@@ -258,15 +335,91 @@ def _mmd_fwd_kernel(
         weight = 1.0
     for jb in range(start, nblocks):
         cols = jb * BLOCK + idx
-        ab, nb = _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_B, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        k, _w = _kernel_sum(r, P, KIND, NUM_SCALES, False)
-        if not EVEN_A:
-            k = tl.where((rows < NA)[:, None], k, 0.0)
-        if not EVEN_B:
-            k = tl.where((cols < NB)[None, :], k, 0.0)
-        total += weight * tl.sum(tl.sum(k, 1), 0).to(tl.float64)
+        total += weight * _fwd_tile_sum(A, B, 0, 1.0, OFF, P, rows, cols, na, NA, NB, D, False,
+                                        UNBIASED, KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK,
+                                        False, False, EVEN_A, EVEN_B, EVEN_K)
     tl.store(PART + pid + tl.arange(0, 1), total)
+
+
+@triton.jit
+def _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D,
+                   KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
+                   CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
+                   EVEN_A: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr):
+    """Self term of the backward: every column block of A (the diagonal W_ii multiplies
+    a_i - a_i = 0: dropped).  Returns the updated (rs, acc) = (sum_j c W_ij, sum_j c W_ij a_j)."""
+    idx = tl.arange(0, BLOCK)
+    for jb in range(0, tl.cdiv(NA, BLOCK)):
+        cols = jb * BLOCK + idx
+        ab, nb = _dot_tile(A, A, OFF, rows, cols, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
+        r = _sq_dist(ab, na, nb)
+        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
+        keep = rows[:, None] != cols[None, :]
+        if not EVEN_A:
+            keep = keep & (cols < NA)[None, :]
+        w = tl.where(keep, w * c_self, 0.0)
+        rs += tl.sum(w, 1)
+        b = _load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
+        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
+    return rs, acc
+
+
+@triton.jit
+def _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, acc, NA, NB, D,
+                    KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
+                    CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr, GEN_B: tl.constexpr,
+                    EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr,
+                    EVEN_K: tl.constexpr):
+    """Cross term of the backward: every column block of B (GEN_B: of the generated prior
+    samples, ``B`` unused).  Returns the updated (rs, acc)."""
+    idx = tl.arange(0, BLOCK)
+    for jb in range(0, tl.cdiv(NB, BLOCK)):
+        cols = jb * BLOCK + idx
+        ab, nb = _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
+                             False, GEN_B, EVEN_A, EVEN_B, EVEN_K)
+        r = _sq_dist(ab, na, nb)
+        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
+        w = w * c_cross
+        if not EVEN_B:
+            w = tl.where((cols < NB)[None, :], w, 0.0)
+        rs += tl.sum(w, 1)
+        b = _tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_D)
+        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
+    return rs, acc
+
+
+@triton.jit
+def _bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
+              KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
+              CT: tl.constexpr, BLOCK: tl.constexpr, DP: tl.constexpr, BK: tl.constexpr,
+              GEN_B: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
+              EVEN_D: tl.constexpr, EVEN_K: tl.constexpr):
+    """The whole recompute backward of one program (``_mmd_bwd_kernel``; with GEN_B the cross
+    term's B rows are generated: ``_prior_bwd_kernel``): row norms, shift, coefficients, self
+    and cross loops, then G[rows, dims] = rs a - acc."""
+    pid = tl.program_id(0)
+    idx = tl.arange(0, BLOCK)
+    dims = tl.program_id(1) * DP + tl.arange(0, DP)
+    rows = pid * BLOCK + idx
+    na = _row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
+    off = _load_off(OFF, dims, D, CT, EVEN_D)
+    c_self = tl.load(COEF).to(CT)
+    c_cross = tl.load(COEF + 1).to(CT)
+    rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij
+    acc = tl.zeros((BLOCK, DP), dtype=CT)      # sum_j c W_ij b_j
+    rs, acc = _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D, KIND,
+                             NUM_SCALES, PRECISION, CT, BLOCK, BK, EVEN_A, EVEN_D, EVEN_K)
+    rs, acc = _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, acc,
+                              NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK, GEN_B,
+                              EVEN_A, EVEN_B, EVEN_D, EVEN_K)
+    a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
+    g = rs[:, None] * a - acc
+    gp = G + rows.to(tl.int64)[:, None] * D + dims[None, :]
+    g = g.to(G.dtype.element_ty)
+    if EVEN_A and EVEN_D:
+        tl.store(gp, g)
+    else:
+        tl.store(gp, g, mask=(rows < NA)[:, None] & (dims < D)[None, :])
 
 
 @triton.autotune(configs=_configs("bwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
@@ -283,49 +436,5 @@ def _mmd_bwd_kernel(
 ):
     """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,b_j) (a_i - b_j),
     for the columns [pid1 * DP, pid1 * DP + DP) of G (DP here is the gradient chunk width)."""
-    pid = tl.program_id(0)
-    idx = tl.arange(0, BLOCK)
-    dims = tl.program_id(1) * DP + tl.arange(0, DP)
-    rows = pid * BLOCK + idx
-    na = _row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
-    if EVEN_D:
-        off = tl.load(OFF + dims).to(CT)
-    else:
-        off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
-    c_self = tl.load(COEF).to(CT)
-    c_cross = tl.load(COEF + 1).to(CT)
-    rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij
-    acc = tl.zeros((BLOCK, DP), dtype=CT)      # sum_j c W_ij b_j
-    # Self term: every column block of A (the diagonal W_ii multiplies a_i - a_i = 0: dropped).
-    for jb in range(0, tl.cdiv(NA, BLOCK)):
-        cols = jb * BLOCK + idx
-        ab, nb = _dot_tile(A, A, OFF, rows, cols, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
-        keep = rows[:, None] != cols[None, :]
-        if not EVEN_A:
-            keep = keep & (cols < NA)[None, :]
-        w = tl.where(keep, w * c_self, 0.0)
-        rs += tl.sum(w, 1)
-        b = _load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
-    # Cross term: every column block of B.
-    for jb in range(0, tl.cdiv(NB, BLOCK)):
-        cols = jb * BLOCK + idx
-        ab, nb = _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_B, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
-        w = w * c_cross
-        if not EVEN_B:
-            w = tl.where((cols < NB)[None, :], w, 0.0)
-        rs += tl.sum(w, 1)
-        b = _load_rows(B, cols, dims, NB, D, off, CT, EVEN_B, EVEN_D)
-        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
-    a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-    g = rs[:, None] * a - acc
-    gp = G + rows.to(tl.int64)[:, None] * D + dims[None, :]
-    g = g.to(G.dtype.element_ty)
-    if EVEN_A and EVEN_D:
-        tl.store(gp, g)
-    else:
-        tl.store(gp, g, mask=(rows < NA)[:, None] & (dims < D)[None, :])
+    _bwd_body(A, B, 0, 1.0, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
+              DP, BK, False, EVEN_A, EVEN_B, EVEN_D, EVEN_K)

@@ -55,82 +55,17 @@ import triton
 import triton.language as tl
 
 from . import mmd as _mmd
-from .mmd import (_configs, _dot_tile, _HEUR, _HEUR_BWD, _kernel_sum, _load_rows, _prune_bwd,
-                  _prune_fwd, _row_norms, _sq_dist)
+from .mmd import (_bwd_body, _configs, _dot_tile, _dot_tile_g, _fwd_tile_sum, _gen_rows,  # noqa: F401
+                  _HEUR, _HEUR_BWD, _kernel_sum, _load_rows, _prune_bwd, _prune_fwd, _row_norms,
+                  _row_norms_g, _sq_dist, _tile_rows)
 
 SAMPLE_BLOCK = 1024
 
 
 # ----------------------------------------------------------------------------------------------
-# device helpers
-
-
-@triton.jit
-def _gen_rows(seed, sig, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexpr,
-              EVEN_D: tl.constexpr):
-    """Rows ``rows`` of the virtual (N, D) prior sample matrix sig * randn(seed, row * D + col)
-    as a (BLOCK, BK) tile in CT, minus ``off``: the generated twin of ``_load_rows`` (padded
-    columns are 0, padded rows hold -off)."""
-    idx = rows.to(tl.int64)[:, None] * D + dims[None, :]
-    v = tl.randn(seed, idx).to(CT) * sig
-    if EVEN_N and EVEN_D:
-        v = v
-    elif EVEN_D:
-        v = tl.where((rows < N)[:, None], v, 0.0)
-    elif EVEN_N:
-        v = tl.where((dims < D)[None, :], v, 0.0)
-    else:
-        v = tl.where((rows < N)[:, None] & (dims < D)[None, :], v, 0.0)
-    return v - off[None, :]
-
-
-@triton.jit
-def _tile_rows(ptr, seed, sig, rows, dims, N, D, off, CT: tl.constexpr, GEN: tl.constexpr,
-               EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
-    """Load (GEN False) or generate (GEN True) a shifted (BLOCK, BK) tile."""
-    if GEN:
-        t = _gen_rows(seed, sig, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
-    else:
-        t = _load_rows(ptr, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
-    return t
-
-
-@triton.jit
-def _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT: tl.constexpr,
-                PRECISION: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
-                GEN_A: tl.constexpr, GEN_B: tl.constexpr, EVEN_A: tl.constexpr,
-                EVEN_B: tl.constexpr, EVEN_K: tl.constexpr):
-    """``_dot_tile`` with either side generated: (a_i . b_j) and |b_j|^2 over d-chunks of BK."""
-    kk = tl.arange(0, BK)
-    ab = tl.zeros((BLOCK, BLOCK), dtype=CT)
-    nb = tl.zeros((BLOCK,), dtype=CT)
-    for k0 in range(0, D, BK):
-        dims = k0 + kk
-        if EVEN_K:
-            off = tl.load(OFF + dims).to(CT)
-        else:
-            off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
-        a = _tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
-        b = _tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_K)
-        ab = tl.dot(a, tl.trans(b), ab, input_precision=PRECISION, out_dtype=CT)
-        nb += tl.sum(b * b, 1)
-    return ab, nb
-
-
-@triton.jit
-def _row_norms_g(A, seed, sig, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr,
-                 BK: tl.constexpr, GEN_A: tl.constexpr, EVEN_A: tl.constexpr, EVEN_K: tl.constexpr):
-    kk = tl.arange(0, BK)
-    na = tl.zeros((BLOCK,), dtype=CT)
-    for k0 in range(0, D, BK):
-        dims = k0 + kk
-        if EVEN_K:
-            off = tl.load(OFF + dims).to(CT)
-        else:
-            off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
-        a = _tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
-        na += tl.sum(a * a, 1)
-    return na
+# device helpers: the generator (``_gen_rows``, ``_tile_rows``, ``_dot_tile_g``, ``_row_norms_g``)
+# and the shared tile / loop bodies (``_fwd_tile_sum``, ``_bwd_body``) live in
+# :mod:`wae_fast.kernels.mmd`, which both kernel families call.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,20 +123,9 @@ def _prior_fwd_kernel(
     start = pid if SYM else 0
     for jb in range(start, nblocks):
         cols = jb * BLOCK + idx
-        ab, nb = _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
-                             GEN_A, GEN_B, EVEN_A, EVEN_B, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        if SYM:
-            eye = rows[:, None] == cols[None, :]
-            r = tl.where(eye, 0.0, r)
-        k, _w = _kernel_sum(r, P, KIND, NUM_SCALES, False)
-        if SYM and UNBIASED:
-            k = tl.where(eye, 0.0, k)
-        if not EVEN_A:
-            k = tl.where((rows < NA)[:, None], k, 0.0)
-        if not EVEN_B:
-            k = tl.where((cols < NB)[None, :], k, 0.0)
-        tsum = tl.sum(tl.sum(k, 1), 0).to(tl.float64)
+        tsum = _fwd_tile_sum(A, B, seed, sig, OFF, P, rows, cols, na, NA, NB, D, SYM, UNBIASED,
+                             KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK, GEN_A, GEN_B, EVEN_A,
+                             EVEN_B, EVEN_K)
         if SYM:
             tsum = tl.where(jb == pid, tsum, 2.0 * tsum)
         total += tsum
@@ -222,54 +146,9 @@ def _prior_bwd_kernel(
 ):
     """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,y_j) (a_i - y_j)
     with y_j generated (NB of them), for the columns [pid1 * DP, pid1 * DP + DP) of G."""
-    pid = tl.program_id(0)
-    idx = tl.arange(0, BLOCK)
-    dims = tl.program_id(1) * DP + tl.arange(0, DP)
-    rows = pid * BLOCK + idx
     sig = tl.load(SIG).to(CT)
-    na = _row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
-    if EVEN_D:
-        off = tl.load(OFF + dims).to(CT)
-    else:
-        off = tl.load(OFF + dims, mask=dims < D, other=0.0).to(CT)
-    c_self = tl.load(COEF).to(CT)
-    c_cross = tl.load(COEF + 1).to(CT)
-    rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij
-    acc = tl.zeros((BLOCK, DP), dtype=CT)      # sum_j c W_ij b_j
-    # Self term: every column block of A (the diagonal W_ii multiplies a_i - a_i = 0: dropped).
-    for jb in range(0, tl.cdiv(NA, BLOCK)):
-        cols = jb * BLOCK + idx
-        ab, nb = _dot_tile(A, A, OFF, rows, cols, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
-        keep = rows[:, None] != cols[None, :]
-        if not EVEN_A:
-            keep = keep & (cols < NA)[None, :]
-        w = tl.where(keep, w * c_self, 0.0)
-        rs += tl.sum(w, 1)
-        b = _load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
-    # Cross term: every column block of the generated prior samples.
-    for jb in range(0, tl.cdiv(NB, BLOCK)):
-        cols = jb * BLOCK + idx
-        ab, nb = _dot_tile_g(A, A, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
-                             False, True, EVEN_A, EVEN_B, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
-        w = w * c_cross
-        if not EVEN_B:
-            w = tl.where((cols < NB)[None, :], w, 0.0)
-        rs += tl.sum(w, 1)
-        b = _gen_rows(seed, sig, cols, dims, NB, D, off, CT, EVEN_B, EVEN_D)
-        acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
-    a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-    g = rs[:, None] * a - acc
-    gp = G + rows.to(tl.int64)[:, None] * D + dims[None, :]
-    g = g.to(G.dtype.element_ty)
-    if EVEN_A and EVEN_D:
-        tl.store(gp, g)
-    else:
-        tl.store(gp, g, mask=(rows < NA)[:, None] & (dims < D)[None, :])
+    _bwd_body(A, A, seed, sig, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
+              DP, BK, True, EVEN_A, EVEN_B, EVEN_D, EVEN_K)
 
 
 # ----------------------------------------------------------------------------------------------
