@@ -24,13 +24,14 @@ import torch
 
 from wae_fast.contract import compute_dtype, define_backend_ops, PRECISIONS
 
-OPS = ("mmd", "reparam")
+OPS = ("mmd", "reparam", "prior")
 
 try:
     import triton
     import triton.language as tl
 
     from . import mmd as _mmd
+    from . import prior as _prior
     from . import reparam as _rep
     _IMPORT_ERROR: Optional[BaseException] = None
 except ImportError as exc:  # Triton missing or broken
@@ -250,8 +251,20 @@ def eps(shape, seed: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Registration
 
+def prior_fwd(x, kind, params, sigma2, unbiased, num_samples, seed, precision):
+    """wae_fast::prior_fwd_triton: the terms with the prior samples generated in-kernel."""
+    return _prior.prior_terms_fwd(x, kind, params, sigma2, unbiased, num_samples, seed, precision)
+
+
+def prior_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed, precision):
+    """wae_fast::prior_bwd_triton: d/dx, the prior samples regenerated in-kernel."""
+    return _prior.prior_terms_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples,
+                                  seed, precision)
+
+
 _IMPLS = dict(fuses_grad=False, mmd_fwd=mmd_fwd, mmd_bwd=mmd_bwd,
-              reparam_fwd=reparam_fwd, reparam_bwd=reparam_bwd)
+              reparam_fwd=reparam_fwd, reparam_bwd=reparam_bwd,
+              prior_fwd=prior_fwd, prior_bwd=prior_bwd)
 
 define_backend_ops("triton", fuses_grad=False)  # schemas, fakes and autograd, always
 if _IMPORT_ERROR is None:

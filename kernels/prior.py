@@ -269,32 +269,16 @@ def prior_terms_bwd(grad_terms, x, kind, params, sigma2, unbiased, m, seed, prec
     return g
 
 
-class _PriorTerms(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kind, params, sigma2, unbiased, m, seed, precision):
-        terms = prior_terms_fwd(x, kind, params, sigma2, unbiased, m, seed, precision)
-        ctx.save_for_backward(x)
-        ctx.args = (kind, params, sigma2, unbiased, m, seed, precision)
-        return terms
-
-    @staticmethod
-    def backward(ctx, grad_terms):
-        (x,) = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = prior_terms_bwd(grad_terms, x, *ctx.args)
-        return (gx,) + (None,) * 7
-
-
 def prior_terms(x, kind, params, sigma2, unbiased, m, seed, precision="ieee"):
     """Differentiable (w.r.t. x) float64 (3,) terms of the sampled MMD to N(0, sigma2 I) with the
-    M = ``m`` prior samples generated inside the kernels from ``seed`` (see the module docstring).
-    The backward recomputes (it keeps only x and the seed)."""
+    M = ``m`` prior samples generated inside the kernels from ``seed`` (see the module docstring),
+    through the ``wae_fast::prior_fwd_triton`` op.  The backward recomputes (it keeps only x and
+    the seed)."""
+    from wae_fast.contract import prior_terms as _op_terms
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"x must be a non-empty (N, d) tensor, got {tuple(x.shape)}")
     seed = _check_seed(seed)
-    return _PriorTerms.apply(x, int(kind), tuple(float(v) for v in params), float(sigma2),
-                             bool(unbiased), int(m), seed, precision)
+    return _op_terms("triton", x, kind, params, sigma2, unbiased, m, seed, precision)
 
 
 # ----------------------------------------------------------------------------------------------

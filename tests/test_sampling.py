@@ -91,3 +91,28 @@ def test_logvar_penalty():
     assert wae_fast.logvar_penalty(torch.ones(2, 3, 4)).item() == 12.0
     with pytest.raises(ValueError, match="kind: unknown penalty"):
         wae_fast.logvar_penalty(lv, "l3")
+
+
+def test_kernel_backends_draw_the_same_eps():
+    """cpp, triton and cuda draw eps from one Philox stream (tl.randn(seed, flat index)): the
+    same generator state gives the same z on each (fp32 special functions may differ by an ulp),
+    for a shape whose flat indices pass 2^16 (several Triton blocks, several C++ chunks)."""
+    from wae_fast.dispatch import unavailable_reason
+    devs = [("cpp", "cpu"), ("triton", "cpu"), ("triton", "cuda"), ("cuda", "cuda")]
+    have = [(b, d) for b, d in devs if (d == "cpu" or torch.cuda.is_available())
+            and unavailable_reason(b, d, "reparam") is None]
+    if len(have) < 2:
+        pytest.skip(f"needs two kernel backends with the Philox stream, have {have}")
+    mu = torch.randn(300, 231)
+    lv = torch.randn(300, 231) * 0.5
+    zs = [wae_fast.reparameterize(mu.to(d), lv.to(d), generator=_gen(11), backend=b).cpu()
+          for b, d in have]
+    for (b, d), z in zip(have[1:], zs[1:]):
+        torch.testing.assert_close(z, zs[0], rtol=4e-6, atol=1e-6, msg=f"{b}-{d} vs {have[0]}")
+    # 64-bit seeds: the high word of the seed reaches the Philox key, identically everywhere
+    from wae_fast import contract
+    hi = [contract.reparam(b, mu[:4].to(d), lv[:4].to(d), 5 + 2**40).cpu() for b, d in have]
+    assert not torch.equal(hi[0], contract.reparam(have[0][0], mu[:4].to(have[0][1]),
+                                                   lv[:4].to(have[0][1]), 5).cpu())
+    for z in hi[1:]:
+        torch.testing.assert_close(z, hi[0], rtol=4e-6, atol=1e-6)

@@ -218,7 +218,7 @@ def test_fp64_reference_route(monkeypatch):
 
 def test_availability_and_dispatch():
     from wae_fast.kernels import backend as B
-    assert B.OPS == ("mmd", "reparam")
+    assert B.OPS == ("mmd", "reparam", "prior")
     if torch.cuda.is_available():
         assert B.availability("cuda") is None
     else:

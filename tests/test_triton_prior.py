@@ -1,5 +1,7 @@
-"""MMD to the prior with the prior samples generated inside the Triton kernels
-(``mmd_to_prior(..., estimator="sampled", backend="triton")``, :mod:`wae_fast.kernels.prior`).
+"""MMD to the prior with the prior samples generated inside the kernels
+(``mmd_to_prior(..., estimator="sampled", backend=B)``, the ``prior`` op family of the contract:
+Triton, :mod:`wae_fast.kernels.prior`, and CUDA C++, csrc/cuda; the tests taking
+``prior_backend`` run on every such backend available on this device).
 
 Under the interpreter (CPU) or on CUDA.  The in-kernel estimator must equal, value and x
 gradient, ``wae_fast.mmd(x, materialise_prior(...), backend="triton")`` and the float64 oracle on
@@ -25,6 +27,7 @@ from wae_fast.dispatch import unavailable_reason
 from wae_fast.prior import mmd_to_prior, mmd_to_prior_terms
 
 from . import oracle
+from .conftest import backend_params
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 _REASON = unavailable_reason("triton", DEV)
@@ -45,18 +48,25 @@ def _x(n, d, dtype, seed=0):
     return x.to(device=DEV, dtype=dtype).requires_grad_(True)
 
 
-def _in_kernel(x, spec, unbiased, m, seed, sigma2=1.0):
+@pytest.fixture(params=[p for p in backend_params("prior")
+                        if p.values[0][1] == DEV and p.values[0][0] in ("triton", "cuda")])
+def prior_backend(request):
+    """Name of an in-kernel prior backend on DEV (triton; cuda on a GPU with the extension)."""
+    return request.param[0]
+
+
+def _in_kernel(x, spec, unbiased, m, seed, sigma2=1.0, backend="triton"):
     return mmd_to_prior(x, spec, sigma2=sigma2, estimator="sampled", unbiased=unbiased,
-                        num_samples=m, seed=seed, backend="triton")
+                        num_samples=m, seed=seed, backend=backend)
 
 
 @pytest.mark.parametrize("n,m,d", [(37, 70, 3), (100, 67, 17), (70, 45, 64)])
 @pytest.mark.parametrize("kname", ["imq7", "rbf3"])
 @pytest.mark.parametrize("unbiased", [True, False])
-def test_matches_materialised_and_oracle(n, m, d, kname, unbiased):
+def test_matches_materialised_and_oracle(prior_backend, n, m, d, kname, unbiased):
     spec, dtype = KERNELS[kname], torch.float32
     x = _x(n, d, dtype, seed=n + m + d)
-    val = _in_kernel(x, spec, unbiased, m, SEED)
+    val = _in_kernel(x, spec, unbiased, m, SEED, backend=prior_backend)
     assert val.dtype == torch.float32 and val.shape == ()
     val.backward()
     g_kernel = x.grad.clone()
@@ -79,11 +89,11 @@ def test_matches_materialised_and_oracle(n, m, d, kname, unbiased):
         assert gerr <= GRAD_TOL[dtype] * gnorm, f"grad error {gerr:.3g} vs norm {gnorm:.3g}"
 
 
-def test_fp64_and_sigma2_and_grad_output():
+def test_fp64_and_sigma2_and_grad_output(prior_backend):
     spec = wae_fast.IMQ(sigma2=2.5)
     n, m, d = 41, 29, 9
     x = _x(n, d, torch.float64, seed=3)
-    val = _in_kernel(x, spec, True, m, 77, sigma2=2.5)
+    val = _in_kernel(x, spec, True, m, 77, sigma2=2.5, backend=prior_backend)
     assert val.dtype == torch.float64
     (-3.7 * val).backward()
     y = materialise_prior(m, d, 77, 2.5, torch.float64, DEV)
@@ -94,12 +104,12 @@ def test_fp64_and_sigma2_and_grad_output():
 
 
 @pytest.mark.parametrize("dtype,n,m,d", [(torch.bfloat16, 37, 23, 5), (torch.float16, 20, 30, 130)])
-def test_half_inputs_and_wide_d(dtype, n, m, d):
+def test_half_inputs_and_wide_d(prior_backend, dtype, n, m, d):
     """Half codes are upcast after the load; the samples stay fp32 (the compute dtype); d = 130
     splits the backward over three gradient-column chunks (grid axis 1)."""
     spec = KERNELS["imq7"]
     x = _x(n, d, dtype, seed=11)
-    val = _in_kernel(x, spec, True, m, SEED)
+    val = _in_kernel(x, spec, True, m, SEED, backend=prior_backend)
     assert val.dtype == torch.float32
     val.backward()
     assert x.grad.dtype == dtype
@@ -111,12 +121,13 @@ def test_half_inputs_and_wide_d(dtype, n, m, d):
     assert (x.grad.double().cpu() - gx).norm().item() <= tol * gx.norm().item()
 
 
-def test_terms_and_partial_grad_terms():
+def test_terms_and_partial_grad_terms(prior_backend):
     """The terms' gradient for an arbitrary grad_terms (yy term has no x gradient)."""
     spec = KERNELS["imq7"]
     n, m, d = 33, 50, 5
     x = _x(n, d, torch.float32, seed=5)
-    t = mmd_to_prior_terms(x, spec, estimator="sampled", num_samples=m, seed=9, backend="triton")
+    t = mmd_to_prior_terms(x, spec, estimator="sampled", num_samples=m, seed=9,
+                           backend=prior_backend)
     assert t.dtype == torch.float64 and t.shape == (3,)
     w = torch.tensor([0.3, 11.0, -1.7], dtype=torch.float64, device=DEV)
     (t * w).sum().backward()
@@ -130,12 +141,12 @@ def test_terms_and_partial_grad_terms():
     assert (x.grad.cpu().double() - xd.grad).norm().item() <= 5e-5 * xd.grad.norm().item()
 
 
-def test_seed_determinism():
+def test_seed_determinism(prior_backend):
     spec = KERNELS["rbf3"]
     x = _x(20, 6, torch.float32, seed=1)
-    a = _in_kernel(x, spec, True, 30, 123)
-    b = _in_kernel(x, spec, True, 30, 123)
-    c = _in_kernel(x, spec, True, 30, 124)
+    a = _in_kernel(x, spec, True, 30, 123, backend=prior_backend)
+    b = _in_kernel(x, spec, True, 30, 123, backend=prior_backend)
+    c = _in_kernel(x, spec, True, 30, 124, backend=prior_backend)
     assert torch.equal(a, b)                      # bit-identical reruns
     assert a.item() != c.item()
     ya = materialise_prior(30, 6, 123, 1.0, torch.float32, DEV)
@@ -143,8 +154,8 @@ def test_seed_determinism():
     assert not torch.equal(ya, materialise_prior(30, 6, 124, 1.0, torch.float32, DEV))
     # generator-drawn seeds: same generator state -> same value
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    v1 = mmd_to_prior(x, spec, estimator="sampled", generator=g1, backend="triton")
-    v2 = mmd_to_prior(x, spec, estimator="sampled", generator=g2, backend="triton")
+    v1 = mmd_to_prior(x, spec, estimator="sampled", generator=g1, backend=prior_backend)
+    v2 = mmd_to_prior(x, spec, estimator="sampled", generator=g2, backend=prior_backend)
     assert torch.equal(v1, v2)
 
 
@@ -199,6 +210,40 @@ def test_backend_errors():
     a = mmd_to_prior(x, estimator="sampled", seed=3)
     b = mmd_to_prior(x, estimator="sampled", seed=3, backend="reference")
     assert torch.equal(a, b)
+
+
+def test_prior_op_contract():
+    """The prior ops go through torch.library: opcheck (schema, fake, autograd registration) and
+    torch.compile with fullgraph see them."""
+    from wae_fast import contract
+    x = _x(12, 5, torch.float32).detach()
+    kind, params = wae_fast.IMQ().lower(5)
+    args = (x, kind, params, 1.0, True, 17, 3, "ieee")
+    torch.library.opcheck(contract.op("prior_fwd_triton").default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    gt = torch.tensor([1.0, 0.5, -2.0], dtype=torch.float64, device=DEV)
+    torch.library.opcheck(contract.op("prior_bwd_triton").default, (gt,) + args,
+                          test_utils=("test_schema", "test_faketensor"))
+    xr = x.clone().requires_grad_(True)
+    f = torch.compile(lambda a: mmd_to_prior(a, estimator="sampled", num_samples=17, seed=3,
+                                             backend="triton"), fullgraph=True, backend="aot_eager")
+    v = f(xr)
+    v.backward()
+    xe = x.clone().requires_grad_(True)
+    ve = mmd_to_prior(xe, estimator="sampled", num_samples=17, seed=3, backend="triton")
+    ve.backward()
+    assert torch.allclose(v, ve) and torch.allclose(xr.grad, xe.grad)
+
+
+def test_auto_backend_picks_an_in_kernel_sampler_or_the_reference():
+    x = _x(15, 4, torch.float32).detach()
+    auto = mmd_to_prior(x, estimator="sampled", num_samples=20, seed=8, backend="auto")
+    want = "cuda" if unavailable_reason("cuda", DEV, "prior") is None else (
+        "triton" if DEV == "cuda" else "reference")
+    same = mmd_to_prior(x, estimator="sampled", num_samples=20, seed=8, backend=want)
+    assert torch.equal(auto, same)
+    # closed form with "auto" is the reference path
+    assert torch.equal(mmd_to_prior(x, backend="auto"), mmd_to_prior(x))
 
 
 def test_unavailable_raises_runtime_error(monkeypatch):

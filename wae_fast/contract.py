@@ -38,6 +38,24 @@ Sampling ops (``z = mu + exp(logvar / 2) * eps``, eps from a counter-based RNG k
 
 Backward regenerates eps from ``seed``; grad_mu = grad_z is done by the glue.
 
+MMD to the prior N(0, sigma2 I_d) with the prior samples generated inside the kernels
+(``mmd_to_prior(..., estimator="sampled")``), never stored::
+
+    wae_fast::prior_fwd_B(Tensor x, int kind, float[] params, float sigma2, bool unbiased,
+                          int num_samples, int seed, str precision) -> Tensor terms
+    wae_fast::prior_bwd_B(Tensor grad_terms, Tensor x, int kind, float[] params, float sigma2,
+                          bool unbiased, int num_samples, int seed, str precision) -> Tensor gx
+
+* sample j (0 <= j < M = ``num_samples``) is y_j[k] = sqrt(sigma2) * randn(seed, j * d + k), with
+  randn = Triton's ``tl.randn`` (Philox 4x32-10 keyed by the 64-bit seed, counter = the int64 flat
+  index, Box-Muller on the first two outputs, in fp32; csrc/include/wae_fast/tile_math.h
+  reproduces it), cast to the compute dtype before the multiplication by sqrt(sigma2) (computed
+  in the compute dtype).  Every backend draws exactly these samples, so they agree to rounding.
+* ``terms`` as for mmd_fwd (float64 (3,)); gradients flow to x only (the samples are not inputs);
+  ``prior_bwd_B`` returns d/dx sum_t grad_terms[t] terms[t] in x's dtype, recomputing the tiles.
+* shifts are internal (each term is translation invariant): xx by mean(x), yy by 0, xy and the
+  backward by N / (N + M) * mean(x) (the pooled mean's expectation).
+
 To add a backend: call :func:`define_backend_ops` once with its name (this defines the schemas,
 fake implementations and autograd), then register the device implementations: from Python with
 ``torch.library.impl("wae_fast::mmd_fwd_B", "CUDA")(fn)`` (or pass ``fwd=``/``bwd=`` here), or from C++
@@ -63,6 +81,14 @@ MMD_BWD_SCHEMA = (
 )
 REPARAM_FWD_SCHEMA = "(Tensor mu, Tensor logvar, int seed) -> Tensor"
 REPARAM_BWD_SCHEMA = "(Tensor grad_z, Tensor logvar, int seed) -> Tensor"
+PRIOR_FWD_SCHEMA = (
+    "(Tensor x, int kind, float[] params, float sigma2, bool unbiased, int num_samples, int seed, "
+    "str precision) -> Tensor"
+)
+PRIOR_BWD_SCHEMA = (
+    "(Tensor grad_terms, Tensor x, int kind, float[] params, float sigma2, bool unbiased, "
+    "int num_samples, int seed, str precision) -> Tensor"
+)
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
@@ -180,6 +206,36 @@ def _define_reparam(backend: str) -> None:
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
 
 
+def _define_prior(backend: str) -> None:
+    fwd, bwd = f"prior_fwd_{backend}", f"prior_bwd_{backend}"
+    _LIB.define(fwd + PRIOR_FWD_SCHEMA)
+    _LIB.define(bwd + PRIOR_BWD_SCHEMA)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{fwd}")
+    def _fwd_fake(x, kind, params, sigma2, unbiased, num_samples, seed, precision):
+        return x.new_empty((3,), dtype=torch.float64)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
+    def _bwd_fake(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed, precision):
+        return torch.empty_like(x)
+
+    def setup_context(ctx, inputs, output):
+        x = inputs[0]
+        ctx.args = inputs[1:]
+        ctx.save_for_backward(x)
+
+    def backward(ctx, grad_terms):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        (x,) = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = op(bwd)(grad_terms.to(torch.float64).contiguous(), x, *ctx.args)
+        return (gx,) + (None,) * 7
+
+    torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
+
+
 _FUSES: dict[str, bool] = {}
 
 
@@ -191,6 +247,8 @@ def define_backend_ops(
     mmd_bwd: Optional[Callable] = None,
     reparam_fwd: Optional[Callable] = None,
     reparam_bwd: Optional[Callable] = None,
+    prior_fwd: Optional[Callable] = None,
+    prior_bwd: Optional[Callable] = None,
     dispatch_key: str = "CompositeExplicitAutograd",
 ) -> None:
     """Define the schemas, fakes and autograd of backend ``backend`` (idempotent), and register
@@ -204,9 +262,11 @@ def define_backend_ops(
         _FUSES[backend] = fuses_grad
         _define_mmd(backend)
         _define_reparam(backend)
+        _define_prior(backend)
         _DEFINED.add(backend)
     for name, fn in (("mmd_fwd", mmd_fwd), ("mmd_bwd", mmd_bwd),
-                     ("reparam_fwd", reparam_fwd), ("reparam_bwd", reparam_bwd)):
+                     ("reparam_fwd", reparam_fwd), ("reparam_bwd", reparam_bwd),
+                     ("prior_fwd", prior_fwd), ("prior_bwd", prior_bwd)):
         if fn is not None:
             _LIB.impl(f"{name}_{backend}", fn, dispatch_key)
 
@@ -232,6 +292,15 @@ def mmd_terms(
     terms, _, _ = op(f"mmd_fwd_{backend}")(x, y, offset, kind, [float(p) for p in params],
                                             unbiased, gx, gy, precision)
     return terms
+
+
+def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], sigma2: float,
+                unbiased: bool, num_samples: int, seed: int, precision: str = "ieee") -> torch.Tensor:
+    """Call backend ``backend``'s in-kernel-prior forward op through autograd (gradient to x);
+    returns the float64 (3,) terms.  Inputs are assumed validated."""
+    return op(f"prior_fwd_{backend}")(x.contiguous(), int(kind), [float(p) for p in params],
+                                      float(sigma2), bool(unbiased), int(num_samples), int(seed),
+                                      precision)
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:

@@ -5,7 +5,10 @@ extension ``wae_fast._C`` is imported; the extension registers the CPU implement
 ``wae_fast::mmd_fwd_cpp`` / ``mmd_bwd_cpp`` with ``TORCH_LIBRARY_IMPL(wae_fast, CPU, m)``.
 
 The forward fuses the gradient parts (``fuses_grad=True``): with grad flags set it returns the
-(2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.
+(2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.  ``reparam_fwd_cpp`` /
+``reparam_bwd_cpp`` draw eps from the Philox stream of the Triton and CUDA kernels
+(``tl.randn(seed, flat index)``, csrc/include/wae_fast/tile_math.h), so a seed gives the same eps
+on every kernel backend.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Optional
 
 from .contract import define_backend_ops
 
-OPS = ("mmd",)
+OPS = ("mmd", "reparam")
 
 define_backend_ops("cpp", fuses_grad=True)
 

@@ -66,7 +66,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .contract import compute_dtype
+from .contract import PRECISIONS, compute_dtype
 from .kernel_specs import IMQ, KIND_IMQ, KIND_RBF, KernelSpec, resolve_kernel
 from .reference import BLOCK_SIZE, _acc_rows, _sq_dist, _sym_block, kernel_and_derivative, self_sum
 from .validation import check_finite as _check_finite
@@ -391,25 +391,29 @@ def _check_codes(x, unbiased: bool, estimator: str):
                          "(use unbiased=False)")
 
 
-PRIOR_BACKENDS = ("reference", "triton")
+#: Backends of the sampled estimator: "reference" (torch.Generator blocks) and the kernel
+#: backends that generate the samples in-kernel (family "prior" of :mod:`wae_fast.dispatch`).
+PRIOR_BACKENDS = ("auto", "reference", "triton", "cuda")
 
 
 def _check_prior_backend(backend, estimator: str):
     if not isinstance(backend, str) or backend not in PRIOR_BACKENDS:
         raise ValueError(f"backend: unknown backend {backend!r} for mmd_to_prior; expected one of "
                          f"{PRIOR_BACKENDS}")
-    if backend == "triton" and estimator != "sampled":
-        raise ValueError(f"backend='triton' implements only estimator='sampled' (prior samples "
+    if backend not in ("auto", "reference") and estimator != "sampled":
+        raise ValueError(f"backend={backend!r} implements only estimator='sampled' (prior samples "
                          f"generated in-kernel), got estimator={estimator!r}")
 
 
-def _triton_prior_terms(x, kind, params, sigma2, unbiased, m, seed):
-    from .dispatch import unavailable_reason
-    reason = unavailable_reason("triton", x.device)
-    if reason is not None:
-        raise RuntimeError(f"backend='triton' is not available for mmd_to_prior on {x.device}: {reason}")
-    from .kernels import prior as _kprior
-    return _kprior.prior_terms(x, kind, params, sigma2, unbiased, m, seed)
+def _kernel_prior_terms(backend, x, kind, params, sigma2, unbiased, m, seed, precision):
+    from . import contract
+    from .dispatch import resolve_backend
+    name = resolve_backend(backend, x.device, "prior")
+    if name == "reference":  # "auto" found no in-kernel sampler for this device
+        return None
+    if isinstance(seed, bool) or not (0 <= int(seed) < 2**63):
+        raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
+    return contract.prior_terms(name, x, kind, params, sigma2, unbiased, m, seed, precision)
 
 
 def mmd_to_prior_terms(
@@ -428,6 +432,7 @@ def mmd_to_prior_terms(
     recompute_backward: bool = False,
     check_finite: bool = False,
     backend: str = "reference",
+    precision: str = "ieee",
 ) -> torch.Tensor:
     """The float64 (3,) terms (mean k(x,x'), mean k(y,y'), mean k(x,y)) of :func:`mmd_to_prior`
     for the "closed_form" (prior means exact) and "sampled" estimators; differentiable w.r.t. x."""
@@ -454,10 +459,14 @@ def mmd_to_prior_terms(
     m = n if num_samples is None else num_samples
     _check_count("num_samples", m, 2 if unbiased else 1)
     s = _resolve_seed(seed, generator)
-    if backend == "triton":
-        # Prior samples generated tile by tile inside the Triton kernels (never stored);
-        # block_size and recompute_backward do not apply (the backward always recomputes).
-        return _triton_prior_terms(x, kind, params, s2, bool(unbiased), m, s)
+    if backend != "reference":
+        # Prior samples generated tile by tile inside the kernels (never stored); block_size
+        # and recompute_backward do not apply (the backward always recomputes).
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: unknown precision {precision!r}; expected one of {PRECISIONS}")
+        t = _kernel_prior_terms(backend, x, kind, params, s2, bool(unbiased), m, s, precision)
+        if t is not None:
+            return t
     return _SampledTerms.apply(x, kind, params, s2, bool(unbiased), block_size, m, s, need_grad,
                                bool(recompute_backward))
 
@@ -478,6 +487,7 @@ def mmd_to_prior(
     recompute_backward: bool = False,
     check_finite: bool = False,
     backend: str = "reference",
+    precision: str = "ieee",
 ) -> torch.Tensor:
     r"""Squared MMD between the codes ``x`` (N, d) and the prior N(0, sigma2 I_d).
 
@@ -504,12 +514,15 @@ def mmd_to_prior(
             forward computes values only and the backward redoes the xx pass and regenerates the
             prior blocks from the seed (two passes; for forwards that are rarely differentiated).
         check_finite: raise ValueError on NaN/Inf in x.
-        backend: ``"reference"`` (default: the PyTorch paths above) or ``"triton"`` (only with
-            ``estimator="sampled"``: the M prior samples y_j = sqrt(sigma2) * tl.randn(seed,
-            j * d + k) are generated tile by tile inside the Triton kernels and never stored,
-            see :mod:`wae_fast.kernels.prior`; CUDA tensors, or CPU under TRITON_INTERPRET=1;
-            ``block_size`` and ``recompute_backward`` do not apply, the backward recomputes).
-            The samples differ from the reference backend's for the same seed (same law).
+        backend: ``"reference"`` (default: the PyTorch paths above), ``"triton"`` or ``"cuda"``
+            (only with ``estimator="sampled"``: the M prior samples y_j = sqrt(sigma2) *
+            randn(seed, j * d + k), Triton's ``tl.randn`` stream, are generated tile by tile
+            inside the kernels and never stored, see :mod:`wae_fast.kernels.prior` and
+            csrc/cuda/mmd_kernels.cu; both backends draw the same samples; ``block_size`` and
+            ``recompute_backward`` do not apply, the backward recomputes), or ``"auto"`` (the
+            fastest in-kernel sampler available for x's device for "sampled", else the
+            reference). The reference draws different samples for the same seed (same law).
+        precision: dot-product precision of the kernel backends ("ieee", "tf32x3", "tf32").
 
     Returns:
         0-dim tensor, float64 for fp64 x, float32 otherwise. The closed-form unbiased value can
@@ -536,7 +549,7 @@ def mmd_to_prior(
                            num_samples=num_samples, generator=generator, seed=seed,
                            block_size=block_size, quadrature=quadrature, quad_nodes=quad_nodes,
                            recompute_backward=recompute_backward, check_finite=check_finite,
-                           backend=backend)
+                           backend=backend, precision=precision)
     return (t[0] + t[1] - 2.0 * t[2]).to(out_dtype)
 
 

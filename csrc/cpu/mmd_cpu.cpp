@@ -1,7 +1,8 @@
 // CPU backend of wae_fast ("cpp"): fused, memory-flat squared MMD with fused gradient parts.
 //
 // Schemas are defined in Python (wae_fast/contract.py, define_backend_ops("cpp", fuses_grad=True));
-// this file only registers CPU implementations of wae_fast::mmd_fwd_cpp / mmd_bwd_cpp.
+// this file only registers CPU implementations of wae_fast::mmd_fwd_cpp / mmd_bwd_cpp and
+// reparam_fwd_cpp / reparam_bwd_cpp.
 // The tile kernels (mmd_cpu_kernel.h) are compiled twice: for the baseline ISA and for AVX2+FMA,
 // selected at run time with __builtin_cpu_supports (override: WAE_FAST_CPU_ISA=generic|avx2).
 #include <torch/extension.h>
@@ -344,11 +345,59 @@ at::Tensor philox_randn_host(int64_t seed, at::Tensor offsets) {
   return out;
 }
 
+// Reparameterised sampling, z = mu + exp(logvar / 2) * eps, eps[i] = tl.randn(seed, i) (the Philox
+// stream of the Triton and CUDA kernels: the same seed gives the same eps on every backend, up to
+// the rounding of exp).  Computed in the compute dtype (fp32, fp64 for fp64), stored in the input
+// dtype; the backward regenerates eps: grad_logvar = grad_z * eps * exp(logvar / 2) / 2.
+template <class TI, class T, bool kForward>
+void reparam_loop(const at::Tensor& a_, const at::Tensor& lv_, at::Tensor& out, uint64_t seed) {
+  const TI* a = a_.data_ptr<TI>();
+  const TI* lv = lv_.data_ptr<TI>();
+  TI* o = out.data_ptr<TI>();
+  at::parallel_for(0, out.numel(), 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T eps = T(wae_fast::philox_randn(seed, uint64_t(i)));
+      const T ai = T(a[i]), l = T(lv[i]);
+      o[i] = TI(kForward ? ai + std::exp(l * T(0.5)) * eps : ai * eps * std::exp(l * T(0.5)) * T(0.5));
+    }
+  });
+}
+
+template <bool kForward>
+at::Tensor reparam_cpp(const at::Tensor& a_, const at::Tensor& logvar_, int64_t seed, const char* aname) {
+  TORCH_CHECK(a_.device().is_cpu() && logvar_.device().is_cpu(), "wae_fast cpp backend: ", aname,
+              " and logvar must be CPU tensors");
+  TORCH_CHECK(a_.sizes() == logvar_.sizes(), "wae_fast cpp backend: ", aname, " and logvar must have the same shape");
+  TORCH_CHECK(seed >= 0, "wae_fast cpp backend: seed must be >= 0, got ", seed);
+  at::Tensor lv = logvar_.contiguous();
+  at::Tensor a = a_.to(lv.scalar_type()).contiguous();
+  at::Tensor out = at::empty_like(lv);
+  switch (lv.scalar_type()) {
+    case at::kFloat: reparam_loop<float, float, kForward>(a, lv, out, uint64_t(seed)); break;
+    case at::kDouble: reparam_loop<double, double, kForward>(a, lv, out, uint64_t(seed)); break;
+    case at::kHalf: reparam_loop<at::Half, float, kForward>(a, lv, out, uint64_t(seed)); break;
+    case at::kBFloat16: reparam_loop<at::BFloat16, float, kForward>(a, lv, out, uint64_t(seed)); break;
+    default: TORCH_CHECK(false, "wae_fast cpp backend: logvar must be float16, bfloat16, float32 or float64, got ",
+                         lv.scalar_type());
+  }
+  return out;
+}
+
+at::Tensor reparam_fwd_cpp(const at::Tensor& mu, const at::Tensor& logvar, int64_t seed) {
+  return reparam_cpp<true>(mu, logvar, seed, "mu");
+}
+
+at::Tensor reparam_bwd_cpp(const at::Tensor& grad_z, const at::Tensor& logvar, int64_t seed) {
+  return reparam_cpp<false>(grad_z, logvar, seed, "grad_z");
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wae_fast, CPU, m) {
   m.impl("mmd_fwd_cpp", &mmd_fwd_cpp);
   m.impl("mmd_bwd_cpp", &mmd_bwd_cpp);
+  m.impl("reparam_fwd_cpp", &reparam_fwd_cpp);
+  m.impl("reparam_bwd_cpp", &reparam_bwd_cpp);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
