@@ -12,7 +12,9 @@ package installed installs it first when ``pip show wae_fast`` says it is not):
     test      python -m pytest -q tests   (the CUDA tests run wherever a GPU is visible)
     sanitize  benchmarks/sanitize_cases.py under compute-sanitizer memcheck and racecheck
     bench     the core matrix (benchmarks.rows.gpu_core, or --rows gpu-headline,gpu-nsweep,...)
-    all       env build test sanitize bench (longer than one device call: for a machine you hold)
+    prior     MMD to the prior at scale (benchmarks/bench_prior.py --set gpu: N = 10M codes, M up
+              to 2^20 in-kernel prior samples, time and peak memory), report <stem>-prior.md
+    all       env build test sanitize bench prior (longer than one device call: for a machine you hold)
 
 Every stage appends to benchmarks/results/<gpu>-<date>.md (and .csv, .log, -env.json, -time.png,
 -mem.png) as it goes and copies them to $OUT when it is set. ``--dry-run`` (or
@@ -34,7 +36,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
-STAGES = ("env", "build", "test", "sanitize", "bench")
+STAGES = ("env", "build", "test", "sanitize", "bench", "prior")
 
 
 class Ctx:
@@ -63,7 +65,8 @@ class Ctx:
 
     def files(self):
         return [self.md, self.csv, self.log, self.envjson,
-                os.path.join(RESULTS, self.stem + "-time.png"), os.path.join(RESULTS, self.stem + "-mem.png")]
+                os.path.join(RESULTS, self.stem + "-time.png"), os.path.join(RESULTS, self.stem + "-mem.png"),
+                os.path.join(RESULTS, self.stem + "-prior.md")]
 
     def mirror(self):
         from .report import mirror
@@ -381,6 +384,20 @@ def stage_bench(ctx: Ctx):
              log=lambda s: ctx.say(s, md=False))
 
 
+def stage_prior(ctx: Ctx):
+    t_stage = time.time()
+    ctx.say(f"\n## Stage prior ({_dt.datetime.now(_dt.timezone.utc).strftime('%H:%M:%S UTC')})\n")
+    _ensure_built(ctx)
+    dry = ctx.dry_run or not ctx.has_gpu
+    budget = max(60.0, ctx.budget - (time.time() - t_stage))
+    out = os.path.join(RESULTS, f"{ctx.stem}-prior.md")
+    ctx.say(f"benchmarks/bench_prior.py --set {'tiny' if dry else 'gpu'} (report {os.path.basename(out)})")
+    ctx.sh([ctx.python, "-m", "benchmarks.bench_prior", "--set", "tiny" if dry else "gpu", "--timeout",
+            "240", "--budget", f"{budget:.0f}", "--out", out], timeout=budget + 260,
+           env={"PYTHONPATH": REPO}, md_tail=20)
+    ctx.mirror()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stages", nargs="+", choices=STAGES + ("all",))
@@ -399,7 +416,7 @@ def main(argv=None) -> int:
     _header(ctx)
     stages = list(STAGES) if "all" in a.stages else a.stages
     fns = {"env": stage_env, "build": stage_build, "test": stage_test, "sanitize": stage_sanitize,
-           "bench": stage_bench}
+           "bench": stage_bench, "prior": stage_prior}
     for s in stages:
         t0 = time.time()
         try:
