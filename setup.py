@@ -9,7 +9,9 @@ Extensions (torch.utils.cpp_extension; needs torch importable at build time, so 
   build of torch are present.
 
 Switches: WAE_FAST_BUILD_CPP=0/1 and WAE_FAST_BUILD_CUDA=0/1 skip or force a part (unset: auto);
-WAE_FAST_CUDA_ARCHS (default "80;90") lists the SM architectures of the CUDA build.
+WAE_FAST_CUDA_ARCHS lists the SM architectures of the CUDA build; when it is unset, a set
+TORCH_CUDA_ARCH_LIST is honoured (torch's BuildExtension turns it into -gencode flags, e.g.
+"9.0a" or "8.0;9.0+PTX"), and otherwise the default is sm_80 and sm_90.
 Neither part is needed to import wae_fast; a missing one is JIT-built on first use or skipped.
 """
 import glob
@@ -52,9 +54,12 @@ def _extensions():
     if cuda_src and (want_cuda or (want_cuda is None and has_cuda)):
         if not has_cuda:
             raise RuntimeError("WAE_FAST_BUILD_CUDA=1 but torch is not a CUDA build or nvcc/CUDA_HOME is missing")
-        archs = os.environ.get("WAE_FAST_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
         gencode = []
-        for a in (a.strip() for a in archs if a.strip()):
+        archs = os.environ.get("WAE_FAST_CUDA_ARCHS")
+        if archs is None and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            archs = "80;90"
+        # archs None here: no -gencode of ours, so cpp_extension applies TORCH_CUDA_ARCH_LIST
+        for a in (a.strip() for a in (archs or "").replace(",", ";").split(";") if a.strip()):
             gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
         exts.append(cpp_extension.CUDAExtension(
             "wae_fast._C_cuda", cuda_src, include_dirs=include + [os.path.join(HERE, "csrc", "cuda")],

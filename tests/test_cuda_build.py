@@ -96,7 +96,10 @@ def test_cuda_extension_builds_links_imports_and_registers(tmp_path):
     home = _cuda_home()
     if home:
         env["CUDA_HOME"] = home
-    env.update(WAE_FAST_BUILD_CPP="0", WAE_FAST_BUILD_CUDA="1", WAE_FAST_CUDA_ARCHS="90",
+    # one architecture through torch's own switch (setup.py honours TORCH_CUDA_ARCH_LIST when
+    # WAE_FAST_CUDA_ARCHS is unset); both sm_80 and sm_90 are compiled by test_csrc_compile.py
+    env.pop("WAE_FAST_CUDA_ARCHS", None)
+    env.update(WAE_FAST_BUILD_CPP="0", WAE_FAST_BUILD_CUDA="1", TORCH_CUDA_ARCH_LIST="9.0",
                MAX_JOBS="2", PATH=f"{VENV / 'bin'}:{env.get('PATH', '')}")
     lib, tmp = tmp_path / "lib", tmp_path / "tmp"
     b = subprocess.run([str(py), "setup.py", "-q", "build_ext", "--build-lib", str(lib),
@@ -105,6 +108,12 @@ def test_cuda_extension_builds_links_imports_and_registers(tmp_path):
     assert b.returncode == 0, f"setup.py build_ext (CUDA) failed:\n{(b.stdout + b.stderr)[-6000:]}"
     built = sorted((lib / "wae_fast").glob("_C_cuda*.so"))
     assert built, f"no _C_cuda library in {lib / 'wae_fast'}: {list(lib.rglob('*'))}"
+    objdump = shutil.which("cuobjdump") or (Path(env["CUDA_HOME"]) / "bin" / "cuobjdump"
+                                            if env.get("CUDA_HOME") else None)
+    if objdump and Path(objdump).exists():
+        listing = subprocess.run([str(objdump), "--list-elf", str(built[0])], capture_output=True,
+                                 text=True).stdout
+        assert "sm_90" in listing and "sm_80" not in listing, listing  # TORCH_CUDA_ARCH_LIST took effect
 
     r = subprocess.run([str(py), "-c", _CHECK, str(ROOT), str(lib / "wae_fast")], env=env,
                        capture_output=True, text=True, timeout=600)
