@@ -116,3 +116,14 @@ def test_kernel_backends_draw_the_same_eps():
                                                    lv[:4].to(have[0][1]), 5).cpu())
     for z in hi[1:]:
         torch.testing.assert_close(z, hi[0], rtol=4e-6, atol=1e-6)
+
+
+def test_reparam_opcheck(reparam_backend):
+    """Schema, fake and autograd registration of the sampling ops of every backend."""
+    from wae_fast import contract
+    name, dev = reparam_backend
+    mu = torch.randn(4, 5, device=dev, requires_grad=True)
+    lv = (torch.randn(4, 5, device=dev) * 0.3).requires_grad_(True)
+    torch.library.opcheck(contract.op(f"reparam_fwd_{name}").default, (mu, lv, 123))
+    torch.library.opcheck(contract.op(f"reparam_bwd_{name}").default,
+                          (torch.randn(4, 5, device=dev), lv.detach(), 123))
