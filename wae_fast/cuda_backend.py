@@ -9,6 +9,12 @@ JIT-built on first use with ``torch.utils.cpp_extension.load`` (ninja) into
 
 The forward returns empty gradient parts (``fuses_grad=False``): the backward recomputes the
 pair tiles (no N x M buffer).
+
+Op families (``OPS``): ``mmd`` (csrc/cuda/mmd_kernels.cu), ``prior`` (MMD to N(0, sigma2 I) with the
+prior samples generated inside the kernels, csrc/cuda/prior_kernels.cu: the same samples as
+:func:`wae_fast.kernels.prior.materialise_prior`) and ``reparam`` (csrc/cuda/reparam_kernels.cu).
+``precision`` ("ieee", "tf32x3", "tf32") selects the fp32 dot-product path: exact FMAs, or tensor
+cores (nvcuda::wmma tf32, 3 products for "tf32x3") when d >= 16 on sm_80+; fp64 ignores it.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import torch
 
 from .contract import define_backend_ops
 
-OPS = ("mmd", "reparam")
+OPS = ("mmd", "reparam", "prior")
 
 define_backend_ops("cuda", fuses_grad=False)
 
@@ -62,7 +68,7 @@ def _jit_build() -> None:
         _ext = cpp_extension.load(
             name="wae_fast_C_cuda", sources=srcs, build_directory=str(cache),
             extra_include_paths=[str(root / "include"), str(root / "cuda")],
-            extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+            extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
         _error = None
     except Exception as exc:  # compiler missing, build failure
         _error = f"JIT build of the CUDA extension failed: {exc}"

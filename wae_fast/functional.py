@@ -8,7 +8,7 @@ import torch
 
 from . import contract
 from .dispatch import resolve_backend
-from .kernel_specs import IMQ, KernelSpec, resolve_kernel
+from .kernel_specs import IMQ, KernelSpec, check_compute_range, resolve_kernel
 from .validation import check_finite as _check_finite
 from .validation import check_points, check_tensor
 
@@ -40,6 +40,7 @@ def mmd_terms(
         _check_finite("x", x)
         _check_finite("y", y)
     kind, params = spec.lower(x.shape[1])
+    check_compute_range(kind, params, x.dtype)
     return contract.mmd_terms(name, x, y, kind, params, estimator == "unbiased", precision)
 
 

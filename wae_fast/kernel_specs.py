@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+import torch
+
 KIND_IMQ = 0
 KIND_RBF = 1
 
@@ -116,6 +118,25 @@ class RBF:
 
 
 KernelSpec = Union[IMQ, RBF]
+
+#: Range of IMQ constants the fp32 kernels accept: they evaluate two scales per reciprocal,
+#: 1/((C1 + r)(C2 + r)), whose product must stay a normal fp32 number (the GPU flushes
+#: subnormals to zero) and finite for the pairs that matter.
+FP32_IMQ_RANGE = (1e-18, 1e18)
+
+
+def check_compute_range(kind: int, params: list[float], dtype: torch.dtype) -> None:
+    """Raise ValueError when an IMQ constant is outside :data:`FP32_IMQ_RANGE` for fp32 compute
+    (fp16/bf16/fp32 inputs); fp64 inputs accept any positive constant."""
+    if kind != KIND_IMQ or dtype == torch.float64:
+        return
+    lo, hi = FP32_IMQ_RANGE
+    for c in params:
+        if not lo <= c <= hi:
+            raise ValueError(
+                f"kernel: IMQ constant C={c:g} is outside [{lo:g}, {hi:g}], where the fp32 kernels "
+                "(two scales per reciprocal) lose range; rescale the codes (C scales with their "
+                "squared distances) or pass float64 inputs")
 
 
 def resolve_kernel(kernel: Union[KernelSpec, str, None]) -> KernelSpec:

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 from .contract import PRECISIONS, compute_dtype
-from .kernel_specs import IMQ, KIND_IMQ, KIND_RBF, KernelSpec, resolve_kernel
+from .kernel_specs import IMQ, KIND_IMQ, KIND_RBF, KernelSpec, check_compute_range, resolve_kernel
 from .reference import BLOCK_SIZE, _acc_rows, _sq_dist, _sym_block, kernel_and_derivative, self_sum
 from .validation import check_finite as _check_finite
 from .validation import check_points, check_tensor
@@ -413,6 +413,7 @@ def _kernel_prior_terms(backend, x, kind, params, sigma2, unbiased, m, seed, pre
         return None
     if isinstance(seed, bool) or not (0 <= int(seed) < 2**63):
         raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
+    check_compute_range(kind, params, x.dtype)
     return contract.prior_terms(name, x, kind, params, sigma2, unbiased, m, seed, precision)
 
 

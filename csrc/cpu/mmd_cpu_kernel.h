@@ -96,33 +96,14 @@ static inline __attribute__((always_inline)) Vec<double>::V vexp_neg(Vec<double>
   return y;
 }
 
-// Reciprocal used by the IMQ epilogue: an IEEE division.  (A vrcpps + Newton variant was
-// measured: no faster here, and it biased the fp32 sums by ~1e-8 relative.)
+// The per-pair kernel math is wae_fast::imq_eval / rbf_eval (csrc/include/wae_fast/tile_math.h,
+// shared with the CUDA tiles and the host tests) evaluated on vectors of L pairs: IMQ with one
+// IEEE division per pair of scales (a vrcpps + Newton variant was measured: no faster here, and
+// it biased the fp32 sums by ~1e-8 relative); RBF with the vectorised exp below.
 template <class V>
-static inline __attribute__((always_inline)) V vrecip(V x) {
-  return (V{} + 1) / x;
-}
-
-// Multi-scale IMQ on vectors: same pairing as wae_fast::imq_eval (one reciprocal per pair of
-// scales: 1/a = b / (a b), 1/b = a / (a b)), with the ISA's reciprocal.
-template <class V, class T>
-static inline __attribute__((always_inline)) void imq_eval_vec(V r, const T* C, int S, V& k, V& w) {
-  int s = 0;
-  for (; s + 1 < S; s += 2) {
-    V a = r + C[s], b = r + C[s + 1];
-    V inv = vrecip(a * b);
-    V t1 = b * inv, t2 = a * inv;
-    V k1 = C[s] * t1, k2 = C[s + 1] * t2;
-    k += k1 + k2;
-    w -= k1 * t1 + k2 * t2;
-  }
-  if (s < S) {
-    V t = vrecip(r + C[s]);
-    V kk = C[s] * t;
-    k += kk;
-    w -= kk * t;
-  }
-}
+struct VExpNeg {
+  V operator()(V x) const { return vexp_neg(x); }
+};
 
 template <class T>
 struct Operand {
@@ -213,13 +194,9 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           }
           V kv = zero, wv = zero;
           if (KIND == wae_fast::KIND_IMQ) {
-            imq_eval_vec(rr, P, S, kv, wv);
+            wae_fast::imq_eval<V, T>(rr, P, S, kv, wv);
           } else {
-            for (int s = 0; s < S; ++s) {
-              V e = vexp_neg(-(P[s] * rr));
-              kv += e;
-              wv -= P[s] * e;
-            }
+            wae_fast::rbf_eval<V, T>(rr, P, S, kv, wv, VExpNeg<V>());
           }
           I kmask = pb.unbiased ? (valid & ~dmask) : valid;
           ksum += kmask ? kv : zero;

@@ -1,13 +1,16 @@
 // Torch binding of the wae_fast CUDA kernels (extension wae_fast._C_cuda).
 //
-// The kernels (mmd_kernels.cu, reparam_kernels.cu) include no torch headers and expose
-// extern "C" launchers (wae_cuda.h).  This file registers them for the CUDA dispatch key:
-//   TORCH_LIBRARY_IMPL(wae_fast, CUDA, m): mmd_fwd_cuda, mmd_bwd_cuda, reparam_fwd_cuda, reparam_bwd_cuda
+// The kernels (mmd_kernels.cu, prior_kernels.cu, reparam_kernels.cu) include no torch headers and
+// expose extern "C" launchers (wae_cuda.h).  This file registers them for the CUDA dispatch key:
+//   TORCH_LIBRARY_IMPL(wae_fast, CUDA, m): mmd_fwd_cuda, mmd_bwd_cuda, prior_fwd_cuda, prior_bwd_cuda,
+//   reparam_fwd_cuda, reparam_bwd_cuda
 // (schemas defined in Python by wae_fast.contract.define_backend_ops("cuda")), launching on the
 // current CUDA stream under a device guard.  With a CPU-only torch (no c10/cuda headers) it
 // still compiles and links against -lcudart, using the legacy default stream and cudaSetDevice.
 #include <torch/extension.h>
 
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "wae_cuda.h"
@@ -54,6 +57,17 @@ void check_rc(int rc, const char* what) {
   TORCH_CHECK(rc == 0, "wae_fast cuda backend: ", what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
 }
 
+//! "ieee" / "tf32" / "tf32x3" -> WAE_PREC_* (the kernels ignore it for fp64 and use the exact
+//! path for d < 16 or below sm_80).
+int prec_code(c10::string_view precision) {
+  const std::string p(precision.data(), precision.size());
+  if (p == "ieee") return WAE_PREC_IEEE;
+  if (p == "tf32") return WAE_PREC_TF32;
+  if (p == "tf32x3") return WAE_PREC_TF32X3;
+  TORCH_CHECK(false, "wae_fast cuda backend: precision must be 'ieee', 'tf32x3' or 'tf32', got '", p, "'");
+  return WAE_PREC_IEEE;
+}
+
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_mmd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& offset, int64_t kind,
@@ -80,11 +94,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_
   const int dt = dtype_code(x.scalar_type());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   std::vector<double> P(params.begin(), params.end());
+  const int pc = prec_code(precision);
   const size_t wsb = wae_mmd_workspace_bytes(dt, n, m, d, 0);
   at::Tensor ws = at::empty({int64_t(wsb)}, x.options().dtype(at::kByte));
   at::Tensor terms = at::empty({3}, x.options().dtype(at::kDouble));
   check_rc(wae_mmd_fwd(dt, x.data_ptr(), y.data_ptr(), offset.data_ptr(), n, m, d, int(kind), P.data(), int(P.size()),
-                       unbiased ? 1 : 0, terms.data_ptr<double>(), ws.data_ptr(), wsb, scope.stream()),
+                       unbiased ? 1 : 0, pc, terms.data_ptr<double>(), ws.data_ptr(), wsb, scope.stream()),
            "mmd forward launch");
   // the CUDA backend does not fuse the gradient: empty parts, mmd_bwd_cuda recomputes
   return {terms, at::empty({0}, x.options().dtype(ct)), at::empty({0}, y.options().dtype(ct))};
@@ -107,13 +122,82 @@ std::tuple<at::Tensor, at::Tensor> mmd_bwd_cuda(const at::Tensor& grad_terms, co
   at::Tensor gx = grad_x ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor gy = grad_y ? at::empty_like(y) : at::empty({0}, y.options());
   if (!grad_x && !grad_y) return {gx, gy};
+  const int pc = prec_code(precision);
   const size_t wsb = wae_mmd_workspace_bytes(dt, n, m, d, 1);
   at::Tensor ws = at::empty({int64_t(wsb)}, x.options().dtype(at::kByte));
   check_rc(wae_mmd_bwd(dt, x.data_ptr(), y.data_ptr(), offset.data_ptr(), n, m, d, int(kind), P.data(), int(P.size()),
-                       unbiased ? 1 : 0, gt.data_ptr<double>(), grad_x ? gx.data_ptr() : nullptr,
+                       unbiased ? 1 : 0, pc, gt.data_ptr<double>(), grad_x ? gx.data_ptr() : nullptr,
                        grad_y ? gy.data_ptr() : nullptr, ws.data_ptr(), wsb, scope.stream()),
            "mmd backward launch");
   return {gx, gy};
+}
+
+// ---------------------------------------------------------------------------------------------
+// MMD to the prior N(0, sigma2 I) with in-kernel samples (prior_kernels.cu)
+// ---------------------------------------------------------------------------------------------
+void check_prior(const at::Tensor& x, int64_t kind, at::ArrayRef<double> params, double sigma2, bool unbiased,
+                 int64_t num_samples, int64_t seed) {
+  TORCH_CHECK(x.is_cuda(), "wae_fast cuda backend: x must be a CUDA tensor");
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(1) >= 1, "wae_fast cuda backend: x must be a non-empty (N, d) tensor, got ",
+              x.sizes());
+  TORCH_CHECK(kind == 0 || kind == 1, "wae_fast cuda backend: unknown kernel kind ", kind);
+  TORCH_CHECK(!params.empty() && params.size() <= 16, "wae_fast cuda backend: between 1 and 16 kernel scales supported");
+  TORCH_CHECK(std::isfinite(sigma2) && sigma2 > 0.0, "wae_fast cuda backend: sigma2 must be finite and > 0, got ", sigma2);
+  TORCH_CHECK(seed >= 0, "wae_fast cuda backend: seed must be in [0, 2^63), got ", seed);
+  TORCH_CHECK(num_samples >= (unbiased ? 2 : 1), "wae_fast cuda backend: num_samples must be >= ", unbiased ? 2 : 1,
+              (unbiased ? " for the unbiased estimator" : ""), ", got ", num_samples);
+  TORCH_CHECK(!unbiased || x.size(0) >= 2, "wae_fast cuda backend: the unbiased estimator needs at least 2 points, got ",
+              x.size(0));
+}
+
+//! (mean(x), n / (n + m) * mean(x)) in the compute dtype (the shifts of kernels/prior.py).
+std::pair<at::Tensor, at::Tensor> prior_offsets(const at::Tensor& x, int64_t m) {
+  const int64_t n = x.size(0);
+  at::Tensor xm = x.to(compute_type(x.scalar_type())).mean(0).contiguous();
+  at::Tensor xy = (xm * (double(n) / double(n + m))).contiguous();
+  return {xm, xy};
+}
+
+at::Tensor prior_fwd_cuda(const at::Tensor& x_, int64_t kind, at::ArrayRef<double> params, double sigma2, bool unbiased,
+                          int64_t num_samples, int64_t seed, c10::string_view precision) {
+  check_prior(x_, kind, params, sigma2, unbiased, num_samples, seed);
+  DeviceScope scope(x_);
+  at::Tensor x = x_.contiguous();
+  const int dt = dtype_code(x.scalar_type());
+  const int pc = prec_code(precision);
+  const int64_t n = x.size(0), d = x.size(1), m = num_samples;
+  std::vector<double> P(params.begin(), params.end());
+  auto offs = prior_offsets(x, m);
+  const size_t wsb = wae_prior_workspace_bytes(dt, n, m, d, 0);
+  at::Tensor ws = at::empty({int64_t(wsb)}, x.options().dtype(at::kByte));
+  at::Tensor terms = at::empty({3}, x.options().dtype(at::kDouble));
+  check_rc(wae_prior_fwd(dt, x.data_ptr(), offs.first.data_ptr(), offs.second.data_ptr(), n, m, d, int(kind), P.data(),
+                         int(P.size()), sigma2, unbiased ? 1 : 0, uint64_t(seed), pc, terms.data_ptr<double>(),
+                         ws.data_ptr(), wsb, scope.stream()),
+           "prior forward launch");
+  return terms;
+}
+
+at::Tensor prior_bwd_cuda(const at::Tensor& grad_terms, const at::Tensor& x_, int64_t kind, at::ArrayRef<double> params,
+                          double sigma2, bool unbiased, int64_t num_samples, int64_t seed, c10::string_view precision) {
+  check_prior(x_, kind, params, sigma2, unbiased, num_samples, seed);
+  DeviceScope scope(x_);
+  at::Tensor x = x_.contiguous();
+  at::Tensor gt = grad_terms.to(x.device(), at::kDouble).contiguous();
+  TORCH_CHECK(gt.numel() == 3, "wae_fast cuda backend: grad_terms must have 3 elements");
+  const int dt = dtype_code(x.scalar_type());
+  const int pc = prec_code(precision);
+  const int64_t n = x.size(0), d = x.size(1), m = num_samples;
+  std::vector<double> P(params.begin(), params.end());
+  auto offs = prior_offsets(x, m);
+  at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const size_t wsb = wae_prior_workspace_bytes(dt, n, m, d, 1);
+  at::Tensor ws = at::empty({int64_t(wsb)}, x.options().dtype(at::kByte));
+  check_rc(wae_prior_bwd(dt, x.data_ptr(), offs.second.data_ptr(), n, m, d, int(kind), P.data(), int(P.size()), sigma2,
+                         unbiased ? 1 : 0, uint64_t(seed), pc, gt.data_ptr<double>(), gx.data_ptr(), ws.data_ptr(), wsb,
+                         scope.stream()),
+           "prior backward launch");
+  return gx;
 }
 
 at::Tensor reparam_fwd_cuda(const at::Tensor& mu_, const at::Tensor& logvar_, int64_t seed) {
@@ -146,6 +230,8 @@ at::Tensor reparam_bwd_cuda(const at::Tensor& gz_, const at::Tensor& logvar_, in
 TORCH_LIBRARY_IMPL(wae_fast, CUDA, m) {
   m.impl("mmd_fwd_cuda", &mmd_fwd_cuda);
   m.impl("mmd_bwd_cuda", &mmd_bwd_cuda);
+  m.impl("prior_fwd_cuda", &prior_fwd_cuda);
+  m.impl("prior_bwd_cuda", &prior_bwd_cuda);
   m.impl("reparam_fwd_cuda", &reparam_fwd_cuda);
   m.impl("reparam_bwd_cuda", &reparam_bwd_cuda);
 }

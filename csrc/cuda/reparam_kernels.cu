@@ -32,7 +32,7 @@ __global__ void reparam_fwd_kernel(const TI* __restrict__ mu, const TI* __restri
   typedef typename CT<TI>::type T;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-    const T eps = T(wae_fast::philox_randn(seed, uint64_t(i)));
+    const T eps = T(wae_fast::philox_randn_tl(seed, uint64_t(i)));
     const T lv = T(ld(logvar[i]));
     st(z + i, T(ld(mu[i])) + exp(lv * T(0.5)) * eps);
   }
@@ -44,7 +44,7 @@ __global__ void reparam_bwd_kernel(const TI* __restrict__ gz, const TI* __restri
   typedef typename CT<TI>::type T;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-    const T eps = T(wae_fast::philox_randn(seed, uint64_t(i)));
+    const T eps = T(wae_fast::philox_randn_tl(seed, uint64_t(i)));
     const T lv = T(ld(logvar[i]));
     st(glv + i, T(ld(gz[i])) * eps * exp(lv * T(0.5)) * T(0.5));
   }

@@ -17,20 +17,43 @@ extern "C" {
 
 enum { WAE_F32 = 0, WAE_F64 = 1, WAE_F16 = 2, WAE_BF16 = 3 };
 
+//! precision codes of the dot products (fp32 compute only; fp64 ignores them): "ieee" exact FMAs,
+//! "tf32" one tensor-core product, "tf32x3" split hi/lo tensor-core products.  The tensor-core
+//! paths are used only for d >= 16 on sm_80+ (the exact path otherwise).
+enum { WAE_PREC_IEEE = 0, WAE_PREC_TF32 = 1, WAE_PREC_TF32X3 = 2 };
+
 //! Bytes of scratch memory mmd_fwd / mmd_bwd need (256-byte aligned pieces).
 size_t wae_mmd_workspace_bytes(int dtype, int64_t n, int64_t m, int64_t d, int for_backward);
 
 //! terms (device, float64, 3) = (mean k(x,x'), mean k(y,y'), mean k(x,y)) under the estimator.
 //! offset: device, compute dtype, d elements.  params: HOST array of nparams (<= 16) doubles.
 int wae_mmd_fwd(int dtype, const void* x, const void* y, const void* offset, int64_t n, int64_t m, int64_t d,
-                int kind, const double* params, int nparams, int unbiased, double* terms, void* workspace,
-                size_t workspace_bytes, cudaStream_t stream);
+                int kind, const double* params, int nparams, int unbiased, int precision, double* terms,
+                void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 //! gx (n, d) and/or gy (m, d) in the INPUT dtype (null to skip) = sum_t grad_terms[t] d terms[t]/d.
 //! grad_terms: DEVICE array of 3 doubles (read by the kernels: no host synchronisation).
 int wae_mmd_bwd(int dtype, const void* x, const void* y, const void* offset, int64_t n, int64_t m, int64_t d,
-                int kind, const double* params, int nparams, int unbiased, const double* grad_terms, void* gx,
-                void* gy, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                int kind, const double* params, int nparams, int unbiased, int precision, const double* grad_terms,
+                void* gx, void* gy, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+//! Bytes of scratch memory prior_fwd / prior_bwd need: O(n d) plus O(row blocks) partials,
+//! nothing of size m * d or n * m.
+size_t wae_prior_workspace_bytes(int dtype, int64_t n, int64_t m, int64_t d, int for_backward);
+
+//! MMD terms between x (n, d) and m prior samples y_j[k] = sqrt(sigma2) * randn(seed, j * d + k)
+//! generated in the kernels (never stored).  off_xx / off_xy: device, compute dtype, d elements:
+//! the shifts of the xx term (mean(x)) and of the xy term (n / (n + m) * mean(x)); yy uses 0.
+//! terms (device, float64, 3) as for wae_mmd_fwd.  seed < 2^63.
+int wae_prior_fwd(int dtype, const void* x, const void* off_xx, const void* off_xy, int64_t n, int64_t m, int64_t d,
+                  int kind, const double* params, int nparams, double sigma2, int unbiased, uint64_t seed,
+                  int precision, double* terms, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+//! gx (n, d, input dtype) = d/dx sum_t grad_terms[t] terms[t] (grad_terms: DEVICE, 3 doubles);
+//! one shift off_xy (n / (n + m) * mean(x)) for the self and the cross part.
+int wae_prior_bwd(int dtype, const void* x, const void* off_xy, int64_t n, int64_t m, int64_t d, int kind,
+                  const double* params, int nparams, double sigma2, int unbiased, uint64_t seed, int precision,
+                  const double* grad_terms, void* gx, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 //! z = mu + exp(logvar / 2) * eps, eps[i] = tl.randn(seed, i) (flat int64 index), input dtype.
 int wae_reparam_fwd(int dtype, const void* mu, const void* logvar, void* z, int64_t numel, uint64_t seed,

@@ -43,8 +43,12 @@ WAE_HD T sq_dist_from_dot(T dot, T na, T nb) { return clamp0(na + nb - T(2) * do
 // (their true values are < C / 1e19).  Accuracy: ~2 ulp per reciprocal.
 // k += C1/a + C2/b ; w -= C1/a^2 + C2/b^2
 // ---------------------------------------------------------------------------------------------
-//! 1/x: IEEE-rounded on the GPU (__frcp_rn: one MUFU.RCP + Newton fix-up, much cheaper than a
-//! full division), a plain division elsewhere (scalars or CPU vectors).
+//! 1/x.  Host (scalars, CPU vectors): an IEEE division.  GPU: the hardware approximation plus
+//! Newton steps (fp32: one step, within ~1 ulp of 1/x; fp64: three steps from rcp.approx.ftz.f64)
+//! instead of rcp.rn / __frcp_rn, whose IEEE slow path is a subroutine CALL that makes ptxas
+//! spill inside the tile loops.  The IMQ arguments are positive; x = inf (the two-scale product
+//! overflows, r > ~1.8e19) gives 0 as the correctly rounded reciprocal would.  x must not be 0
+//! or subnormal (C_s >= ~1e-19): kernel_specs validates the constants.
 template <class V, class S>
 struct Recip {
   static WAE_HD V f(V x) { return S(1) / x; }
@@ -53,7 +57,10 @@ template <>
 struct Recip<float, float> {
   static WAE_HD float f(float x) {
 #if defined(__CUDA_ARCH__)
-    return __frcp_rn(x);
+    float y0;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(x));
+    const float y = fmaf(y0, fmaf(-x, y0, 1.0f), y0);
+    return y0 == 0.0f ? y0 : y;
 #else
     return 1.0f / x;
 #endif
@@ -63,7 +70,12 @@ template <>
 struct Recip<double, double> {
   static WAE_HD double f(double x) {
 #if defined(__CUDA_ARCH__)
-    return __drcp_rn(x);
+    double y0;
+    asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(y0) : "d"(x));
+    double y = y0;
+#pragma unroll
+    for (int it = 0; it < 3; ++it) y = fma(y, fma(-x, y, 1.0), y);
+    return y0 == 0.0 ? y0 : y;
 #else
     return 1.0 / x;
 #endif
@@ -90,9 +102,11 @@ WAE_HD void imq_one(V r, S c, V& k, V& w) {
   w -= kk * t;
 }
 
-//! Multi-scale IMQ value and derivative dk/dr (sum over nscales <= kMaxScales constants in C).
-//! The loop runs to the compile-time bound with a predicate, so that on the GPU it unrolls and
-//! C[] is indexed statically (kernel-parameter space, no local-memory copy).
+//! Multi-scale IMQ value and derivative dk/dr (sum over nscales <= kMaxScales constants in C),
+//! ADDED to k and w.  Used by the CUDA tiles, the CPU tiles (V = 8 or 4 pairs in a GCC vector)
+//! and the host tests alike.  On the GPU the loop runs to the compile-time bound with predicates
+//! and no break, so it unrolls fully and C[] is indexed statically (kernel-parameter space; a
+//! partly unrolled loop copies the params to local memory); the host stops at nscales.
 template <class V, class S>
 WAE_HD void imq_eval(V r, const S* C, int nscales, V& k, V& w) {
 #if defined(__CUDA_ARCH__)
@@ -101,24 +115,35 @@ WAE_HD void imq_eval(V r, const S* C, int nscales, V& k, V& w) {
   for (int s = 0; s < kMaxScales; s += 2) {
     if (s + 1 < nscales) {
       imq_pair(r, C[s], C[s + 1], k, w);
-    } else {
-      if (s < nscales) imq_one(r, C[s], k, w);
+    } else if (s < nscales) {
+      imq_one(r, C[s], k, w);
+    }
+#if !defined(__CUDA_ARCH__)
+    else {
       break;
     }
+#endif
   }
 }
 
-//! Multi-scale RBF given an exp functor: k = sum exp(-g r), w = -sum g exp(-g r).
+//! Multi-scale RBF given an exp functor: k += sum exp(-g r), w -= sum g exp(-g r) (unrolled
+//! without a break on the GPU, as imq_eval).
 template <class V, class S, class Exp>
 WAE_HD void rbf_eval(V r, const S* G, int nscales, V& k, V& w, Exp expf_) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int s = 0; s < kMaxScales; ++s) {
-    if (s >= nscales) break;
-    V e = expf_(-(G[s] * r));
-    k += e;
-    w -= G[s] * e;
+    if (s < nscales) {
+      V e = expf_(-(G[s] * r));
+      k += e;
+      w -= G[s] * e;
+    }
+#if !defined(__CUDA_ARCH__)
+    else {
+      break;
+    }
+#endif
   }
 }
 
@@ -204,6 +229,26 @@ WAE_HD float philox_randn(uint64_t seed, uint64_t offset) {
   return sqrtf(-2.0f * logf(u1)) * cosf(th);
 #else
   return std::sqrt(-2.0f * std::log(u1)) * std::cos(th);
+#endif
+}
+
+//! tl.randn(seed, offset) as Triton LOWERS it on NVIDIA GPUs (checked in the PTX of Triton 3.7's
+//! AOT compile of kernels/prior.py's sampler for sm_90): log and cos are libdevice's __nv_logf /
+//! __nv_cosf (what nvcc's logf / cosf compile to as well), but the square root is
+//! sqrt.approx.ftz.f32, not the IEEE sqrt.rn of sqrtf: one ulp apart for some draws.  On the
+//! device this returns Triton's value; on the host it is philox_randn (Triton's interpreter takes
+//! numpy's correctly rounded sqrt).  The CUDA kernels (prior samples, reparam eps) use this one.
+WAE_HD float philox_randn_tl(uint64_t seed, uint64_t offset) {
+#if defined(__CUDA_ARCH__)
+  float u1, u2;
+  philox_uniform_pair(seed, offset, u1, u2);
+  const float th = 6.283185307179586f * u2;
+  const float t = -2.0f * logf(u1);
+  float r;
+  asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(t));
+  return r * cosf(th);
+#else
+  return philox_randn(seed, offset);
 #endif
 }
 
