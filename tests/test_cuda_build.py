@@ -8,6 +8,8 @@ the CPU torch wheel cannot compile), the link, the import, and the TORCH_LIBRARY
 registration of every CUDA op for the CUDA dispatch key.  A CUDA build of torch imports without
 a GPU, so all of that runs here; only launching the kernels needs the hardware.
 
+The JIT fallback (first use without a prebuilt extension) is built the same way.
+
 Opt-in (it installs a ~5.5 GB CUDA torch wheel from the local disk into a side venv, ~1 min,
 then compiles for sm_90, ~1-2 min): ``WAE_FAST_CUDA_BUILD_CHECK=1`` (``.ci/run`` sets it).
 ``WAE_FAST_CUDA_TORCH_VENV`` chooses the venv (default ``<repo>/.cuda-torch-venv``, reused when
@@ -131,3 +133,37 @@ def test_cuda_extension_builds_links_imports_and_registers(tmp_path):
     # without a GPU: a clear reason, and CPU tensors are refused naming the alternative
     assert "CUDA" in out["availability_cuda"] or "cuda" in out["availability_cuda"]
     assert "cpp" in out["cpu_call"], out["cpu_call"]
+
+
+_JIT = r"""
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from wae_fast import cuda_backend as cb
+assert cb._ext is None          # not prebuilt in the source tree
+cb._jit_build()                 # what availability("cuda") does on a GPU machine without the build
+out = {"loaded": cb._ext is not None, "error": cb._error}
+if cb._ext is not None:
+    out["has_c10_cuda"] = bool(cb._ext.has_c10_cuda)
+    out["prior_cuda"] = torch._C._dispatch_has_kernel_for_dispatch_key("wae_fast::prior_fwd_cuda", "CUDA")
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_cuda_extension_jit_build_on_first_use(tmp_path):
+    """The fallback of wae_fast.cuda_backend: torch.utils.cpp_extension.load + ninja into
+    $WAE_FAST_CACHE (flags must suit the CUDA torch's headers, e.g. its C++ standard)."""
+    py = _ensure_venv()
+    env = dict(os.environ)
+    home = _cuda_home()
+    if home:
+        env["CUDA_HOME"] = home
+    env.update(WAE_FAST_CACHE=str(tmp_path / "cache"), TORCH_CUDA_ARCH_LIST="9.0", MAX_JOBS="2",
+               PATH=f"{VENV / 'bin'}:{env.get('PATH', '')}")
+    r = subprocess.run([str(py), "-c", _JIT, str(ROOT)], env=env, capture_output=True, text=True,
+                       timeout=1200)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert r.returncode == 0 and line, f"{r.stdout}\n{r.stderr[-4000:]}"
+    out = json.loads(line[0][len("RESULT "):])
+    assert out["loaded"], out["error"]
+    assert out["has_c10_cuda"] is True and out["prior_cuda"] is True, out
