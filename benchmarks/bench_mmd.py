@@ -748,6 +748,7 @@ def main(argv=None) -> int:
         from . import report
 
         md = os.path.join(a.results_dir, (a.stem or default_stem("cpu", False)) + ".md")
+        os.makedirs(a.results_dir, exist_ok=True)
         t0 = time.time()
         report.append_md(md, paired_summary(run_paired_targets("cpu", log=lambda s: print(s, flush=True)))
                          + "\n(`python -m benchmarks.bench_mmd " + " ".join(argv if argv is not None else sys.argv[1:])
