@@ -33,14 +33,13 @@ call ``backward`` (the backward runs collectives).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
 
 from .contract import compute_dtype
-import math
-
 from .kernel_specs import IMQ, KernelSpec, resolve_kernel
 from .prior import QUADRATURES, _closed_form_cross, quadrature_rule
 from .reference import block_pairs, cross_sum, self_sum
