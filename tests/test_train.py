@@ -68,6 +68,15 @@ def test_presets_and_validation():
         preset("digits", batch_size=1).validate()
     with pytest.raises(ValueError, match="--data-path: required for --dataset mnist"):
         preset("mnist").validate()
+    with pytest.raises(ValueError, match="--mmd-prior"):
+        preset("digits", mmd_prior="exact").validate()
+    with pytest.raises(ValueError, match="--mmd-prior closed_form: needs --objective mmd and --prior gaussian"):
+        preset("digits", mmd_prior="closed_form", prior="uniform").validate()
+    with pytest.raises(ValueError, match="--mmd-prior in_kernel: needs --objective mmd"):
+        preset("digits", "gan", mmd_prior="in_kernel").validate()
+    # the default is left out of the resume fingerprint (older checkpoints resume)
+    assert "mmd_prior" not in preset("digits").fingerprint()
+    assert preset("digits", mmd_prior="closed_form").fingerprint()["mmd_prior"] == "closed_form"
 
 
 @pytest.mark.parametrize("size,c", [(28, 1), (64, 3)])
@@ -109,6 +118,31 @@ def test_gaussian_encoder_and_more_prior_samples(small_digits):
     for k in ("loss", "rec", "dz", "pen", "mmd_qz", "mean_logvar"):
         assert math.isfinite(last[k]), k
     assert last["pen"] > 0
+
+
+@pytest.mark.parametrize("mode", ["closed_form", "in_kernel"])
+def test_mmd_prior_without_sample_tensor(small_digits, mode):
+    """--mmd-prior closed_form / in_kernel: WAE-MMD trains against the prior without a prior
+    sample tensor in the loop (on CPU in_kernel takes the reference's regenerated blocks)."""
+    tr = Trainer(tiny(epochs=3, mmd_prior=mode), None, data=small_digits, progress=False)
+    hist = tr.fit()
+    first, last = hist[0], hist[-1]
+    assert all(math.isfinite(h[k]) for h in hist[1:] for k in ("loss", "rec", "dz"))
+    assert last["test_recon"] < 0.7 * first["test_recon"]
+    assert last["mmd_qz"] < 0.5 * first["mmd_qz"]
+
+
+def test_mmd_prior_penalty_is_the_prior_estimator():
+    import wae_fast
+    from wae_fast.prior import mmd_to_prior
+    from wae_fast.train.objectives import mmd_to_prior_loss
+    z = torch.randn(40, 3) * 0.8 + 0.3
+    cf = mmd_to_prior_loss(z, "imq", 2.0, "unbiased", "closed_form", 40, None)
+    assert float(cf) == float(mmd_to_prior(z, wae_fast.IMQ(sigma2=2.0), sigma2=2.0))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = mmd_to_prior_loss(z, "rbf", 1.0, "biased", "in_kernel", 64, g1, backend="cpp")
+    b = mmd_to_prior_loss(z, "rbf", 1.0, "biased", "in_kernel", 64, g2, backend="cpp")
+    assert float(a) == float(b) and math.isfinite(float(a))
 
 
 def test_wae_gan_takes_steps(small_digits):

@@ -46,6 +46,8 @@ def _worker(rank, world, outdir):
     tr = Trainer(_cfg(objective="gan", encoder="gaussian", prior_samples=30), None,
                  data=_data(), progress=False)
     res["gan"] = tr.fit()
+    # WAE-MMD with the sampling-free penalty (mmd_to_prior_distributed of the code shards)
+    res["closed_form"] = Trainer(_cfg(mmd_prior="closed_form"), None, data=_data(), progress=False).fit()
     return res
 
 
@@ -84,6 +86,12 @@ def test_two_ranks_match_single_process(tmp_path):
     assert len(json.loads((run / "metrics.json").read_text())["history"]) == 2
     gan = out[0]["gan"]
     assert len(gan) == 2 and all(math.isfinite(gan[1][k]) for k in ("loss", "rec", "dz", "d_loss", "pen"))
+    # --mmd-prior closed_form: the distributed penalty is the single-process closed form of the global batch
+    ref_cf = Trainer(_cfg(mmd_prior="closed_form"), None, data=_data(), progress=False).fit()
+    for o in out:
+        for row, r in zip(o["closed_form"][1:], ref_cf[1:]):
+            for k in ("loss", "rec", "dz"):
+                assert math.isclose(row[k], r[k], rel_tol=1e-5, abs_tol=1e-7), (k, row[k], r[k])
 
 
 def _free_port() -> int:

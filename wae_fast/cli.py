@@ -37,7 +37,7 @@ def _fail(cmd: str, msg: str) -> "NoReturn":  # noqa: F821
 
 
 _TRAIN_FIELDS = ("data_path", "objective", "kernel", "estimator", "encoder", "arch", "width", "z_dim",
-                 "lam", "batch_size", "prior_samples", "epochs", "lr", "d_lr", "lr_schedule", "prior",
+                 "lam", "batch_size", "prior_samples", "mmd_prior", "epochs", "lr", "d_lr", "lr_schedule", "prior",
                  "prior_sigma2", "logvar_penalty", "logvar_weight", "device", "backend", "seed",
                  "eval_samples", "max_images", "image_size", "cost_scale", "threads", "logvar_init")
 
@@ -143,6 +143,9 @@ def _add_train(sub) -> None:
     a("--lam", type=float, help="lambda, weight of D_Z(Q_Z, P_Z)")
     a("--batch-size", type=int, dest="batch_size")
     a("--prior-samples", type=int, dest="prior_samples", help="prior samples M per step (0: same as the batch)")
+    a("--mmd-prior", choices=("samples", "closed_form", "in_kernel"), dest="mmd_prior",
+      help="WAE-MMD against: samples (draw M prior samples per step, default), closed_form (no samples: "
+           "exact Gaussian-prior expectations), in_kernel (M samples generated inside the kernels, never stored)")
     a("--epochs", type=int)
     a("--lr", type=float, help="Adam learning rate of the auto-encoder")
     a("--d-lr", type=float, dest="d_lr", help="Adam learning rate of the WAE-GAN discriminator")

@@ -36,6 +36,11 @@ PRIORS = ("gaussian", "uniform", "sphere")
 SCHEDULES = ("manual", "constant", "cosine")
 PENALTIES = ("l1", "l2", "none")
 ESTIMATORS = ("unbiased", "biased")
+#: How WAE-MMD compares the codes with the prior (see wae_fast.prior.mmd_to_prior):
+#: "samples" draws M prior samples per step (the paper's way), "closed_form" uses the
+#: sampling-free estimator (Gaussian prior only), "in_kernel" the sampled estimator whose
+#: samples are generated inside the kernels (Triton/CUDA on a GPU) and never stored.
+MMD_PRIORS = ("samples", "closed_form", "in_kernel")
 
 
 @dataclass
@@ -64,6 +69,7 @@ class TrainConfig:
     prior: str = "gaussian"
     prior_sigma2: float = 1.0
     prior_samples: int = 0          # M prior samples per step; 0 means M = batch size
+    mmd_prior: str = "samples"      # samples | closed_form | in_kernel (MMD_PRIORS)
     # optimisation
     batch_size: int = 100
     epochs: int = 60
@@ -88,8 +94,11 @@ class TrainConfig:
         for name, allowed in (("dataset", DATASETS), ("objective", OBJECTIVES), ("kernel", KERNELS),
                               ("encoder", ENCODERS), ("arch", ARCHS), ("prior", PRIORS),
                               ("lr_schedule", SCHEDULES), ("logvar_penalty", PENALTIES),
-                              ("estimator", ESTIMATORS)):
+                              ("estimator", ESTIMATORS), ("mmd_prior", MMD_PRIORS)):
             choice(name, allowed)
+        if self.mmd_prior != "samples" and (self.objective != "mmd" or self.prior != "gaussian"):
+            raise ValueError(f"--mmd-prior {self.mmd_prior}: needs --objective mmd and --prior gaussian "
+                             f"(got --objective {self.objective}, --prior {self.prior})")
 
         def positive(name, integer=True, allow_zero=False):
             v = getattr(self, name)
@@ -146,6 +155,8 @@ class TrainConfig:
             if k == "epochs" and self.lr_schedule == "cosine":
                 continue  # the cosine schedule depends on the total number of epochs
             d.pop(k, None)
+        if d.get("mmd_prior") == "samples":
+            d.pop("mmd_prior")  # the default: checkpoints written before the option resume
         return d
 
     def resolved_arch(self) -> str:

@@ -13,8 +13,9 @@ MASTER_ADDR/PORT), or a process group is already initialised with more than one 
   global batch of ``--batch-size`` images: rank r gets rows [lo_r, hi_r) of :func:`shard_bounds`
   (sizes differ by at most one); the Gaussian encoder's noise comes from a per-rank generator
   seeded by ``(seed, epoch, 2, rank)``;
-* the WAE-MMD penalty is :func:`wae_fast.mmd_distributed` of the code and prior shards with
-  ``scale_grad_by_world_size=True``: its value is the MMD^2 of the *global* batch, identical on
+* the WAE-MMD penalty is :func:`wae_fast.mmd_distributed` of the code and prior shards (with
+  ``--mmd-prior closed_form``: :func:`wae_fast.mmd_to_prior_distributed` of the code shards, no
+  prior sample; ``in_kernel`` is single-process) with ``scale_grad_by_world_size=True``: its value is the MMD^2 of the *global* batch, identical on
   every rank, each rank evaluating ~1/K of the kernel pairs. The per-batch means (reconstruction
   cost, logvar penalty, GAN terms) are weighted by ``K n_r / n`` so that DDP's gradient average
   is the gradient of the global-batch mean even for uneven shards; for a deterministic encoder a
@@ -39,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..distributed import mmd_distributed
+from ..distributed import mmd_distributed, mmd_to_prior_distributed
 from ..functional import reparameterize
 from .data import to_float
 from .objectives import make_kernel, penalty
@@ -146,6 +147,9 @@ class DistributedParts:
         if c.batch_size < ctx.world:
             raise ValueError(f"--batch-size {c.batch_size}: the global batch must give every one of the "
                              f"{ctx.world} ranks at least one image")
+        if c.mmd_prior == "in_kernel":
+            raise ValueError("--mmd-prior in_kernel is single-process; under torchrun use closed_form "
+                             "(sampling-free, distributed) or samples")
         self.ctx = ctx
         self.encoder = wrap(trainer.encoder, ctx)
         self.decoder = wrap(trainer.decoder, ctx)
@@ -172,13 +176,19 @@ class DistributedParts:
         z = mu if logvar is None else reparameterize(mu, logvar, generator=gr, backend=c.backend)
         # recon_cost, but 0 (with the graph kept, so DDP sees every parameter) on an empty shard
         rec = c.cost_scale * (x - self.decoder(z)).pow(2).flatten(1).sum(1).sum() / max(hi - lo, 1)
-        p = trainer._prior(m, g)[plo:phi]   # the global prior sample, identical on every rank
         d_loss = torch.zeros((), device=trainer.device)
-        if c.objective == "mmd":
+        if c.objective == "mmd" and c.mmd_prior == "closed_form":
+            dz = mmd_to_prior_distributed(z, self.kernel, sigma2=c.prior_sigma2,
+                                          unbiased=c.estimator == "unbiased", group=ctx.mmd_group,
+                                          scale_grad_by_world_size=True)
+            dz_w = dz
+        elif c.objective == "mmd":
+            p = trainer._prior(m, g)[plo:phi]   # the global prior sample, identical on every rank
             dz = mmd_distributed(z, p.to(z.dtype), self.kernel, estimator=c.estimator,
                                  group=ctx.mmd_group, scale_grad_by_world_size=True)
             dz_w = dz
         else:
+            p = trainer._prior(m, g)[plo:phi]
             trainer.opt_d.zero_grad(set_to_none=True)
             dp, dc = self.disc(p), self.disc(z.detach())
             d_loss = (wp * _bce_mean(dp, 1.0) + wx * _bce_mean(dc, 0.0))

@@ -43,8 +43,8 @@ from . import distributed_setup
 from .config import TrainConfig, lr_factor
 from .data import ImageData, load_dataset, to_float
 from .models import LatentDiscriminator, build_autoencoder
-from .objectives import (encode, gan_discriminator_loss, gan_encoder_loss, make_mmd_loss, penalty,
-                         recon_cost, sample_prior)
+from .objectives import (encode, gan_discriminator_loss, gan_encoder_loss, make_mmd_loss, mmd_to_prior_loss,
+                         penalty, recon_cost, sample_prior)
 
 CHECKPOINT = "checkpoint.pt"
 METRIC_KEYS = ("epoch", "lr", "loss", "rec", "dz", "pen", "d_loss", "train_recon", "test_recon",
@@ -240,11 +240,14 @@ class Trainer:
                 x = to_float(self.data.train[idx]).to(self.device)
                 z, mu, logvar = encode(self.encoder, x, g, c.backend)
                 rec = recon_cost(x, self.decoder(z), c.cost_scale)
-                p = self._prior(c.n_prior(len(z)), g)
                 d_loss = torch.zeros(())
-                if c.objective == "mmd":
-                    dz = self.mmd_loss(z, p)
+                if c.objective == "mmd" and c.mmd_prior != "samples":
+                    dz = mmd_to_prior_loss(z, c.kernel, c.prior_sigma2, c.estimator, c.mmd_prior,
+                                           c.n_prior(len(z)), g, c.backend)
+                elif c.objective == "mmd":
+                    dz = self.mmd_loss(z, self._prior(c.n_prior(len(z)), g))
                 else:
+                    p = self._prior(c.n_prior(len(z)), g)
                     self.opt_d.zero_grad(set_to_none=True)
                     d_loss = gan_discriminator_loss(self.disc(p), self.disc(z.detach()))
                     d_loss.backward()
