@@ -519,7 +519,7 @@ def mmd_to_prior(
             (only with ``estimator="sampled"``: the M prior samples y_j = sqrt(sigma2) *
             randn(seed, j * d + k), Triton's ``tl.randn`` stream, are generated tile by tile
             inside the kernels and never stored, see :mod:`wae_fast.kernels.prior` and
-            csrc/cuda/mmd_kernels.cu; both backends draw the same samples; ``block_size`` and
+            csrc/cuda/prior_kernels.cu; both backends draw the same samples; ``block_size`` and
             ``recompute_backward`` do not apply, the backward recomputes), or ``"auto"`` (the
             fastest in-kernel sampler available for x's device for "sampled", else the
             reference). The reference draws different samples for the same seed (same law).
