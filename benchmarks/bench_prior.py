@@ -15,7 +15,7 @@ differentiate w.r.t. x (the prior samples are not inputs).
 
 Estimators (see :mod:`wae_fast.prior`): ``sampled`` (M prior samples regenerated block by block,
 never stored: the reference draws them per block from seeded torch.Generators, the kernel
-backends inside the kernels), ``closed_form`` (no samples: only the x-x term is pairwise),
+backends inside the kernels, cpp in chunks of 4096 rows), ``closed_form`` (no samples: only the x-x term is pairwise),
 ``linear`` (Gretton et al. 2012: O(N d) time, M = N samples materialised).
 
 The report (markdown) goes to ``benchmarks/results/prior-<device>-<date>.md`` unless ``--out``.
@@ -55,7 +55,7 @@ def rows_for(name: str) -> list[PriorRow]:
     if name == "cpu":
         rows = [R("linear", "reference", 10_000_000, 0, 8, "fwd"),
                 R("linear", "reference", 10_000_000, 0, 8, "fwdbwd")]
-        rows += [R("sampled", "reference", 4096, m, 8) for m in (4096, 32768, 131072)]
+        rows += [R("sampled", be, 4096, m, 8) for be in ("reference", "cpp") for m in (4096, 32768, 131072)]
         rows += [R("closed_form", "reference", n, 0, 8) for n in (4096, 16384)]
         return rows
     if name == "gpu":

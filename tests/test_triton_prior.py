@@ -238,8 +238,10 @@ def test_prior_op_contract():
 def test_auto_backend_picks_an_in_kernel_sampler_or_the_reference():
     x = _x(15, 4, torch.float32).detach()
     auto = mmd_to_prior(x, estimator="sampled", num_samples=20, seed=8, backend="auto")
-    want = "cuda" if unavailable_reason("cuda", DEV, "prior") is None else (
-        "triton" if DEV == "cuda" else "reference")
+    if DEV == "cuda":
+        want = "cuda" if unavailable_reason("cuda", DEV, "prior") is None else "triton"
+    else:  # CPU: the C++ backend's in-kernel sampler when built (Triton only under the interpreter)
+        want = "cpp" if unavailable_reason("cpp", DEV, "prior") is None else "reference"
     same = mmd_to_prior(x, estimator="sampled", num_samples=20, seed=8, backend=want)
     assert torch.equal(auto, same)
     # closed form with "auto" is the reference path

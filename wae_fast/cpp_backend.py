@@ -8,7 +8,9 @@ The forward fuses the gradient parts (``fuses_grad=True``): with grad flags set 
 (2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.  ``reparam_fwd_cpp`` /
 ``reparam_bwd_cpp`` draw eps from the Philox stream of the Triton and CUDA kernels
 (``tl.randn(seed, flat index)``, csrc/include/wae_fast/tile_math.h), so a seed gives the same eps
-on every kernel backend.
+on every kernel backend.  ``prior_fwd_cpp`` / ``prior_bwd_cpp`` (MMD to N(0, sigma2 I) with the
+prior samples generated in chunks of 4096 rows from the same stream, never all stored) make
+``mmd_to_prior(..., estimator="sampled", backend="cpp")`` (and "auto" on CPU).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Optional
 
 from .contract import define_backend_ops
 
-OPS = ("mmd", "reparam")
+OPS = ("mmd", "reparam", "prior")
 
 define_backend_ops("cpp", fuses_grad=True)
 

@@ -393,7 +393,7 @@ def _check_codes(x, unbiased: bool, estimator: str):
 
 #: Backends of the sampled estimator: "reference" (torch.Generator blocks) and the kernel
 #: backends that generate the samples in-kernel (family "prior" of :mod:`wae_fast.dispatch`).
-PRIOR_BACKENDS = ("auto", "reference", "triton", "cuda")
+PRIOR_BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
 
 
 def _check_prior_backend(backend, estimator: str):
@@ -515,14 +515,16 @@ def mmd_to_prior(
             forward computes values only and the backward redoes the xx pass and regenerates the
             prior blocks from the seed (two passes; for forwards that are rarely differentiated).
         check_finite: raise ValueError on NaN/Inf in x.
-        backend: ``"reference"`` (default: the PyTorch paths above), ``"triton"`` or ``"cuda"``
-            (only with ``estimator="sampled"``: the M prior samples y_j = sqrt(sigma2) *
-            randn(seed, j * d + k), Triton's ``tl.randn`` stream, are generated tile by tile
-            inside the kernels and never stored, see :mod:`wae_fast.kernels.prior` and
-            csrc/cuda/prior_kernels.cu; both backends draw the same samples; ``block_size`` and
-            ``recompute_backward`` do not apply, the backward recomputes), or ``"auto"`` (the
-            fastest in-kernel sampler available for x's device for "sampled", else the
-            reference). The reference draws different samples for the same seed (same law).
+        backend: ``"reference"`` (default: the PyTorch paths above), ``"triton"``, ``"cuda"``
+            or ``"cpp"`` (only with ``estimator="sampled"``: the M prior samples y_j =
+            sqrt(sigma2) * randn(seed, j * d + k), Triton's ``tl.randn`` stream, are generated
+            tile by tile inside the kernels (the CPU backend: in chunks of 4096 rows) and never
+            all stored, see :mod:`wae_fast.kernels.prior`, csrc/cuda/prior_kernels.cu and
+            csrc/cpu/mmd_cpu.cpp; they draw the same samples, up to an ulp per draw between host
+            and GPU math; ``block_size`` and ``recompute_backward`` do not apply, the backward
+            recomputes), or ``"auto"`` (the fastest in-kernel sampler for x's device with
+            "sampled": cuda > triton on a GPU, cpp on CPU; else the reference). The reference
+            draws different samples for the same seed (same law).
         precision: dot-product precision of the kernel backends ("ieee", "tf32x3", "tf32").
 
     Returns:

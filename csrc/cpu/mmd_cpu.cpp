@@ -1,14 +1,15 @@
 // CPU backend of wae_fast ("cpp"): fused, memory-flat squared MMD with fused gradient parts.
 //
 // Schemas are defined in Python (wae_fast/contract.py, define_backend_ops("cpp", fuses_grad=True));
-// this file only registers CPU implementations of wae_fast::mmd_fwd_cpp / mmd_bwd_cpp and
-// reparam_fwd_cpp / reparam_bwd_cpp.
+// this file only registers CPU implementations of wae_fast::mmd_fwd_cpp / mmd_bwd_cpp,
+// reparam_fwd_cpp / reparam_bwd_cpp and prior_fwd_cpp / prior_bwd_cpp.
 // The tile kernels (mmd_cpu_kernel.h) are compiled twice: for the baseline ISA and for AVX2+FMA,
 // selected at run time with __builtin_cpu_supports (override: WAE_FAST_CPU_ISA=generic|avx2).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -317,6 +318,138 @@ std::tuple<at::Tensor, at::Tensor> mmd_bwd_cpp(const at::Tensor& grad_terms, con
   return {gx, gy};
 }
 
+// ---------------------------------------------------------------------------------------------
+// MMD to the prior N(0, sigma2 I) with the M prior samples generated on the fly (ops
+// prior_fwd_cpp / prior_bwd_cpp, the contract's prior family): sample j is
+// y_j[k] = T(philox_randn(seed, j * d + k)) * T(sqrt(sigma2)), the Philox stream of the Triton and
+// CUDA kernels (tile_math.h; host log/cos/sqrt, so a draw may differ from the GPU's by an ulp).
+// The samples are generated in chunks of kPriorChunk rows, shifted and padded like any operand,
+// used and dropped: the yy term visits chunk pairs (a <= b, the chunk b regenerated for every a),
+// the xy term streams the chunks past x.  Nothing of size M * d is allocated.
+// Shifts: xx by mean(x), yy by 0, xy by n / (n + m) * mean(x) (as kernels/prior.py).
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kPriorChunk = 4096;  // rows of generated samples live at a time (a multiple of kTile)
+
+//! Rows [j0, j0 + rows) of the virtual (m, d) prior sample matrix, compute dtype T.
+template <class T>
+at::Tensor prior_chunk(int64_t j0, int64_t rows, int64_t d, uint64_t seed, T sig) {
+  constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
+  at::Tensor y = at::empty({rows, d}, at::TensorOptions().dtype(st));
+  T* p = y.data_ptr<T>();
+  at::parallel_for(0, rows * d, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) p[i] = T(wae_fast::philox_randn(seed, uint64_t(j0 * d + i))) * sig;
+  });
+  return y;
+}
+
+struct PriorArgs {
+  int kind;
+  std::vector<double> P;
+  double sigma2;
+  bool unbiased;
+  int64_t m;
+  uint64_t seed;
+};
+
+void check_prior(const at::Tensor& x, int64_t kind, at::ArrayRef<double> params, double sigma2, bool unbiased,
+                 int64_t m, int64_t seed) {
+  TORCH_CHECK(x.device().is_cpu(), "wae_fast cpp backend: x must be a CPU tensor");
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(1) >= 1, "wae_fast cpp backend: x must be a non-empty (N, d) tensor");
+  auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "wae_fast cpp backend: dtype must be float16, bfloat16, float32 or float64, got ", dt);
+  TORCH_CHECK(kind == wae_fast::KIND_IMQ || kind == wae_fast::KIND_RBF, "wae_fast cpp backend: unknown kernel kind ", kind);
+  TORCH_CHECK(!params.empty() && params.size() <= size_t(kMaxScales),
+              "wae_fast cpp backend: between 1 and ", kMaxScales, " kernel scales supported, got ", params.size());
+  TORCH_CHECK(std::isfinite(sigma2) && sigma2 > 0.0, "wae_fast cpp backend: sigma2 must be finite and > 0, got ", sigma2);
+  TORCH_CHECK(seed >= 0, "wae_fast cpp backend: seed must be in [0, 2^63), got ", seed);
+  TORCH_CHECK(m >= (unbiased ? 2 : 1), "wae_fast cpp backend: num_samples must be >= ", unbiased ? 2 : 1, ", got ", m);
+  TORCH_CHECK(!unbiased || x.size(0) >= 2, "wae_fast cpp backend: the unbiased estimator needs at least 2 points");
+}
+
+//! Kernel sums (xx, yy, xy) and, when g_xx / g_xy are given ((n_pad, dp) fp64, zeroed), the
+//! row-side gradient accumulators of the xx and xy terms (d sum_xx / dx = 4 g_xx, d sum_xy / dx
+//! = 2 g_xy).  want_yy: compute the yy sum (the backward does not need it).
+template <class T>
+std::array<double, 3> prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_yy, double* g_xx, double* g_xy) {
+  constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
+  constexpr int64_t L = 32 / sizeof(T);
+  const int64_t n = x.size(0), d = x.size(1), m = a.m;
+  const int64_t dp = std::max<int64_t>(L, (d + L - 1) / L * L);
+  const T sig = T(std::sqrt(a.sigma2));
+  at::Tensor xm = x.to(st).mean(0);
+  std::array<double, 3> s{0.0, 0.0, 0.0};
+  {  // xx
+    Prepared<T> px = prepare<T>(x, xm, dp);
+    s[0] = run_term<T>(px, px, true, a.kind, a.P, a.unbiased, g_xx, nullptr);
+  }
+  const int64_t nch = (m + kPriorChunk - 1) / kPriorChunk;
+  auto rows_of = [&](int64_t c) { return std::min(kPriorChunk, m - c * kPriorChunk); };
+  if (want_yy) {
+    at::Tensor zero = at::zeros({d}, at::TensorOptions().dtype(st));
+    for (int64_t ca = 0; ca < nch; ++ca) {
+      Prepared<T> pa = prepare<T>(prior_chunk<T>(ca * kPriorChunk, rows_of(ca), d, a.seed, sig), zero, dp);
+      s[1] += run_term<T>(pa, pa, true, a.kind, a.P, a.unbiased, nullptr, nullptr);
+      for (int64_t cb = ca + 1; cb < nch; ++cb) {
+        Prepared<T> pb = prepare<T>(prior_chunk<T>(cb * kPriorChunk, rows_of(cb), d, a.seed, sig), zero, dp);
+        s[1] += 2.0 * run_term<T>(pa, pb, false, a.kind, a.P, a.unbiased, nullptr, nullptr);
+      }
+    }
+  }
+  {  // xy: x rows against the streamed sample chunks
+    at::Tensor off = xm * (double(n) / double(n + m));
+    Prepared<T> px = prepare<T>(x, off, dp);
+    for (int64_t cb = 0; cb < nch; ++cb) {
+      Prepared<T> pb = prepare<T>(prior_chunk<T>(cb * kPriorChunk, rows_of(cb), d, a.seed, sig), off, dp);
+      s[2] += run_term<T>(px, pb, false, a.kind, a.P, a.unbiased, g_xy, nullptr);
+    }
+  }
+  return s;
+}
+
+PriorArgs prior_args(int64_t kind, at::ArrayRef<double> params, double sigma2, bool unbiased, int64_t m, int64_t seed) {
+  return {int(kind), std::vector<double>(params.begin(), params.end()), sigma2, unbiased, m, uint64_t(seed)};
+}
+
+at::Tensor prior_fwd_cpp(const at::Tensor& x_, int64_t kind, at::ArrayRef<double> params, double sigma2, bool unbiased,
+                         int64_t num_samples, int64_t seed, c10::string_view precision) {
+  check_prior(x_, kind, params, sigma2, unbiased, num_samples, seed);
+  const PriorArgs a = prior_args(kind, params, sigma2, unbiased, num_samples, seed);
+  at::Tensor x = x_.contiguous();
+  const auto s = x.scalar_type() == at::kDouble ? prior_sums<double>(x, a, true, nullptr, nullptr)
+                                                : prior_sums<float>(x, a, true, nullptr, nullptr);
+  const int64_t n = x.size(0), m = num_samples;
+  at::Tensor terms = at::empty({3}, at::TensorOptions().dtype(at::kDouble));
+  double* tp = terms.data_ptr<double>();
+  tp[0] = s[0] / wae_fast::pair_count_self(n, unbiased);
+  tp[1] = s[1] / wae_fast::pair_count_self(m, unbiased);
+  tp[2] = s[2] / (double(n) * double(m));
+  return terms;
+}
+
+at::Tensor prior_bwd_cpp(const at::Tensor& grad_terms, const at::Tensor& x_, int64_t kind, at::ArrayRef<double> params,
+                         double sigma2, bool unbiased, int64_t num_samples, int64_t seed, c10::string_view precision) {
+  check_prior(x_, kind, params, sigma2, unbiased, num_samples, seed);
+  const PriorArgs a = prior_args(kind, params, sigma2, unbiased, num_samples, seed);
+  at::Tensor x = x_.contiguous();
+  const int64_t n = x.size(0), d = x.size(1), m = num_samples;
+  const int64_t L = x.scalar_type() == at::kDouble ? 4 : 8;
+  const int64_t dp = std::max<int64_t>(L, (d + L - 1) / L * L);
+  const int64_t n_pad = std::max<int64_t>(kTile, (n + kTile - 1) / kTile * kTile);
+  auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor gxx = at::zeros({n_pad, dp}, f64), gxy = at::zeros({n_pad, dp}, f64);
+  if (x.scalar_type() == at::kDouble)
+    prior_sums<double>(x, a, false, gxx.data_ptr<double>(), gxy.data_ptr<double>());
+  else
+    prior_sums<float>(x, a, false, gxx.data_ptr<double>(), gxy.data_ptr<double>());
+  at::Tensor gt = grad_terms.to(at::kDouble).cpu();
+  const double* g = gt.data_ptr<double>();
+  const double cxx = g[0] * 4.0 / wae_fast::pair_count_self(n, unbiased);
+  const double cxy = g[2] * 2.0 / (double(n) * double(m));
+  gxx.mul_(cxx).add_(gxy, cxy);  // fp64, rounded once to x's dtype
+  return gxx.narrow(0, 0, n).narrow(1, 0, d).to(x.scalar_type()).contiguous();
+}
+
 // Test hook: single-pair kernel value and derivative through the shared tile math (fp32 and
 // fp64), used by tests/test_tile_math_host.py.
 std::vector<double> tile_math_eval(int64_t kind, const std::vector<double>& params, double r, bool fp32) {
@@ -398,6 +531,8 @@ TORCH_LIBRARY_IMPL(wae_fast, CPU, m) {
   m.impl("mmd_bwd_cpp", &mmd_bwd_cpp);
   m.impl("reparam_fwd_cpp", &reparam_fwd_cpp);
   m.impl("reparam_bwd_cpp", &reparam_bwd_cpp);
+  m.impl("prior_fwd_cpp", &prior_fwd_cpp);
+  m.impl("prior_bwd_cpp", &prior_bwd_cpp);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
