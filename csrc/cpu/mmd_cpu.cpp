@@ -367,25 +367,39 @@ void check_prior(const at::Tensor& x, int64_t kind, at::ArrayRef<double> params,
   TORCH_CHECK(!unbiased || x.size(0) >= 2, "wae_fast cpp backend: the unbiased estimator needs at least 2 points");
 }
 
-//! Kernel sums (xx, yy, xy) and, when g_xx / g_xy are given ((n_pad, dp) fp64, zeroed), the
-//! row-side gradient accumulators of the xx and xy terms (d sum_xx / dx = 4 g_xx, d sum_xy / dx
-//! = 2 g_xy).  want_yy: compute the yy sum (the backward does not need it).
+struct PriorSums {
+  std::array<double, 3> s{0.0, 0.0, 0.0};  // kernel sums xx, yy, xy
+  at::Tensor g_xx, g_xy;                    // (n_pad, dp) fp64: d sum_xx / dx = 4 g_xx, d sum_xy / dx = 2 g_xy
+};
+
+//! Kernel sums (xx, yy unless want_grad: the backward does not need it, xy) and, with want_grad,
+//! the row-side gradient accumulators of the xx and xy terms.
 template <class T>
-std::array<double, 3> prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_yy, double* g_xx, double* g_xy) {
+PriorSums prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_grad) {
   constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
   constexpr int64_t L = 32 / sizeof(T);
   const int64_t n = x.size(0), d = x.size(1), m = a.m;
   const int64_t dp = std::max<int64_t>(L, (d + L - 1) / L * L);
   const T sig = T(std::sqrt(a.sigma2));
   at::Tensor xm = x.to(st).mean(0);
-  std::array<double, 3> s{0.0, 0.0, 0.0};
+  PriorSums r;
+  std::array<double, 3>& s = r.s;
+  double* g_xx = nullptr;
+  double* g_xy = nullptr;
   {  // xx
     Prepared<T> px = prepare<T>(x, xm, dp);
+    if (want_grad) {
+      auto f64 = at::TensorOptions().dtype(at::kDouble);
+      r.g_xx = at::zeros({px.n_pad, dp}, f64);
+      r.g_xy = at::zeros({px.n_pad, dp}, f64);
+      g_xx = r.g_xx.data_ptr<double>();
+      g_xy = r.g_xy.data_ptr<double>();
+    }
     s[0] = run_term<T>(px, px, true, a.kind, a.P, a.unbiased, g_xx, nullptr);
   }
   const int64_t nch = (m + kPriorChunk - 1) / kPriorChunk;
   auto rows_of = [&](int64_t c) { return std::min(kPriorChunk, m - c * kPriorChunk); };
-  if (want_yy) {
+  if (!want_grad) {
     at::Tensor zero = at::zeros({d}, at::TensorOptions().dtype(st));
     for (int64_t ca = 0; ca < nch; ++ca) {
       Prepared<T> pa = prepare<T>(prior_chunk<T>(ca * kPriorChunk, rows_of(ca), d, a.seed, sig), zero, dp);
@@ -404,7 +418,7 @@ std::array<double, 3> prior_sums(const at::Tensor& x, const PriorArgs& a, bool w
       s[2] += run_term<T>(px, pb, false, a.kind, a.P, a.unbiased, g_xy, nullptr);
     }
   }
-  return s;
+  return r;
 }
 
 PriorArgs prior_args(int64_t kind, at::ArrayRef<double> params, double sigma2, bool unbiased, int64_t m, int64_t seed) {
@@ -416,8 +430,7 @@ at::Tensor prior_fwd_cpp(const at::Tensor& x_, int64_t kind, at::ArrayRef<double
   check_prior(x_, kind, params, sigma2, unbiased, num_samples, seed);
   const PriorArgs a = prior_args(kind, params, sigma2, unbiased, num_samples, seed);
   at::Tensor x = x_.contiguous();
-  const auto s = x.scalar_type() == at::kDouble ? prior_sums<double>(x, a, true, nullptr, nullptr)
-                                                : prior_sums<float>(x, a, true, nullptr, nullptr);
+  const auto s = (x.scalar_type() == at::kDouble ? prior_sums<double>(x, a, false) : prior_sums<float>(x, a, false)).s;
   const int64_t n = x.size(0), m = num_samples;
   at::Tensor terms = at::empty({3}, at::TensorOptions().dtype(at::kDouble));
   double* tp = terms.data_ptr<double>();
@@ -433,21 +446,13 @@ at::Tensor prior_bwd_cpp(const at::Tensor& grad_terms, const at::Tensor& x_, int
   const PriorArgs a = prior_args(kind, params, sigma2, unbiased, num_samples, seed);
   at::Tensor x = x_.contiguous();
   const int64_t n = x.size(0), d = x.size(1), m = num_samples;
-  const int64_t L = x.scalar_type() == at::kDouble ? 4 : 8;
-  const int64_t dp = std::max<int64_t>(L, (d + L - 1) / L * L);
-  const int64_t n_pad = std::max<int64_t>(kTile, (n + kTile - 1) / kTile * kTile);
-  auto f64 = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor gxx = at::zeros({n_pad, dp}, f64), gxy = at::zeros({n_pad, dp}, f64);
-  if (x.scalar_type() == at::kDouble)
-    prior_sums<double>(x, a, false, gxx.data_ptr<double>(), gxy.data_ptr<double>());
-  else
-    prior_sums<float>(x, a, false, gxx.data_ptr<double>(), gxy.data_ptr<double>());
+  PriorSums r = x.scalar_type() == at::kDouble ? prior_sums<double>(x, a, true) : prior_sums<float>(x, a, true);
   at::Tensor gt = grad_terms.to(at::kDouble).cpu();
   const double* g = gt.data_ptr<double>();
   const double cxx = g[0] * 4.0 / wae_fast::pair_count_self(n, unbiased);
   const double cxy = g[2] * 2.0 / (double(n) * double(m));
-  gxx.mul_(cxx).add_(gxy, cxy);  // fp64, rounded once to x's dtype
-  return gxx.narrow(0, 0, n).narrow(1, 0, d).to(x.scalar_type()).contiguous();
+  r.g_xx.mul_(cxx).add_(r.g_xy, cxy);  // fp64, rounded once to x's dtype
+  return r.g_xx.narrow(0, 0, n).narrow(1, 0, d).to(x.scalar_type()).contiguous();
 }
 
 // Test hook: single-pair kernel value and derivative through the shared tile math (fp32 and
