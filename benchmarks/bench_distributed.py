@@ -57,7 +57,7 @@ def _time_reference(n: int, d: int, reps: int) -> dict:
             times.append(dt)
         val = float(v.detach())
     from wae_fast.distributed import assign_blocks
-    from wae_fast.reference import BLOCK_SIZE
+    from wae_fast.pairsum import BLOCK_SIZE
 
     pairs = assign_blocks(n, n, BLOCK_SIZE, 1, 0)[3]  # one process's work, counted as mmd_distributed does
     return {"times": times, "own": [times], "value": val, "pairs": [pairs]}

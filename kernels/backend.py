@@ -23,8 +23,7 @@ from typing import Optional
 import torch
 
 from wae_fast.contract import compute_dtype, define_backend_ops, PRECISIONS
-
-OPS = ("mmd", "reparam", "prior")
+from wae_fast.pairsum import pair_count
 
 try:
     import triton
@@ -162,8 +161,7 @@ def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
         sxx = _launch_fwd(x, x, off, p, True, bool(unbiased), kind, prec, tct, bucket)
         syy = _launch_fwd(y, y, off, p, True, bool(unbiased), kind, prec, tct, bucket)
         sxy = _launch_fwd(x, y, off, p, False, bool(unbiased), kind, prec, tct, bucket)
-    nxx = n * (n - 1) if unbiased else n * n
-    nyy = m * (m - 1) if unbiased else m * m
+    nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     terms = torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
     empty = x.new_empty((0,), dtype=ct)
     return terms, empty, empty.clone()
@@ -196,8 +194,7 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     tct = _tl_ct(x.dtype)
     bucket = _mmd.size_bucket(max(n, m))
     gt = grad_terms.to(device=x.device, dtype=torch.float64)
-    nxx = n * (n - 1) if unbiased else n * n
-    nyy = m * (m - 1) if unbiased else m * m
+    nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     # d r_ij / d a_i = 2 (a_i - b_j); each unordered self pair appears twice in the sum: 4 / nxx.
     gx = gy = None
     with _device_guard(x):

@@ -54,6 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
+from wae_fast.pairsum import pair_count
+
 from . import mmd as _mmd
 from .mmd import (_bwd_body, _configs, _dot_tile, _dot_tile_g, _fwd_tile_sum, _gen_rows,  # noqa: F401
                   _HEUR, _HEUR_BWD, _kernel_sum, _load_rows, _prune_bwd, _prune_fwd, _row_norms,
@@ -246,8 +248,7 @@ def prior_terms_fwd(x, kind, params, sigma2, unbiased, m, seed, precision="ieee"
         sxx = _launch_fwd(x, x, off_xx, p, True, ub, kind, prec, tct, bucket)
         syy = _launch_fwd_gen(x, m, m, d, off_yy, p, sig, seed, True, ub, kind, prec, tct, bucket, True)
         sxy = _launch_fwd_gen(x, n, m, d, off_xy, p, sig, seed, False, ub, kind, prec, tct, bucket, False)
-    nxx = n * (n - 1) if unbiased else n * n
-    nyy = m * (m - 1) if unbiased else m * m
+    nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     return torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
 
 
@@ -259,7 +260,7 @@ def prior_terms_bwd(grad_terms, x, kind, params, sigma2, unbiased, m, seed, prec
     bucket = _mmd.size_bucket(max(n, m))
     off = _cross_offset(x, m, ct)
     gt = grad_terms.to(device=x.device, dtype=torch.float64)
-    nxx = n * (n - 1) if unbiased else n * n
+    nxx = pair_count(n, unbiased)
     coef = torch.stack([gt[0] * (4.0 / nxx), gt[2] * (2.0 / (n * m))]).to(ct)
     g = torch.empty_like(x)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["DP"]))  # noqa: E731

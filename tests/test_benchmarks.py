@@ -11,6 +11,7 @@ import torch
 
 from benchmarks import bench_mmd, floor, peers, report
 from benchmarks.rows import Row, get_rows, shrink
+from wae_fast.kernel_specs import KIND_IMQ, KIND_RBF
 
 
 # ---- floor arithmetic ------------------------------------------------------------------------
@@ -80,10 +81,19 @@ def test_peers_match_reference(kernel, estimator):
     assert float(peers.dense_matmul_mmd(x, y, kind, params, unb)) == pytest.approx(ref, abs=1e-10)
 
 
-def test_peer_unavailable_reasons():
+def test_peer_unavailable_reasons(monkeypatch):
     assert peers.peer_unavailable("naive", 0, [1.0], True, "cpu") is None
-    why = peers.peer_unavailable("geomloss", 0, [1.0] * 7, True, "cpu")
-    assert why  # not installed, or no IMQ kernel
+    # each reason for its own cause, whether or not the peers are installed here
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
+    assert peers.peer_unavailable("geomloss", 0, [1.0] * 7, True, "cpu") == "geomloss not installed"
+    assert peers.peer_unavailable("pykeops", 0, [1.0], True, "cpu") == "pykeops not installed"
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: object())
+    assert "no multi-scale IMQ" in peers.peer_unavailable("geomloss", KIND_IMQ, [1.0] * 7, False, "cpu")
+    assert "no multi-scale IMQ" in peers.peer_unavailable("geomloss", KIND_RBF, [1.0, 2.0], False, "cpu")
+    assert "biased estimator only" in peers.peer_unavailable("geomloss", KIND_RBF, [1.0], True, "cpu")
+    assert peers.peer_unavailable("geomloss", KIND_RBF, [1.0], False, "cpu") is None
+    assert peers.peer_unavailable("pykeops", KIND_IMQ, [1.0] * 7, True, "cpu") is None
+    assert peers.peer_unavailable("nope", KIND_IMQ, [1.0], True, "cpu") == "unknown peer 'nope'"
     assert peers.dense_memory_bytes("naive", 4096, 4096, 7, "fwdbwd") == 4096 ** 2 * 4 * 27
 
 

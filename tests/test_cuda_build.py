@@ -47,13 +47,15 @@ sys.path.insert(0, sys.argv[1])
 import wae_fast
 wae_fast.__path__.append(sys.argv[2])          # where build_ext put wae_fast/_C_cuda*.so
 from wae_fast import cuda_backend as cb
+from wae_fast.dispatch import BACKEND_TABLE
+OPS = BACKEND_TABLE["cuda"].caps.families
 out = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "error": cb._error,
-       "loaded": cb._ext is not None, "ops": list(cb.OPS)}
+       "loaded": cb._ext is not None, "ops": list(OPS)}
 if cb._ext is not None:
     out["has_c10_cuda"] = bool(cb._ext.has_c10_cuda)
     out["cuda_kernels"] = {
         f"{fam}_{d}_cuda": torch._C._dispatch_has_kernel_for_dispatch_key(f"wae_fast::{fam}_{d}_cuda", "CUDA")
-        for fam in cb.OPS for d in ("fwd", "bwd")}
+        for fam in OPS for d in ("fwd", "bwd")}
     out["availability_cuda"] = cb.availability("cuda")
     x = torch.randn(5, 3)
     try:

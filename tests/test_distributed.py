@@ -14,7 +14,7 @@ import torch.distributed as dist
 import wae_fast
 from wae_fast.distributed import assign_blocks, mmd_distributed, mmd_to_prior_distributed, run_local_ranks
 from wae_fast.prior import mmd_to_prior
-from wae_fast.reference import block_pairs, cross_blocks, sym_blocks
+from wae_fast.pairsum import block_pairs, cross_blocks, sym_blocks
 
 N, M, D = 23, 17, 3
 BLOCK = 4

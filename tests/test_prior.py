@@ -10,6 +10,7 @@ import torch
 import wae_fast
 from wae_fast import prior as P
 from wae_fast.kernel_specs import KIND_IMQ
+from wae_fast.philox import prior_rows
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -196,8 +197,10 @@ def test_sampled_equals_materialised(spec, unbiased, n, m, block):
 def test_prior_blocks_regenerate_and_generator_route():
     y = P.prior_samples(50, 3, seed=123, block_size=16, dtype=F64)
     assert y.shape == (50, 3)
-    assert torch.equal(P.prior_block(2, 50, 3, seed=123, block_size=16, dtype=F64), y[32:48])
-    assert torch.equal(P.prior_block(3, 50, 3, seed=123, block_size=16, dtype=F64), y[48:])
+    # counter-based: any rows regenerate alone, whatever the block size
+    assert torch.equal(P.prior_samples(50, 3, seed=123, block_size=7, dtype=F64), y)
+    assert torch.equal(prior_rows(32, 48, 3, 123, 1.0, F64, "cpu"), y[32:48])
+    assert torch.equal(prior_rows(48, 50, 3, 123, 1.0, F64, "cpu"), y[48:])
     assert not torch.equal(y[:16], y[16:32])
     x = _codes(10, 3)
     g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)

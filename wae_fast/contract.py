@@ -1,6 +1,11 @@
-"""The backend contract: one flat op schema that every backend implements.
+"""The backend contract: every op family, defined once, that every backend implements.
 
-Every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides two ops in the
+Public functions validate their arguments, ask :mod:`wae_fast.dispatch` for the backend, and
+call the op of that backend through this module (:func:`mmd_terms`, :func:`prior_terms`,
+:func:`reparam`); the schemas, fake implementations (torch.compile) and autograd of every op
+family live here (:data:`FAMILIES`), written once for every backend.
+
+MMD: every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides two ops in the
 ``wae_fast`` namespace, with exactly these schemas (:data:`MMD_FWD_SCHEMA`, :data:`MMD_BWD_SCHEMA`)::
 
     wae_fast::mmd_fwd_B(Tensor x, Tensor y, Tensor offset, int kind, float[] params,
@@ -49,22 +54,37 @@ MMD to the prior N(0, sigma2 I_d) with the prior samples generated inside the ke
 * sample j (0 <= j < M = ``num_samples``) is y_j[k] = sqrt(sigma2) * randn(seed, j * d + k), with
   randn = Triton's ``tl.randn`` (Philox 4x32-10 keyed by the 64-bit seed, counter = the int64 flat
   index, Box-Muller on the first two outputs, in fp32; csrc/include/wae_fast/tile_math.h
-  reproduces it), cast to the compute dtype before the multiplication by sqrt(sigma2) (computed
-  in the compute dtype).  Every backend draws exactly these samples, so they agree to rounding.
+  and :mod:`wae_fast.philox`, in torch, reproduce it), cast to the compute dtype before the
+  multiplication by sqrt(sigma2) (computed in the compute dtype).  Every backend, the reference
+  included, draws exactly these samples, so they agree to rounding (an ulp per draw).
 * ``terms`` as for mmd_fwd (float64 (3,)); gradients flow to x only (the samples are not inputs);
   ``prior_bwd_B`` returns d/dx sum_t grad_terms[t] terms[t] in x's dtype, recomputing the tiles.
 * shifts are internal (each term is translation invariant): xx by mean(x), yy by 0, xy and the
   backward by N / (N + M) * mean(x) (the pooled mean's expectation).
 
-To add a backend: call :func:`define_backend_ops` once with its name (this defines the schemas,
-fake implementations and autograd), then register the device implementations: from Python with
-``torch.library.impl("wae_fast::mmd_fwd_B", "CUDA")(fn)`` (or pass ``fwd=``/``bwd=`` here), or from C++
-with ``TORCH_LIBRARY_IMPL(wae_fast, CPU, m) { m.impl("mmd_fwd_B", &fn); }`` (the schema is
-defined here, in Python, once).  Then add it to :mod:`wae_fast.dispatch` and the shared tests
-pick it up.
+Extension points (keep them this way):
+
+* **A new op family** (e.g. batched/weighted MMD, kernel-matrix products): one
+  :class:`OpFamily` in :data:`FAMILIES` below -- its two schemas and a ``define(backend)``
+  function that registers the fakes and the autograd of ``<family>_fwd_<backend>`` (written once,
+  for every backend) -- plus a caller here (like :func:`mmd_terms`), the family added to the
+  capabilities of the backends that implement it in :mod:`wae_fast.dispatch`, and each of
+  those backends' implementations (the reference's first: it is what the others are tested
+  against).
+* **A new backend** ``B``: one entry in :data:`wae_fast.dispatch.BACKEND_TABLE` (its module and
+  its capabilities: op families, kernel kinds, maximum number of scales, dtypes, estimators,
+  precisions, devices); its module calls :func:`define_backend_ops` once with its name (this
+  defines every family's schemas, fakes and autograd) and registers the device implementations:
+  from Python with ``define_backend_ops("B", dispatch_key="CUDA", mmd_fwd=fn, ...)`` or from C++
+  with ``TORCH_LIBRARY_IMPL(wae_fast, CPU, m) { m.impl("mmd_fwd_B", &fn); }`` (the schemas are
+  defined here, in Python, once), and exposes ``availability(device_type) -> reason or None``
+  (cheap: never starts a compiler) and optionally ``prepare(device_type) -> reason or None``
+  (one-time work such as a JIT build, run by dispatch on the first real call).  The shared tests
+  (tests/conftest.py) then pick it up.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -239,34 +259,50 @@ def _define_prior(backend: str) -> None:
 _FUSES: dict[str, bool] = {}
 
 
+@dataclass(frozen=True)
+class OpFamily:
+    """One op family: ``<name>_fwd_<backend>`` and ``<name>_bwd_<backend>`` with these schemas;
+    ``define(backend)`` defines both ops and registers their fakes and autograd."""
+
+    name: str
+    fwd_schema: str
+    bwd_schema: str
+    define: Callable[[str], None]
+
+
+#: Every op family of the contract, defined once here for every backend.
+FAMILIES: dict[str, OpFamily] = {
+    "mmd": OpFamily("mmd", MMD_FWD_SCHEMA, MMD_BWD_SCHEMA, _define_mmd),
+    "reparam": OpFamily("reparam", REPARAM_FWD_SCHEMA, REPARAM_BWD_SCHEMA, _define_reparam),
+    "prior": OpFamily("prior", PRIOR_FWD_SCHEMA, PRIOR_BWD_SCHEMA, _define_prior),
+}
+
+
 def define_backend_ops(
     backend: str,
     *,
     fuses_grad: bool = False,
-    mmd_fwd: Optional[Callable] = None,
-    mmd_bwd: Optional[Callable] = None,
-    reparam_fwd: Optional[Callable] = None,
-    reparam_bwd: Optional[Callable] = None,
-    prior_fwd: Optional[Callable] = None,
-    prior_bwd: Optional[Callable] = None,
     dispatch_key: str = "CompositeExplicitAutograd",
+    **impls: Optional[Callable],
 ) -> None:
-    """Define the schemas, fakes and autograd of backend ``backend`` (idempotent), and register
-    the given Python implementations under ``dispatch_key`` ("CPU", "CUDA", or
+    """Define the schemas, fakes and autograd of every op family for backend ``backend``
+    (idempotent), and register the given Python implementations (keywords ``<family>_fwd`` /
+    ``<family>_bwd``, e.g. ``mmd_fwd=fn``) under ``dispatch_key`` ("CPU", "CUDA", or
     "CompositeExplicitAutograd" for any device).
 
     ``fuses_grad`` declares that ``mmd_fwd`` returns the (2, N, d)/(2, M, d) gradient parts when
     asked (the fake implementation must know the output shapes for torch.compile).
     """
+    known = {f"{f}_{d}" for f in FAMILIES for d in ("fwd", "bwd")}
+    unknown = set(impls) - known
+    if unknown:
+        raise ValueError(f"define_backend_ops: unknown op(s) {sorted(unknown)}; expected {sorted(known)}")
     if backend not in _DEFINED:
         _FUSES[backend] = fuses_grad
-        _define_mmd(backend)
-        _define_reparam(backend)
-        _define_prior(backend)
+        for family in FAMILIES.values():
+            family.define(backend)
         _DEFINED.add(backend)
-    for name, fn in (("mmd_fwd", mmd_fwd), ("mmd_bwd", mmd_bwd),
-                     ("reparam_fwd", reparam_fwd), ("reparam_bwd", reparam_bwd),
-                     ("prior_fwd", prior_fwd), ("prior_bwd", prior_bwd)):
+    for name, fn in impls.items():
         if fn is not None:
             _LIB.impl(f"{name}_{backend}", fn, dispatch_key)
 
@@ -296,12 +332,13 @@ def mmd_terms(
 
 def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], sigma2: float,
                 unbiased: bool, num_samples: int, seed: int, precision: str = "ieee") -> torch.Tensor:
-    """Call backend ``backend``'s in-kernel-prior forward op through autograd (gradient to x);
-    returns the float64 (3,) terms.  Inputs are assumed validated."""
+    """Call backend ``backend``'s prior forward op (samples generated in the backend) through
+    autograd (gradient to x); returns the float64 (3,) terms.  Inputs are assumed validated."""
     return op(f"prior_fwd_{backend}")(x.contiguous(), int(kind), [float(p) for p in params],
                                       float(sigma2), bool(unbiased), int(num_samples), int(seed),
                                       precision)
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
+    """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps."""
     return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), int(seed))

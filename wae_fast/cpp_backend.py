@@ -18,8 +18,6 @@ from typing import Optional
 
 from .contract import define_backend_ops
 
-OPS = ("mmd", "reparam", "prior")
-
 define_backend_ops("cpp", fuses_grad=True)
 
 _C = None

@@ -10,7 +10,7 @@ JIT-built on first use with ``torch.utils.cpp_extension.load`` (ninja) into
 The forward returns empty gradient parts (``fuses_grad=False``): the backward recomputes the
 pair tiles (no N x M buffer).
 
-Op families (``OPS``): ``mmd`` (csrc/cuda/mmd_kernels.cu), ``prior`` (MMD to N(0, sigma2 I) with the
+Op families (declared in :mod:`wae_fast.dispatch`): ``mmd`` (csrc/cuda/mmd_kernels.cu), ``prior`` (MMD to N(0, sigma2 I) with the
 prior samples generated inside the kernels, csrc/cuda/prior_kernels.cu: the same samples as
 :func:`wae_fast.kernels.prior.materialise_prior`) and ``reparam`` (csrc/cuda/reparam_kernels.cu).
 ``precision`` ("ieee", "tf32x3", "tf32") selects the fp32 dot-product path: exact FMAs, or tensor
@@ -26,8 +26,6 @@ from typing import Optional
 import torch
 
 from .contract import define_backend_ops
-
-OPS = ("mmd", "reparam", "prior")
 
 define_backend_ops("cuda", fuses_grad=False)
 
@@ -74,13 +72,33 @@ def _jit_build() -> None:
         _error = f"JIT build of the CUDA extension failed: {exc}"
 
 
+def _jit_possible() -> Optional[str]:
+    """None when a JIT build could be tried here (no compiler is started), else why not."""
+    root, srcs = _sources()
+    if not all(os.path.exists(s) for s in srcs) or len(srcs) < 2:
+        return "the csrc/cuda sources are not shipped with this installation"
+    from torch.utils import cpp_extension
+    if torch.version.cuda is None or cpp_extension.CUDA_HOME is None or shutil.which("ninja") is None:
+        return ("JIT build impossible: needs a CUDA build of torch, nvcc (CUDA_HOME) and ninja "
+                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME})")
+    return None
+
+
 def availability(device_type: str) -> Optional[str]:
+    """None when the backend can run here (built, or buildable on first use); never compiles."""
     if device_type != "cuda":
         return f"the cuda backend runs on CUDA tensors only (got device type {device_type!r}); use 'cpp' on CPU"
     if not torch.cuda.is_available():
         return "no CUDA device is available (torch.cuda.is_available() is False)"
+    if _ext is None:
+        why = _error if _tried_jit else _jit_possible()
+        if why is not None:
+            return f"{why}; {_HOW}"
+    return None
+
+
+def prepare(device_type: str) -> Optional[str]:
+    """Before the first real call: JIT-build the extension if it is not built (once)."""
     if _ext is None and not _tried_jit:
         _jit_build()
-    if _ext is None:
-        return f"{_error}; {_HOW}"
-    return None
+    return None if _ext is not None else f"{_error}; {_HOW}"

@@ -21,7 +21,7 @@ equal to those of the single-process ``wae_fast.mmd(X, Y)``, while each rank eva
 
 :func:`mmd_to_prior_distributed` does the same for the sampling-free MMD^2 between the sharded
 codes and the prior N(0, sigma2 I): the XX blocks are split as above, the prior terms are closed
-forms (:mod:`wae_fast.prior`) of each rank's own rows, so no prior sample exists anywhere.
+forms (:mod:`wae_fast.prior.closed_form`) of each rank's own rows, so no prior sample exists anywhere.
 
 Gradient convention.  Every rank holds the same loss; when every rank calls ``backward`` on it,
 ``x_local.grad`` is d MMD^2 / d x_local, exactly the single-process gradient of those rows
@@ -41,9 +41,8 @@ import torch.distributed as dist
 
 from .contract import compute_dtype
 from .kernel_specs import IMQ, KernelSpec, resolve_kernel
-from .prior import QUADRATURES, _closed_form_cross, quadrature_rule
-from .reference import block_pairs, cross_sum, self_sum
-from .reference import BLOCK_SIZE
+from .pairsum import BLOCK_SIZE, block_pairs, cross_sum, pair_count, self_sum
+from .prior.closed_form import QUADRATURES, closed_form_cross, quadrature_rule
 from .validation import ESTIMATORS, FLOAT_DTYPES
 
 _DEFAULT_KERNEL = IMQ()
@@ -318,8 +317,7 @@ def mmd_distributed(
     partial = _PartialSums.apply(X, Y, kind, list(params), unbiased, block_size, bxx, byy, bxy,
                                  need_x, need_y)
     total = _combine(partial, group, world, scale_grad_by_world_size, need_x or need_y)
-    nxx = n * (n - 1) if unbiased else n * n
-    nyy = m * (m - 1) if unbiased else m * m
+    nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     value = total[0] / nxx + total[1] / nyy - 2.0 * total[2] / (n * m)
     value = value.to(_F64 if dtype == _F64 else torch.float32)
     return (value, pairs) if return_pairs else value
@@ -330,7 +328,7 @@ class _PriorCross(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kind, params, sigma2, rule, nodes, need_grad):
-        s, g, _ = _closed_form_cross(x, kind, params, sigma2, rule, nodes, need_grad)
+        s, g, _ = closed_form_cross(x, kind, params, sigma2, rule, nodes, need_grad)
         if need_grad:
             ctx.save_for_backward(g)
         ctx.xdtype = x.dtype
@@ -396,8 +394,8 @@ def mmd_to_prior_distributed(
     cross = _PriorCross.apply(xl, kind, list(params), s2, quadrature, quad_nodes, need)
     partial = torch.stack([pxx[0], torch.zeros((), dtype=_F64, device=X.device), cross])
     total = _combine(partial, group, world, scale_grad_by_world_size, need)
-    _, _, eyy = _closed_form_cross(X.detach()[:1], kind, params, s2, quadrature, quad_nodes, False)
-    nxx = n * (n - 1) if unbiased else n * n
+    _, _, eyy = closed_form_cross(X.detach()[:1], kind, params, s2, quadrature, quad_nodes, False)
+    nxx = pair_count(n, unbiased)
     value = total[0] / nxx + eyy - 2.0 * total[2] / n
     value = value.to(_F64 if dtype == _F64 else torch.float32)
     return (value, pairs) if return_pairs else value

@@ -7,8 +7,9 @@ from typing import Optional, Union
 import torch
 
 from . import contract
-from .dispatch import resolve_backend
+from .dispatch import Request, select_backend
 from .kernel_specs import IMQ, KernelSpec, check_compute_range, resolve_kernel
+from .philox import draw_seed
 from .validation import check_finite as _check_finite
 from .validation import check_points, check_tensor
 
@@ -35,11 +36,12 @@ def mmd_terms(
     spec = resolve_kernel(kernel)
     if precision not in contract.PRECISIONS:
         raise ValueError(f"precision: unknown precision {precision!r}; expected one of {contract.PRECISIONS}")
-    name = resolve_backend(backend, x.device, "mmd")
+    kind, params = spec.lower(x.shape[1])
+    name = select_backend(backend, x.device, Request("mmd", kind, len(params), x.dtype, estimator,
+                                                     precision))
     if check_finite:
         _check_finite("x", x)
         _check_finite("y", y)
-    kind, params = spec.lower(x.shape[1])
     check_compute_range(kind, params, x.dtype)
     return contract.mmd_terms(name, x, y, kind, params, estimator == "unbiased", precision)
 
@@ -86,11 +88,6 @@ def mmd(
     return (terms[0] + terms[1] - 2.0 * terms[2]).to(out_dtype)
 
 
-def _draw_seed(generator: Optional[torch.Generator]) -> int:
-    dev = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=dev).item())
-
-
 def reparameterize(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -100,8 +97,8 @@ def reparameterize(
 ) -> torch.Tensor:
     r"""Reparameterized Gaussian sample ``z = mu + exp(logvar / 2) * eps``, eps ~ N(0, I).
 
-    eps comes from a counter-based stream keyed by a seed drawn from ``generator`` (the global
-    CPU generator when None), so the same generator state gives the same z. The backward
+    eps comes from a counter-based stream keyed by a seed in [0, 2^62) drawn from ``generator``
+    (the global CPU generator when None, :func:`wae_fast.philox.draw_seed`), so the same generator state gives the same z. The backward
     regenerates eps from the seed instead of storing it:
     ``dmu = dz``, ``dlogvar = dz * eps * exp(logvar / 2) / 2``.
     """
@@ -116,8 +113,8 @@ def reparameterize(
         mu, logvar = mu.to(common), logvar.to(common)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    name = resolve_backend(backend, mu.device, "reparam")
-    return contract.reparam(name, mu, logvar, _draw_seed(generator))
+    name = select_backend(backend, mu.device, Request("reparam", dtype=mu.dtype))
+    return contract.reparam(name, mu, logvar, draw_seed(generator))
 
 
 def logvar_penalty(logvar: torch.Tensor, kind: str = "l1") -> torch.Tensor:

@@ -10,131 +10,25 @@ computed in the forward and only scaled in backward), with W = dk/dr:
     d/dx_i sum_j k(x_i, y_j) = 2 (rowsum(W)_i x_i - (W y)_i)          (one matmul per block)
 
 Points are shifted by the shared offset first, r is clamped at 0 and r_ii is set to exactly 0.
+The block walk is :mod:`wae_fast.pairsum`'s.
+
+Prior ops (``prior_fwd/bwd_reference``): the M prior samples are the contract's Philox stream
+(:func:`wae_fast.philox.prior_rows`, the samples of the cpp, triton and cuda kernels to an ulp),
+generated ``BLOCK_SIZE`` rows at a time and dropped; the backward regenerates them.
+
+``reparam_fwd/bwd_reference`` draw eps with ``torch.randn`` from a generator seeded with the seed
+(same law as the kernel backends' Philox eps, not the same numbers).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from .contract import compute_dtype, define_backend_ops
-from .kernel_specs import KIND_IMQ, KIND_RBF
-
-#: Side of the square pair block. 1024^2 fp32 values are 4 MiB; a block pass holds a handful.
-BLOCK_SIZE = 1024
-
-
-def kernel_and_derivative(r: torch.Tensor, kind: int, params: list[float], need_deriv: bool):
-    """Sum over scales of k(r) and (optionally) dk/dr, computed from one distance block.
-
-    IMQ: k = C/(C+r), dk/dr = -C/(C+r)^2.  RBF: k = exp(-g r), dk/dr = -g exp(-g r)."""
-    k = torch.zeros_like(r)
-    w = torch.zeros_like(r) if need_deriv else None
-    t = torch.empty_like(r)
-    for p in params:
-        if kind == KIND_IMQ:
-            torch.add(r, p, out=t)
-            t.reciprocal_()                  # t = 1/(C+r)
-            k.add_(t, alpha=p)
-            if w is not None:
-                w.addcmul_(t, t, value=-p)
-        elif kind == KIND_RBF:
-            torch.mul(r, -p, out=t)
-            t.exp_()                         # t = exp(-g r)
-            k.add_(t)
-            if w is not None:
-                w.add_(t, alpha=-p)
-        else:
-            raise ValueError(f"kind: unknown kernel kind {kind}")
-    return k, w
-
-
-def _sq_dist(a, b, na, nb, diagonal: bool):
-    r = torch.addmm(na[:, None] + nb[None, :], a, b.T, alpha=-2.0)
-    r.clamp_(min=0.0)
-    if diagonal:
-        r.diagonal().zero_()
-    return r
-
-
-def _sym_block(a, b, na, nb, diag, kind, params, unbiased, need_w):
-    """Kernel sum of one block of a symmetric (xx or yy) Gram matrix; ``diag``: a is b.
-    Off-diagonal blocks count twice (their mirror image is never visited)."""
-    r = _sq_dist(a, b, na, nb, diag)
-    k, w = kernel_and_derivative(r, kind, params, need_w)
-    if diag and unbiased:
-        k.diagonal().zero_()
-    if diag and w is not None:
-        w.diagonal().zero_()
-    s = k.sum(dtype=torch.float64)
-    return (s if diag else 2.0 * s), w
-
-
-def _acc_rows(g, i0, w, a, b):
-    """g[i0:i0+len(a)] += sum_j W_ij (a_i - b_j)  (one matmul; g may be fp64 or the compute dtype)."""
-    g[i0:i0 + a.shape[0]] += (w.sum(1)[:, None] * a - w @ b).to(g.dtype)
-
-
-def _acc_cols(g, j0, w, a, b):
-    """g[j0:j0+len(b)] += sum_i W_ij (b_j - a_i)."""
-    g[j0:j0 + b.shape[0]] += (w.sum(0)[:, None] * b - w.T @ a).to(g.dtype)
-
-
-def sym_blocks(n: int, block: int) -> list[tuple[int, int]]:
-    """(i0, j0) of the blocks on and above the diagonal of an n x n pair matrix."""
-    return [(i0, j0) for i0 in range(0, n, block) for j0 in range(i0, n, block)]
-
-
-def cross_blocks(n: int, m: int, block: int) -> list[tuple[int, int]]:
-    """(i0, j0) of all blocks of an n x m pair matrix."""
-    return [(i0, j0) for i0 in range(0, n, block) for j0 in range(0, m, block)]
-
-
-def block_pairs(i0: int, j0: int, n: int, m: int, block: int) -> int:
-    """Kernel values evaluated for block (i0, j0) of an n x m pair matrix."""
-    return (min(i0 + block, n) - i0) * (min(j0 + block, m) - j0)
-
-
-def self_sum(p, kind, params, unbiased, block, blocks=None, g_acc=None):
-    """sum_{i != j} (unbiased) or sum_{i,j} k(p_i, p_j) over the given upper blocks (all by
-    default), in float64.  When ``g_acc`` (n, d) is given, adds sum_j W_ij (p_i - p_j) to it:
-    the derivative of the returned sum w.r.t. p is 4 * g_acc.  Returns (sum, pairs evaluated)."""
-    n = p.shape[0]
-    sq = (p * p).sum(1)
-    total = torch.zeros((), dtype=torch.float64, device=p.device)
-    pairs = 0
-    for i0, j0 in (sym_blocks(n, block) if blocks is None else blocks):
-        a, na = p[i0:i0 + block], sq[i0:i0 + block]
-        b, nb = p[j0:j0 + block], sq[j0:j0 + block]
-        diag = i0 == j0
-        s, w = _sym_block(a, b, na, nb, diag, kind, params, unbiased, g_acc is not None)
-        total += s
-        pairs += a.shape[0] * b.shape[0]
-        if g_acc is not None:
-            _acc_rows(g_acc, i0, w, a, b)
-            if not diag:
-                _acc_cols(g_acc, j0, w, a, b)
-    return total, pairs
-
-
-def cross_sum(x, y, kind, params, block, blocks=None, gx_acc=None, gy_acc=None):
-    """sum_{i,j} k(x_i, y_j) over the given blocks (all by default), float64; the derivatives
-    of the sum are 2 * gx_acc and 2 * gy_acc.  Returns (sum, pairs evaluated)."""
-    sx, sy = (x * x).sum(1), (y * y).sum(1)
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    pairs = 0
-    need = gx_acc is not None or gy_acc is not None
-    for i0, j0 in (cross_blocks(x.shape[0], y.shape[0], block) if blocks is None else blocks):
-        a, na = x[i0:i0 + block], sx[i0:i0 + block]
-        b, nb = y[j0:j0 + block], sy[j0:j0 + block]
-        r = _sq_dist(a, b, na, nb, False)
-        k, w = kernel_and_derivative(r, kind, params, need)
-        total += k.sum(dtype=torch.float64)
-        pairs += a.shape[0] * b.shape[0]
-        if gx_acc is not None:
-            _acc_rows(gx_acc, i0, w, a, b)
-        if gy_acc is not None:
-            _acc_cols(gy_acc, j0, w, a, b)
-    return total, pairs
-
+from .pairsum import (BLOCK_SIZE, acc_rows, cross_sum, kernel_and_derivative, pair_count, self_sum,
+                      sq_dist, sym_block)
+from .philox import prior_rows
 
 def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y=False,
                       block_size: int = BLOCK_SIZE):
@@ -151,8 +45,7 @@ def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y
     gx = torch.zeros((2,) + tuple(xs.shape), dtype=ct, device=x.device) if grad_x else None
     gy = torch.zeros((2,) + tuple(ys.shape), dtype=ct, device=y.device) if grad_y else None
 
-    nxx = n * (n - 1) if unbiased else n * n
-    nyy = m * (m - 1) if unbiased else m * m
+    nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     sxx, _ = self_sum(xs, kind, params, unbiased, block_size, g_acc=gx[0] if grad_x else None)
     syy, _ = self_sum(ys, kind, params, unbiased, block_size, g_acc=gy[0] if grad_y else None)
     sxy, _ = cross_sum(xs, ys, kind, params, block_size, gx_acc=gx[1] if grad_x else None,
@@ -205,6 +98,84 @@ def _reparam_bwd(grad_z, logvar, seed):
     return (grad_z.to(ct) * eps * torch.exp(logvar.to(ct) * 0.5) * 0.5).to(logvar.dtype)
 
 
+# ----------------------------------------------------------------------------------------------
+# MMD to N(0, sigma2 I) with the prior samples generated block by block (never all stored)
+
+
+def _prior_yy_sum(m, d, seed, sigma2, ct, device, kind, params, unbiased, block):
+    """sum over yy pairs of the generated samples (shift 0: the prior mean), upper blocks only."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i0 in range(0, m, block):
+        a = prior_rows(i0, min(i0 + block, m), d, seed, sigma2, ct, device)
+        na = (a * a).sum(1)
+        for j0 in range(i0, m, block):
+            diag = i0 == j0
+            b = a if diag else prior_rows(j0, min(j0 + block, m), d, seed, sigma2, ct, device)
+            s, _ = sym_block(a, b, na, na if diag else (b * b).sum(1), diag, kind, params,
+                             unbiased, False)
+            total += s
+    return total
+
+
+def _prior_xy_sum(xs, m, seed, sigma2, off, kind, params, block, g_acc: Optional[torch.Tensor]):
+    """sum_{i,j} k(x_i, y_j) over the generated samples, both sides shifted by ``off``; adds
+    sum_j W_ij (x_i - y_j) to ``g_acc`` when given (the sum's x gradient is 2 g_acc)."""
+    n, d = xs.shape
+    xs = xs - off
+    sx = (xs * xs).sum(1)
+    total = torch.zeros((), dtype=torch.float64, device=xs.device)
+    for j0 in range(0, m, block):
+        b = prior_rows(j0, min(j0 + block, m), d, seed, sigma2, xs.dtype, xs.device) - off
+        nb = (b * b).sum(1)
+        for i0 in range(0, n, block):
+            a = xs[i0:i0 + block]
+            k, w = kernel_and_derivative(sq_dist(a, b, sx[i0:i0 + block], nb, False), kind, params,
+                                         g_acc is not None)
+            total += k.sum(dtype=torch.float64)
+            if g_acc is not None:
+                acc_rows(g_acc, i0, w, a, b)
+    return total
+
+
+def _prior_setup(x, m):
+    ct = compute_dtype(x.dtype)
+    xs = x.detach().to(ct)
+    mean = xs.mean(0)
+    return xs, mean, mean * (x.shape[0] / (x.shape[0] + m))  # shifts: xx, then xy (contract)
+
+
+def _prior_fwd(x, kind, params, sigma2, unbiased, num_samples, seed, precision):
+    n, d = x.shape
+    m = num_samples
+    xs, off_xx, off_xy = _prior_setup(x, m)
+    sxx, _ = self_sum(xs - off_xx, kind, params, unbiased, BLOCK_SIZE)
+    syy = _prior_yy_sum(m, d, seed, sigma2, xs.dtype, x.device, kind, params, unbiased, BLOCK_SIZE)
+    sxy = _prior_xy_sum(xs, m, seed, sigma2, off_xy, kind, params, BLOCK_SIZE, None)
+    return torch.stack([sxx / pair_count(n, unbiased), syy / pair_count(m, unbiased), sxy / (n * m)])
+
+
+def _prior_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed, precision):
+    n, d = x.shape
+    m = num_samples
+    xs, off_xx, off_xy = _prior_setup(x, m)
+    g = grad_terms.to(device=x.device, dtype=torch.float64)
+    gx = torch.zeros(xs.shape, dtype=torch.float64, device=x.device)
+    if bool(g[0] != 0):  # a term nobody differentiates is not recomputed
+        gxx = torch.zeros_like(gx)
+        self_sum(xs - off_xx, kind, params, unbiased, BLOCK_SIZE, g_acc=gxx)
+        gx += (4.0 * g[0] / pair_count(n, unbiased)) * gxx
+    if bool(g[2] != 0):
+        gxy = torch.zeros_like(gx)
+        _prior_xy_sum(xs, m, seed, sigma2, off_xy, kind, params, BLOCK_SIZE, gxy)
+        gx += (2.0 * g[2] / (n * m)) * gxy
+    return gx.to(x.dtype)
+
+
+def availability(device_type: str) -> Optional[str]:
+    """The reference runs wherever torch does."""
+    return None
+
+
 define_backend_ops(
     "reference",
     fuses_grad=True,
@@ -212,4 +183,6 @@ define_backend_ops(
     mmd_bwd=_mmd_bwd,
     reparam_fwd=_reparam_fwd,
     reparam_bwd=_reparam_bwd,
+    prior_fwd=_prior_fwd,
+    prior_bwd=_prior_bwd,
 )

@@ -1,6 +1,8 @@
 """Input checks shared by every public entry point: clear exceptions that name the argument."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -47,3 +49,30 @@ def check_points(x, y, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
 def check_finite(name: str, t: torch.Tensor) -> None:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+
+
+def check_count(name: str, v, minimum: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+
+
+def check_codes(x, unbiased: bool, estimator: str) -> None:
+    """Codes compared with a prior: a non-empty (N, d) floating tensor, N >= 2 where needed."""
+    check_tensor("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (points, features), got shape {tuple(x.shape)}; "
+                         "flatten multi-channel latents first, e.g. z.flatten(1)")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)})")
+    if estimator == "linear" and x.shape[0] < 2:
+        raise ValueError(f"x has {x.shape[0]} point(s); the linear estimator needs at least 2")
+    if unbiased and x.shape[0] < 2:
+        raise ValueError(f"x has {x.shape[0]} point(s); the unbiased estimator needs at least 2 "
+                         "(use unbiased=False)")
+
+
+def check_sigma2(sigma2) -> float:
+    s2 = float(sigma2)
+    if not math.isfinite(s2) or s2 <= 0:
+        raise ValueError(f"sigma2 must be finite and > 0, got {sigma2!r}")
+    return s2

@@ -13,10 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..functional import logvar_penalty, reparameterize
-from ..kernel_specs import IMQ, RBF, WAE_SCALES
-from ..losses import MMDLoss
-from ..prior import PRIOR_BACKENDS, mmd_to_prior
+from wae_fast import IMQ, RBF, WAE_SCALES, MMDLoss, logvar_penalty, mmd_to_prior, reparameterize
 
 
 def recon_cost(x: torch.Tensor, y: torch.Tensor, scale: float = 0.05) -> torch.Tensor:
@@ -61,17 +58,15 @@ def mmd_to_prior_loss(z: torch.Tensor, kernel: str, sigma2: float, estimator: st
     """WAE-MMD penalty against N(0, sigma2 I) without a prior sample tensor (``--mmd-prior``):
     ``closed_form`` (exact prior expectations, only the z-z pairs are summed) or ``in_kernel``
     (``num_samples`` prior samples regenerated from a seed drawn from ``generator``; generated
-    inside the Triton/CUDA kernels where available, else block by block by the reference)."""
+    inside the kernels of ``backend``, the one dispatch picks for "auto")."""
     spec = make_kernel(kernel, sigma2)
     unbiased = estimator == "unbiased"
     if mode == "closed_form":
         return mmd_to_prior(z, spec, sigma2=sigma2, estimator="closed_form", unbiased=unbiased)
     if mode != "in_kernel":
         raise ValueError(f"--mmd-prior: unknown value {mode!r}")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    pb = backend if backend in PRIOR_BACKENDS else "auto"
     return mmd_to_prior(z, spec, sigma2=sigma2, estimator="sampled", unbiased=unbiased,
-                        num_samples=num_samples, seed=seed, backend=pb)
+                        num_samples=num_samples, generator=generator, backend=backend)
 
 
 def encode(encoder, x: torch.Tensor, generator: Optional[torch.Generator], backend: str = "auto"
