@@ -14,8 +14,8 @@ so it includes allocator slack.  ``x MB`` is N * d * 4 bytes for comparison.  fw
 differentiate w.r.t. x (the prior samples are not inputs).
 
 Estimators (see :mod:`wae_fast.prior`): ``sampled`` (M prior samples regenerated block by block,
-never stored: the reference draws them per block from seeded torch.Generators, the kernel
-backends inside the kernels, cpp in chunks of 4096 rows), ``closed_form`` (no samples: only the x-x term is pairwise),
+never stored: every backend draws the same Philox stream, the reference 1024 rows at a time in
+torch, the kernel backends inside the kernels, cpp in chunks of 4096 rows), ``closed_form`` (no samples: only the x-x term is pairwise),
 ``linear`` (Gretton et al. 2012: O(N d) time, M = N samples materialised).
 
 The report (markdown) goes to ``benchmarks/results/prior-<device>-<date>.md`` unless ``--out``.

@@ -33,6 +33,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from . import mmd as M  # noqa: E402
+from . import prior as P  # noqa: E402
 from . import reparam as R  # noqa: E402
 
 _PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}
@@ -45,7 +46,8 @@ def _jit_fn(k):
     return k
 
 
-def _ct(dtype):
+def _sig_and_tl_dtype(dtype):
+    """(signature name, Triton dtype) of the compute dtype of inputs of ``dtype``."""
     return ("fp64", tl.float64) if dtype == "fp64" else ("fp32", tl.float32)
 
 
@@ -65,7 +67,7 @@ def mmd_variants(which: str = "core"):
     def fwd(dtype, kind, sym, unb, d=64, block=None, warps=None, even=False, prec="ieee", scales=None):
         block, warps = cfg("fwd", dtype, block, warps)
         scales = scales or (7 if kind == M.KIND_IMQ else 3)
-        cts, ct = _ct(dtype)
+        cts, ct = _sig_and_tl_dtype(dtype)
         dp = M.padded_dim(d)
         sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "PART": "*fp64",
                "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
@@ -80,12 +82,12 @@ def mmd_variants(which: str = "core"):
     def bwd(dtype, kind, d=64, block=None, warps=None, even=False, prec="ieee", scales=None):
         block, warps = cfg("bwd", dtype, block, warps)
         scales = scales or (7 if kind == M.KIND_IMQ else 3)
-        cts, ct = _ct(dtype)
+        cts, ct = _sig_and_tl_dtype(dtype)
         dp = M.padded_dim(d)
         sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "COEF": "*" + cts,
                "G": _PTR[dtype], "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
         dp = M.grad_chunk(d)
-        cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct, BLOCK=block, DP=dp,
+        cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct, BLOCK=block, DC=dp,
                   EVEN_A=even, EVEN_B=even, EVEN_D=(d % dp == 0), BK=M.chunk_dim(d),
                   EVEN_K=(d % M.chunk_dim(d) == 0))
         name = (f"mmd_bwd {'imq' if kind == 0 else 'rbf'} {dtype} d={d} B={block} w={warps}"
@@ -125,11 +127,82 @@ def reparam_variants(which: str = "core"):
     if which not in ("core", "all"):
         return out
     for dtype in ("fp32", "fp16", "bf16", "fp64"):
-        cts, ct = _ct(dtype)
+        cts, ct = _sig_and_tl_dtype(dtype)
         sig = {"MU": _PTR[dtype], "LV": _PTR[dtype], "Z": _PTR[dtype], "n": "i32", "seed": "i32"}
         out.append((f"reparam_fwd {dtype}", R._reparam_fwd_kernel, sig, dict(CT=ct, BLOCK=1024), 4, 1))
         sig = {"GZ": _PTR[dtype], "LV": _PTR[dtype], "GLV": _PTR[dtype], "n": "i32", "seed": "i32"}
         out.append((f"reparam_bwd {dtype}", R._reparam_bwd_kernel, sig, dict(CT=ct, BLOCK=1024), 4, 1))
+    return out
+
+
+def prior_variants(which: str = "core"):
+    """(name, kernel, runtime signature, constexprs, num_warps, num_stages) of the in-kernel
+    prior kernels (:mod:`wae_fast.kernels.prior`), in the format of :func:`mmd_variants`, with the primary tile configs
+    (:data:`wae_fast.kernels.mmd.PRIMARY`), ragged tiles.  ``core``: fp32 IMQ/RBF at d = 64,
+    fp32 IMQ at d = 3, the fp32 sampler; ``all`` adds biased yy, bf16 codes, fp64 IMQ/RBF,
+    d = 17 / 130, the 8-warp yy forward (pruned at run time) and the fp64 sampler."""
+    ptr = _PTR
+    out = []
+    cts = _sig_and_tl_dtype
+
+    def fwd(dtype, kind, sym, unb, d=64, warps=None):
+        block, w = M.PRIMARY["fp64"] if dtype == "fp64" else (P.PRIMARY_YY if sym else M.PRIMARY["fwd"])
+        warps = warps or w
+        c, ct = cts(dtype)
+        scales = 7 if kind == M.KIND_IMQ else 3
+        dp = M.padded_dim(d)
+        sig = {"A": ptr[dtype], "B": ptr[dtype], "OFF": "*" + c, "P": "*" + c, "SIG": "*" + c,
+               "PART": "*fp64", "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32",
+               "seed": "i64"}
+        cx = dict(SYM=sym, UNBIASED=unb, KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct,
+                  GEN_A=sym, GEN_B=True, BLOCK=block, DP=dp, EVEN_A=False, EVEN_B=False,
+                  EVEN_D=(d == dp), BK=M.chunk_dim(d), EVEN_K=(d % M.chunk_dim(d) == 0))
+        name = (f"prior_fwd {'imq' if kind == 0 else 'rbf'} {dtype} {'yy' if sym else 'xy'}"
+                f"{(' unbiased' if unb else ' biased') if sym else ''} d={d} B={block} w={warps}")
+        out.append((name, P._prior_fwd_kernel, sig, cx, warps, 2))
+
+    def bwd(dtype, kind, d=64):
+        block, warps = M.PRIMARY["fp64" if dtype == "fp64" else "bwd"]
+        c, ct = cts(dtype)
+        scales = 7 if kind == M.KIND_IMQ else 3
+        dc = M.grad_chunk(d)
+        sig = {"A": ptr[dtype], "OFF": "*" + c, "P": "*" + c, "SIG": "*" + c, "COEF": "*" + c,
+               "G": ptr[dtype], "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32",
+               "seed": "i64"}
+        cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct, BLOCK=block, DC=dc,
+                  EVEN_A=False, EVEN_B=False, EVEN_D=(d % dc == 0), BK=M.chunk_dim(d),
+                  EVEN_K=(d % M.chunk_dim(d) == 0))
+        name = f"prior_bwd {'imq' if kind == 0 else 'rbf'} {dtype} d={d} B={block} w={warps}"
+        out.append((name, P._prior_bwd_kernel, sig, cx, warps, 2))
+
+    def sample(dtype):
+        c, ct = cts(dtype)
+        out.append((f"prior_sample {dtype}", P._prior_sample_kernel,
+                    {"Y": ptr[dtype], "SIG": "*" + c, "n": "i64", "D": "i32", "seed": "i64"},
+                    dict(CT=ct, BLOCK=P.SAMPLE_BLOCK), 4, 1))
+
+    for dtype, kind, d in (("fp32", 0, 64), ("fp32", 1, 64), ("fp32", 0, 3)):
+        fwd(dtype, kind, True, True, d=d)
+        fwd(dtype, kind, False, False, d=d)
+        bwd(dtype, kind, d=d)
+    sample("fp32")
+    if which == "all":
+        fwd("fp64", 0, True, True)
+        fwd("fp64", 0, False, False)
+        bwd("fp64", 0)
+        for kind in (0, 1):
+            fwd("fp32", kind, True, False)
+            fwd("fp32", kind, True, True, warps=8)   # the spilling config, pruned at run time
+            fwd("bf16", kind, False, False)
+            bwd("bf16", kind)
+        fwd("fp64", 1, True, True)
+        fwd("fp64", 1, False, False)
+        bwd("fp64", 1)
+        for d in (17, 130):
+            fwd("fp32", 0, True, True, d=d)
+            fwd("fp32", 0, False, False, d=d)
+            bwd("fp32", 0, d=d)
+        sample("fp64")
     return out
 
 
@@ -175,12 +248,16 @@ def _usage(ptx: str):
     return (int(regs.group(1)) if regs else -1, int(st.group(1)) if st else -1, int(ld.group(1)) if ld else -1)
 
 
-def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=None):
+def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=None, variants=None):
+    """Compile ``variants`` (default: the MMD and sampling kernels of set ``which``) for
+    sm_``arch``; returns (rows, failures)."""
     target = GPUTarget("cuda", arch, 32)
     from triton.compiler.compiler import make_backend
     backend = make_backend(target)
     rows, failures = [], []
-    for name, kern, sig, cx, warps, stages in mmd_variants(which) + reparam_variants(which):
+    if variants is None:
+        variants = mmd_variants(which) + reparam_variants(which)
+    for name, kern, sig, cx, warps, stages in variants:
         if only and only not in name:
             continue
         fn = _jit_fn(kern)
@@ -204,6 +281,19 @@ def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=
             else:
                 print(f"{name:<62} FAILED {row['error']}", flush=True)
     return rows, failures
+
+
+def compile_prior(which: str = "core", arch: int = 90, json_path=None) -> int:
+    """Compile :func:`prior_variants` for sm_``arch`` and print registers / spills (TRITON_INTERPRET
+    must be unset); write the rows as JSON to ``json_path``.  Returns the failure count.
+
+        python -c "from wae_fast.kernels.aot import compile_prior; compile_prior('all')"
+    """
+    rows, failures = compile_all(arch, which, variants=prior_variants(which))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=1)
+    return len(failures)
 
 
 def main(argv=None):

@@ -27,11 +27,11 @@ from wae_fast.pairsum import pair_count
 
 try:
     import triton
-    import triton.language as tl
 
     from . import mmd as _mmd
     from . import prior as _prior
     from . import reparam as _rep
+    from .launch import device_guard, dot_precision, params_tensor, tl_compute_dtype
     _IMPORT_ERROR: Optional[BaseException] = None
 except ImportError as exc:  # Triton missing or broken
     _IMPORT_ERROR = exc
@@ -62,42 +62,7 @@ def availability(device_type: str) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers
-
-
-def _tl_ct(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-_PARAM_CACHE: dict = {}
-
-
-def _params_tensor(params, dtype, device) -> torch.Tensor:
-    """The kernel parameters as a small device tensor (cached: no H2D copy per call)."""
-    key = (tuple(float(p) for p in params), dtype, str(device))
-    t = _PARAM_CACHE.get(key)
-    if t is None:
-        if len(_PARAM_CACHE) > 64:
-            _PARAM_CACHE.clear()
-        t = torch.tensor(key[0], dtype=dtype, device=device)
-        _PARAM_CACHE[key] = t
-    return t
-
-
-class _device_guard:
-    """``torch.cuda.device(t.device)`` for CUDA tensors, a no-op otherwise."""
-
-    def __init__(self, t: torch.Tensor):
-        self.ctx = torch.cuda.device(t.device) if t.device.type == "cuda" else None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        return False
+# checks
 
 
 def _check_mmd_args(x, y, offset, kind, params, precision):
@@ -121,25 +86,8 @@ def _fp64_to_reference(x) -> bool:
     return False
 
 
-def _dot_precision(dtype: torch.dtype, precision: str) -> str:
-    # fp64 dots are always exact; fp16/bf16 inputs are upcast to fp32 after the shift, so the
-    # fp32 precision option applies to them too.
-    return "ieee" if dtype == torch.float64 else precision
-
-
 # ----------------------------------------------------------------------------------------------
 # MMD
-
-
-def _launch_fwd(a, b, off, p, sym, unbiased, kind, prec, ct, bucket):
-    na, d = a.shape
-    nb = b.shape[0]
-    part = torch.zeros(triton.cdiv(na, _mmd.MIN_BLOCK), dtype=torch.float64, device=a.device)
-    grid = lambda meta: (triton.cdiv(na, meta["BLOCK"]),)  # noqa: E731
-    _mmd._mmd_fwd_kernel[grid](
-        a, b, off, p, part, na, nb, d, bucket,
-        SYM=sym, UNBIASED=unbiased, KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)
-    return part.sum()
 
 
 def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
@@ -153,29 +101,18 @@ def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
     off = offset.to(ct).contiguous()
-    p = _params_tensor(params, ct, x.device)
-    prec = _dot_precision(x.dtype, precision)
-    tct = _tl_ct(x.dtype)
+    p = params_tensor(params, ct, x.device)
+    prec = dot_precision(x.dtype, precision)
+    tct = tl_compute_dtype(x.dtype)
     bucket = _mmd.size_bucket(max(n, m))
-    with _device_guard(x):
-        sxx = _launch_fwd(x, x, off, p, True, bool(unbiased), kind, prec, tct, bucket)
-        syy = _launch_fwd(y, y, off, p, True, bool(unbiased), kind, prec, tct, bucket)
-        sxy = _launch_fwd(x, y, off, p, False, bool(unbiased), kind, prec, tct, bucket)
+    with device_guard(x):
+        sxx = _mmd.launch_fwd(x, x, off, p, True, bool(unbiased), kind, prec, tct, bucket)
+        syy = _mmd.launch_fwd(y, y, off, p, True, bool(unbiased), kind, prec, tct, bucket)
+        sxy = _mmd.launch_fwd(x, y, off, p, False, bool(unbiased), kind, prec, tct, bucket)
     nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     terms = torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
     empty = x.new_empty((0,), dtype=ct)
     return terms, empty, empty.clone()
-
-
-def _launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket):
-    na, d = a.shape
-    nb = b.shape[0]
-    g = torch.empty_like(a)
-    grid = lambda meta: (triton.cdiv(na, meta["BLOCK"]), triton.cdiv(d, meta["DP"]))  # noqa: E731
-    _mmd._mmd_bwd_kernel[grid](
-        a, b, off, p, coef, g, na, nb, d, bucket,
-        KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)
-    return g
 
 
 def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
@@ -183,27 +120,27 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     _check_mmd_args(x, y, offset, kind, params, precision)
     ct = compute_dtype(x.dtype)
     if _fp64_to_reference(x):
-        from wae_fast.reference import _mmd_bwd
-        return _mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision)
+        from wae_fast.reference import mmd_bwd as reference_bwd
+        return reference_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision)
     n, d = x.shape
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
     off = offset.to(ct).contiguous()
-    p = _params_tensor(params, ct, x.device)
-    prec = _dot_precision(x.dtype, precision)
-    tct = _tl_ct(x.dtype)
+    p = params_tensor(params, ct, x.device)
+    prec = dot_precision(x.dtype, precision)
+    tct = tl_compute_dtype(x.dtype)
     bucket = _mmd.size_bucket(max(n, m))
     gt = grad_terms.to(device=x.device, dtype=torch.float64)
     nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     # d r_ij / d a_i = 2 (a_i - b_j); each unordered self pair appears twice in the sum: 4 / nxx.
     gx = gy = None
-    with _device_guard(x):
+    with device_guard(x):
         if grad_x:
             cx = torch.stack([gt[0] * (4.0 / nxx), gt[2] * (2.0 / (n * m))]).to(ct)
-            gx = _launch_bwd(x, y, off, p, cx, kind, prec, tct, bucket)
+            gx = _mmd.launch_bwd(x, y, off, p, cx, kind, prec, tct, bucket)
         if grad_y:
             cy = torch.stack([gt[1] * (4.0 / nyy), gt[2] * (2.0 / (n * m))]).to(ct)
-            gy = _launch_bwd(y, x, off, p, cy, kind, prec, tct, bucket)
+            gy = _mmd.launch_bwd(y, x, off, p, cy, kind, prec, tct, bucket)
     if gx is None:
         gx = x.new_empty((0,))
     if gy is None:
@@ -221,9 +158,9 @@ def reparam_fwd(mu, logvar, seed):
     z = torch.empty_like(mu)
     n = mu.numel()
     if n:
-        with _device_guard(mu):
+        with device_guard(mu):
             _rep._reparam_fwd_kernel[(triton.cdiv(n, REPARAM_BLOCK),)](
-                mu, logvar, z, n, int(seed), CT=_tl_ct(mu.dtype), BLOCK=REPARAM_BLOCK)
+                mu, logvar, z, n, int(seed), CT=tl_compute_dtype(mu.dtype), BLOCK=REPARAM_BLOCK)
     return z
 
 
@@ -233,9 +170,9 @@ def reparam_bwd(grad_z, logvar, seed):
     g = torch.empty_like(logvar)
     n = logvar.numel()
     if n:
-        with _device_guard(logvar):
+        with device_guard(logvar):
             _rep._reparam_bwd_kernel[(triton.cdiv(n, REPARAM_BLOCK),)](
-                grad_z, logvar, g, n, int(seed), CT=_tl_ct(logvar.dtype), BLOCK=REPARAM_BLOCK)
+                grad_z, logvar, g, n, int(seed), CT=tl_compute_dtype(logvar.dtype), BLOCK=REPARAM_BLOCK)
     return g
 
 

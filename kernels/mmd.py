@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -65,7 +66,7 @@ def size_bucket(n: int) -> int:
     return min(8, max(0, (max(int(n), 1) - 1).bit_length() // 2))
 
 
-def _configs(kind: str):
+def tune_configs(kind: str):
     """Autotune configs (GPU) or the one interpreter config.  Register use on sm_90 at d = 64
     (``python -m wae_fast.kernels.aot``): 64x64 tiles need 8 warps to avoid spills in the
     backward (128-row backward tiles spill heavily: not offered); fp64 wants 32x32 tiles."""
@@ -85,7 +86,7 @@ def _is_fp64(named_args) -> bool:
     return getattr(a, "dtype", None) is not None and str(a.dtype) == "torch.float64"
 
 
-def _prune_fwd(configs, named_args, **kwargs):
+def prune_fwd(configs, named_args, **kwargs):
     """The forward streams d in chunks: nothing of size BLOCK x d is resident; tiles >= 32
     (fp64: <= 64)."""
     keep = [c for c in configs if c.kwargs["BLOCK"] >= 32]
@@ -94,7 +95,7 @@ def _prune_fwd(configs, named_args, **kwargs):
     return keep or configs
 
 
-def _prune_bwd(configs, named_args, **kwargs):
+def prune_bwd(configs, named_args, **kwargs):
     """The backward keeps a (BLOCK, DC) accumulator, DC <= 64 (fp64: tiles <= 32)."""
     keep = list(configs)
     if _is_fp64(named_args):
@@ -102,7 +103,7 @@ def _prune_bwd(configs, named_args, **kwargs):
     return keep or [min(configs, key=lambda c: c.kwargs["BLOCK"])]
 
 
-_HEUR = {
+HEURISTICS = {
     "DP": lambda a: padded_dim(a["D"]),
     "EVEN_A": lambda a: a["NA"] % a["BLOCK"] == 0,
     "EVEN_B": lambda a: a["NB"] % a["BLOCK"] == 0,
@@ -111,16 +112,17 @@ _HEUR = {
     "EVEN_K": lambda a: a["D"] % chunk_dim(a["D"]) == 0,
 }
 
-_HEUR_BWD = dict(_HEUR)
-_HEUR_BWD["DP"] = lambda a: grad_chunk(a["D"])
-_HEUR_BWD["EVEN_D"] = lambda a: a["D"] % grad_chunk(a["D"]) == 0
+# the backward's d-chunk is the gradient column chunk DC (grid axis 1), not the padded d
+HEURISTICS_BWD = {k: v for k, v in HEURISTICS.items() if k != "DP"}
+HEURISTICS_BWD["DC"] = lambda a: grad_chunk(a["D"])
+HEURISTICS_BWD["EVEN_D"] = lambda a: a["D"] % grad_chunk(a["D"]) == 0
 
 #: The smallest tile any config may use (sizes the partial-sum buffer before tuning).
 MIN_BLOCK = INTERPRET_BLOCK if INTERPRET else 16
 
 
 @triton.jit
-def _load_rows(ptr, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
+def load_rows(ptr, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
     """Rows ``rows`` of the (N, D) matrix at ``ptr`` as a (BLOCK, DP) tile in CT, minus ``off``.
     Padded columns are 0; padded rows hold -off (finite; their pairs are masked later)."""
     p = ptr + rows.to(tl.int64)[:, None] * D + dims[None, :]
@@ -147,10 +149,10 @@ def _load_off(OFF, dims, D, CT: tl.constexpr, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _gen_rows(seed, sig, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexpr,
+def gen_rows(seed, sig, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexpr,
               EVEN_D: tl.constexpr):
     """Rows ``rows`` of the virtual (N, D) prior sample matrix sig * randn(seed, row * D + col)
-    as a (BLOCK, BK) tile in CT, minus ``off``: the generated twin of ``_load_rows`` (padded
+    as a (BLOCK, BK) tile in CT, minus ``off``: the generated twin of ``load_rows`` (padded
     columns are 0, padded rows hold -off).  Used by :mod:`wae_fast.kernels.prior`."""
     idx = rows.to(tl.int64)[:, None] * D + dims[None, :]
     v = tl.randn(seed, idx).to(CT) * sig
@@ -166,49 +168,49 @@ def _gen_rows(seed, sig, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.con
 
 
 @triton.jit
-def _tile_rows(ptr, seed, sig, rows, dims, N, D, off, CT: tl.constexpr, GEN: tl.constexpr,
+def tile_rows(ptr, seed, sig, rows, dims, N, D, off, CT: tl.constexpr, GEN: tl.constexpr,
                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
     """Load (GEN False: ``seed``/``sig`` unused) or generate (GEN True: ``ptr`` unused) a
     shifted (BLOCK, BK) tile."""
     if GEN:
-        t = _gen_rows(seed, sig, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
+        t = gen_rows(seed, sig, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
     else:
-        t = _load_rows(ptr, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
+        t = load_rows(ptr, rows, dims, N, D, off, CT, EVEN_N, EVEN_D)
     return t
 
 
 @triton.jit
-def _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT: tl.constexpr,
+def dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT: tl.constexpr,
                 PRECISION: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
                 GEN_A: tl.constexpr, GEN_B: tl.constexpr, EVEN_A: tl.constexpr,
                 EVEN_B: tl.constexpr, EVEN_K: tl.constexpr):
     """(a_i . b_j) for one tile and |b_j|^2, streaming d in chunks of BK (K >= 16 for tl.dot);
     nothing of size BLOCK x d stays resident, which keeps register use low.  GEN_A / GEN_B:
-    generate that side (``_gen_rows``) instead of loading it."""
+    generate that side (``gen_rows``) instead of loading it."""
     kk = tl.arange(0, BK)
     ab = tl.zeros((BLOCK, BLOCK), dtype=CT)
     nb = tl.zeros((BLOCK,), dtype=CT)
     for k0 in range(0, D, BK):
         dims = k0 + kk
         off = _load_off(OFF, dims, D, CT, EVEN_K)
-        a = _tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
-        b = _tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_K)
+        a = tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
+        b = tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_K)
         ab = tl.dot(a, tl.trans(b), ab, input_precision=PRECISION, out_dtype=CT)
         nb += tl.sum(b * b, 1)
     return ab, nb
 
 
 @triton.jit
-def _dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT: tl.constexpr, PRECISION: tl.constexpr,
+def dot_tile(A, B, OFF, rows, cols, NA, NB, D, CT: tl.constexpr, PRECISION: tl.constexpr,
               BLOCK: tl.constexpr, BK: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
               EVEN_K: tl.constexpr):
-    """``_dot_tile_g`` with both sides loaded."""
-    return _dot_tile_g(A, B, 0, 1.0, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
+    """``dot_tile_g`` with both sides loaded."""
+    return dot_tile_g(A, B, 0, 1.0, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
                        False, False, EVEN_A, EVEN_B, EVEN_K)
 
 
 @triton.jit
-def _row_norms_g(A, seed, sig, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr,
+def row_norms_g(A, seed, sig, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr,
                  BK: tl.constexpr, GEN_A: tl.constexpr, EVEN_A: tl.constexpr, EVEN_K: tl.constexpr):
     """|a_i|^2 of the (loaded or, GEN_A, generated) shifted rows, over d-chunks of BK."""
     kk = tl.arange(0, BK)
@@ -216,26 +218,26 @@ def _row_norms_g(A, seed, sig, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.con
     for k0 in range(0, D, BK):
         dims = k0 + kk
         off = _load_off(OFF, dims, D, CT, EVEN_K)
-        a = _tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
+        a = tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
         na += tl.sum(a * a, 1)
     return na
 
 
 @triton.jit
-def _row_norms(A, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
+def row_norms(A, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
                EVEN_A: tl.constexpr, EVEN_K: tl.constexpr):
-    return _row_norms_g(A, 0, 1.0, OFF, rows, NA, D, CT, BLOCK, BK, False, EVEN_A, EVEN_K)
+    return row_norms_g(A, 0, 1.0, OFF, rows, NA, D, CT, BLOCK, BK, False, EVEN_A, EVEN_K)
 
 
 @triton.jit
-def _sq_dist(ab, na, nb):
+def sq_dist(ab, na, nb):
     """r_ij = |a_i|^2 + |b_j|^2 - 2 a_i.b_j, clamped at 0."""
     r = na[:, None] + nb[None, :] - 2.0 * ab
     return tl.maximum(r, 0.0)
 
 
 @triton.jit
-def _kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.constexpr):
+def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.constexpr):
     """k = sum_s k_s(r) and (if NEED_W) w = sum_s dk_s/dr, every scale from the same r.
 
     IMQ: k_s = C/(C+r), dk_s/dr = -C/(C+r)^2, evaluated two scales per reciprocal
@@ -275,20 +277,20 @@ def _kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.c
 
 
 @triton.jit
-def _fwd_tile_sum(A, B, seed, sig, OFF, P, rows, cols, na, NA, NB, D, EYE: tl.constexpr,
+def fwd_tile_sum(A, B, seed, sig, OFF, P, rows, cols, na, NA, NB, D, EYE: tl.constexpr,
                   UNBIASED: tl.constexpr, KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
                   PRECISION: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
                   BK: tl.constexpr, GEN_A: tl.constexpr, GEN_B: tl.constexpr,
                   EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_K: tl.constexpr):
     """fp64 sum of k(a_i, b_j) over one tile (padded rows/columns masked).  EYE: the tile may
     hold i == j pairs (symmetric term): r_ii is set to exactly 0, and k_ii to 0 if UNBIASED."""
-    ab, nb = _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
+    ab, nb = dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
                          GEN_A, GEN_B, EVEN_A, EVEN_B, EVEN_K)
-    r = _sq_dist(ab, na, nb)
+    r = sq_dist(ab, na, nb)
     if EYE:
         eye = rows[:, None] == cols[None, :]
         r = tl.where(eye, 0.0, r)
-    k, _w = _kernel_sum(r, P, KIND, NUM_SCALES, False)
+    k, _w = kernel_sum(r, P, KIND, NUM_SCALES, False)
     if EYE and UNBIASED:
         k = tl.where(eye, 0.0, k)
     if not EVEN_A:
@@ -298,9 +300,9 @@ def _fwd_tile_sum(A, B, seed, sig, OFF, P, rows, cols, na, NA, NB, D, EYE: tl.co
     return tl.sum(tl.sum(k, 1), 0).to(tl.float64)
 
 
-@triton.autotune(configs=_configs("fwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
-                 prune_configs_by={"early_config_prune": _prune_fwd})
-@triton.heuristics(_HEUR)
+@triton.autotune(configs=tune_configs("fwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
+                 prune_configs_by={"early_config_prune": prune_fwd})
+@triton.heuristics(HEURISTICS)
 @triton.jit
 def _mmd_fwd_kernel(
     A, B, OFF, P, PART,
@@ -313,16 +315,16 @@ def _mmd_fwd_kernel(
     pid = tl.program_id(0)
     idx = tl.arange(0, BLOCK)
     rows = pid * BLOCK + idx
-    na = _row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
+    na = row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
     total = tl.zeros((1,), dtype=tl.float64)
     nblocks = tl.cdiv(NB, BLOCK)
     if SYM:
         # Diagonal tile (B is A): r_ii exactly 0; i == j pairs excluded when unbiased.
-        ab, _nb = _dot_tile(A, A, OFF, rows, rows, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
-        r = _sq_dist(ab, na, na)
+        ab, _nb = dot_tile(A, A, OFF, rows, rows, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
+        r = sq_dist(ab, na, na)
         eye = rows[:, None] == rows[None, :]
         r = tl.where(eye, 0.0, r)
-        k, _w = _kernel_sum(r, P, KIND, NUM_SCALES, False)
+        k, _w = kernel_sum(r, P, KIND, NUM_SCALES, False)
         if UNBIASED:
             k = tl.where(eye, 0.0, k)
         if not EVEN_A:
@@ -335,7 +337,7 @@ def _mmd_fwd_kernel(
         weight = 1.0
     for jb in range(start, nblocks):
         cols = jb * BLOCK + idx
-        total += weight * _fwd_tile_sum(A, B, 0, 1.0, OFF, P, rows, cols, na, NA, NB, D, False,
+        total += weight * fwd_tile_sum(A, B, 0, 1.0, OFF, P, rows, cols, na, NA, NB, D, False,
                                         UNBIASED, KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK,
                                         False, False, EVEN_A, EVEN_B, EVEN_K)
     tl.store(PART + pid + tl.arange(0, 1), total)
@@ -351,15 +353,15 @@ def _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D,
     idx = tl.arange(0, BLOCK)
     for jb in range(0, tl.cdiv(NA, BLOCK)):
         cols = jb * BLOCK + idx
-        ab, nb = _dot_tile(A, A, OFF, rows, cols, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
+        ab, nb = dot_tile(A, A, OFF, rows, cols, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
+        r = sq_dist(ab, na, nb)
+        _k, w = kernel_sum(r, P, KIND, NUM_SCALES, True)
         keep = rows[:, None] != cols[None, :]
         if not EVEN_A:
             keep = keep & (cols < NA)[None, :]
         w = tl.where(keep, w * c_self, 0.0)
         rs += tl.sum(w, 1)
-        b = _load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
+        b = load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
         acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
     return rs, acc
 
@@ -375,23 +377,23 @@ def _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, a
     idx = tl.arange(0, BLOCK)
     for jb in range(0, tl.cdiv(NB, BLOCK)):
         cols = jb * BLOCK + idx
-        ab, nb = _dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
+        ab, nb = dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
                              False, GEN_B, EVEN_A, EVEN_B, EVEN_K)
-        r = _sq_dist(ab, na, nb)
-        _k, w = _kernel_sum(r, P, KIND, NUM_SCALES, True)
+        r = sq_dist(ab, na, nb)
+        _k, w = kernel_sum(r, P, KIND, NUM_SCALES, True)
         w = w * c_cross
         if not EVEN_B:
             w = tl.where((cols < NB)[None, :], w, 0.0)
         rs += tl.sum(w, 1)
-        b = _tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_D)
+        b = tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_D)
         acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
     return rs, acc
 
 
 @triton.jit
-def _bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
+def bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
               KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
-              CT: tl.constexpr, BLOCK: tl.constexpr, DP: tl.constexpr, BK: tl.constexpr,
+              CT: tl.constexpr, BLOCK: tl.constexpr, DC: tl.constexpr, BK: tl.constexpr,
               GEN_B: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
               EVEN_D: tl.constexpr, EVEN_K: tl.constexpr):
     """The whole recompute backward of one program (``_mmd_bwd_kernel``; with GEN_B the cross
@@ -399,20 +401,20 @@ def _bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
     and cross loops, then G[rows, dims] = rs a - acc."""
     pid = tl.program_id(0)
     idx = tl.arange(0, BLOCK)
-    dims = tl.program_id(1) * DP + tl.arange(0, DP)
+    dims = tl.program_id(1) * DC + tl.arange(0, DC)
     rows = pid * BLOCK + idx
-    na = _row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
+    na = row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
     off = _load_off(OFF, dims, D, CT, EVEN_D)
     c_self = tl.load(COEF).to(CT)
     c_cross = tl.load(COEF + 1).to(CT)
     rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij
-    acc = tl.zeros((BLOCK, DP), dtype=CT)      # sum_j c W_ij b_j
+    acc = tl.zeros((BLOCK, DC), dtype=CT)      # sum_j c W_ij b_j
     rs, acc = _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D, KIND,
                              NUM_SCALES, PRECISION, CT, BLOCK, BK, EVEN_A, EVEN_D, EVEN_K)
     rs, acc = _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, acc,
                               NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK, GEN_B,
                               EVEN_A, EVEN_B, EVEN_D, EVEN_K)
-    a = _load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
+    a = load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
     g = rs[:, None] * a - acc
     gp = G + rows.to(tl.int64)[:, None] * D + dims[None, :]
     g = g.to(G.dtype.element_ty)
@@ -422,19 +424,47 @@ def _bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
         tl.store(gp, g, mask=(rows < NA)[:, None] & (dims < D)[None, :])
 
 
-@triton.autotune(configs=_configs("bwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
-                 prune_configs_by={"early_config_prune": _prune_bwd})
-@triton.heuristics(_HEUR_BWD)
+@triton.autotune(configs=tune_configs("bwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND"],
+                 prune_configs_by={"early_config_prune": prune_bwd})
+@triton.heuristics(HEURISTICS_BWD)
 @triton.jit
 def _mmd_bwd_kernel(
     A, B, OFF, P, COEF, G,
     NA, NB, D, SIZE_BUCKET,
     KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
     PRECISION: tl.constexpr, CT: tl.constexpr,
-    BLOCK: tl.constexpr, DP: tl.constexpr, BK: tl.constexpr,
+    BLOCK: tl.constexpr, DC: tl.constexpr, BK: tl.constexpr,
     EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,b_j) (a_i - b_j),
-    for the columns [pid1 * DP, pid1 * DP + DP) of G (DP here is the gradient chunk width)."""
-    _bwd_body(A, B, 0, 1.0, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
-              DP, BK, False, EVEN_A, EVEN_B, EVEN_D, EVEN_K)
+    for the columns [pid1 * DC, pid1 * DC + DC) of G (DC here is the gradient chunk width)."""
+    bwd_body(A, B, 0, 1.0, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
+              DC, BK, False, EVEN_A, EVEN_B, EVEN_D, EVEN_K)
+
+
+# ----------------------------------------------------------------------------------------------
+# host launchers (also used by wae_fast.kernels.prior for its xx term)
+
+
+def launch_fwd(a, b, off, p, sym, unbiased, kind, prec, ct, bucket):
+    """One forward launch (the xx, yy or xy term): the fp64 kernel sum over the pairs of a, b."""
+    rows_a, d = a.shape
+    rows_b = b.shape[0]
+    part = torch.zeros(triton.cdiv(rows_a, MIN_BLOCK), dtype=torch.float64, device=a.device)
+    grid = lambda meta: (triton.cdiv(rows_a, meta["BLOCK"]),)  # noqa: E731
+    _mmd_fwd_kernel[grid](
+        a, b, off, p, part, rows_a, rows_b, d, bucket,
+        SYM=sym, UNBIASED=unbiased, KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)
+    return part.sum()
+
+
+def launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket):
+    """One backward launch: the gradient rows of a (self term against a, cross term against b)."""
+    rows_a, d = a.shape
+    rows_b = b.shape[0]
+    g = torch.empty_like(a)
+    grid = lambda meta: (triton.cdiv(rows_a, meta["BLOCK"]), triton.cdiv(d, meta["DC"]))  # noqa: E731
+    _mmd_bwd_kernel[grid](
+        a, b, off, p, coef, g, rows_a, rows_b, d, bucket,
+        KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)
+    return g

@@ -265,8 +265,8 @@ def test_aot_compile_prior_kernels_sm90(tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     out = tmp_path / "aot.json"
     which = os.environ.get("WAE_FAST_AOT_SET", "core")
-    code = ("import sys; from wae_fast.kernels.prior import aot_compile; "
-            f"aot_compile({which!r}, 90, {str(out)!r})")
+    code = ("import sys; from wae_fast.kernels.aot import compile_prior; "
+            f"compile_prior({which!r}, 90, {str(out)!r})")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=900)
     print(res.stdout)

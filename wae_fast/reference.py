@@ -66,11 +66,13 @@ def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y
     return terms, gx, gy
 
 
-def _mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+    """Contract forward ``mmd_fwd_reference`` (``precision`` is ignored: exact)."""
     return mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x, grad_y)
 
 
-def _mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
+    """Contract backward ``mmd_bwd_reference``."""
     # Only reached if the forward ran without gradient flags (e.g. an op called directly).
     _, px, py = mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x, grad_y)
     gt = grad_terms.to(px.dtype if grad_x else py.dtype)
@@ -179,8 +181,8 @@ def availability(device_type: str) -> Optional[str]:
 define_backend_ops(
     "reference",
     fuses_grad=True,
-    mmd_fwd=_mmd_fwd,
-    mmd_bwd=_mmd_bwd,
+    mmd_fwd=mmd_fwd,
+    mmd_bwd=mmd_bwd,
     reparam_fwd=_reparam_fwd,
     reparam_bwd=_reparam_bwd,
     prior_fwd=_prior_fwd,
