@@ -2,7 +2,9 @@
 
 When the environment holds ``WORLD_SIZE > 1`` (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR/PORT), or a process group is already initialised with more than one rank, the
-:class:`~wae_fast.train.trainer.Trainer` trains data-parallel:
+:class:`~wae_fast.train.trainer.Trainer` trains data-parallel: its steps are
+:func:`wae_fast.train.step.train_step` with the :class:`DataParallel` sharding strategy (the
+single-process run uses the same step with :class:`wae_fast.train.step.SingleProcess`):
 
 * process group: gloo on CPU, nccl on CUDA (device ``cuda:LOCAL_RANK``); an existing group is
   reused (and then not destroyed by :meth:`DistContext.close`);
@@ -38,12 +40,10 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from ..distributed import mmd_distributed, mmd_to_prior_distributed
-from ..functional import reparameterize
-from .data import to_float
-from .objectives import make_kernel, penalty
+from wae_fast import mmd_distributed, mmd_to_prior_distributed
+
+from .objectives import make_kernel
 
 
 def env_world_size() -> int:
@@ -139,8 +139,10 @@ def wrap(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     return DDP(module)
 
 
-class DistributedParts:
-    """The DDP wrappers and kernel of one trainer (the trainer keeps the unwrapped modules)."""
+class DataParallel:
+    """Sharding strategy of a data-parallel run (see :mod:`wae_fast.train.step`): this rank's
+    shard of each global batch, DDP-wrapped modules (the trainer keeps the unwrapped ones), the
+    WAE-MMD penalty over all ranks' shards, and the logged values all-reduced."""
 
     def __init__(self, trainer, ctx: DistContext) -> None:
         c = trainer.cfg
@@ -150,73 +152,37 @@ class DistributedParts:
         if c.mmd_prior == "in_kernel":
             raise ValueError("--mmd-prior in_kernel is single-process; under torchrun use closed_form "
                              "(sampling-free, distributed) or samples")
+        self.cfg = c
         self.ctx = ctx
+        self.world, self.rank = ctx.world, ctx.rank
         self.encoder = wrap(trainer.encoder, ctx)
         self.decoder = wrap(trainer.decoder, ctx)
         self.disc = wrap(trainer.disc, ctx) if trainer.disc is not None else None
         self.kernel = make_kernel(c.kernel, c.prior_sigma2)
 
-    def rank_generator(self, seed: int, epoch: int) -> torch.Generator:
-        from .trainer import stream_seed
+    def bounds(self, n: int) -> tuple[int, int]:
+        return shard_bounds(n, self.world, self.rank)
 
-        return torch.Generator().manual_seed(stream_seed(seed, epoch, 2, self.ctx.rank))
+    def mmd_to_samples(self, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """MMD^2 of the global batch's codes and prior samples (this rank holds its shards)."""
+        return mmd_distributed(z, p.to(z.dtype), self.kernel, estimator=self.cfg.estimator,
+                               group=self.ctx.mmd_group, scale_grad_by_world_size=True)
 
-    def step(self, trainer, idx: torch.Tensor, g: torch.Generator, gr: torch.Generator) -> dict[str, float]:
-        """One optimisation step on this rank's shard of the global batch ``idx``; returns the
-        global-batch values of loss, rec, dz, pen and d_loss (the same on every rank)."""
-        c, ctx = trainer.cfg, self.ctx
-        n = len(idx)
-        lo, hi = shard_bounds(n, ctx.world, ctx.rank)
-        m = c.n_prior(n)
-        plo, phi = shard_bounds(m, ctx.world, ctx.rank)
-        wx = ctx.world * (hi - lo) / n      # DDP averages over ranks: K n_r / n makes it the global mean
-        wp = ctx.world * (phi - plo) / m
-        x = to_float(trainer.data.train[idx[lo:hi]]).to(trainer.device)
-        mu, logvar = self.encoder(x)
-        z = mu if logvar is None else reparameterize(mu, logvar, generator=gr, backend=c.backend)
-        # recon_cost, but 0 (with the graph kept, so DDP sees every parameter) on an empty shard
-        rec = c.cost_scale * (x - self.decoder(z)).pow(2).flatten(1).sum(1).sum() / max(hi - lo, 1)
-        d_loss = torch.zeros((), device=trainer.device)
-        if c.objective == "mmd" and c.mmd_prior == "closed_form":
-            dz = mmd_to_prior_distributed(z, self.kernel, sigma2=c.prior_sigma2,
-                                          unbiased=c.estimator == "unbiased", group=ctx.mmd_group,
-                                          scale_grad_by_world_size=True)
-            dz_w = dz
-        elif c.objective == "mmd":
-            p = trainer._prior(m, g)[plo:phi]   # the global prior sample, identical on every rank
-            dz = mmd_distributed(z, p.to(z.dtype), self.kernel, estimator=c.estimator,
-                                 group=ctx.mmd_group, scale_grad_by_world_size=True)
-            dz_w = dz
-        else:
-            p = trainer._prior(m, g)[plo:phi]
-            trainer.opt_d.zero_grad(set_to_none=True)
-            dp, dc = self.disc(p), self.disc(z.detach())
-            d_loss = (wp * _bce_mean(dp, 1.0) + wx * _bce_mean(dc, 0.0))
-            d_loss.backward()
-            trainer.opt_d.step()
-            # the discriminator's own gradient from this term is discarded: no DDP sync needed
-            dz = _bce_mean(trainer.disc(z), 1.0)
-            dz_w = wx * dz
-        pen = penalty(logvar, c.logvar_penalty) if hi > lo or logvar is None else logvar.sum() * 0.0
-        loss = wx * rec + c.lam * dz_w + c.logvar_weight * wx * pen
-        trainer.opt_ae.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.opt_ae.step()
-        local = [float(loss.detach()), wx * float(rec.detach()), float(dz_w.detach()),
-                 wx * float(pen.detach()), float(d_loss.detach())]
+    def mmd_to_prior(self, z: torch.Tensor, g) -> torch.Tensor:
+        """Sampling-free MMD^2 of the global batch's codes and the prior (closed form)."""
+        return mmd_to_prior_distributed(z, self.kernel, sigma2=self.cfg.prior_sigma2,
+                                        unbiased=self.cfg.estimator == "unbiased",
+                                        group=self.ctx.mmd_group, scale_grad_by_world_size=True)
+
+    def reduce(self, local: list[float]) -> dict[str, float]:
+        """The global-batch means (one small all-reduce, which also stops every rank together
+        on a non-finite loss)."""
         bad = 0.0 if all(math.isfinite(v) for v in local) else 1.0
-        tot = ctx.all_reduce_sum([v / ctx.world if math.isfinite(v) else 0.0 for v in local] + [bad])
-        keys = ("loss", "rec", "dz", "pen", "d_loss")
-        vals = dict(zip(keys, tot[:5]))
+        tot = self.ctx.all_reduce_sum([v / self.world if math.isfinite(v) else 0.0 for v in local] + [bad])
+        vals = dict(zip(("loss", "rec", "dz", "pen", "d_loss"), tot[:5]))
         if tot[5]:
             vals["loss"] = float("nan")
         return vals
-
-
-def _bce_mean(logits: torch.Tensor, target: float) -> torch.Tensor:
-    if logits.numel() == 0:
-        return logits.sum()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 def evaluate(trainer, epoch: int) -> dict[str, float]:

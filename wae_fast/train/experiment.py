@@ -104,8 +104,8 @@ def run_latent_dim(out: str, z_dims: Sequence[int] = (1, 2, 4, 8), seeds: int = 
 
 
 def _plot(table, z_dims, path: Path) -> Path:
-    from .plots import _plt
-    plt = _plt()
+    from .plots import agg_pyplot
+    plt = agg_pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     titles = {"mmd_qz": "MMD²(Q_Z, P_Z), held-out codes", "test_recon": "test reconstruction cost",
               "sample_mmd": "sample quality (pixel MMD², lower better)"}

@@ -17,7 +17,10 @@ from wae_fast import IMQ, RBF, WAE_SCALES, MMDLoss, logvar_penalty, mmd_to_prior
 
 
 def recon_cost(x: torch.Tensor, y: torch.Tensor, scale: float = 0.05) -> torch.Tensor:
-    """``scale * ||x - y||^2`` summed over all but the batch dimension, averaged over the batch."""
+    """``scale * ||x - y||^2`` summed over all but the batch dimension, averaged over the batch
+    (0, with the graph kept, for an empty batch: a rank's empty shard)."""
+    if x.shape[0] == 0:
+        return scale * (x - y).pow(2).sum()
     return scale * (x - y).pow(2).flatten(1).sum(1).mean()
 
 
@@ -85,12 +88,20 @@ def penalty(logvar: Optional[torch.Tensor], kind: str) -> torch.Tensor:
     return logvar_penalty(logvar, kind)
 
 
-def gan_discriminator_loss(d_prior: torch.Tensor, d_codes: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on logits: prior samples labelled 1, codes 0."""
-    return (F.binary_cross_entropy_with_logits(d_prior, torch.ones_like(d_prior))
-            + F.binary_cross_entropy_with_logits(d_codes, torch.zeros_like(d_codes)))
+def _bce_mean(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean BCE-with-logits against a constant label (0, with the graph kept, when empty)."""
+    if logits.numel() == 0:
+        return logits.sum()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def gan_discriminator_loss(d_prior: torch.Tensor, d_codes: torch.Tensor, w_prior: float = 1.0,
+                           w_codes: float = 1.0) -> torch.Tensor:
+    """Binary cross-entropy on logits: prior samples labelled 1, codes 0 (each mean weighted: a
+    rank's shard weight under data parallelism, 1 otherwise)."""
+    return w_prior * _bce_mean(d_prior, 1.0) + w_codes * _bce_mean(d_codes, 0.0)
 
 
 def gan_encoder_loss(d_codes: torch.Tensor) -> torch.Tensor:
     """Non-saturating encoder term ``-log D(z)`` (codes labelled as prior)."""
-    return F.binary_cross_entropy_with_logits(d_codes, torch.ones_like(d_codes))
+    return _bce_mean(d_codes, 1.0)

@@ -17,6 +17,10 @@ def _plt():
     return plt
 
 
+#: ``matplotlib.pyplot`` on the non-interactive Agg backend, for the other plotting code.
+agg_pyplot = _plt
+
+
 def image_grid(x: torch.Tensor, nrow: int, pad: int = 1) -> np.ndarray:
     """(N, C, H, W) in [0, 1] -> an (rows*(H+pad), nrow*(W+pad)[, 3]) array."""
     x = x.detach().float().cpu().clamp(0, 1)

@@ -35,16 +35,16 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..functional import mmd
-from ..kernel_specs import IMQ, WAE_SCALES
+from wae_fast import IMQ, WAE_SCALES, mmd, which_backend
+
 from .checkpoint import (CheckpointError, atomic_write_text, check_fingerprint, load_checkpoint,
                          save_checkpoint)
 from . import distributed_setup
 from .config import TrainConfig, lr_factor
 from .data import ImageData, load_dataset, to_float
 from .models import LatentDiscriminator, build_autoencoder
-from .objectives import (encode, gan_discriminator_loss, gan_encoder_loss, make_mmd_loss, mmd_to_prior_loss,
-                         penalty, recon_cost, sample_prior)
+from .objectives import encode, make_mmd_loss, recon_cost, sample_prior
+from .step import SingleProcess, train_step
 
 CHECKPOINT = "checkpoint.pt"
 METRIC_KEYS = ("epoch", "lr", "loss", "rec", "dz", "pen", "d_loss", "train_recon", "test_recon",
@@ -139,7 +139,9 @@ class Trainer:
         if state is not None:
             self._restore(state)
             self.log(f"resumed from {self.ckpt_path} after epoch {self.epoch}")
-        self.ddp = distributed_setup.DistributedParts(self, self.dist) if self.dist is not None else None
+        # how a step shards the global batch: one process, or this rank's part under DDP
+        self.shard = (distributed_setup.DataParallel(self, self.dist) if self.dist is not None
+                      else SingleProcess(self))
 
     @property
     def is_main(self) -> bool:
@@ -229,37 +231,14 @@ class Trainer:
         self._set_train(True)
         sums = {"loss": 0.0, "rec": 0.0, "dz": 0.0, "pen": 0.0, "d_loss": 0.0}
         steps = 0
-        gr = self.ddp.rank_generator(c.seed, epoch) if self.ddp is not None else None
+        # the Gaussian encoder's noise: the epoch generator, or a per-rank one under DDP
+        gr = (torch.Generator().manual_seed(stream_seed(c.seed, epoch, 2, self.shard.rank))
+              if self.dist is not None else g)
         for start in range(0, n, c.batch_size):
             idx = perm[start:start + c.batch_size]
             if len(idx) < 2:
                 break
-            if self.ddp is not None:  # this rank's shard of the global batch, MMD over all ranks
-                vals = self.ddp.step(self, idx, g, gr)
-            else:
-                x = to_float(self.data.train[idx]).to(self.device)
-                z, mu, logvar = encode(self.encoder, x, g, c.backend)
-                rec = recon_cost(x, self.decoder(z), c.cost_scale)
-                d_loss = torch.zeros(())
-                if c.objective == "mmd" and c.mmd_prior != "samples":
-                    dz = mmd_to_prior_loss(z, c.kernel, c.prior_sigma2, c.estimator, c.mmd_prior,
-                                           c.n_prior(len(z)), g, c.backend)
-                elif c.objective == "mmd":
-                    dz = self.mmd_loss(z, self._prior(c.n_prior(len(z)), g))
-                else:
-                    p = self._prior(c.n_prior(len(z)), g)
-                    self.opt_d.zero_grad(set_to_none=True)
-                    d_loss = gan_discriminator_loss(self.disc(p), self.disc(z.detach()))
-                    d_loss.backward()
-                    self.opt_d.step()
-                    dz = gan_encoder_loss(self.disc(z))
-                pen = penalty(logvar, c.logvar_penalty)
-                loss = rec + c.lam * dz + c.logvar_weight * pen
-                self.opt_ae.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt_ae.step()
-                vals = {"loss": loss.item(), "rec": rec.item(), "dz": dz.item(), "pen": float(pen.detach()),
-                        "d_loss": float(d_loss.detach())}
+            vals = train_step(self, self.shard, idx, g, gr)
             self._check_finite(epoch, vals)
             for k, v in vals.items():
                 sums[k] += v
@@ -402,7 +381,6 @@ class Trainer:
         return "\n".join(lines)
 
     def _backend_name(self) -> str:
-        from ..dispatch import which_backend
         if self.dist is not None:
             return (f"mmd_distributed over {self.dist.world} processes" if self.cfg.objective == "mmd"
                     else f"- (WAE-GAN, {self.dist.world} processes)")
