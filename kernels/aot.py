@@ -1,6 +1,7 @@
 """Ahead-of-time compile check of every Triton kernel of wae_fast for sm_90, without a GPU.
 
-    python -m wae_fast.kernels.aot [--set core|extra|all] [--only SUBSTRING] [--arch 90] [--json FILE]
+    python -m wae_fast.kernels.aot [--set core|extra|all] [--family mmd|prior|all] [--only SUBSTRING]
+                                   [--arch 90] [--json FILE]
 
 Compiles each distinct code path (kernel function x kernel kind x dtype x estimator x symmetry x
 ragged/even tiles x dot precision x padded d) with ``triton.compile(ASTSource(...),
@@ -303,10 +304,18 @@ def main(argv=None):
                     help="core: every kernel x kind x dtype x estimator (default); extra: d, tiles, precisions")
     ap.add_argument("--only", default=None, help="compile only variants whose name contains this")
     ap.add_argument("--json", default=None, help="write the table as JSON here")
+    ap.add_argument("--family", default="mmd", choices=("mmd", "prior", "all"),
+                    help="mmd: the MMD and sampling kernels (default); prior: the in-kernel prior "
+                         "kernels (--set core|all); all: both")
     args = ap.parse_args(argv)
     print(f"triton {triton.__version__}, target sm_{args.arch}")
     t0 = time.time()
-    rows, failures = compile_all(args.arch, args.set, only=args.only)
+    variants = []
+    if args.family in ("mmd", "all"):
+        variants += mmd_variants(args.set) + reparam_variants(args.set)
+    if args.family in ("prior", "all"):
+        variants += prior_variants("all" if args.set == "all" else "core")
+    rows, failures = compile_all(args.arch, args.set, only=args.only, variants=variants)
     print(f"{len(rows)} variants, {len(failures)} failed, {time.time() - t0:.1f}s")
     if args.json:
         with open(args.json, "w") as f:

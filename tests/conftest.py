@@ -43,6 +43,12 @@ def reparam_backend(request):
     return request.param
 
 
+@pytest.fixture(params=backend_params("prior"))
+def prior_backend(request):
+    """(backend name, device) for every backend that implements the prior ops here."""
+    return request.param
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

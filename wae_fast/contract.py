@@ -62,6 +62,10 @@ MMD to the prior N(0, sigma2 I_d) with the prior samples generated inside the ke
 * shifts are internal (each term is translation invariant): xx by mean(x), yy by 0, xy and the
   backward by N / (N + M) * mean(x) (the pooled mean's expectation).
 
+The other estimators of ``mmd_to_prior`` ("closed_form", "linear") are not ops: PyTorch code in
+:mod:`wae_fast.prior` that only the reference backend declares (``dispatch`` routes "auto" there
+and refuses them, naming the limit, on the other backends).
+
 Extension points (keep them this way):
 
 * **A new op family** (e.g. batched/weighted MMD, kernel-matrix products): one

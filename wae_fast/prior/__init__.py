@@ -61,6 +61,7 @@ codes ``x`` (N, d) and P = N(0, sigma2 I_d):
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Union
 
 import torch
@@ -85,26 +86,18 @@ _DEFAULT_KERNEL = IMQ()
 _F64 = torch.float64
 
 
-def mmd_to_prior_terms(
-    x: torch.Tensor,
-    kernel: Union[KernelSpec, str, None] = _DEFAULT_KERNEL,
-    *,
-    sigma2: Optional[float] = None,
-    estimator: str = "closed_form",
-    unbiased: bool = True,
-    num_samples: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-    seed: Optional[int] = None,
-    block_size: int = BLOCK_SIZE,
-    quadrature: str = "exp-sinh",
-    quad_nodes: Optional[int] = None,
-    recompute_backward: bool = False,
-    check_finite: bool = False,
-    backend: str = "reference",
-    precision: str = "ieee",
-) -> torch.Tensor:
+def mmd_to_prior_terms(x: torch.Tensor, kernel: Union[KernelSpec, str, None] = _DEFAULT_KERNEL,
+                       **options) -> torch.Tensor:
     """The float64 (3,) terms (mean k(x,x'), mean k(y,y'), mean k(x,y)) of :func:`mmd_to_prior`
-    for the "closed_form" (prior means exact) and "sampled" estimators; differentiable w.r.t. x."""
+    for the "closed_form" (prior means exact) and "sampled" estimators; differentiable w.r.t. x.
+    Takes exactly :func:`mmd_to_prior`'s keyword arguments (one signature, written there)."""
+    bound = inspect.signature(mmd_to_prior).bind(x, kernel, **options)
+    bound.apply_defaults()
+    return _terms(**bound.arguments)
+
+
+def _terms(x, kernel, *, sigma2, estimator, unbiased, num_samples, generator, seed, block_size,
+           quadrature, quad_nodes, recompute_backward, check_finite, backend, precision):
     if estimator not in ("closed_form", "sampled"):
         raise ValueError(f"estimator: {estimator!r} has no terms; expected 'closed_form' or 'sampled'")
     if precision not in PRECISIONS:
@@ -193,6 +186,7 @@ def mmd_to_prior(
         0-dim tensor, float64 for fp64 x, float32 otherwise. The closed-form unbiased value can
         be slightly negative (never take its log or sqrt).
     """
+    options = dict(locals())  # every argument, for the estimators' shared path
     if estimator not in PRIOR_ESTIMATORS:
         raise ValueError(f"estimator: unknown estimator {estimator!r}; expected one of {PRIOR_ESTIMATORS}")
     out_dtype = _F64 if (isinstance(x, torch.Tensor) and x.dtype == _F64) else torch.float32
@@ -209,9 +203,5 @@ def mmd_to_prior(
         y = prior_samples(x.shape[0], x.shape[1], sigma2=s2, seed=resolve_seed(seed, generator),
                           block_size=block_size, dtype=compute_dtype(x.dtype), device=x.device)
         return mmd_linear(x, y, spec, check_finite=check_finite)
-    t = mmd_to_prior_terms(x, kernel, sigma2=sigma2, estimator=estimator, unbiased=unbiased,
-                           num_samples=num_samples, generator=generator, seed=seed,
-                           block_size=block_size, quadrature=quadrature, quad_nodes=quad_nodes,
-                           recompute_backward=recompute_backward, check_finite=check_finite,
-                           backend=backend, precision=precision)
+    t = _terms(**options)
     return (t[0] + t[1] - 2.0 * t[2]).to(out_dtype)
