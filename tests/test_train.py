@@ -164,6 +164,7 @@ def test_resume_equals_uninterrupted(small_digits, tmp_path, kw):
     full = Trainer(cfg, tmp_path / "a", data=small_digits, progress=False).fit()
     part = Trainer(cfg, tmp_path / "b", data=small_digits, progress=False)
     part.fit(stop_after=1)
+    part.close()  # unlocks the run directory for the next trainer
     assert part.epoch == 1 and (tmp_path / "b" / "checkpoint.pt").exists()
     torch.manual_seed(999)  # a fresh process would not share the global RNG state either
     resumed = Trainer(cfg, tmp_path / "b", data=small_digits, resume=True, progress=False, log=lambda s: None)

@@ -9,8 +9,9 @@
   ``t10k-images-idx3-ubyte`` (each optionally ``.gz``; the labels files ``*-labels-idx1-ubyte``
   are used when present), or an ``.npz`` file with arrays ``x_train``, ``x_test`` (and optionally
   ``y_train``, ``y_test``), the layout of ``keras.datasets.mnist``.
-* ``folder``: a directory of images (.png, .jpg, .jpeg, .bmp, .webp; searched recursively), e.g.
-  CelebA: each image is center-cropped to a square (for CelebA's 178x218 aligned images, the
+* ``folder``: a directory of images (.png, .jpg, .jpeg, .bmp, .webp; searched recursively, skipping
+  hidden files and folders and wae-fast run directories, so a data path above ``runs/`` never
+  trains on earlier runs' plots), e.g. CelebA: each image is center-cropped to a square (for CelebA's 178x218 aligned images, the
   central 140x140 as in the WAE paper) and resized to ``image_size``; RGB. Last 10% (after a
   fixed shuffle) held out.
 
@@ -20,6 +21,7 @@ or uint8 (converted per batch by :func:`to_float`).
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from .rundir import is_run_dir
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -43,6 +47,7 @@ class ImageData:
     train_labels: Optional[torch.Tensor] = None
     test_labels: Optional[torch.Tensor] = None
     latent: Optional[torch.Tensor] = None  # known generating factor of the test set (squares)
+    source: str = ""                       # where the images came from and how many, for the log
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -69,7 +74,8 @@ def load_digits_data() -> ImageData:
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
     tr, te = _split(len(x), 300)
-    return ImageData("digits", x[tr], x[te], y[tr], y[te])
+    return ImageData("digits", x[tr], x[te], y[tr], y[te],
+                     source=f"digits: {len(tr)} training + {len(te)} held-out 8x8 images (scikit-learn)")
 
 
 def fading_squares(n: int, size: int = 16, square: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +92,8 @@ def fading_squares(n: int, size: int = 16, square: int = 6, seed: int = 0) -> tu
 def load_squares_data(n_train: int = 2000, n_test: int = 500, size: int = 16) -> ImageData:
     xtr, ttr = fading_squares(n_train, size, seed=1)
     xte, tte = fading_squares(n_test, size, seed=2)
-    return ImageData("squares", xtr, xte, latent=tte)
+    return ImageData("squares", xtr, xte, latent=tte,
+                     source=f"squares: {n_train} training + {n_test} held-out {size}x{size} images (synthetic)")
 
 
 # -- MNIST ---------------------------------------------------------------------------------
@@ -196,22 +203,50 @@ def load_mnist(path, max_images: Optional[int] = None) -> ImageData:
     if max_images is not None:
         xtr_t = xtr_t[:max_images]
         ytr_t = ytr_t[:max_images] if ytr_t is not None else None
-    return ImageData("mnist", xtr_t, xte_t, ytr_t, yte_t)
+    return ImageData("mnist", xtr_t, xte_t, ytr_t, yte_t,
+                     source=f"mnist: {len(xtr_t)} training + {len(xte_t)} held-out images from {p.resolve()}")
 
 
 # -- image folder --------------------------------------------------------------------------
 
+def find_images(root, skip: Optional[os.PathLike] = None) -> tuple[list[Path], int]:
+    """Image files under ``root`` (sorted), skipping hidden files and folders, the directory
+    ``skip`` (the run's own output) and every wae-fast run directory; also the number of
+    run directories skipped."""
+    root = Path(root)
+    skip_real = os.path.realpath(skip) if skip is not None else None
+    files: list[Path] = []
+    skipped = 0
+    for d, dirs, names in os.walk(root):
+        keep = []
+        for n in sorted(dirs):
+            sub = os.path.join(d, n)
+            if n.startswith("."):
+                continue
+            if os.path.realpath(sub) == skip_real or is_run_dir(sub):
+                skipped += 1
+                continue
+            keep.append(n)
+        dirs[:] = keep
+        files += [Path(d, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTS]
+    return sorted(files), skipped
+
+
 def load_image_folder(path, image_size: int = 64, max_images: Optional[int] = None,
-                      test_fraction: float = 0.1) -> ImageData:
+                      test_fraction: float = 0.1, skip: Optional[os.PathLike] = None) -> ImageData:
     p = Path(path)
-    layout = (f"expected a directory of images ({', '.join(IMAGE_EXTS)}; searched recursively), e.g. "
-              "CelebA's img_align_celeba/; each is center-cropped to a square and resized to "
-              f"{image_size}x{image_size} RGB")
+    layout = (f"expected a directory of images ({', '.join(IMAGE_EXTS)}; searched recursively, hidden "
+              "folders and wae-fast run directories skipped), e.g. CelebA's img_align_celeba/; each is "
+              f"center-cropped to a square and resized to {image_size}x{image_size} RGB")
     if not p.is_dir():
         raise DataError(f"--data-path {path}: {'is not a directory' if p.exists() else 'does not exist'}; {layout}")
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+    if is_run_dir(p) or (skip is not None and os.path.realpath(p) == os.path.realpath(skip)):
+        raise DataError(f"--data-path {path}: is a wae-fast run directory, not a data set; {layout}")
+    files, skipped = find_images(p, skip)
     if len(files) < 2:
-        raise DataError(f"--data-path {path}: found {len(files)} image(s), need at least 2; {layout}")
+        runs = f" outside {skipped} wae-fast run director{'y' if skipped == 1 else 'ies'}" if skipped else ""
+        raise DataError(f"--data-path {path}: found {len(files)} image(s){runs}, need at least 2; {layout}")
+    found = len(files)
     if max_images is not None:
         files = files[:max_images]
     try:
@@ -235,11 +270,16 @@ def load_image_folder(path, image_size: int = 64, max_images: Optional[int] = No
     if len(files) - n_test < 2:
         n_test = len(files) - 2 if len(files) > 2 else 1
     tr, te = _split(len(files), n_test)
-    return ImageData("folder", out[tr], out[te])
+    used = f"{len(files)} of {found}" if len(files) < found else f"{found}"
+    runs = f", {skipped} run director{'y' if skipped == 1 else 'ies'} skipped" if skipped else ""
+    return ImageData("folder", out[tr], out[te],
+                     source=f"folder: {used} images from {p.resolve()} ({len(tr)} training + {len(te)} held-out, "
+                            f"{image_size}x{image_size} RGB; hidden files and folders skipped{runs})")
 
 
 def load_dataset(name: str, data_path: Optional[str] = None, *, image_size: int = 64,
-                 max_images: Optional[int] = None) -> ImageData:
+                 max_images: Optional[int] = None, skip: Optional[os.PathLike] = None) -> ImageData:
+    """The data set ``name``; ``skip``: a directory a folder data set must not read (the run's own)."""
     if name == "digits":
         return load_digits_data()
     if name == "squares":
@@ -251,5 +291,5 @@ def load_dataset(name: str, data_path: Optional[str] = None, *, image_size: int 
     if name == "folder":
         if not data_path:
             raise DataError("--data-path: required for --dataset folder (a directory of images)")
-        return load_image_folder(data_path, image_size, max_images)
+        return load_image_folder(data_path, image_size, max_images, skip=skip)
     raise DataError(f"--dataset: unknown dataset {name!r}; expected digits, squares, mnist or folder")

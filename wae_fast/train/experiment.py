@@ -21,10 +21,14 @@ from typing import Callable, Sequence
 from .checkpoint import atomic_write_text
 from .config import preset
 from .data import load_squares_data
+from .plots import require_matplotlib
+from .rundir import RunLock
 from .trainer import Trainer
 
 METRICS = ("mmd_qz", "test_recon", "sample_mmd")
 ENCODERS = ("deterministic", "gaussian")
+#: what an experiment writes into its directory
+OUTPUTS = ("latent_dim.json", "latent_dim.md", "latent_dim.csv", "latent_dim_runs.csv", "latent_dim.png")
 
 
 def _mean_std(v: Sequence[float]) -> tuple[float, float]:
@@ -36,9 +40,20 @@ def _mean_std(v: Sequence[float]) -> tuple[float, float]:
 def run_latent_dim(out: str, z_dims: Sequence[int] = (1, 2, 4, 8), seeds: int = 3, epochs: int = 20,
                    lam: float = 10.0, logvar_weight: float = 0.01, backend: str = "auto",
                    device: str = "cpu", n_train: int = 2000, progress: bool = True,
-                   log: Callable[[str], None] = print) -> dict:
-    out_p = Path(out)
-    out_p.mkdir(parents=True, exist_ok=True)
+                   log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+    """Train every (seed, encoder, z_dim) and write OUTPUTS into ``out``, which stays locked
+    meanwhile. Refuses (ValueError) a directory holding an earlier experiment's results unless
+    ``overwrite``, and checks for matplotlib before training."""
+    require_matplotlib("wae-fast experiment writes latent_dim.png")
+    with RunLock(out):
+        earlier = [n for n in OUTPUTS if (Path(out) / n).exists()]
+        if earlier and not overwrite:
+            raise ValueError(f"--out {out}: already holds an earlier experiment's results ({', '.join(earlier)}); "
+                             "pass --overwrite to replace them, or choose another --out")
+        return _run(Path(out), z_dims, seeds, epochs, lam, logvar_weight, backend, device, n_train, progress, log)
+
+
+def _run(out_p: Path, z_dims, seeds, epochs, lam, logvar_weight, backend, device, n_train, progress, log) -> dict:
     data = load_squares_data(n_train=n_train)
     runs = []
     jobs = [(s, enc, z) for s in range(seeds) for enc in ENCODERS for z in z_dims]

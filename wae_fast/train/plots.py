@@ -10,6 +10,24 @@ import numpy as np
 import torch
 
 
+#: prior samples in the PCA plot: a light gray that no class colour (CLASS_COLOURS) or viridis uses
+PRIOR_COLOUR = "#d0d0d0"
+#: one colour per class label: tab10 with its gray (#7f7f7f, too close to the prior's) replaced by black
+CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#000000",
+                 "#bcbd22", "#17becf")
+#: held-out codes without labels
+CODE_COLOUR = "#1f77b4"
+
+
+def require_matplotlib(what: str) -> None:
+    """Raise ImportError with the install hint if matplotlib is missing (``what`` says who needs it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{what} with matplotlib, which is not installed: "
+                          "pip install 'wae_fast[train]' (or pip install matplotlib)") from None
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg", force=True)
@@ -142,6 +160,16 @@ def _write_plots(trainer, out: Path) -> list[Path]:
 
 def plot_codes(trainer, path: Path, g: Optional[torch.Generator] = None) -> Path:
     plt = _plt()
+    fig = codes_figure(trainer, g)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def codes_figure(trainer, g: Optional[torch.Generator] = None):
+    """Held-out codes against prior samples: a histogram for z_dim 1, else the codes' top-2
+    principal axes, coloured by class label (one legend entry each) or by a known factor."""
+    plt = _plt()
     xs = trainer.eval_test
     z, _ = trainer.encode_all(xs, g)
     z = z.detach().double().cpu()
@@ -151,7 +179,7 @@ def plot_codes(trainer, path: Path, g: Optional[torch.Generator] = None) -> Path
         labels = trainer.data.latent
     if labels is not None:
         labels = labels[:len(z)].numpy()
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     if z.shape[1] == 1:
         ax.hist(p[:, 0].numpy(), bins=40, density=True, alpha=0.4, label="prior samples")
         ax.hist(z[:, 0].numpy(), bins=40, density=True, alpha=0.6, label="held-out codes")
@@ -162,16 +190,20 @@ def plot_codes(trainer, path: Path, g: Optional[torch.Generator] = None) -> Path
         mean = z.mean(0, keepdim=True)
         v = torch.linalg.svd(z - mean, full_matrices=False).Vh[:2].T  # top-2 principal axes
         zp, pp = ((z - mean) @ v).numpy(), ((p - mean) @ v).numpy()
-        ax.scatter(pp[:, 0], pp[:, 1], s=4, c="lightgray", label="prior samples")
-        sc = ax.scatter(zp[:, 0], zp[:, 1], s=5, c=labels if labels is not None else "C0",
-                        cmap="tab10" if trainer.data.test_labels is not None else "viridis", label="held-out codes")
-        if labels is not None:
-            fig.colorbar(sc, ax=ax, label="label" if trainer.data.test_labels is not None else "intensity")
-        ax.legend(fontsize=8, loc="upper right")
-        ax.set_title(f"codes projected on their top-2 principal axes (z_dim = {z.shape[1]})")
+        ax.scatter(pp[:, 0], pp[:, 1], s=4, c=PRIOR_COLOUR, label="prior samples")
+        if trainer.data.test_labels is not None:  # a legend entry and a colour of its own per class
+            for k in np.unique(labels):
+                sel = labels == k
+                ax.scatter(zp[sel, 0], zp[sel, 1], s=5, c=CLASS_COLOURS[int(k) % len(CLASS_COLOURS)],
+                           label=f"held-out codes, label {k}")
+        elif labels is not None:  # a continuous factor (squares: intensity)
+            sc = ax.scatter(zp[:, 0], zp[:, 1], s=5, c=labels, cmap="viridis", label="held-out codes")
+            fig.colorbar(sc, ax=ax, label="intensity")
+        else:
+            ax.scatter(zp[:, 0], zp[:, 1], s=5, c=CODE_COLOUR, label="held-out codes")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2)
+        ax.set_title(f"codes on their top-2 principal axes (z_dim = {z.shape[1]})", fontsize=10)
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

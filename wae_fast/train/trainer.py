@@ -40,9 +40,10 @@ from wae_fast import IMQ, WAE_SCALES, mmd, which_backend
 from .checkpoint import (CheckpointError, atomic_write_text, check_fingerprint, load_checkpoint,
                          save_checkpoint)
 from . import distributed_setup
-from .config import TrainConfig, lr_factor
+from .config import TrainConfig, lr_factor, prior_mode
 from .data import ImageData, load_dataset, to_float
 from .models import LatentDiscriminator, build_autoencoder
+from .rundir import RunLock
 from .objectives import encode, make_mmd_loss, recon_cost, sample_prior
 from .step import SingleProcess, train_step
 
@@ -89,6 +90,16 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.ckpt_path = self.out / CHECKPOINT if self.out is not None else None
+        # one writer per run directory: held from here until close() (or the process ends)
+        self.lock = RunLock(self.out) if self.out is not None and self.is_main else None
+        try:
+            self._setup(data, resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, data: Optional[ImageData], resume: bool, overwrite: bool) -> None:
+        cfg = self.cfg
         state = None
         if resume:
             if self.ckpt_path is None:
@@ -99,8 +110,11 @@ class Trainer:
             raise CheckpointError(f"--out {self.out}: already holds {CHECKPOINT}; pass --resume to continue "
                                   "that run, --overwrite to start over, or another --out")
 
-        self.data = data if data is not None else load_dataset(
-            cfg.dataset, cfg.data_path, image_size=cfg.image_size, max_images=cfg.max_images)
+        if data is None:
+            data = load_dataset(cfg.dataset, cfg.data_path, image_size=cfg.image_size,
+                                max_images=cfg.max_images, skip=self.out)
+            self.log(f"data: {data.source}")
+        self.data = data
         if len(self.data.train) < 2 or len(self.data.test) < 2:
             raise ValueError("the data set needs at least 2 training and 2 held-out images")
         self.shape = self.data.shape
@@ -149,9 +163,18 @@ class Trainer:
         return self.dist is None or self.dist.is_main
 
     def close(self) -> None:
-        """Leave the process group (several processes only; a no-op otherwise)."""
+        """Unlock the run directory and leave the process group (several processes only).
+        A trainer with a run directory holds its lock until closed (or garbage-collected)."""
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
         if self.dist is not None:
             self.dist.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -369,7 +392,7 @@ class Trainer:
         lines = [
             f"WAE-{c.objective.upper()} on {c.dataset} {self.shape}: arch {c.resolved_arch()}, encoder {enc}, "
             f"z_dim {c.z_dim}, lambda {c.lam}, kernel {c.kernel if c.objective == 'mmd' else '-'}, "
-            f"batch {c.batch_size}, prior samples {c.n_prior(c.batch_size)}, epochs {self.epoch}/{c.epochs}, "
+            f"batch {c.batch_size}, {prior_mode(c)}, epochs {self.epoch}/{c.epochs}, "
             f"device {self.device}, MMD backend {self._backend_name()}",
             f"{'metric':<14}{'epoch 0':>12}{'epoch ' + str(last['epoch']):>12}",
         ]
