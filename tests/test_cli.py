@@ -1,12 +1,15 @@
 """The ``wae-fast`` command: train, resume, experiment latent-dim, clear errors; demo still works."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wae_fast.cli import main
 
@@ -115,3 +118,72 @@ def test_python_dash_m_help():
     r = subprocess.run([sys.executable, "-m", "wae_fast", "train", "--help"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "--prior-samples" in r.stdout and "--resume" in r.stdout
+
+
+def _all_parsers(parser):
+    yield parser
+    for act in parser._actions:
+        if isinstance(act, argparse._SubParsersAction):
+            for sub in act.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_every_option_has_help_and_a_default():
+    from wae_fast.cli import build_parser
+    seen = 0
+    for p in _all_parsers(build_parser()):
+        fmt = p._get_formatter()
+        for act in p._actions:
+            if not act.option_strings or act.dest == "help":
+                continue
+            seen += 1
+            text = fmt._get_help_string(act) % {"default": act.default}
+            assert act.help and "default" in text, (p.prog, act.option_strings, text)
+    assert seen > 45
+
+
+def test_one_figure_for_the_main_job():
+    from wae_fast.cli import MAIN_JOB_TIME, build_parser
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    p = build_parser()
+    train = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    for text in (p.format_help(), train.format_help(), readme):
+        flat = " ".join(text.split())
+        assert MAIN_JOB_TIME in flat
+        for other in ("couple of minutes", "2-3 min", "1-2 minutes", "30 seconds"):
+            assert other not in flat, other
+
+
+def test_experiment_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "ld"
+    out.mkdir()
+    (out / "latent_dim.json").write_text("{}")
+    args = ["experiment", "latent-dim", "--z-dims", "1", "--seeds", "1", "--epochs", "1", "--n-train", "100",
+            "--out", str(out), "--no-progress"]
+    e = err_of(capsys, args)
+    assert "latent_dim.json" in e and "--overwrite" in e and e.count("\n") == 1
+    assert (out / "latent_dim.json").read_text() == "{}"
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads((out / "latent_dim.json").read_text())["runs"]
+
+
+def test_latent_pca_colours_are_distinct():
+    """Prior samples and every class of held-out codes get a colour (and legend entry) of their own."""
+    from matplotlib.colors import to_hex
+
+    from wae_fast.train import ImageData, Trainer, preset
+    from wae_fast.train.data import load_digits_data
+    from wae_fast.train.plots import _plt, codes_figure
+
+    d = load_digits_data()
+    data = ImageData("digits", d.train[:200], d.test[:200], d.train_labels[:200], d.test_labels[:200])
+    tr = Trainer(preset("digits", width=16, eval_samples=200), None, data=data, progress=False)
+    fig = codes_figure(tr, torch.Generator().manual_seed(0))
+    ax = fig.axes[0]
+    colours = [{to_hex(c) for c in col.get_facecolors()} for col in ax.collections]
+    assert all(len(c) == 1 for c in colours)  # one colour per scatter
+    flat = [c.pop() for c in colours]
+    assert len(flat) == 1 + 10 and len(set(flat)) == len(flat), flat
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "prior samples" and labels[1:] == [f"held-out codes, label {k}" for k in range(10)]
+    _plt().close(fig)

@@ -221,7 +221,7 @@ def _add_train(sub) -> None:
            "or .npz), folder/celeba (--data-path: directory of images, cropped and resized to --image-size)")
     a("--data-path", help="local data for mnist, folder and celeba (required there, refused for the built-in "
                           "digits and squares); nothing is downloaded. A folder is searched recursively, "
-                          "skipping hidden folders and wae-fast run directories")
+                          "skipping hidden folders and wae-fast run directories; default: none")
     a("--objective", choices=("mmd", "gan"), help="WAE-MMD or WAE-GAN (latent discriminator); default: mmd")
     a("--kernel", choices=("imq", "rbf"), field="kernel", help="MMD kernel, 7 scales tied to the prior")
     a("--estimator", choices=("unbiased", "biased"), field="estimator", help="MMD estimator")
