@@ -173,7 +173,7 @@ def test_latent_pca_colours_are_distinct():
 
     from wae_fast.train import ImageData, Trainer, preset
     from wae_fast.train.data import load_digits_data
-    from wae_fast.train.plots import _plt, codes_figure
+    from wae_fast.train.plots import codes_figure
 
     d = load_digits_data()
     data = ImageData("digits", d.train[:200], d.test[:200], d.train_labels[:200], d.test_labels[:200])
@@ -186,4 +186,5 @@ def test_latent_pca_colours_are_distinct():
     assert len(flat) == 1 + 10 and len(set(flat)) == len(flat), flat
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0] == "prior samples" and labels[1:] == [f"held-out codes, label {k}" for k in range(10)]
-    _plt().close(fig)
+    import matplotlib.pyplot as plt
+    plt.close(fig)

@@ -53,15 +53,19 @@ def _fail(cmd: str, msg: str) -> "NoReturn":  # noqa: F821
     raise SystemExit(2)
 
 
+#: optional packages: import name -> distribution name
+_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "PIL": "pillow"}
+
+
 def _missing_extras(cmd: str, needs: dict) -> None:
     """Fail up front, before any training, if an optional package is missing.
-    ``needs``: module name -> what needs it."""
+    ``needs``: import name (a key of _EXTRAS) -> what needs it."""
     missing = []
     for mod, why in needs.items():
         try:
             importlib.import_module(mod)
         except ImportError:
-            missing.append(f"{mod} ({why})")
+            missing.append(f"{_EXTRAS[mod]} ({why})")
     if missing:
         _fail(cmd, "missing optional dependencies: " + ", ".join(missing)
               + "; install them with pip install 'wae_fast[train]'")
@@ -87,7 +91,6 @@ def _train(args: argparse.Namespace) -> int:
     from .train.data import DataError
 
     errors = (DataError, CheckpointError, ValueError, RuntimeError, OSError, FloatingPointError)
-    out = args.out
     try:
         if args.dataset == "celeba" and not args.data_path:
             raise ValueError("--data-path: required for --dataset celeba (a directory of images such as "
@@ -114,6 +117,7 @@ def _train(args: argparse.Namespace) -> int:
     except errors as exc:
         _fail("train", str(exc))
     except KeyboardInterrupt:
+        print("\ninterrupted before training started", file=sys.stderr)
         return 130
     try:
         hist = trainer.fit(stop_after=args.stop_after)

@@ -90,9 +90,10 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.ckpt_path = self.out / CHECKPOINT if self.out is not None else None
-        # one writer per run directory: held from here until close() (or the process ends)
-        self.lock = RunLock(self.out) if self.out is not None and self.is_main else None
+        self.lock = None
         try:
+            # one writer per run directory: held from here until close() (or the process ends)
+            self.lock = RunLock(self.out) if self.out is not None and self.is_main else None
             self._setup(data, resume, overwrite)
         except BaseException:
             self.close()
@@ -165,7 +166,7 @@ class Trainer:
     def close(self) -> None:
         """Unlock the run directory and leave the process group (several processes only).
         A trainer with a run directory holds its lock until closed (or garbage-collected)."""
-        if getattr(self, "lock", None) is not None:
+        if self.lock is not None:
             self.lock.release()
         if self.dist is not None:
             self.dist.close()
