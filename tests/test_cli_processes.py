@@ -112,7 +112,7 @@ def test_experiment_locks_its_directory(tmp_path):
     with RunLock(out):  # this test process writes the directory
         r = cli(["experiment", "latent-dim", "--out", out, "--z-dims", "1", "--seeds", "1", "--epochs", "1"])
     assert_one_line_error(r, f"pid {os.getpid()}", "another wae-fast process")
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert not out.exists()  # created for the lock, removed with it: nothing was written
 
 
 # -- checkpoint digest --------------------------------------------------------------------------
@@ -277,3 +277,22 @@ def test_folder_skips_hidden_and_run_directories_and_says_what_it_read(tmp_path)
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("data: "))
     assert line.startswith(f"data: folder: 20 images from {data.resolve()} (18 training + 2 held-out"), line
     assert "2 run directories skipped" in line and "hidden" in line
+
+
+def test_failed_start_leaves_no_directory(npz, tmp_path, capsys):
+    out = tmp_path / "new"
+    with pytest.raises(SystemExit):
+        main(tiny(npz, "--out", str(out), "--resume"))
+    assert "no checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_lock_held_by_this_process_says_so(tmp_path):
+    from wae_fast.train.rundir import RunDirError
+    with RunLock(tmp_path / "d") as held:
+        assert held.held and (tmp_path / "d" / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RunDirError, match=r"this process: a Trainer on this directory .* close\(\)"):
+            RunLock(tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    with RunLock(tmp_path / "d"):  # free again
+        pass

@@ -44,7 +44,8 @@ def _holder(path: Path) -> str:
 
 
 class RunLock:
-    """Exclusive lock on the run directory ``out`` (created if missing), held until :meth:`release`.
+    """Exclusive lock on the run directory ``out`` (created if missing, and removed again on
+    release if it is still empty), held until :meth:`release`.
 
     ``flag`` names the option that chose the directory in error messages (``--out``).
     Raises :class:`RunDirError` if ``out`` is not a directory or another process holds the lock.
@@ -55,16 +56,20 @@ class RunLock:
         self.path = self.dir / LOCK_NAME
         self._fd: Optional[int] = None
         self._pid = os.getpid()
+        self._created = False
         if self.dir.exists() and not self.dir.is_dir():
             raise RunDirError(f"{flag} {out}: exists and is not a directory; choose a directory")
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunDirError(f"{flag} {out}: cannot create the run directory ({exc.strerror or exc})") from None
+        self._created = not self.dir.exists()  # removed again by release() if nothing was written
         if fcntl is None:  # pragma: no cover
+            self.dir.mkdir(parents=True, exist_ok=True)
             return
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise RunDirError(f"{flag} {out}: cannot create the run directory or its lock file "
+                                  f"({exc.strerror or exc})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -99,6 +104,8 @@ class RunLock:
             return
         try:
             os.unlink(self.path)  # while still locked, so no other process holds a lock on it
+            if self._created:
+                self.dir.rmdir()  # only if empty: a run that failed up front leaves no trace
         except OSError:
             pass
         os.close(fd)
