@@ -11,9 +11,9 @@
   ``y_train``, ``y_test``), the layout of ``keras.datasets.mnist``.
 * ``folder``: a directory of images (.png, .jpg, .jpeg, .bmp, .webp; searched recursively, skipping
   hidden files and folders and wae-fast run directories, so a data path above ``runs/`` never
-  trains on earlier runs' plots), e.g. CelebA: each image is center-cropped to a square (for CelebA's 178x218 aligned images, the
-  central 140x140 as in the WAE paper) and resized to ``image_size``; RGB. Last 10% (after a
-  fixed shuffle) held out.
+  trains on earlier runs' plots), e.g. CelebA: each image is center-cropped to a square (for
+  CelebA's 178x218 aligned images, the central 140x140 as in the WAE paper) and resized to
+  ``image_size``; RGB. Last 10% (after a fixed shuffle) held out.
 
 All data sets are returned as a :class:`ImageData` with tensors (N, C, H, W): float32 in [0, 1]
 or uint8 (converted per batch by :func:`to_float`).
