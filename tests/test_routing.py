@@ -142,6 +142,32 @@ def test_asking_availability_never_compiles(monkeypatch):
     wae_fast.which_backend("cuda")
 
 
+def test_jit_build_runs_on_the_first_real_call_only(monkeypatch):
+    """The cuda backend's JIT build is its prepare() hook: run once, by a real call's
+    resolution; a failed build makes "auto" move on and a named request raise with the reason."""
+    from wae_fast import cuda_backend
+
+    calls = []
+
+    def fake_build():
+        calls.append(1)
+        monkeypatch.setattr(cuda_backend, "_tried_jit", True)
+        monkeypatch.setattr(cuda_backend, "_error", "JIT build of the CUDA extension failed: boom")
+
+    monkeypatch.setattr(cuda_backend, "_jit_build", fake_build)
+    monkeypatch.setattr(cuda_backend, "_jit_possible", lambda: None)
+    monkeypatch.setattr(cuda_backend, "_ext", None)
+    monkeypatch.setattr(cuda_backend, "_tried_jit", False)
+    monkeypatch.setattr(dispatch, "_prepared", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert wae_fast.which_backend("cuda") == "cuda" and calls == []  # asking: no build
+    assert dispatch.resolve_backend("auto", "cuda", prepare=True) != "cuda"
+    assert calls == [1]
+    with pytest.raises(RuntimeError, match="boom"):
+        dispatch.resolve_backend("cuda", "cuda", prepare=True)
+    assert calls == [1]  # once
+
+
 def test_draw_seed_range():
     g = torch.Generator().manual_seed(1)
     seeds = [philox.draw_seed(g) for _ in range(64)]
