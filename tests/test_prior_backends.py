@@ -72,3 +72,18 @@ def test_opcheck(prior_backend):
     args = (x.clone().requires_grad_(True), kind, params, 1.0, True, 17, 3, "ieee")
     torch.library.opcheck(contract.op(f"prior_fwd_{name}").default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_reference_op_checks_its_arguments():
+    """Called directly (not through mmd_to_prior), the reference op refuses what the kernel
+    backends' launchers refuse, naming the argument."""
+    from wae_fast import contract
+
+    x = torch.randn(10, 3)
+    fwd = contract.op("prior_fwd_reference")
+    with pytest.raises(ValueError, match="sigma2"):
+        fwd(x, 0, [1.0], -1.0, True, 10, 3, "ieee")
+    with pytest.raises(ValueError, match="num_samples"):
+        fwd(x, 0, [1.0], 1.0, True, 0, 3, "ieee")
+    with pytest.raises(ValueError, match="seed"):
+        fwd(x, 0, [1.0], 1.0, True, 10, -1, "ieee")

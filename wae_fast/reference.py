@@ -28,7 +28,8 @@ import torch
 from .contract import compute_dtype, define_backend_ops
 from .pairsum import (BLOCK_SIZE, acc_rows, cross_sum, kernel_and_derivative, pair_count, self_sum,
                       sq_dist, sym_block)
-from .philox import prior_rows
+from .philox import check_seed, prior_rows
+from .validation import check_sigma2
 
 def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y=False,
                       block_size: int = BLOCK_SIZE):
@@ -139,7 +140,12 @@ def _prior_xy_sum(xs, m, seed, sigma2, off, kind, params, block, g_acc: Optional
     return total
 
 
-def _prior_setup(x, m):
+def _prior_setup(x, m, sigma2, seed):
+    # the op may be called directly: the checks of the kernel backends' launchers
+    check_sigma2(sigma2)
+    check_seed(seed)
+    if m < 1:
+        raise ValueError(f"num_samples must be >= 1, got {m}")
     ct = compute_dtype(x.dtype)
     xs = x.detach().to(ct)
     mean = xs.mean(0)
@@ -149,7 +155,7 @@ def _prior_setup(x, m):
 def _prior_fwd(x, kind, params, sigma2, unbiased, num_samples, seed, precision):
     n, d = x.shape
     m = num_samples
-    xs, off_xx, off_xy = _prior_setup(x, m)
+    xs, off_xx, off_xy = _prior_setup(x, m, sigma2, seed)
     sxx, _ = self_sum(xs - off_xx, kind, params, unbiased, BLOCK_SIZE)
     syy = _prior_yy_sum(m, d, seed, sigma2, xs.dtype, x.device, kind, params, unbiased, BLOCK_SIZE)
     sxy = _prior_xy_sum(xs, m, seed, sigma2, off_xy, kind, params, BLOCK_SIZE, None)
@@ -159,7 +165,7 @@ def _prior_fwd(x, kind, params, sigma2, unbiased, num_samples, seed, precision):
 def _prior_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed, precision):
     n, d = x.shape
     m = num_samples
-    xs, off_xx, off_xy = _prior_setup(x, m)
+    xs, off_xx, off_xy = _prior_setup(x, m, sigma2, seed)
     g = grad_terms.to(device=x.device, dtype=torch.float64)
     gx = torch.zeros(xs.shape, dtype=torch.float64, device=x.device)
     if bool(g[0] != 0):  # a term nobody differentiates is not recomputed
