@@ -76,6 +76,9 @@ BACKEND_TABLE: dict[str, Backend] = {
         families=("mmd", "reparam", "prior"), devices=("cuda", "cpu"))),
     "cuda": Backend("wae_fast.cuda_backend", Capabilities(
         families=("mmd", "reparam", "prior"), devices=("cuda",), max_scales=16)),
+    # the cuda sources emulated on the CPU, for testing: never in AUTO_ORDER
+    "cuda_emu": Backend("wae_fast.cuda_emu_backend", Capabilities(
+        families=("mmd", "reparam", "prior"), devices=("cpu",), max_scales=16)),
 }
 
 BACKENDS: tuple[str, ...] = tuple(BACKEND_TABLE)

@@ -46,6 +46,8 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include "portable.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -339,11 +341,11 @@ __global__ void __launch_bounds__(kThreads, 2) mmd_fwd_tiles(SA sa, SB sb, int64
                                                           double* __restrict__ partials) {
   constexpr int DK = TileCfg<T>::DK;
   constexpr bool kTC = PREC != PREC_IEEE && std::is_same<T, float>::value;
-  __shared__ __align__(128) T As[DK * kLD];
-  __shared__ __align__(128) T Bs[DK * kLD];
-  __shared__ __align__(128) T Ds[kTC ? kBM * kWLD : 1];
-  __shared__ T nrm[2 * kBM];
-  __shared__ double red[kThreads];
+  WAE_SHARED(T, As, DK * kLD);
+  WAE_SHARED(T, Bs, DK * kLD);
+  WAE_SHARED(T, Ds, kTC ? kBM * kWLD : 1);
+  WAE_SHARED(T, nrm, 2 * kBM);
+  WAE_SHARED(double, red, kThreads);
   const DotSmem<T> sm{As, Bs, nrm, Ds};
   const int64_t I = blockIdx.x;
   const int64_t split = blockIdx.y, nsplit = gridDim.y;
@@ -375,7 +377,7 @@ __global__ void __launch_bounds__(kThreads, 2) mmd_fwd_tiles(SA sa, SB sb, int64
 
 __global__ void reduce_partials(const double* __restrict__ partials, int64_t count, double scale,
                                 double* __restrict__ out) {
-  __shared__ double red[kThreads];
+  WAE_SHARED(double, red, kThreads);
   double s = 0.0;
   for (int64_t e = threadIdx.x; e < count; e += kThreads) s += partials[e];
   const double tot = block_sum(s, red);
@@ -481,7 +483,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   constexpr int KC = L::KC;
   constexpr int kRowStep = kThreads / KC;
   constexpr int NR = kBM / kRowStep;
-  extern __shared__ __align__(128) unsigned char dsmem[];
+  WAE_DYN_SMEM(dsmem);
   T* W = reinterpret_cast<T*>(dsmem + L::W);
   T* scratch = reinterpret_cast<T*>(dsmem + L::scratch);
   T* nrm = scratch + 2 * DK * kLD;  // inside scratch (see GradLayout)
@@ -626,8 +628,8 @@ template <class TI, class T>
 cudaError_t shift_into(const void* in, const void* offset, int64_t n, int64_t d, T* out, cudaStream_t st) {
   const int64_t count = n * d;
   if (count > 0)
-    shift_kernel<TI, T><<<unsigned(ceil_div(count, 256)), 256, 0, st>>>(static_cast<const TI*>(in),
-                                                                         static_cast<const T*>(offset), out, count, d);
+    WAE_LAUNCH((shift_kernel<TI, T>), unsigned(ceil_div(count, 256)), 256, 0, st, static_cast<const TI*>(in),
+               static_cast<const T*>(offset), out, count, d);
   return cudaGetLastError();
 }
 
@@ -638,8 +640,9 @@ void launch_fwd_term_k(const SA& sa, const SB& sb, int64_t nA, int64_t nB, int64
                        int symmetric, int unbiased, double* part, double scale, double* out, cudaStream_t st) {
   const int64_t ns = fwd_nsplit(nA, nB);
   dim3 grid(unsigned(ceil_div(nA, kBM)), unsigned(ns));
-  mmd_fwd_tiles<T, KIND, PREC, SA, SB><<<grid, kThreads, 0, st>>>(sa, sb, nA, nB, d, P, symmetric, unbiased, part);
-  reduce_partials<<<1, kThreads, 0, st>>>(part, int64_t(grid.x) * ns, scale, out);
+  WAE_LAUNCH((mmd_fwd_tiles<T, KIND, PREC, SA, SB>), grid, kThreads, 0, st, sa, sb, nA, nB, d, P, symmetric, unbiased,
+             part);
+  WAE_LAUNCH((reduce_partials), 1, kThreads, 0, st, part, int64_t(grid.x) * ns, scale, out);
 }
 
 template <class T, class SA, class SB>
@@ -671,13 +674,13 @@ void launch_grad_k(const T* A, const SB& sb, int64_t nA, int64_t nB, int64_t d, 
   constexpr size_t smem = GradLayout<T>::bytes;
   auto kern = mmd_grad_rows<T, KIND, PREC, SB>;
   if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess) return;
-  kern<<<grid, kThreads, smem, st>>>(A, sb, nA, nB, d, P, gt, side, c_self, c_cross, unsigned(nchunk),
-                                     nsplit > 1 ? gacc : nullptr, out, out_dt);
+  WAE_LAUNCH((kern), grid, kThreads, smem, st, A, sb, nA, nB, d, P, gt, side, c_self, c_cross, unsigned(nchunk),
+             nsplit > 1 ? gacc : nullptr, out, out_dt);
 }
 
 template <class O>
 void launch_combine(const double* gacc, int64_t nsplit, int64_t count, void* out, cudaStream_t st) {
-  grad_combine<O><<<unsigned(ceil_div(count, 256)), 256, 0, st>>>(gacc, nsplit, count, static_cast<O*>(out));
+  WAE_LAUNCH((grad_combine<O>), unsigned(ceil_div(count, 256)), 256, 0, st, gacc, nsplit, count, static_cast<O*>(out));
 }
 
 //! Gradient of nA rows of A (out, dtype code out_dt, (nA, d)): self term + cross term vs sb.

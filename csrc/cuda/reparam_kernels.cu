@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "portable.h"
 #include "wae_cuda.h"
 #include "wae_fast/tile_math.h"
 
@@ -58,16 +59,16 @@ unsigned grid_for(int64_t numel) {
 template <class TI>
 int fwd(const void* mu, const void* lv, void* z, int64_t numel, uint64_t seed, cudaStream_t s) {
   if (numel > 0)
-    reparam_fwd_kernel<TI><<<grid_for(numel), 256, 0, s>>>(static_cast<const TI*>(mu), static_cast<const TI*>(lv),
-                                                          static_cast<TI*>(z), numel, seed);
+    WAE_LAUNCH((reparam_fwd_kernel<TI>), grid_for(numel), 256, 0, s, static_cast<const TI*>(mu),
+               static_cast<const TI*>(lv), static_cast<TI*>(z), numel, seed);
   return int(cudaGetLastError());
 }
 
 template <class TI>
 int bwd(const void* gz, const void* lv, void* g, int64_t numel, uint64_t seed, cudaStream_t s) {
   if (numel > 0)
-    reparam_bwd_kernel<TI><<<grid_for(numel), 256, 0, s>>>(static_cast<const TI*>(gz), static_cast<const TI*>(lv),
-                                                          static_cast<TI*>(g), numel, seed);
+    WAE_LAUNCH((reparam_bwd_kernel<TI>), grid_for(numel), 256, 0, s, static_cast<const TI*>(gz),
+               static_cast<const TI*>(lv), static_cast<TI*>(g), numel, seed);
   return int(cudaGetLastError());
 }
 

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cmath>
 
+#include "wae_fast/ptx.h"
+
 #if defined(__CUDACC__)
 #define WAE_HD __host__ __device__ __forceinline__
 #else
@@ -57,8 +59,7 @@ template <>
 struct Recip<float, float> {
   static WAE_HD float f(float x) {
 #if defined(__CUDA_ARCH__)
-    float y0;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(x));
+    const float y0 = ptx_rcp_approx_ftz_f32(x);
     const float y = fmaf(y0, fmaf(-x, y0, 1.0f), y0);
     return y0 == 0.0f ? y0 : y;
 #else
@@ -70,8 +71,7 @@ template <>
 struct Recip<double, double> {
   static WAE_HD double f(double x) {
 #if defined(__CUDA_ARCH__)
-    double y0;
-    asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(y0) : "d"(x));
+    const double y0 = ptx_rcp_approx_ftz_f64(x);
     double y = y0;
 #pragma unroll
     for (int it = 0; it < 3; ++it) y = fma(y, fma(-x, y, 1.0), y);
@@ -244,9 +244,7 @@ WAE_HD float philox_randn_tl(uint64_t seed, uint64_t offset) {
   philox_uniform_pair(seed, offset, u1, u2);
   const float th = 6.283185307179586f * u2;
   const float t = -2.0f * logf(u1);
-  float r;
-  asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(t));
-  return r * cosf(th);
+  return ptx_sqrt_approx_ftz_f32(t) * cosf(th);
 #else
   return philox_randn(seed, offset);
 #endif
