@@ -538,13 +538,23 @@ __global__ void shift_kernel(const TI* __restrict__ in, const T* __restrict__ of
 inline size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+//! Blocks the split heuristics aim for.  The emulated build lets a test lower it (environment
+//! WAE_CUDA_EMU_TARGET_BLOCKS) to reach the one-split paths at sizes an emulator can run.
+inline int64_t target_blocks() {
+#if defined(WAE_CUDA_EMU)
+  return ::wae_emu::env_int("WAE_CUDA_EMU_TARGET_BLOCKS", kTargetBlocks);
+#else
+  return kTargetBlocks;
+#endif
+}
+
 //! Column splits of a forward term: enough blocks to fill a large GPU (a split costs one fp64
 //! partial per row block, so up to kTargetBlocks of them: ceil(nA / 64) * splits <= ceil(nA / 64)
 //! + kTargetBlocks partials), a function of the sizes only (determinism), at most the number of
 //! column tiles.
 inline int64_t fwd_nsplit(int64_t nA, int64_t nB) {
   const int64_t nbi = std::max<int64_t>(1, ceil_div(nA, kBM)), nbj = std::max<int64_t>(1, ceil_div(nB, kBN));
-  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(kTargetBlocks, nbi), nbj));
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(target_blocks(), nbi), nbj));
 }
 
 inline int64_t grad_chunks(int dtype, int64_t d) { return ceil_div(d, dtype == WAE_F64 ? 16 : 64); }
@@ -553,7 +563,7 @@ inline int64_t grad_chunks(int dtype, int64_t d) { return ceil_div(d, dtype == W
 //! fp64 buffers (nsplit * nA * d * 8 <= kGaccBudget); 1 (direct output, no buffer) for large N.
 inline int64_t bwd_nsplit(int dtype, int64_t nA, int64_t d) {
   const int64_t blocks = std::max<int64_t>(1, ceil_div(nA, kBM) * grad_chunks(dtype, d));
-  int64_t s = std::max<int64_t>(1, std::min<int64_t>(ceil_div(kTargetBlocks, blocks), kMaxSplits));
+  int64_t s = std::max<int64_t>(1, std::min<int64_t>(ceil_div(target_blocks(), blocks), kMaxSplits));
   const int64_t bytes = std::max<int64_t>(1, nA * d * 8);
   s = std::min<int64_t>(s, std::max<int64_t>(1, kGaccBudget / bytes));
   return s;

@@ -86,6 +86,7 @@ struct Emu {
   std::string error;                    // first failure of the running launch
   const char* kernel = "";
   cudaError_t last = cudaSuccess;
+  cudaError_t msg_code = cudaSuccess;  // the error last_msg describes (kept after cudaGetLastError)
   std::string last_msg;
 };
 
@@ -284,9 +285,18 @@ cudaError_t record(cudaError_t err, const char* msg) {
   Emu& e = emu();
   if (err != cudaSuccess) {
     e.last = err;
+    e.msg_code = err;
     e.last_msg = msg ? msg : "";
   }
   return err;
+}
+
+long long env_int(const char* name, long long def) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == 0) return def;
+  char* end = nullptr;
+  const long long r = std::strtoll(v, &end, 10);
+  return (end && *end == 0 && r > 0) ? r : def;
 }
 
 cudaError_t set_max_dynamic_smem(const void* kern, int bytes) {
@@ -355,7 +365,7 @@ cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block
 // ------------------------------------------------------------------------------------------------
 const char* cudaGetErrorString(cudaError_t err) {
   auto& e = wae_emu::emu();
-  if (err == e.last && !e.last_msg.empty()) return e.last_msg.c_str();
+  if (err == e.msg_code && !e.last_msg.empty()) return e.last_msg.c_str();
   switch (err) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";

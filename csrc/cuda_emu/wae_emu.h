@@ -108,6 +108,8 @@ using Body = void (*)(void*);
 cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block, size_t smem, Body body, void* arg);
 cudaError_t set_max_dynamic_smem(const void* kern, int bytes);
 cudaError_t record(cudaError_t e, const char* msg);
+//! Integer from the environment (test knobs of the host launch geometry), else ``def``.
+long long env_int(const char* name, long long def);
 
 template <class... P, class... A>
 void launch(const char* name, void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, A&&... args) {
