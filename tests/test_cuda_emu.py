@@ -166,6 +166,27 @@ def test_one_split_direct_write_paths(monkeypatch, dtype, prec):
     check_mmd(130, 70, 17, dtype, prec, "rbf3", "unbiased")
 
 
+@pytest.mark.parametrize("prec,dtype", [("ieee", F32), ("tf32x3", F32), ("ieee", F64)])
+def test_thread_order_does_not_matter(monkeypatch, prec, dtype):
+    """The threads of a block run between barriers in index order or in reverse order
+    (WAE_CUDA_EMU_ORDER): bit-identical results, forward, backward and prior, or a thread reads
+    what another writes in the same barrier interval (a race on the GPU)."""
+    from wae_fast.prior import mmd_to_prior
+    x, y = _points(70, 50, 17, dtype, 2)
+    outs = []
+    for order in ("forward", "reverse"):
+        monkeypatch.setenv("WAE_CUDA_EMU_ORDER", order)
+        xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        v = wae_fast.mmd(xg, yg, wae_fast.IMQ(), backend=BE, precision=prec)
+        v.backward()
+        xp = x.clone().requires_grad_(True)
+        vp = mmd_to_prior(xp, estimator="sampled", num_samples=40, seed=3, backend=BE, precision=prec)
+        vp.backward()
+        outs.append((v.detach(), xg.grad, yg.grad, vp.detach(), xp.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 def test_tf32_is_the_tensor_core_path():
     """tf32 must lose accuracy against ieee (else the wmma path did not run) and tf32x3 must not."""
     x, y = _points(256, 192, 64, F32, 9)
@@ -280,8 +301,8 @@ def test_errors_match_the_cuda_backend():
         op("prior_fwd_cuda_emu")(x, kind, params, -1.0, True, 10, 0, "ieee")
     with pytest.raises(RuntimeError, match="between 1 and 16 kernel scales"):
         op("mmd_fwd_cuda_emu")(x, x, x.mean(0), kind, [1.0] * 17, True, False, False, "ieee")
-    with pytest.raises(RuntimeError, match="CPU tensors"):
-        op("mmd_fwd_cuda_emu")(x.to("meta"), x, x.mean(0), kind, params, True, False, False, "ieee")
+    with pytest.raises(RuntimeError, match="x and y must have the same dtype"):
+        op("mmd_fwd_cuda_emu")(x, x.double(), x.mean(0), kind, params, True, False, False, "ieee")
 
 
 def test_never_chosen_by_auto():
@@ -292,10 +313,21 @@ def test_never_chosen_by_auto():
     assert "CPU tensors only" in unavailable_reason(BE, "cuda")
 
 
-def test_non_finite_in_non_finite_out():
-    x, y = _points(40, 30, 16, F32, 1)
+@pytest.mark.parametrize("dtype,prec", [(F32, "ieee"), (F32, "tf32"), (F64, "ieee")])
+def test_non_finite_in_non_finite_out(dtype, prec):
+    """A NaN point gives a NaN value and NaN gradients (the clamp of r at 0 used to map NaN to
+    0: a finite wrong answer), an inf point a non-finite value."""
+    x, y = _points(40, 30, 16, dtype, 1)
     x[3, 2] = float("nan")
-    for prec in ("ieee", "tf32"):
-        assert not torch.isfinite(wae_fast.mmd(x, y, backend=BE, precision=prec))
-    y[0, 0] = float("inf")
-    assert not torch.isfinite(wae_fast.mmd(x[:3], y, backend=BE))
+    xg = x.clone().requires_grad_(True)
+    v = wae_fast.mmd(xg, y, backend=BE, precision=prec)
+    assert torch.isnan(v)
+    v.backward()
+    assert torch.isnan(xg.grad[3]).all()
+    x2, y2 = _points(40, 30, 16, dtype, 1)
+    y2[0, 0] = float("inf")
+    assert not torch.isfinite(wae_fast.mmd(x2, y2, backend=BE, precision=prec))
+    xp = x.clone().requires_grad_(True)
+    from wae_fast.prior import mmd_to_prior
+    vp = mmd_to_prior(xp, estimator="sampled", num_samples=20, seed=1, backend=BE, precision=prec)
+    assert torch.isnan(vp)

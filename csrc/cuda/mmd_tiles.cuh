@@ -39,6 +39,10 @@
 // d <= 64 in fp32, d <= 16 in fp64), like the Triton backward's DP chunks.
 //
 // Indexing is int64; row blocks ride on grid.x (2^31 - 1 blocks).
+//
+// Launches and shared arrays are spelled through portable.h (WAE_LAUNCH, WAE_SHARED,
+// WAE_DYN_SMEM): plain CUDA under nvcc, the CPU emulator in the cuda_emu build (csrc/cuda_emu),
+// which runs THIS code on the CPU for the tests.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -83,6 +83,7 @@ struct Emu {
   unsigned char* arena = nullptr;
   size_t dyn_bytes = 0;
   size_t static_hw = kStaticSmemLimit;  // static bytes to poison at the next block start
+  bool reverse = false;                 // run the threads between barriers in reverse order
   std::string error;                    // first failure of the running launch
   const char* kernel = "";
   cudaError_t last = cudaSuccess;
@@ -163,7 +164,8 @@ bool run_block(Emu& e) {
   std::memset(e.arena, 0xFF, e.dyn_bytes + e.static_hw);  // poison: unwritten words read as NaN
   for (;;) {
     bool ran = false;
-    for (int t = 0; t < n; ++t) {
+    for (int i = 0; i < n; ++i) {
+      const int t = e.reverse ? n - 1 - i : i;
       if (e.fib[t].state != RUNNABLE) continue;
       e.cur = t;
       g_ctx.thread_idx = e.fib[t].tid;
@@ -340,6 +342,10 @@ cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block
   e.static_hw = kStaticSmemLimit;
   e.kernel = name;
   e.error.clear();
+  // WAE_CUDA_EMU_ORDER=reverse: the threads of a block run between two barriers from the last
+  // to the first; a kernel whose result depends on that order has a race inside a block.
+  const char* order = std::getenv("WAE_CUDA_EMU_ORDER");
+  e.reverse = order != nullptr && std::strcmp(order, "reverse") == 0;
   g_ctx.block_dim = block;
   g_ctx.grid_dim = grid;
   for (unsigned bz = 0; bz < grid.z; ++bz)

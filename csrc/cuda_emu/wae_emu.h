@@ -7,8 +7,9 @@
 // Execution model (runtime.cpp):
 //  * a launch runs its blocks one after another on the calling thread; the threads of a block
 //    are fibers (own stacks, a context switch of ours: callee-saved registers + rsp), scheduled
-//    cooperatively in thread-index order; a thread runs until it reaches a barrier, a warp
-//    collective, or its end;
+//    cooperatively in thread-index order (reversed with WAE_CUDA_EMU_ORDER=reverse: a result
+//    that changes with the order reveals a race inside a block); a thread runs until it
+//    reaches a barrier, a warp collective, or its end;
 //  * __syncthreads releases when EVERY thread of the block waits at the SAME barrier (call
 //    site); a thread that exits while others wait, or threads waiting at different barriers,
 //    is a launch error naming the kernel, block, thread and site;

@@ -30,10 +30,12 @@ enum KernelKind : int { KIND_IMQ = 0, KIND_RBF = 1 };
 constexpr int kMaxScales = 16;
 
 // ---------------------------------------------------------------------------------------------
-// Squared distance from a dot product and the two squared norms, clamped at 0.
+// Squared distance from a dot product and the two squared norms, clamped at 0.  NaN stays NaN
+// (non-finite in, non-finite out: "r > 0 ? r : 0" turned a NaN point into r = 0, a finite
+// wrong kernel value; found by the cuda_emu backend).
 // ---------------------------------------------------------------------------------------------
 template <class T>
-WAE_HD T clamp0(T r) { return r > T(0) ? r : T(0); }
+WAE_HD T clamp0(T r) { return r < T(0) ? T(0) : r; }
 
 template <class T>
 WAE_HD T sq_dist_from_dot(T dot, T na, T nb) { return clamp0(na + nb - T(2) * dot); }
