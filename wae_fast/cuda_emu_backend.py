@@ -8,7 +8,8 @@ with barriers, warp collectives, ``nvcuda::wmma`` TF32 and every inline PTX inst
 schemas and errors as ``cuda`` (``wae_fast::*_cuda_emu``), so the shared test suite checks the
 CUDA kernels' logic, indexing, barriers and modelled numerics on a machine without a GPU.
 
-It is slow (every GPU thread is a fiber) and ``backend="auto"`` never picks it.  Built by
+It is slow (every GPU thread is a fiber) and ``backend="auto"`` never picks it (it is in
+:data:`wae_fast.dispatch.BACKEND_TABLE`, not in ``AUTO_ORDER``).  Built by
 ``pip install`` on x86-64 Linux wherever a C++ compiler exists (``WAE_FAST_BUILD_CUDA_EMU=0``
 skips it).
 """
@@ -17,8 +18,6 @@ from __future__ import annotations
 from typing import Optional
 
 from .contract import define_backend_ops
-
-OPS = ("mmd", "reparam", "prior")
 
 define_backend_ops("cuda_emu", fuses_grad=False)
 
