@@ -28,6 +28,8 @@ def backend_params(family: str = "mmd"):
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             if dev == "cuda":
                 marks.append(pytest.mark.cuda)
+            if name == "cuda_emu":
+                marks.append(pytest.mark.cuda_emu)
             params.append(pytest.param((name, dev), id=f"{name}-{dev}", marks=marks))
     return params
 

@@ -113,7 +113,7 @@ def test_cuda_extension_builds_links_imports_and_registers(tmp_path):
     # one architecture through torch's own switch (setup.py honours TORCH_CUDA_ARCH_LIST when
     # WAE_FAST_CUDA_ARCHS is unset); both sm_80 and sm_90 are compiled by test_csrc_compile.py
     env.pop("WAE_FAST_CUDA_ARCHS", None)
-    env.update(WAE_FAST_BUILD_CPP="0", WAE_FAST_BUILD_CUDA="1", TORCH_CUDA_ARCH_LIST="9.0",
+    env.update(WAE_FAST_BUILD_CPP="0", WAE_FAST_BUILD_CUDA="1", WAE_FAST_BUILD_CUDA_EMU="0", TORCH_CUDA_ARCH_LIST="9.0",
                MAX_JOBS="2", PATH=f"{VENV / 'bin'}:{env.get('PATH', '')}")
     lib, tmp = tmp_path / "lib", tmp_path / "tmp"
     b = subprocess.run([str(py), "setup.py", "-q", "build_ext", "--build-lib", str(lib),

@@ -33,7 +33,7 @@ from . import oracle
 
 BE = "cuda_emu"
 _REASON = unavailable_reason(BE, "cpu", "prior")
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+pytestmark = [pytest.mark.cuda_emu, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 KERNELS = {"imq7": wae_fast.IMQ(), "imq1": wae_fast.IMQ(C=0.8), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0))}
 VAL_TOL = {torch.float64: 1e-12, torch.float32: 5e-6, torch.float16: 5e-6, torch.bfloat16: 5e-6}

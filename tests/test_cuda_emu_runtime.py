@@ -20,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CXX = shutil.which("g++") or shutil.which("c++")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.cuda_emu, pytest.mark.skipif(
     CXX is None or not sys.platform.startswith("linux") or platform.machine() != "x86_64",
-    reason="needs g++ on x86-64 Linux (the emulator's fiber switch)")
+    reason="needs g++ on x86-64 Linux (the emulator's fiber switch)")]
 
 
 @pytest.fixture(scope="module")

@@ -119,6 +119,7 @@ void launch(const char* name, void (*kern)(P...), dim3 grid, dim3 block, size_t 
     void (*k)(P...);
     std::tuple<std::decay_t<P>...> a;
   } pack{kern, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  static_assert(sizeof(std::tuple<std::decay_t<P>...>) <= 4096, "kernel parameters over CUDA's 4 KB");
   launch_raw(name, reinterpret_cast<const void*>(kern), grid, block, smem,
              [](void* p) {
                auto* pk = static_cast<Pack*>(p);
