@@ -99,6 +99,22 @@ __global__ void partial_warp_collective(int* out) {
   out[threadIdx.x] = v;
 }
 
+__global__ void off_by_one_shared(int* out) {
+  WAE_SHARED(int, tile, 64);
+  tile[threadIdx.x + 1] = 1;  // thread 63 writes tile[64]
+  __syncthreads();
+  out[threadIdx.x] = tile[threadIdx.x];
+}
+
+__global__ void slice_overflow(float* out) {
+  WAE_DYN_SMEM(buf);
+  const wae_fast::smem_ptr<float> first = wae_fast::dyn_slice<float>(buf, 0, 32, "first");
+  const wae_fast::smem_ptr<float> second = wae_fast::dyn_slice<float>(buf, 128, 32, "second");
+  first[threadIdx.x + 8] = 1.0f;  // threads 24..31 run into "second"
+  __syncthreads();
+  out[threadIdx.x] = second[threadIdx.x];
+}
+
 __global__ void traps(int*) {
   if (blockIdx.x == 1 && threadIdx.x == 7) __trap();
 }
@@ -222,6 +238,17 @@ int main() {
     WAE_LAUNCH((partial_warp_collective), 1, 32, 0, nullptr, out.data());
     e = last_error();
     check(e.find("warp collective never completed") != std::string::npos, "warp collective missing a lane", e);
+    WAE_LAUNCH((off_by_one_shared), 1, 64, 0, nullptr, out.data());
+    e = last_error();
+    check(e.find("shared memory out of bounds: tile[64] of 64") != std::string::npos &&
+              e.find("thread (63, 0, 0)") != std::string::npos,
+          "off-by-one shared index", e);
+    std::vector<float> fout(32, 0.f);
+    WAE_LAUNCH((slice_overflow), 1, 32, 256, nullptr, fout.data());
+    e = last_error();
+    check(e.find("shared memory out of bounds: first[32] of 32") != std::string::npos &&
+              e.find("thread (24, 0, 0)") != std::string::npos,
+          "overflow of one dynamic shared slice into the next", e);
     WAE_LAUNCH((traps), 2, 32, 0, nullptr, out.data());
     e = last_error();
     check(e.find("__trap()") != std::string::npos && e.find("block (1, 0, 0) thread (7, 0, 0)") != std::string::npos,

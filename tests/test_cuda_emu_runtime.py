@@ -5,7 +5,8 @@ against the documented model, unwritten shared memory reading NaN, the dynamic s
 opt-in, the PTX models at their documented worst-case error (and the Newton steps of
 tile_math.h's device reciprocal correcting it), and launch errors that name the kernel, block,
 thread and source line for a barrier in a divergent branch, a thread exiting while others wait,
-a warp collective missing a lane and __trap.  Skipped without g++ or off x86-64 Linux.
+a warp collective missing a lane, an off-by-one shared index, a dynamic shared-memory slice
+overflowing into the next, and __trap.  Skipped without g++ or off x86-64 Linux.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ CHECKS = [
     "barrier in a divergent branch",
     "thread exits while others wait at a barrier",
     "warp collective missing a lane",
+    "off-by-one shared index",
+    "overflow of one dynamic shared slice into the next",
     "__trap names block and thread",
     "2048 threads per block refused",
     "rcp.approx.ftz.f32 model at its 1-ulp bound",

@@ -154,7 +154,8 @@ struct TileCfg {
 // ---------------------------------------------------------------------------------------------
 //! S[kk * kLD + row] = src row (r0 + row), column (k0 + kk); zeros outside (n, d).
 template <class T, int DK, class Src>
-__device__ __forceinline__ void stage_chunk(const Src& src, int64_t n, int64_t d, int64_t r0, int64_t k0, T* S) {
+__device__ __forceinline__ void stage_chunk(const Src& src, int64_t n, int64_t d, int64_t r0, int64_t k0,
+                                            const wae_fast::smem_ptr<T>& S) {
   for (int e = threadIdx.x; e < kBM * DK; e += kThreads) {
     const int row = e / DK, kk = e % DK;
     const int64_t gi = r0 + row, gk = k0 + kk;
@@ -164,10 +165,11 @@ __device__ __forceinline__ void stage_chunk(const Src& src, int64_t n, int64_t d
 
 //! Threads 0..63 add the squares of A row tid, threads 64..127 of B row tid - 64 (k ascending).
 template <class T, int DK>
-__device__ __forceinline__ void acc_norms(const T* As, const T* Bs, double& nacc) {
+__device__ __forceinline__ void acc_norms(const wae_fast::smem_ptr<T>& As, const wae_fast::smem_ptr<T>& Bs,
+                                          double& nacc) {
   const int tid = threadIdx.x;
   if (tid < 2 * kBM) {
-    const T* S = tid < kBM ? As : Bs;
+    const wae_fast::smem_ptr<T> S = tid < kBM ? As : Bs;
     const int row = tid & (kBM - 1);
 #pragma unroll
     for (int kk = 0; kk < DK; ++kk) {
@@ -180,14 +182,14 @@ __device__ __forceinline__ void acc_norms(const T* As, const T* Bs, double& nacc
 //! Shared memory of the distance phase (As/Bs staging chunks, the 128 row norms).
 template <class T>
 struct DotSmem {
-  T* As;
-  T* Bs;
-  T* nrm;  // [0, 64): A rows, [64, 128): B rows
-  T* Ds;   // 64 x kWLD tile of dot products (tensor-core path only)
+  wae_fast::smem_ptr<T> As;
+  wae_fast::smem_ptr<T> Bs;
+  wae_fast::smem_ptr<T> nrm;  // [0, 64): A rows, [64, 128): B rows
+  wae_fast::smem_ptr<T> Ds;   // 64 x kWLD tile of dot products (tensor-core path only)
 };
 
 template <class T>
-__device__ __forceinline__ void finish_norms(double nacc, T* nrm) {
+__device__ __forceinline__ void finish_norms(double nacc, const wae_fast::smem_ptr<T>& nrm) {
   if (threadIdx.x < 2 * kBM) nrm[threadIdx.x] = T(nacc);
   __syncthreads();
 }
@@ -324,7 +326,7 @@ __device__ __forceinline__ void tile_sqdist(const SA& sa, const SB& sb, int64_t 
 }
 
 // Fixed-order block reduction of one double per thread (result valid in thread 0).
-__device__ __forceinline__ double block_sum(double v, double* red) {
+__device__ __forceinline__ double block_sum(double v, const wae_fast::smem_ptr<double>& red) {
   const int tid = threadIdx.x;
   red[tid] = v;
   __syncthreads();
@@ -395,9 +397,9 @@ __global__ void reduce_partials(const double* __restrict__ partials, int64_t cou
 template <class T>
 struct GradSmem {
   DotSmem<T> dot;  // dot.Ds aliases W (each thread reads its Ds entries, then writes W there)
-  T* W;            // kBM x kWLD
-  T* Bc;           // kBN x KC: B rows of the gradient columns (aliases the staging chunks and nrm)
-  double* gs;      // kBM x KC fp64 gradient accumulators (entry (row, kk) owned by one thread)
+  wae_fast::smem_ptr<T> W;        // kBM x kWLD
+  wae_fast::smem_ptr<T> Bc;       // kBN x KC: B rows of the gradient columns (aliases the staging chunks and nrm)
+  wae_fast::smem_ptr<double> gs;  // kBM x KC fp64 gradient accumulators (entry (row, kk) owned by one thread)
 };
 
 template <class T>
@@ -488,11 +490,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   constexpr int kRowStep = kThreads / KC;
   constexpr int NR = kBM / kRowStep;
   WAE_DYN_SMEM(dsmem);
-  T* W = reinterpret_cast<T*>(dsmem + L::W);
-  T* scratch = reinterpret_cast<T*>(dsmem + L::scratch);
-  T* nrm = scratch + 2 * DK * kLD;  // inside scratch (see GradLayout)
-  double* gs = reinterpret_cast<double*>(dsmem + L::gs);
-  const GradSmem<T> sm{DotSmem<T>{scratch, scratch + DK * kLD, nrm, W}, W, scratch, gs};
+  const wae_fast::smem_ptr<T> W = wae_fast::dyn_slice<T>(dsmem, L::W, size_t(kBM) * kWLD, "W");
+  const wae_fast::smem_ptr<T> scratch = wae_fast::dyn_slice<T>(dsmem, L::scratch, L::kScratch, "scratch");
+  const wae_fast::smem_ptr<double> gs = wae_fast::dyn_slice<double>(dsmem, L::gs, size_t(kBM) * KC, "gs");
+  // inside scratch (see GradLayout): the staging chunks and the norms of the distance phase
+  const DotSmem<T> dot{wae_fast::sub_slice(scratch, 0, DK * kLD, "As"), wae_fast::sub_slice(scratch, DK * kLD, DK * kLD, "Bs"),
+                       wae_fast::sub_slice(scratch, 2 * DK * kLD, 2 * kBM, "nrm"), W};
+  const GradSmem<T> sm{dot, W, scratch, gs};
   const unsigned by = blockIdx.y;
   const int64_t I = blockIdx.x;
   const int64_t chunk = by % nchunk, split = by / nchunk;

@@ -8,10 +8,15 @@
 //   WAE_LAUNCH((kernel<T, ...>), grid, block, smem_bytes, stream, args...)   kernel launch
 //   WAE_SHARED(T, name, count)         static shared array (__shared__ __align__(128) T name[count])
 //   WAE_DYN_SMEM(name)                 the dynamic shared buffer (unsigned char name[])
-//   smem_ptr<T> / gmem_ptr<T>          pointers into shared / global memory: raw pointers in
-//                                      both builds today; the emulator can make them checked
-//                                      pointer types (bounds, initialisation, races) without
-//                                      touching the kernels.
+//   dyn_slice<T>(buf, byte_off, n, "name")  a T array inside the dynamic buffer
+//   sub_slice(p, off, n, "name")       a sub-array of a shared array
+//   smem_ptr<T>                        pointer into shared memory: T* under nvcc; in the
+//                                      emulator a checked pointer that knows its array (name,
+//                                      bounds): every access is bounds-checked, slices of the
+//                                      dynamic buffer included (overflowing one slice into the
+//                                      next is an error)
+//   gmem_ptr<T>                        pointer into global memory: T* in both builds today (the
+//                                      emulator may check it against the launch's tensors).
 #pragma once
 
 #define WAE_UNPAREN(...) __VA_ARGS__
@@ -20,11 +25,19 @@
 #include "wae_emu.h"
 #define WAE_LAUNCH(kern, grid, block, smem, stream, ...) \
   ::wae_emu::launch(#kern, WAE_UNPAREN kern, grid, block, smem, stream, __VA_ARGS__)
-#define WAE_SHARED(T, name, count) T* const name = ::wae_emu::shared_array<T>(count, #name)
+#define WAE_SHARED(T, name, count) const ::wae_fast::smem_ptr<T> name = ::wae_emu::shared_array<T>(count, #name)
 #define WAE_DYN_SMEM(name) unsigned char* const name = ::wae_emu::dynamic_shared()
 namespace wae_fast {
-template <class T> using smem_ptr = T*;
+template <class T> using smem_ptr = ::wae_emu::checked_ptr<T>;
 template <class T> using gmem_ptr = T*;
+template <class T>
+smem_ptr<T> dyn_slice(unsigned char* base, size_t byte_off, size_t count, const char* name) {
+  return ::wae_emu::dyn_slice<T>(base, byte_off, count, name);
+}
+template <class T>
+smem_ptr<T> sub_slice(const smem_ptr<T>& p, int64_t off, int64_t count, const char* name) {
+  return p.slice(off, count, name);
+}
 }  // namespace wae_fast
 #else
 #define WAE_LAUNCH(kern, grid, block, smem, stream, ...) WAE_UNPAREN kern<<<grid, block, smem, stream>>>(__VA_ARGS__)
@@ -33,5 +46,16 @@ template <class T> using gmem_ptr = T*;
 namespace wae_fast {
 template <class T> using smem_ptr = T*;
 template <class T> using gmem_ptr = T*;
+//! T array at byte offset byte_off of the dynamic shared buffer (count elements: checked by the
+//! emulator only)
+template <class T>
+__device__ __forceinline__ T* dyn_slice(unsigned char* base, size_t byte_off, size_t, const char*) {
+  return reinterpret_cast<T*>(base + byte_off);
+}
+//! p + off as a sub-array of count elements (checked by the emulator only)
+template <class T>
+__device__ __forceinline__ T* sub_slice(T* p, int64_t off, int64_t, const char*) {
+  return p + off;
+}
 }  // namespace wae_fast
 #endif

@@ -251,6 +251,13 @@ void* shared_alloc(size_t bytes, size_t align, const char* name) {
 }
 
 unsigned char* dynamic_shared() { return emu().arena; }
+const unsigned char* dynamic_shared_end() { return emu().arena + emu().dyn_bytes; }
+
+void shared_out_of_bounds(const char* name, long long index, long long size) {
+  const std::string msg = std::string("shared memory out of bounds: ") + name + "[" + std::to_string(index) +
+                          "] of " + std::to_string(size) + " elements";
+  fail(msg.c_str(), nullptr, 0);
+}
 
 void warp_collective(const char* what, unsigned mask, void* arg, WarpOp op, const void* ctx, const char* file,
                      int line) {

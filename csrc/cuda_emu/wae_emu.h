@@ -90,9 +90,53 @@ void syncthreads(const char* file, int line);
 [[noreturn]] void fail(const char* what, const char* file, int line);
 void* shared_alloc(size_t bytes, size_t align, const char* name);
 unsigned char* dynamic_shared();
+
+[[noreturn]] void shared_out_of_bounds(const char* name, long long index, long long size);
+const unsigned char* dynamic_shared_end();
+
+//! Pointer into shared memory that knows the array it belongs to (its name and bounds): every
+//! element access is bounds-checked and a launch error names the array, the index, the block
+//! and the thread.  Arithmetic keeps the array; slice() narrows it to a sub-array.  Under nvcc
+//! the same spelling (wae_fast::smem_ptr, portable.h) is a raw pointer.
 template <class T>
-T* shared_array(size_t count, const char* name) {
-  return static_cast<T*>(shared_alloc(count * sizeof(T), 128, name));
+struct checked_ptr {
+  T* p = nullptr;
+  T* lo = nullptr;
+  T* hi = nullptr;
+  const char* name = "?";
+
+  T& operator[](int64_t i) const {
+    T* q = p + i;
+    if (q < lo || q >= hi) shared_out_of_bounds(name, (long long)(q - lo), (long long)(hi - lo));
+    return *q;
+  }
+  T& operator*() const { return (*this)[0]; }
+  checked_ptr operator+(int64_t i) const { return checked_ptr{p + i, lo, hi, name}; }
+  checked_ptr operator-(int64_t i) const { return checked_ptr{p - i, lo, hi, name}; }
+  //! the elements [off, off + count) as an array of their own, named ``sub``
+  checked_ptr slice(int64_t off, int64_t count, const char* sub) const {
+    if (p + off < lo || p + off + count > hi) shared_out_of_bounds(name, (long long)(p + off + count - lo), (long long)(hi - lo));
+    return checked_ptr{p + off, p + off, p + off + count, sub};
+  }
+  //! the largest index i with p[0..i) inside the array (for footprint checks of wmma)
+  bool fits(int64_t last) const { return p >= lo && p + last < hi; }
+  operator T*() const { return p; }  // unchecked raw access (the CUDA API calls)
+};
+
+template <class T>
+checked_ptr<T> shared_array(size_t count, const char* name) {
+  T* p = static_cast<T*>(shared_alloc(count * sizeof(T), 128, name));
+  return checked_ptr<T>{p, p, p + count, name};
+}
+
+//! The slice [byte_off, byte_off + count * sizeof(T)) of the dynamic shared buffer as an array.
+template <class T>
+checked_ptr<T> dyn_slice(unsigned char* base, size_t byte_off, size_t count, const char* name) {
+  T* p = reinterpret_cast<T*>(base + byte_off);
+  if (reinterpret_cast<const unsigned char*>(p + count) > dynamic_shared_end())
+    shared_out_of_bounds(name, (long long)(byte_off + count * sizeof(T)),
+                         (long long)(dynamic_shared_end() - base));
+  return checked_ptr<T>{p, p, p + count, name};
 }
 
 //! Warp rendezvous: the calling lane deposits ``arg``; when every lane of ``mask`` has arrived

@@ -107,6 +107,24 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, T>&
   }
 }
 
+//! Shared-memory operands (checked pointers, portable.h): the whole footprint must lie inside
+//! the array the pointer belongs to.
+template <class Use, int M, int N, int K, class T, class L>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const ::wae_emu::checked_ptr<float>& p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, L>;
+  const int64_t last = detail::is_col<L>() ? int64_t(F::cols - 1) * ldm + F::rows - 1 : int64_t(F::rows - 1) * ldm + F::cols - 1;
+  if (!p.fits(last)) ::wae_emu::shared_out_of_bounds(p.name, (long long)(p.p - p.lo + last), (long long)(p.hi - p.lo));
+  load_matrix_sync(f, static_cast<const float*>(p.p), ldm);
+}
+template <int M, int N, int K, class T>
+inline void store_matrix_sync(const ::wae_emu::checked_ptr<float>& p, const fragment<accumulator, M, N, K, T>& f,
+                              unsigned ldm, layout_t layout) {
+  using F = fragment<accumulator, M, N, K, T>;
+  const int64_t last = layout == mem_col_major ? int64_t(F::cols - 1) * ldm + F::rows - 1 : int64_t(F::rows - 1) * ldm + F::cols - 1;
+  if (!p.fits(last)) ::wae_emu::shared_out_of_bounds(p.name, (long long)(p.p - p.lo + last), (long long)(p.hi - p.lo));
+  store_matrix_sync(p.p, f, ldm, layout);
+}
+
 namespace detail {
 template <class FD, class FA, class FB, class FC>
 struct MmaArg {
