@@ -17,8 +17,10 @@
 //    of the mask deposit their operands, the last one to arrive performs the operation for all;
 //  * shared memory: one arena per block (dynamic buffer first, then the static WAE_SHARED
 //    arrays), filled with 0xFF bytes (NaN) at every block start, so a read of a word no thread
-//    wrote shows up as NaN; limits of sm_90 (48 KB static, the dynamic size opted in with
-//    cudaFuncSetAttribute, 227 KB in all) are enforced;
+//    wrote shows up as NaN; every access through a checked_ptr (wae_fast::smem_ptr) is
+//    bounds-checked against its array (dyn_slice / sub_slice make arrays of parts of a buffer);
+//    limits of sm_90 (48 KB static, the dynamic size opted in with cudaFuncSetAttribute,
+//    227 KB in all) are enforced;
 //  * kernel arguments are copied per launch and passed by value to every thread, as on the GPU.
 // What it cannot show: timing, memory ordering between blocks (blocks never overlap here),
 // occupancy and register use (tests/test_csrc_compile.py checks ptxas for that), and the exact
