@@ -44,7 +44,7 @@ wae_emu_switch:
 
 namespace wae_emu {
 
-thread_local Ctx g_ctx __attribute__((tls_model("initial-exec")));
+thread_local Ctx g_ctx;  // default TLS model: the extension is dlopen()ed
 
 namespace {
 
@@ -161,7 +161,7 @@ bool run_block(Emu& e) {
   const int n = e.nthreads;
   for (int t = 0; t < n; ++t) init_fiber(e, t);
   for (auto& w : e.warps) w = Warp{};
-  std::memset(e.arena, 0xFF, e.dyn_bytes + e.static_hw);  // poison: unwritten words read as NaN
+  std::memset(e.arena, 0xFF, (e.dyn_bytes + 127) / 128 * 128 + e.static_hw);  // poison: unwritten words read as NaN
   for (;;) {
     bool ran = false;
     for (int i = 0; i < n; ++i) {

@@ -80,7 +80,7 @@ struct Ctx {
   dim3 block_dim;
   dim3 grid_dim;
 };
-extern thread_local Ctx g_ctx __attribute__((tls_model("initial-exec")));
+extern thread_local Ctx g_ctx;
 
 constexpr int kArch = 900;
 constexpr size_t kStaticSmemLimit = 48 * 1024;
