@@ -78,7 +78,7 @@ SPECS: dict[str, ExtSpec] = {
         backend="cpp", module="wae_fast._C", jit_name="wae_fast_C", device_type="cpu",
         sources=("cpu/*.cpp",), hashed=("cpu/*.cpp", "cpu/*.h", "include/wae_fast/*.h"),
         include_dirs=("include", "cpu"), cflags=("-O3", "-fopenmp", "-Wno-psabi"),
-        ldflags=("-fopenmp",), build_seconds=25),
+        ldflags=("-fopenmp",), build_seconds=30),
     # Kernels in .cu (no torch headers) + binding.cpp.  A first-use build compiles for the
     # architectures torch picks (TORCH_CUDA_ARCH_LIST, else the visible GPU).
     "cuda": ExtSpec(
@@ -522,10 +522,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="only this backend (repeatable; default: every one this machine can build)")
     p.add_argument("--status", action="store_true", help="only say how each backend is provided")
     a = p.parse_args(argv)
-    import importlib as _il
     failed = 0
     for name in a.backend or list(SPECS):
-        _il.import_module(f"wae_fast.{name}_backend")      # loads what exists, compiles nothing
+        importlib.import_module(f"wae_fast.{name}_backend")      # loads what exists, compiles nothing
         if a.status or loaded(name) is not None:
             print(f"{name}: {status(name)}")
             continue
