@@ -167,7 +167,7 @@ def available_backends(device: Device = None, family: str = "mmd",
     """Map every backend name to None (available on ``device``) or the reason it is not.
 
     ``detail=True``: map every name to a line, "available" with how the backend is provided
-    (e.g. "available: built at install", "available: needs a build on first use (about 25 s
+    (e.g. "available: built at install", "available: needs a build on first use (about 30 s
     ...)") or "unavailable: <reason>".  Neither form ever starts a compiler."""
     out: dict[str, Optional[str]] = {}
     for name in BACKENDS:
