@@ -181,6 +181,9 @@ def available_backends(device: Device = None, family: str = "mmd",
 
 
 def _prepare(name: str, dev: str) -> Optional[str]:
+    if torch.compiler.is_compiling():
+        # a trace runs the ops' fake implementations: nothing to build (never compile in a trace)
+        return None
     key = (name, dev)
     if key not in _prepared:
         hook = getattr(_load(name), "prepare", None)
