@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .kernel_specs import max_sq_norm
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ESTIMATORS = ("unbiased", "biased")
 
@@ -76,3 +78,25 @@ def check_sigma2(sigma2) -> float:
     if not math.isfinite(s2) or s2 <= 0:
         raise ValueError(f"sigma2 must be finite and > 0, got {sigma2!r}")
     return s2
+
+
+def check_in_range(x: torch.Tensor, y: torch.Tensor) -> None:
+    """ValueError naming the argument when a point of ``x`` or ``y`` (finite, already checked)
+    lies outside the supported magnitude range once shifted by mean(y), the shift the backends
+    use (computed the same way, in the compute dtype): |p - mean(y)|^2 <= MAX_SQ_NORM (see
+    :data:`wae_fast.kernel_specs.MAX_SQ_NORM`), where the default path returns NaN instead.
+    Data dependent: synchronises with the device (``check_finite=True`` only)."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    lim = max_sq_norm(ct)
+    limit = f"|point - mean(y)| <= {math.sqrt(lim):.4g} for {str(ct)[6:]} compute"
+    offset = y.detach().to(ct).mean(0)
+    if not bool(torch.isfinite(offset).all()):
+        raise ValueError(f"y: its mean (the shift every backend subtracts) overflows "
+                         f"{str(ct)[6:]}; the supported range is {limit}")
+    for name, t in (("x", x), ("y", y)):
+        worst = float((t.detach().double() - offset.double()).square().sum(1).max())
+        if not worst <= lim:
+            raise ValueError(f"{name}: a point lies {math.sqrt(worst):.4g} from mean(y), outside "
+                             f"the supported magnitude range {limit} (the result would be NaN); "
+                             "rescale the inputs" + ("" if ct == torch.float64 else
+                                                     " or pass float64 inputs"))

@@ -28,10 +28,34 @@ enum KernelKind : int { KIND_IMQ = 0, KIND_RBF = 1 };
 constexpr int kMaxScales = 16;
 
 // ---------------------------------------------------------------------------------------------
-// Squared distance from a dot product and the two squared norms, clamped at 0.
+// Hostile input (the contract in wae_fast/contract.py): a non-finite coordinate makes every value
+// it touches NaN, and so does a point outside the supported magnitude range.  The range bounds the
+// squared norm of a SHIFTED point: |a|^2 <= MaxSqNorm<T> (fp32 compute: 2^60, |a| <= 2^30 ~ 1.1e9;
+// fp64: 2^496, |a| <= 2^248 ~ 4.5e74).  Inside it r <= 4 MaxSqNorm, so with the kernel constants
+// validated by kernel_specs (fp32: [1e-18, 1e18], fp64: [1e-150, 1e150]) the paired reciprocal's
+// (C1 + r)(C2 + r) and g r stay finite and normal: no overflow, no inf * 0.  Every backend maps a
+// squared norm outside the range (or NaN) to NaN once per row, so the pairs of that row are NaN
+// from the arithmetic itself (no host synchronisation); wae_fast/kernel_specs.py holds the same
+// numbers (MAX_SQ_NORM).
+// ---------------------------------------------------------------------------------------------
+template <class T> struct MaxSqNorm;
+template <> struct MaxSqNorm<float> { static constexpr float value = 1152921504606846976.0f; };     // 2^60
+template <> struct MaxSqNorm<double> {  // 2^496 = (2^62)^8 2^0: a constant expression without hex floats
+  static constexpr double value = 4611686018427387904.0 * 4611686018427387904.0 * 4611686018427387904.0 *
+                                  4611686018427387904.0 * 4611686018427387904.0 * 4611686018427387904.0 *
+                                  4611686018427387904.0 * 4611686018427387904.0;
+};
+
+//! A shifted point's squared norm, or NaN when it is outside the range (or NaN itself).
+template <class T>
+WAE_HD T norm_in_range(T n) { return n <= MaxSqNorm<T>::value ? n : T(NAN); }
+
+// ---------------------------------------------------------------------------------------------
+// Squared distance from a dot product and the two squared norms, clamped at 0.  The clamp keeps
+// NaN: a NaN distance must never count as r = 0 (a full kernel value).
 // ---------------------------------------------------------------------------------------------
 template <class T>
-WAE_HD T clamp0(T r) { return r > T(0) ? r : T(0); }
+WAE_HD T clamp0(T r) { return r < T(0) ? T(0) : r; }
 
 template <class T>
 WAE_HD T sq_dist_from_dot(T dot, T na, T nb) { return clamp0(na + nb - T(2) * dot); }
@@ -40,7 +64,8 @@ WAE_HD T sq_dist_from_dot(T dot, T na, T nb) { return clamp0(na + nb - T(2) * do
 // IMQ: two scales with ONE division.  With a = C1 + r, b = C2 + r, inv = 1/(a b):
 // 1/a = b inv, 1/b = a inv.  a b overflows fp32 only for r > ~1.8e19 (points ~4e9 apart), far
 // beyond the 7-scale product's limit of r ~ 3.5e5 (DESIGN.md 5b); there, both terms flush to 0
-// (their true values are < C / 1e19).  Accuracy: ~2 ulp per reciprocal.
+// (their true values are < C / 1e19); r = max (clamp0 of an infinite r) gives inv = 0 and
+// t1 = t2 = 0 with a, b finite: k = 0, dk/dr = 0.  Accuracy: ~2 ulp per reciprocal.
 // k += C1/a + C2/b ; w -= C1/a^2 + C2/b^2
 // ---------------------------------------------------------------------------------------------
 //! 1/x.  Host (scalars, CPU vectors): an IEEE division.  GPU: the hardware approximation plus
@@ -107,8 +132,16 @@ WAE_HD void imq_one(V r, S c, V& k, V& w) {
 //! and the host tests alike.  On the GPU the loop runs to the compile-time bound with predicates
 //! and no break, so it unrolls fully and C[] is indexed statically (kernel-parameter space; a
 //! partly unrolled loop copies the params to local memory); the host stops at nscales.
+template <class T> struct Finite;
+template <> struct Finite<float> { static constexpr float max = 3.40282346638528859812e+38f; };
+template <> struct Finite<double> { static constexpr double max = 1.79769313486231570815e+308; };
+
 template <class V, class S>
 WAE_HD void imq_eval(V r, const S* C, int nscales, V& k, V& w) {
+  // r = inf -> the largest finite value (NaN kept): C + r stays finite, the paired product
+  // overflows, inv = 0, and k = dk/dr = 0 instead of inf * 0 = NaN.
+  const V rmax = V{} + Finite<S>::max;
+  r = r > rmax ? rmax : r;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
