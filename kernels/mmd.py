@@ -269,8 +269,8 @@ def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.co
     function of all scales: u1 u2 stays finite for r < ~1e19, while the product of 7 factors
     overflows fp32 near r ~ 3.5e5.  As tile_math.h: 1/u1 = u2 t and 1/u2 = u1 t with
     t = 1/(u1 u2), k_s = C_s / u_s and dk_s/dr = -k_s / u_s, so no intermediate exceeds
-    C / u^2 (the former (C1 u2^2 + C2 u1^2) t t overflowed to inf * 0 = NaN for r ~ 1e20).  An
-    infinite r is clamped to the largest finite value first: t = 0, k = dk/dr = 0.
+    C / u^2 (the former (C1 u2^2 + C2 u1^2) t t overflowed to inf * 0 = NaN for r ~ 1e20).  The
+    pairs see an infinite r as the largest finite value: t = 0, k = dk/dr = 0.
     RBF: k_s = exp(-g r), dk_s/dr = -g exp(-g r) (one exp per scale)."""
     k = tl.zeros_like(r)
     w = tl.zeros_like(r)
@@ -279,12 +279,12 @@ def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.co
             rmax = FINITE_MAX_F64
         else:
             rmax = FINITE_MAX_F32
-        r = tl.where(r > rmax, rmax, r)
+        rp = tl.where(r > rmax, rmax, r)  # the pairs' r; a single scale keeps inf: 1/inf = 0
         for s in tl.static_range(NUM_SCALES // 2):
             c1 = tl.load(P + 2 * s).to(r.dtype)
             c2 = tl.load(P + 2 * s + 1).to(r.dtype)
-            u1 = c1 + r
-            u2 = c2 + r
+            u1 = c1 + rp
+            u2 = c2 + rp
             t = 1.0 / (u1 * u2)
             t1 = u2 * t
             t2 = u1 * t

@@ -64,6 +64,26 @@ int main() {
   }
   std::printf("VECTOR_MISMATCH %d\n", bad);
   std::printf("CLAMP %g %g\n", (double)sq_dist_from_dot(2.0f, 1.0f, 1.0f + 1e-7f), (double)sq_dist_from_dot(1.0f, 0.5f, 0.5f));
+  // hostile input: the clamp keeps NaN; r = inf or huge gives k = dk/dr = 0 (scalar and vector),
+  // a norm outside the range (or NaN) becomes NaN
+  const float inf = INFINITY;
+  v8 rh = {1e19f, 1e20f, 1e30f, 3e38f, inf, inf, inf, inf};
+  v8 kh = v8{} + 0.f, wh = v8{} + 0.f;
+  imq_eval(rh, C, 7, kh, wh);
+  int hostile = 0;
+  for (int l = 0; l < 4; ++l) hostile += !(kh[l] >= 0.f && kh[l] <= 400.f / rh[l] && wh[l] <= 0.f && wh[l] >= -1e-30f);
+  for (int l = 4; l < 8; ++l) hostile += (kh[l] != 0.f) || (wh[l] != 0.f);
+  float ks = 0.f, ws = 0.f, kd = 0.f, wd = 0.f;
+  imq_eval(inf, C, 7, ks, ws);
+  const double Cd[2] = {1e-150, 1e150};
+  double kdd = 0.0, wdd = 0.0;
+  imq_eval((double)INFINITY, Cd, 2, kdd, wdd);
+  hostile += (ks != 0.f) || (ws != 0.f) || (kdd != 0.0) || (wdd != 0.0);
+  imq_eval(sq_dist_from_dot(0.f, NAN, 1.f), C, 7, kd, wd);
+  hostile += !(std::isnan(kd) && std::isnan(wd));
+  hostile += !std::isnan(norm_in_range(1.0000001f * 1152921504606846976.0f)) + std::isnan(norm_in_range(1152921504606846976.0f));
+  hostile += !std::isnan(norm_in_range((double)NAN)) + !std::isnan(norm_in_range((float)INFINITY));
+  std::printf("HOSTILE %d\n", hostile);
   return 0;
 }
 """
@@ -88,6 +108,7 @@ def test_header_standalone_host_program(tmp_path):
     assert "VECTOR_MISMATCH 0" in out
     clamp = [line for line in out if line.startswith("CLAMP")][0].split()
     assert float(clamp[1]) == 0.0 and float(clamp[2]) == 0.0
+    assert "HOSTILE 0" in out
 
 
 SCALES = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
@@ -119,6 +140,21 @@ def test_kernel_value_and_derivative(kind, nscales):
         # fp32: a few ulp per scale (one reciprocal per pair of scales + 3 roundings)
         assert k32 == pytest.approx(k_ref32, rel=2e-6 * nscales, abs=1e-37)
         assert w32 == pytest.approx(w_ref32, rel=2e-6 * nscales, abs=1e-37)
+
+
+@needs_ext
+@pytest.mark.parametrize("fp32", [True, False])
+@pytest.mark.parametrize("kind", [KIND_IMQ, KIND_RBF])
+def test_infinite_or_huge_r_gives_zero_and_nan_stays_nan(kind, fp32):
+    """k(r = inf) = 0 and dk/dr(inf) = 0, never inf * 0 = NaN; a NaN r stays NaN."""
+    params = [s * 16.0 for s in SCALES] if kind == KIND_IMQ else [1.0 / (s * 16.0) for s in SCALES]
+    for r in ((1e20, 1e30, 3e38) if fp32 else (1e300, 1.7e308)):
+        k, w = _C.tile_math_eval(kind, params, r, fp32)  # flushed or the tiny true value
+        assert 0.0 <= k <= 1.01 * sum(params) / r and -1e-30 <= w <= 0.0, (r, k, w)
+    k, w = _C.tile_math_eval(kind, params, math.inf, fp32)
+    assert k == 0.0 and w == 0.0
+    k, w = _C.tile_math_eval(kind, params, math.nan, fp32)
+    assert math.isnan(k) and math.isnan(w)
 
 
 @needs_ext

@@ -138,16 +138,17 @@ template <> struct Finite<double> { static constexpr double max = 1.797693134862
 
 template <class V, class S>
 WAE_HD void imq_eval(V r, const S* C, int nscales, V& k, V& w) {
-  // r = inf -> the largest finite value (NaN kept): C + r stays finite, the paired product
-  // overflows, inv = 0, and k = dk/dr = 0 instead of inf * 0 = NaN.
+  // The pairs see r = inf as the largest finite value (NaN kept): C + r stays finite, the paired
+  // product overflows, inv = 0, and k = dk/dr = 0 instead of inf * 0 = NaN.  A single scale
+  // keeps r itself: 1/(C + inf) = 0.
   const V rmax = V{} + Finite<S>::max;
-  r = r > rmax ? rmax : r;
+  const V rp = r > rmax ? rmax : r;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int s = 0; s < kMaxScales; s += 2) {
     if (s + 1 < nscales) {
-      imq_pair(r, C[s], C[s + 1], k, w);
+      imq_pair(rp, C[s], C[s + 1], k, w);
     } else if (s < nscales) {
       imq_one(r, C[s], k, w);
     }
