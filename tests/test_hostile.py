@@ -30,6 +30,7 @@ import wae_fast
 from wae_fast.kernel_specs import KIND_IMQ, MAX_SQ_NORM
 
 from . import oracle
+from .conftest import backend_params
 
 KERNELS = {"imq7": wae_fast.IMQ(), "imq2": wae_fast.IMQ(C=(0.8, 30.0)),
            "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0))}
@@ -302,3 +303,68 @@ def test_check_finite_names_y_when_its_mean_overflows():
     with pytest.raises(ValueError, match="^(y: its mean|[xy]: .*outside)"):
         wae_fast.mmd(x, y, backend="reference", check_finite=True)
     assert torch.isnan(wae_fast.mmd(x, y, backend="reference"))
+
+
+# --- the other op families: sampled prior, linear estimator, reparameterize ------------------------
+
+PRIOR_BACKENDS = ["reference"] + [p for p in backend_params("prior")]
+
+
+@pytest.mark.parametrize("backend", PRIOR_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [math.nan, -math.inf, 1e12, 1e80])
+def test_sampled_prior_follows_the_contract(backend, dtype, bad):
+    """mmd_to_prior(estimator="sampled") (the prior_* ops; reference: materialised samples):
+    NaN/Inf or a point outside the range -> NaN value and NaN gradient rows."""
+    name, dev = backend if isinstance(backend, tuple) else (backend, "cpu")
+    if dtype == torch.float32 and bad == 1e80:
+        bad = 3e38
+    x = _pts(6, 1, 3, dtype, seed=2)[0]
+    x[1, 0] = bad
+    xa = x.to(dev).requires_grad_(True)
+    v = wae_fast.mmd_to_prior(xa, estimator="sampled", num_samples=8, seed=1, backend=name)
+    v.backward()
+    want_nan = not math.isfinite(bad) or bad**2 > MAX_SQ_NORM[dtype]
+    assert bool(torch.isnan(v)) == want_nan, v
+    assert bool(torch.isnan(xa.grad).all()) == want_nan
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 1e20])
+@pytest.mark.parametrize("n", [4, 5])
+def test_linear_estimator_follows_the_contract(bad, n):
+    """mmd_linear: inf gave k = 0 (a finite value); an unpaired non-finite row was ignored."""
+    x, y = _pts(n, n, 2, torch.float32, seed=4)
+    x[n - 1, 0] = bad
+    xa, ya = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    v = wae_fast.mmd_linear(xa, ya)
+    v.backward()
+    if bad == 1e20 and n == 5:  # finite and unused: the value stands
+        assert torch.isfinite(v)
+        return
+    assert torch.isnan(v)
+    if n == 4:  # pairs (x2, x3), (y2, y3), (x2, y3), (x3, y2): x3's partners x2, y2 are NaN
+        assert torch.isnan(xa.grad[2:]).all() and torch.isnan(ya.grad[2]).all()
+        assert torch.isfinite(xa.grad[:2]).all() and torch.isfinite(ya.grad[3]).all()
+    with pytest.raises(ValueError, match="^(x contains non-finite|x.*outside the linear estimator's range)"):
+        wae_fast.mmd_linear(x, y, check_finite=True)
+
+
+@pytest.mark.parametrize("where,bad", [("mu", math.nan), ("mu", math.inf), ("logvar", math.nan),
+                                       ("logvar", math.inf), ("logvar", -math.inf)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_reparameterize_nonfinite_gives_nan(reparam_backend, where, bad, dtype):
+    """z = mu + exp(logvar / 2) eps: logvar = -inf gave a finite z = mu; now NaN there, and only
+    there; the logvar gradient is NaN where logvar is not finite."""
+    name, dev = reparam_backend
+    mu = torch.zeros(3, 4, dtype=dtype, device=dev)
+    lv = torch.zeros(3, 4, dtype=dtype, device=dev)
+    (mu if where == "mu" else lv)[1, 2] = bad
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+    z = wae_fast.reparameterize(mu, lv, generator=torch.Generator().manual_seed(0), backend=name)
+    z.sum().backward()
+    nan = torch.zeros(3, 4, dtype=torch.bool)
+    nan[1, 2] = True
+    assert torch.equal(torch.isnan(z).cpu(), nan)
+    assert torch.isfinite(mu.grad).all()
+    assert torch.equal(torch.isnan(lv.grad).cpu(), nan if where == "logvar" else torch.zeros_like(nan))

@@ -92,13 +92,16 @@ def eps_like(t: torch.Tensor, seed: int) -> torch.Tensor:
 def _reparam_fwd(mu, logvar, seed):
     eps = eps_like(logvar, seed)
     ct = eps.dtype
-    return (mu.to(ct) + torch.exp(logvar.to(ct) * 0.5) * eps).to(mu.dtype)
+    z = mu.to(ct) + torch.exp(logvar.to(ct) * 0.5) * eps
+    # NaN where mu or logvar is not finite (logvar = -inf would give a finite z = mu)
+    return z.masked_fill(~(torch.isfinite(mu) & torch.isfinite(logvar)), float("nan")).to(mu.dtype)
 
 
 def _reparam_bwd(grad_z, logvar, seed):
     eps = eps_like(logvar, seed)
     ct = eps.dtype
-    return (grad_z.to(ct) * eps * torch.exp(logvar.to(ct) * 0.5) * 0.5).to(logvar.dtype)
+    g = grad_z.to(ct) * eps * torch.exp(logvar.to(ct) * 0.5) * 0.5
+    return g.masked_fill(~torch.isfinite(logvar), float("nan")).to(logvar.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -501,7 +501,9 @@ void reparam_loop(const at::Tensor& a_, const at::Tensor& lv_, at::Tensor& out, 
     for (int64_t i = b; i < e; ++i) {
       const T eps = T(wae_fast::philox_randn(seed, uint64_t(i)));
       const T ai = T(a[i]), l = T(lv[i]);
-      o[i] = TI(kForward ? ai + std::exp(l * T(0.5)) * eps : ai * eps * std::exp(l * T(0.5)) * T(0.5));
+      const T v = kForward ? ai + std::exp(l * T(0.5)) * eps : ai * eps * std::exp(l * T(0.5)) * T(0.5);
+      // non-finite mu or logvar (forward) / logvar (backward) -> NaN
+      o[i] = TI(kForward ? wae_fast::nan_unless_finite(v, ai, l) : wae_fast::nan_unless_finite(v, l));
     }
   });
 }

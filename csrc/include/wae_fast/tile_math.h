@@ -50,6 +50,13 @@ template <> struct MaxSqNorm<double> {  // 2^496 = (2^62)^8 2^0: a constant expr
 template <class T>
 WAE_HD T norm_in_range(T n) { return n <= MaxSqNorm<T>::value ? n : T(NAN); }
 
+//! v where every one of the finite-checked values is finite, else NaN (hostile-input contract:
+//! reparameterize's z = mu + exp(logvar / 2) eps and its logvar gradient are NaN where mu or
+//! logvar is not finite; logvar = -inf would otherwise give a finite z = mu).  a - a is 0 exactly
+//! for finite a and NaN for inf/NaN (no fast-math anywhere in the build).
+template <class T>
+WAE_HD T nan_unless_finite(T v, T a, T b = T(0)) { return (a - a) + (b - b) == T(0) ? v : T(NAN); }
+
 // ---------------------------------------------------------------------------------------------
 // Squared distance from a dot product and the two squared norms, clamped at 0.  The clamp keeps
 // NaN: a NaN distance must never count as r = 0 (a full kernel value).
