@@ -300,7 +300,7 @@ def test_kernel_constants_validated_after_derivation(mmd_backend, spec, arg, dty
 def test_check_finite_names_y_when_its_mean_overflows():
     y = torch.full((2, 2), 3e38, dtype=torch.float32)
     x = torch.zeros(2, 2, dtype=torch.float32)
-    with pytest.raises(ValueError, match="^(y: its mean|[xy]: .*outside)"):
+    with pytest.raises(ValueError, match=r"^(y: the shift mean\(y\) .*overflows|[xy]: .*outside)"):
         wae_fast.mmd(x, y, backend="reference", check_finite=True)
     assert torch.isnan(wae_fast.mmd(x, y, backend="reference"))
 
@@ -368,3 +368,15 @@ def test_reparameterize_nonfinite_gives_nan(reparam_backend, where, bad, dtype):
     assert torch.equal(torch.isnan(z).cpu(), nan)
     assert torch.isfinite(mu.grad).all()
     assert torch.equal(torch.isnan(lv.grad).cpu(), nan if where == "logvar" else torch.zeros_like(nan))
+
+
+@pytest.mark.parametrize("estimator", ["closed_form", "sampled"])
+def test_prior_check_finite_names_x_and_the_range(estimator):
+    x = _pts(5, 1, 2, torch.float32, seed=6)[0]
+    x[0, 0] = 1e12
+    with pytest.raises(ValueError, match=r"^x: .*outside the supported magnitude range \|point - mean\(x\)\|"):
+        wae_fast.mmd_to_prior(x, estimator=estimator, num_samples=6, seed=0, check_finite=True)
+    assert torch.isnan(wae_fast.mmd_to_prior(x, estimator=estimator, num_samples=6, seed=0))
+    x = torch.full((4, 2), 1e10)  # |x - mean(x)| = 0, but the xy shift n/(n+m) mean(x) is far
+    with pytest.raises(ValueError, match=r"^x: .*n/\(n\+m\) mean\(x\)"):
+        wae_fast.mmd_to_prior(x, estimator="sampled", num_samples=4, seed=0, check_finite=True)

@@ -10,6 +10,11 @@ Conventions (DESIGN.md section 2), with r = ||a - b||^2:
 Lowered form (the backend contract, see ``wae_fast.contract``): IMQ -> ``KIND_IMQ`` with
 params = [C_1, ..., C_S]; RBF -> ``KIND_RBF`` with params = [gamma_1, ..., gamma_S],
 gamma_s = 1 / (2 bw_s^2), so that k = sum_s exp(-gamma_s * r).
+
+Validation happens after derivation: :meth:`IMQ.lower` / :meth:`RBF.lower` reject a derived
+constant that is not finite and > 0, :func:`check_compute_range` one outside
+:data:`PARAM_RANGE` of the compute dtype, both with a ValueError naming the user's arguments.
+:data:`MAX_SQ_NORM` is the supported magnitude range of the (shifted) points.
 """
 from __future__ import annotations
 

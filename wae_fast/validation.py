@@ -80,23 +80,30 @@ def check_sigma2(sigma2) -> float:
     return s2
 
 
-def check_in_range(x: torch.Tensor, y: torch.Tensor) -> None:
-    """ValueError naming the argument when a point of ``x`` or ``y`` (finite, already checked)
-    lies outside the supported magnitude range once shifted by mean(y), the shift the backends
-    use (computed the same way, in the compute dtype): |p - mean(y)|^2 <= MAX_SQ_NORM (see
-    :data:`wae_fast.kernel_specs.MAX_SQ_NORM`), where the default path returns NaN instead.
+def check_rows_in_range(name: str, t: torch.Tensor, offset: torch.Tensor, shift: str) -> None:
+    """ValueError naming ``name`` when a row of ``t`` shifted by ``offset`` (described by
+    ``shift``) is outside the supported magnitude range of the compute dtype, |p - offset|^2 <=
+    MAX_SQ_NORM (:data:`wae_fast.kernel_specs.MAX_SQ_NORM`), where the backends return NaN.
     Data dependent: synchronises with the device (``check_finite=True`` only)."""
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = torch.float64 if t.dtype == torch.float64 else torch.float32
     lim = max_sq_norm(ct)
-    limit = f"|point - mean(y)| <= {math.sqrt(lim):.4g} for {str(ct)[6:]} compute"
+    limit = f"|point - {shift}| <= {math.sqrt(lim):.4g} for {str(ct)[6:]} compute"
+    if not bool(torch.isfinite(offset).all()):
+        raise ValueError(f"{name}: the shift {shift} every backend subtracts overflows "
+                         f"{str(ct)[6:]}; the supported range is {limit}")
+    worst = float((t.detach().double() - offset.double()).square().sum(1).max())
+    if not worst <= lim:
+        raise ValueError(f"{name}: a point lies {math.sqrt(worst):.4g} from {shift}, outside the "
+                         f"supported magnitude range {limit} (the result would be NaN); rescale "
+                         "the inputs" + ("" if ct == torch.float64 else " or pass float64 inputs"))
+
+
+def check_in_range(x: torch.Tensor, y: torch.Tensor) -> None:
+    """:func:`check_rows_in_range` for ``mmd``: x and y shifted by mean(y), computed as the
+    backends' glue does (in the compute dtype)."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     offset = y.detach().to(ct).mean(0)
     if not bool(torch.isfinite(offset).all()):
-        raise ValueError(f"y: its mean (the shift every backend subtracts) overflows "
-                         f"{str(ct)[6:]}; the supported range is {limit}")
+        check_rows_in_range("y", y, offset, "mean(y)")
     for name, t in (("x", x), ("y", y)):
-        worst = float((t.detach().double() - offset.double()).square().sum(1).max())
-        if not worst <= lim:
-            raise ValueError(f"{name}: a point lies {math.sqrt(worst):.4g} from mean(y), outside "
-                             f"the supported magnitude range {limit} (the result would be NaN); "
-                             "rescale the inputs" + ("" if ct == torch.float64 else
-                                                     " or pass float64 inputs"))
+        check_rows_in_range(name, t, offset, "mean(y)")
