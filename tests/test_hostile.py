@@ -41,7 +41,7 @@ GRAD_TOL = {torch.float64: 1e-10, torch.float32: 5e-5, torch.float16: 2 * 2.0**-
 MAGNITUDES = {torch.float64: (-30, 80), torch.float32: (-30, 30), torch.bfloat16: (-30, 30),
               torch.float16: (-3, 3)}
 #: Examples per backend: the Triton interpreter costs ~1 ms per launch and program.
-EXAMPLES = {"triton": 12}
+EXAMPLES = {"triton": 16}
 DEFAULT_EXAMPLES = 100
 
 
