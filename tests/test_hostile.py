@@ -377,3 +377,52 @@ def test_prior_check_finite_names_x_and_the_range(estimator):
     x = torch.full((4, 2), 1e10)  # |x - mean(x)| = 0, but the xy shift n/(n+m) mean(x) is far
     with pytest.raises(ValueError, match=r"^x: .*n/\(n\+m\) mean\(x\)"):
         wae_fast.mmd_to_prior(x, estimator="sampled", num_samples=4, seed=0, check_finite=True)
+
+
+# --- Triton's pair math directly (the interpreter here, the GPU compiler in the AOT test) -----------
+
+try:
+    import triton
+    import triton.language as tl
+
+    from wae_fast.kernels import mmd as _tmmd
+
+    @triton.jit
+    def _pair_math_kernel(R, P, K, W, KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
+                          BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        r = tl.load(R + i)
+        zero = tl.zeros((BLOCK,), dtype=tl.float32)
+        # r_ij = 0 + 0 - 2 (-r_j / 2) = r_j for every row i: through sq_dist's clamp (keeps NaN)
+        rr = _tmmd.sq_dist(-0.5 * r[None, :] + zero[:, None], zero, zero)
+        k, w = _tmmd.kernel_sum(rr, P, KIND, NUM_SCALES, True)
+        row0 = (i == 0)[:, None]
+        tl.store(K + i, tl.sum(tl.where(row0, k, 0.0), 0))
+        tl.store(W + i, tl.sum(tl.where(row0, w, 0.0), 0))
+
+    _TRITON = None
+except Exception as exc:  # pragma: no cover - no triton
+    _TRITON = f"triton unavailable ({exc})"
+
+
+@pytest.mark.skipif(_TRITON is not None, reason=str(_TRITON))
+@pytest.mark.parametrize("kname", ["imq7", "imq2", "rbf3"])
+def test_triton_pair_math_far_infinite_and_nan(kname):
+    """Triton's paired IMQ derivative was ((C1 u2^2 + C2 u1^2) t) t: inf * 0 = NaN for r ~ 1e20 in
+    fp32.  Now k = dk/dr = 0 (or the tiny true value) for huge r, exactly 0 at r = inf, NaN stays."""
+    if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1 (set by tests/conftest.py)")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, params = KERNELS[kname].lower(3)
+    r = torch.tensor([1e18, 1e19, 1e20, 1e30, 3e38, math.inf, math.nan, 0.5], device=dev)
+    p = torch.tensor(params, dtype=torch.float32, device=dev)
+    k, w = torch.empty_like(r), torch.empty_like(r)
+    _pair_math_kernel[(1,)](r, p, k, w, KIND=kind, NUM_SCALES=len(params), BLOCK=8)
+    k, w = k.cpu().double(), w.cpu().double()
+    for i in range(5):  # finite huge r: 0 <= k <= sum(C)/r (IMQ) and -1e-30 <= dk/dr <= 0
+        assert 0.0 <= k[i] <= (1.01 * sum(params) / r[i].item() if kind == KIND_IMQ else 1e-30)
+        assert -1e-30 <= w[i] <= 0.0
+    assert k[5] == 0.0 and w[5] == 0.0
+    assert math.isnan(k[6]) and math.isnan(w[6])
+    want_k, want_w = _derivs(kind, params, torch.tensor([0.5], dtype=torch.float64))[0], None
+    assert k[7] > 0 and w[7] == pytest.approx(float(want_k[0]), rel=1e-5)
