@@ -13,8 +13,12 @@ added later are covered.  Its accuracy bound is the backends' error model: today
 (tests/test_backends.py) against the kernel-sum scale, plus the conditioning of each kernel
 value on r (the expansion |a|^2 + |b|^2 - 2 a.b carries an absolute error ~u (|a|^2 + |b|^2),
 which moves k by |dk/dr| times that: the exp tail of RBF, points far from the shift), plus the
-compute dtype's underflow floor.  For today's test data the extra terms are far below the
-tolerance.
+compute dtype's underflow floor.  The model is a worst-case bound: for the data of
+tests/test_backends.py its value term is 0.1-0.6x today's tolerance and its gradient term 3-4x
+(RBF at d = 64: ~30x), so accuracy on ordinary data stays tested there, unchanged; here it
+guards the far, tiny, mixed-magnitude and near-boundary cases (400 examples per CPU backend
+passed it when it was written).  Where points cluster far from the shift it is loose because
+the expansion really is inaccurate there (documented in README "Hostile input").
 """
 from __future__ import annotations
 
@@ -424,5 +428,5 @@ def test_triton_pair_math_far_infinite_and_nan(kname):
         assert -1e-30 <= w[i] <= 0.0
     assert k[5] == 0.0 and w[5] == 0.0
     assert math.isnan(k[6]) and math.isnan(w[6])
-    want_k, want_w = _derivs(kind, params, torch.tensor([0.5], dtype=torch.float64))[0], None
-    assert k[7] > 0 and w[7] == pytest.approx(float(want_k[0]), rel=1e-5)
+    want_w = _derivs(kind, params, torch.tensor([0.5], dtype=torch.float64))[0]
+    assert k[7] > 0 and w[7] == pytest.approx(float(want_w[0]), rel=1e-5)
