@@ -62,4 +62,6 @@ def pytest_report_header(config):
         av = wae_fast.available_backends(dev)
         lines.append(f"wae_fast backends on {dev}: " + ", ".join(
             f"{k}={'yes' if v is None else 'no'}" for k, v in av.items()))
+    # how the compiled CPU backend is provided (built at install, cached, first use)
+    lines.append("wae_fast cpp: " + wae_fast.available_backends("cpu", detail=True)["cpp"])
     return lines

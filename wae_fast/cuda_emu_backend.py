@@ -17,23 +17,40 @@ from __future__ import annotations
 
 from typing import Optional
 
+from . import build
 from .contract import define_backend_ops
 
 define_backend_ops("cuda_emu", fuses_grad=False)
 
-_ext = None
-_error: Optional[str] = None
-try:
-    from . import _C_cuda_emu as _ext  # noqa: F811  (registers wae_fast::*_cuda_emu for CPU)
-except ImportError as exc:
-    _error = (f"wae_fast._C_cuda_emu is not built ({exc}): pip install --no-build-isolation -e . "
-              "on x86-64 Linux with a C++ compiler (WAE_FAST_BUILD_CUDA_EMU=1 to force)")
+#: The op families the extension registers (its TORCH_LIBRARY_IMPL), given placeholders that
+#: build it on first use; routing by capabilities lives in wae_fast.dispatch.
+EXTENSION_FAMILIES = ("mmd", "reparam", "prior")
+
+# Built at install (matching this torch) or cached; never compiles here (see wae_fast.build).
+_ext = build.load_prebuilt("cuda_emu")   # registers wae_fast::*_cuda_emu for CPU
+if _ext is None:
+    build.build_on_first_use("cuda_emu", EXTENSION_FAMILIES)
 
 
 def availability(device_type: str) -> Optional[str]:
-    if _ext is None:
-        return _error
+    """None when the emulated backend runs on ``device_type`` (CPU tensors; the extension loaded
+    or buildable on first use), else why not.  Never compiles."""
     if device_type != "cpu":
         return (f"the cuda_emu backend (the CUDA kernels emulated on the CPU, for testing) runs on "
                 f"CPU tensors only (got device type {device_type!r})")
-    return None
+    return build.unavailable_reason("cuda_emu")
+
+
+def prepare(device_type: str) -> Optional[str]:
+    """Before the first real call (dispatch runs it once): build the extension if needed."""
+    return build.prepare("cuda_emu")
+
+
+def status() -> str:
+    """How the extension is provided: built at install, cached build, needs a build on first use."""
+    return build.status("cuda_emu")
+
+
+def extension():
+    """The extension module (the emulator's knobs and self-test hooks), compiled first if needed."""
+    return build.ensure("cuda_emu")

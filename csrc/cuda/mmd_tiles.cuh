@@ -190,7 +190,8 @@ struct DotSmem {
 
 template <class T>
 __device__ __forceinline__ void finish_norms(double nacc, const wae_fast::smem_ptr<T>& nrm) {
-  if (threadIdx.x < 2 * kBM) nrm[threadIdx.x] = T(nacc);
+  // out of the supported magnitude range (or NaN/Inf) -> NaN: the row's pairs are NaN (tile_math.h)
+  if (threadIdx.x < 2 * kBM) nrm[threadIdx.x] = wae_fast::norm_in_range(T(nacc));
   __syncthreads();
 }
 

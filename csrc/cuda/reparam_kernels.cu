@@ -35,7 +35,8 @@ __global__ void reparam_fwd_kernel(const TI* __restrict__ mu, const TI* __restri
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     const T eps = T(wae_fast::philox_randn_tl(seed, uint64_t(i)));
     const T lv = T(ld(logvar[i]));
-    st(z + i, T(ld(mu[i])) + exp(lv * T(0.5)) * eps);
+    const T m = T(ld(mu[i]));
+    st(z + i, wae_fast::nan_unless_finite(m + exp(lv * T(0.5)) * eps, m, lv));  // hostile input -> NaN
   }
 }
 
@@ -47,7 +48,7 @@ __global__ void reparam_bwd_kernel(const TI* __restrict__ gz, const TI* __restri
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     const T eps = T(wae_fast::philox_randn_tl(seed, uint64_t(i)));
     const T lv = T(ld(logvar[i]));
-    st(glv + i, T(ld(gz[i])) * eps * exp(lv * T(0.5)) * T(0.5));
+    st(glv + i, wae_fast::nan_unless_finite(T(ld(gz[i])) * eps * exp(lv * T(0.5)) * T(0.5), lv));
   }
 }
 
