@@ -59,6 +59,7 @@ def mmd_variants(which: str = "core"):
     primary tile config (:data:`wae_fast.kernels.mmd.PRIMARY`); ``extra``: the other things that
     change the generated code (d = 1/3/130/600, even tiles, tf32/tf32x3, one scale, other tiles)."""
     out = []
+    KIND_NAMES = {M.KIND_IMQ: "imq", M.KIND_RBF: "rbf", M.KIND_POLY: "poly"}
 
     def cfg(kern, dtype, block, warps):
         if block is None:
@@ -75,12 +76,12 @@ def mmd_variants(which: str = "core"):
         cx = dict(SYM=sym, UNBIASED=unb, KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct,
                   BLOCK=block, DP=dp, EVEN_A=even, EVEN_B=even, EVEN_D=(d == dp),
                   BK=M.chunk_dim(d), EVEN_K=(d % M.chunk_dim(d) == 0))
-        name = (f"mmd_fwd {'imq' if kind == 0 else 'rbf'} {dtype} {'sym' if sym else 'xy'}"
+        name = (f"mmd_fwd {KIND_NAMES[kind]} {dtype} {'sym' if sym else 'xy'}"
                 f"{' unbiased' if (sym and unb) else (' biased' if sym else '')} d={d} B={block} w={warps}"
                 f"{' even' if even else ''}{'' if prec == 'ieee' else ' ' + prec} S={scales}")
         out.append((name, M._mmd_fwd_kernel, sig, cx, warps, 2))
 
-    def bwd(dtype, kind, d=64, block=None, warps=None, even=False, prec="ieee", scales=None):
+    def bwd(dtype, kind, d=64, block=None, warps=None, even=False, prec="ieee", scales=None, unb=True):
         block, warps = cfg("bwd", dtype, block, warps)
         scales = scales or (7 if kind == M.KIND_IMQ else 3)
         cts, ct = _sig_and_tl_dtype(dtype)
@@ -88,10 +89,10 @@ def mmd_variants(which: str = "core"):
         sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "COEF": "*" + cts,
                "G": _PTR[dtype], "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
         dp = M.grad_chunk(d)
-        cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION=prec, CT=ct, BLOCK=block, DC=dp,
+        cx = dict(KIND=kind, NUM_SCALES=scales, UNBIASED=unb, PRECISION=prec, CT=ct, BLOCK=block, DC=dp,
                   EVEN_A=even, EVEN_B=even, EVEN_D=(d % dp == 0), BK=M.chunk_dim(d),
                   EVEN_K=(d % M.chunk_dim(d) == 0))
-        name = (f"mmd_bwd {'imq' if kind == 0 else 'rbf'} {dtype} d={d} B={block} w={warps}"
+        name = (f"mmd_bwd {KIND_NAMES[kind]} {dtype}{'' if unb else ' biased'} d={d} B={block} w={warps}"
                 f"{' even' if even else ''}{'' if prec == 'ieee' else ' ' + prec} S={scales}")
         out.append((name, M._mmd_bwd_kernel, sig, cx, warps, 2))
 
@@ -101,6 +102,11 @@ def mmd_variants(which: str = "core"):
                 for sym, unb in ((True, True), (True, False), (False, True)):
                     fwd(dtype, kind, sym, unb)
                 bwd(dtype, kind)
+        for dtype in ("fp32", "fp64"):  # the polynomial (KID): its own epilogue and diagonal rule
+            for sym, unb in ((True, True), (True, False), (False, True)):
+                fwd(dtype, M.KIND_POLY, sym, unb)
+            bwd(dtype, M.KIND_POLY, unb=True)
+            bwd(dtype, M.KIND_POLY, unb=False)
     if which in ("extra", "all"):
         fwd("fp32", 0, True, True, even=True)
         fwd("fp32", 0, False, True, even=True)

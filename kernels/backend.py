@@ -28,6 +28,7 @@ from wae_fast.pairsum import pair_count
 try:
     import triton
 
+    from . import kmm as _kmm
     from . import mmd as _mmd
     from . import prior as _prior
     from . import reparam as _rep
@@ -70,10 +71,14 @@ def _check_mmd_args(x, y, offset, kind, params, precision):
         raise ValueError(f"mmd_fwd_triton: x {tuple(x.shape)} and y {tuple(y.shape)} must be (N, d), (M, d)")
     if x.dtype != y.dtype or x.device != y.device:
         raise ValueError("mmd_fwd_triton: x and y must share dtype and device")
-    if kind not in (_mmd.KIND_IMQ, _mmd.KIND_RBF):
+    if kind not in (_mmd.KIND_IMQ, _mmd.KIND_RBF, _mmd.KIND_POLY):
         raise ValueError(f"kind: unknown kernel kind {kind}")
     if len(params) == 0:
         raise ValueError("params must not be empty")
+    if kind == _mmd.KIND_POLY and (len(params) != 3 or not 1 <= params[2] <= 64
+                                   or params[2] != int(params[2])):
+        raise ValueError("params: the polynomial kernel takes [gamma, coef0, degree], degree an "
+                         "integer in [1, 64]")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: unknown precision {precision!r}; expected one of {PRECISIONS}")
 
@@ -137,10 +142,10 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     with device_guard(x):
         if grad_x:
             cx = torch.stack([gt[0] * (4.0 / nxx), gt[2] * (2.0 / (n * m))]).to(ct)
-            gx = _mmd.launch_bwd(x, y, off, p, cx, kind, prec, tct, bucket)
+            gx = _mmd.launch_bwd(x, y, off, p, cx, kind, prec, tct, bucket, unbiased)
         if grad_y:
             cy = torch.stack([gt[1] * (4.0 / nyy), gt[2] * (2.0 / (n * m))]).to(ct)
-            gy = _mmd.launch_bwd(y, x, off, p, cy, kind, prec, tct, bucket)
+            gy = _mmd.launch_bwd(y, x, off, p, cy, kind, prec, tct, bucket, unbiased)
     if gx is None:
         gx = x.new_empty((0,))
     if gy is None:
@@ -196,9 +201,41 @@ def prior_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed, 
                                   seed, precision)
 
 
+# ----------------------------------------------------------------------------------------------
+# kernel_matmul
+
+
+def kernel_matmul_fwd(x, y, v, offset, kind, params, precision):
+    """wae_fast::kernel_matmul_fwd_triton: K(x, y) @ v (see :mod:`wae_fast.kernels.kmm`)."""
+    _check_mmd_args(x, y, offset, kind, params, precision)
+    ct = compute_dtype(x.dtype)
+    x, y, v = x.contiguous(), y.contiguous(), v.contiguous()
+    with device_guard(x):
+        return _kmm.launch_fwd(x, y, v, offset.to(ct).contiguous(), params_tensor(params, ct, x.device),
+                               kind, dot_precision(x.dtype, precision), tl_compute_dtype(x.dtype))
+
+
+def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, precision):
+    """wae_fast::kernel_matmul_bwd_triton: gradients of <grad_out, K(x, y) @ v> to x and y."""
+    _check_mmd_args(x, y, offset, kind, params, precision)
+    ct = compute_dtype(x.dtype)
+    x, y, v, g = x.contiguous(), y.contiguous(), v.contiguous(), grad_out.contiguous()
+    off = offset.to(ct).contiguous()
+    p = params_tensor(params, ct, x.device)
+    prec, tct = dot_precision(x.dtype, precision), tl_compute_dtype(x.dtype)
+    gx, gy = x.new_empty((0,)), y.new_empty((0,))
+    with device_guard(x):
+        if grad_x:
+            gx = _kmm.launch_grad(x, y, g, v, off, p, kind, prec, tct)
+        if grad_y:
+            gy = _kmm.launch_grad(y, x, v, g, off, p, kind, prec, tct)
+    return gx, gy
+
+
 _IMPLS = dict(fuses_grad=False, mmd_fwd=mmd_fwd, mmd_bwd=mmd_bwd,
               reparam_fwd=reparam_fwd, reparam_bwd=reparam_bwd,
-              prior_fwd=prior_fwd, prior_bwd=prior_bwd)
+              prior_fwd=prior_fwd, prior_bwd=prior_bwd,
+              kernel_matmul_fwd=kernel_matmul_fwd, kernel_matmul_bwd=kernel_matmul_bwd)
 
 define_backend_ops("triton", fuses_grad=False)  # schemas, fakes and autograd, always
 if _IMPORT_ERROR is None:

@@ -44,6 +44,7 @@ INTERPRET_BLOCK = int(os.environ.get("WAE_FAST_TRITON_INTERPRET_BLOCK", "64"))
 
 KIND_IMQ = 0
 KIND_RBF = 1
+KIND_POLY = 2
 
 # Hostile input (wae_fast/contract.py): a shifted row whose squared norm exceeds the supported
 # range of the compute dtype (kernel_specs.MAX_SQ_NORM, the numbers of tile_math.h), or is NaN,
@@ -151,7 +152,7 @@ def load_rows(ptr, rows, dims, N, D, off, CT: tl.constexpr, EVEN_N: tl.constexpr
 
 
 @triton.jit
-def _load_off(OFF, dims, D, CT: tl.constexpr, EVEN: tl.constexpr):
+def load_off(OFF, dims, D, CT: tl.constexpr, EVEN: tl.constexpr):
     """The shift ``OFF[dims]`` in CT (0 past D unless EVEN)."""
     if EVEN:
         off = tl.load(OFF + dims).to(CT)
@@ -204,7 +205,7 @@ def dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT: tl.constexpr,
     nb = tl.zeros((BLOCK,), dtype=CT)
     for k0 in range(0, D, BK):
         dims = k0 + kk
-        off = _load_off(OFF, dims, D, CT, EVEN_K)
+        off = load_off(OFF, dims, D, CT, EVEN_K)
         a = tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
         b = tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_K)
         ab = tl.dot(a, tl.trans(b), ab, input_precision=PRECISION, out_dtype=CT)
@@ -229,7 +230,7 @@ def row_norms_g(A, seed, sig, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.cons
     na = tl.zeros((BLOCK,), dtype=CT)
     for k0 in range(0, D, BK):
         dims = k0 + kk
-        off = _load_off(OFF, dims, D, CT, EVEN_K)
+        off = load_off(OFF, dims, D, CT, EVEN_K)
         a = tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
         na += tl.sum(a * a, 1)
     return _norm_in_range(na, CT)
@@ -311,6 +312,41 @@ def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.co
 
 
 @triton.jit
+def poly_sum(t, P, NEED_W: tl.constexpr):
+    """Polynomial kernel from the dot products t of unshifted points, P = [gamma, coef0, degree]:
+    k = (gamma t + coef0)^p (p - 1 multiplications; overflow gives inf) and, if NEED_W,
+    w = -(gamma p / 2) (gamma t + coef0)^(p - 1): the weight whose -sum_j w_ij b_j is half the
+    row gradient (the r-kernels' sum_j w_ij (a_i - b_j) without the a_i term)."""
+    g = tl.load(P).to(t.dtype)
+    c = tl.load(P + 1).to(t.dtype)
+    deg = tl.load(P + 2).to(tl.int32)
+    base = g * t + c
+    pm1 = tl.zeros_like(t) + 1.0
+    for _e in range(1, deg):
+        pm1 = pm1 * base
+    k = pm1 * base
+    w = tl.zeros_like(t)
+    if NEED_W:
+        w = -(0.5 * g * deg.to(t.dtype)) * pm1
+    return k, w
+
+
+@triton.jit
+def pair_kw(ab, na, nb, eye, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
+            NEED_W: tl.constexpr, EYE: tl.constexpr):
+    """k (and w) of a tile from its dot products ``ab``: the r-kernels through r (r_ii set to
+    exactly 0 where ``eye``, if EYE), the polynomial from ``ab`` itself."""
+    if KIND == 2:
+        k, w = poly_sum(ab, P, NEED_W)
+    else:
+        r = sq_dist(ab, na, nb)
+        if EYE:
+            r = tl.where(eye, 0.0, r)
+        k, w = kernel_sum(r, P, KIND, NUM_SCALES, NEED_W)
+    return k, w
+
+
+@triton.jit
 def fwd_tile_sum(A, B, seed, sig, OFF, P, rows, cols, na, NA, NB, D, EYE: tl.constexpr,
                   UNBIASED: tl.constexpr, KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
                   PRECISION: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
@@ -320,11 +356,8 @@ def fwd_tile_sum(A, B, seed, sig, OFF, P, rows, cols, na, NA, NB, D, EYE: tl.con
     hold i == j pairs (symmetric term): r_ii is set to exactly 0, and k_ii to 0 if UNBIASED."""
     ab, nb = dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
                          GEN_A, GEN_B, EVEN_A, EVEN_B, EVEN_K)
-    r = sq_dist(ab, na, nb)
-    if EYE:
-        eye = rows[:, None] == cols[None, :]
-        r = tl.where(eye, 0.0, r)
-    k, _w = kernel_sum(r, P, KIND, NUM_SCALES, False)
+    eye = rows[:, None] == cols[None, :]
+    k, _w = pair_kw(ab, na, nb, eye, P, KIND, NUM_SCALES, False, EYE)
     if EYE and UNBIASED:
         k = tl.where(eye, 0.0, k)
     if not EVEN_A:
@@ -355,10 +388,8 @@ def _mmd_fwd_kernel(
     if SYM:
         # Diagonal tile (B is A): r_ii exactly 0; i == j pairs excluded when unbiased.
         ab, _nb = dot_tile(A, A, OFF, rows, rows, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
-        r = sq_dist(ab, na, na)
         eye = rows[:, None] == rows[None, :]
-        r = tl.where(eye, 0.0, r)
-        k, _w = kernel_sum(r, P, KIND, NUM_SCALES, False)
+        k, _w = pair_kw(ab, na, na, eye, P, KIND, NUM_SCALES, False, True)
         if UNBIASED:
             k = tl.where(eye, 0.0, k)
         if not EVEN_A:
@@ -381,20 +412,25 @@ def _mmd_fwd_kernel(
 def _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D,
                    KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
                    CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl.constexpr,
-                   EVEN_A: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr):
-    """Self term of the backward: every column block of A (the diagonal W_ii multiplies
-    a_i - a_i = 0: dropped).  Returns the updated (rs, acc) = (sum_j c W_ij, sum_j c W_ij a_j)."""
+                   EVEN_A: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr,
+                   UNBIASED: tl.constexpr):
+    """Self term of the backward: every column block of A (for the r-kernels the diagonal W_ii
+    multiplies a_i - a_i = 0: dropped; the polynomial keeps it unless UNBIASED).  Returns the
+    updated (rs, acc) = (sum_j c W_ij, sum_j c W_ij a_j) (rs stays 0 for the polynomial)."""
     idx = tl.arange(0, BLOCK)
     for jb in range(0, tl.cdiv(NA, BLOCK)):
         cols = jb * BLOCK + idx
         ab, nb = dot_tile(A, A, OFF, rows, cols, NA, NA, D, CT, PRECISION, BLOCK, BK, EVEN_A, EVEN_A, EVEN_K)
-        r = sq_dist(ab, na, nb)
-        _k, w = kernel_sum(r, P, KIND, NUM_SCALES, True)
-        keep = rows[:, None] != cols[None, :]
-        if not EVEN_A:
-            keep = keep & (cols < NA)[None, :]
+        _k, w = pair_kw(ab, na, nb, 0, P, KIND, NUM_SCALES, True, False)
+        if KIND == 2 and not UNBIASED:
+            keep = (cols < NA)[None, :] | (rows < 0)[:, None]
+        else:
+            keep = rows[:, None] != cols[None, :]
+            if not EVEN_A:
+                keep = keep & (cols < NA)[None, :]
         w = tl.where(keep, w * c_self, 0.0)
-        rs += tl.sum(w, 1)
+        if KIND != 2:
+            rs += tl.sum(w, 1)
         b = load_rows(A, cols, dims, NA, D, off, CT, EVEN_A, EVEN_D)
         acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
     return rs, acc
@@ -413,12 +449,12 @@ def _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, a
         cols = jb * BLOCK + idx
         ab, nb = dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT, PRECISION, BLOCK, BK,
                              False, GEN_B, EVEN_A, EVEN_B, EVEN_K)
-        r = sq_dist(ab, na, nb)
-        _k, w = kernel_sum(r, P, KIND, NUM_SCALES, True)
+        _k, w = pair_kw(ab, na, nb, 0, P, KIND, NUM_SCALES, True, False)
         w = w * c_cross
         if not EVEN_B:
             w = tl.where((cols < NB)[None, :], w, 0.0)
-        rs += tl.sum(w, 1)
+        if KIND != 2:
+            rs += tl.sum(w, 1)
         b = tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_D)
         acc = tl.dot(w, b, acc, input_precision=PRECISION, out_dtype=CT)
     return rs, acc
@@ -429,7 +465,7 @@ def bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
               KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
               CT: tl.constexpr, BLOCK: tl.constexpr, DC: tl.constexpr, BK: tl.constexpr,
               GEN_B: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
-              EVEN_D: tl.constexpr, EVEN_K: tl.constexpr):
+              EVEN_D: tl.constexpr, EVEN_K: tl.constexpr, UNBIASED: tl.constexpr):
     """The whole recompute backward of one program (``_mmd_bwd_kernel``; with GEN_B the cross
     term's B rows are generated: ``_prior_bwd_kernel``): row norms, shift, coefficients, self
     and cross loops, then G[rows, dims] = rs a - acc."""
@@ -438,13 +474,13 @@ def bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
     dims = tl.program_id(1) * DC + tl.arange(0, DC)
     rows = pid * BLOCK + idx
     na = row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
-    off = _load_off(OFF, dims, D, CT, EVEN_D)
+    off = load_off(OFF, dims, D, CT, EVEN_D)
     c_self = tl.load(COEF).to(CT)
     c_cross = tl.load(COEF + 1).to(CT)
     rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij
     acc = tl.zeros((BLOCK, DC), dtype=CT)      # sum_j c W_ij b_j
     rs, acc = _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D, KIND,
-                             NUM_SCALES, PRECISION, CT, BLOCK, BK, EVEN_A, EVEN_D, EVEN_K)
+                             NUM_SCALES, PRECISION, CT, BLOCK, BK, EVEN_A, EVEN_D, EVEN_K, UNBIASED)
     rs, acc = _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, acc,
                               NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK, GEN_B,
                               EVEN_A, EVEN_B, EVEN_D, EVEN_K)
@@ -465,7 +501,7 @@ def bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
 def _mmd_bwd_kernel(
     A, B, OFF, P, COEF, G,
     NA, NB, D, SIZE_BUCKET,
-    KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
+    KIND: tl.constexpr, NUM_SCALES: tl.constexpr, UNBIASED: tl.constexpr,
     PRECISION: tl.constexpr, CT: tl.constexpr,
     BLOCK: tl.constexpr, DC: tl.constexpr, BK: tl.constexpr,
     EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr,
@@ -473,7 +509,7 @@ def _mmd_bwd_kernel(
     """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,b_j) (a_i - b_j),
     for the columns [pid1 * DC, pid1 * DC + DC) of G (DC here is the gradient chunk width)."""
     bwd_body(A, B, 0, 1.0, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
-              DC, BK, False, EVEN_A, EVEN_B, EVEN_D, EVEN_K)
+              DC, BK, False, EVEN_A, EVEN_B, EVEN_D, EVEN_K, UNBIASED)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,7 +528,7 @@ def launch_fwd(a, b, off, p, sym, unbiased, kind, prec, ct, bucket):
     return part.sum()
 
 
-def launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket):
+def launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket, unbiased=True):
     """One backward launch: the gradient rows of a (self term against a, cross term against b)."""
     rows_a, d = a.shape
     rows_b = b.shape[0]
@@ -500,5 +536,5 @@ def launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket):
     grid = lambda meta: (triton.cdiv(rows_a, meta["BLOCK"]), triton.cdiv(d, meta["DC"]))  # noqa: E731
     _mmd_bwd_kernel[grid](
         a, b, off, p, coef, g, rows_a, rows_b, d, bucket,
-        KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct)
+        KIND=kind, NUM_SCALES=p.numel(), UNBIASED=bool(unbiased), PRECISION=prec, CT=ct)
     return g

@@ -150,7 +150,7 @@ def _prior_bwd_kernel(
     with y_j generated (NB of them), for the columns [pid1 * DC, pid1 * DC + DC) of G."""
     sig = tl.load(SIG).to(CT)
     bwd_body(A, A, seed, sig, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
-              DC, BK, True, EVEN_A, EVEN_B, EVEN_D, EVEN_K)
+              DC, BK, True, EVEN_A, EVEN_B, EVEN_D, EVEN_K, True)
 
 
 # ----------------------------------------------------------------------------------------------

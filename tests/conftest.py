@@ -40,6 +40,12 @@ def mmd_backend(request):
     return request.param
 
 
+@pytest.fixture(params=backend_params("kernel_matmul"))
+def kmm_backend(request):
+    """(backend name, device) for every backend that implements kernel_matmul here."""
+    return request.param
+
+
 @pytest.fixture(params=backend_params("reparam"))
 def reparam_backend(request):
     return request.param

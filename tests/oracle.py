@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from wae_fast.kernel_specs import KIND_IMQ, KIND_RBF
+from wae_fast.kernel_specs import KIND_IMQ, KIND_POLY, KIND_RBF
 
 
 def kernel_matrix(a: torch.Tensor, b: torch.Tensor, kind: int, params) -> torch.Tensor:
     a, b = a.double(), b.double()
+    if kind == KIND_POLY:
+        # dot products by broadcast products (no matmul), power by torch.pow
+        gamma, coef0, degree = params
+        t = (a[:, None, :] * b[None, :, :]).sum(-1)
+        return torch.pow(gamma * t + coef0, int(degree))
     r = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
     k = torch.zeros_like(r)
     for p in params:
@@ -51,3 +56,8 @@ def mmd_and_grads(x, y, kind, params, unbiased: bool, grad_out: float = 1.0):
     gx, gy = torch.autograd.grad(val * grad_out, (xd, yd))
     scale = float((t[0] + t[1] + 2 * t[2]).detach())
     return val.detach(), gx, gy, scale
+
+
+def kernel_matmul(x, y, v, kind, params) -> torch.Tensor:
+    """K(x, y) @ v in float64 from the dense kernel matrix; differentiable."""
+    return kernel_matrix(x, y, kind, params) @ v.double()

@@ -20,7 +20,9 @@ import wae_fast
 
 from . import oracle
 
-KERNELS = {"imq7": wae_fast.IMQ(), "imq1": wae_fast.IMQ(C=0.8), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0))}
+KERNELS = {"imq7": wae_fast.IMQ(), "imq1": wae_fast.IMQ(C=0.8), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0)),
+           "poly3": wae_fast.Polynomial(), "poly2": wae_fast.Polynomial(degree=2, gamma=0.3, coef0=-0.5),
+           "poly1": wae_fast.Polynomial(degree=1, coef0=2.0)}
 SHAPES = [(2, 3, 1), (37, 23, 5), (130, 67, 17), (33, 70, 64), (19, 21, 130)]
 VAL_TOL = {torch.float64: 1e-12, torch.float32: 5e-6, torch.float16: 5e-6, torch.bfloat16: 5e-6}
 GRAD_TOL = {torch.float64: 1e-10, torch.float32: 5e-5, torch.float16: 2 * 2.0**-11, torch.bfloat16: 2 * 2.0**-8}
@@ -142,3 +144,59 @@ def test_imq_constant_range_for_fp32(mmd_backend):
             wae_fast.mmd(x, y, wae_fast.IMQ(C=(1.0, c)), backend=name)
     v = wae_fast.mmd(x.double() * 1e-9, y.double() * 1e-9, wae_fast.IMQ(C=1e-20), backend=name)
     assert torch.isfinite(v)
+
+
+@pytest.mark.parametrize("n,m,d", [(2, 3, 1), (37, 23, 5), (130, 67, 17), (19, 21, 130)])
+@pytest.mark.parametrize("kname", ["poly3", "poly2", "poly1"])
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_polynomial_against_oracle(mmd_backend, n, m, d, kname, estimator):
+    """The polynomial kernel works from the dot products of the unshifted points (offset 0) and
+    keeps the diagonal's gradient under the biased estimator (k(a_i, a_i) depends on a_i)."""
+    _check(mmd_backend, n, m, d, kname, estimator, torch.float32, seed=3 * n + m + d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_polynomial_dtypes_against_oracle(mmd_backend, dtype, estimator):
+    _check(mmd_backend, 70, 45, 64, "poly3", estimator, dtype, seed=11)
+
+
+def test_polynomial_overflow_is_not_finite(mmd_backend):
+    """(gamma a.b + c)^p beyond the compute dtype's range gives inf/NaN, never a finite value;
+    NaN inputs give NaN."""
+    name, dev = mmd_backend
+    x, y = _points(9, 7, 3, torch.float32, dev, 2)
+    big = wae_fast.Polynomial(degree=9, gamma=1.0)
+    xs = (x * 1e5).requires_grad_(True)
+    v = wae_fast.mmd(xs, y * 1e5, big, backend=name)
+    assert not torch.isfinite(v)
+    v.backward()
+    assert not torch.isfinite(xs.grad).all()
+    xn = x.clone()
+    xn[3, 1] = float("nan")
+    assert torch.isnan(wae_fast.mmd(xn, y, wae_fast.Polynomial(), backend=name))
+
+
+@pytest.mark.parametrize("kname", ["imq7", "rbf3"])
+def test_nan_point_gives_nan(mmd_backend, kname):
+    """A NaN coordinate must not be clamped into r = 0 (a finite kernel value): NaN out, and
+    NaN in that point's gradient row."""
+    name, dev = mmd_backend
+    x, y = _points(9, 7, 3, torch.float32, dev, 6)
+    x[2, 1] = float("nan")
+    x.requires_grad_(True)
+    v = wae_fast.mmd(x, y, KERNELS[kname], backend=name)
+    assert torch.isnan(v)
+    v.backward()
+    assert torch.isnan(x.grad[2]).any()
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_polynomial_gradcheck_fp64(mmd_backend, estimator):
+    name, dev = mmd_backend
+    x, y = _points(6, 5, 3, torch.float64, dev, 4)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    spec = wae_fast.Polynomial(degree=3, gamma=0.4)
+    assert torch.autograd.gradcheck(
+        lambda a, b: wae_fast.mmd(a, b, spec, estimator=estimator, backend=name), (x, y), eps=1e-6, atol=1e-8)

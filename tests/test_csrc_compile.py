@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc").rglob("*.cu"))
 ARCHS = ("80", "90")
 HOT = ("mmd_fwd_tiles", "mmd_grad_rows", "reduce_partials", "grad_combine", "shift_kernel",
-       "reparam_fwd_kernel", "reparam_bwd_kernel")
+       "reparam_fwd_kernel", "reparam_bwd_kernel", "kmm_fwd_tiles", "kmm_grad_tiles")
 
 
 def _nvcc():

@@ -22,7 +22,10 @@ Meaning:
   subtracted from every point before distances (MMD is translation invariant; the shift avoids
   cancellation in ||a||^2 + ||b||^2 - 2 a.b). The glue passes mean(y).
 * ``kind``/``params``: the kernel lowered by :mod:`wae_fast.kernel_specs` (IMQ: the C_s; RBF: the
-  gamma_s = 1/(2 bw^2)); the kernel is the unweighted sum over params.
+  gamma_s = 1/(2 bw^2)); the kernel is the unweighted sum over params.  Polynomial
+  (``KIND_POLY``): params = [gamma, coef0, degree], k = (gamma a.b + coef0)^degree from the dot
+  products of the shifted points; it is not translation invariant, so the glue passes a zero
+  offset for it.
 * ``unbiased``: U-statistic (i == j pairs excluded from the xx and yy sums, which are divided
   by N(N-1) and M(M-1)) or V-statistic (full means).
 * ``terms``: float64 tensor of shape (3,) = (mean k(x,x'), mean k(y,y'), mean k(x,y)) under the
@@ -61,6 +64,23 @@ MMD to the prior N(0, sigma2 I_d) with the prior samples generated inside the ke
   ``prior_bwd_B`` returns d/dx sum_t grad_terms[t] terms[t] in x's dtype, recomputing the tiles.
 * shifts are internal (each term is translation invariant): xx by mean(x), yy by 0, xy and the
   backward by N / (N + M) * mean(x) (the pooled mean's expectation).
+
+Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul``)::
+
+    wae_fast::kernel_matmul_fwd_B(Tensor x, Tensor y, Tensor v, Tensor offset, int kind,
+                                  float[] params, str precision) -> Tensor out
+    wae_fast::kernel_matmul_bwd_B(Tensor grad_out, Tensor x, Tensor y, Tensor v, Tensor offset,
+                                  int kind, float[] params, bool grad_x, bool grad_y,
+                                  str precision) -> (Tensor gx, Tensor gy)
+
+* ``x`` (N, d), ``y`` (M, d), ``v`` (M, P): one device, one floating dtype, contiguous; ``offset``
+  as for mmd (the glue passes mean(y) for the translation-invariant kinds, zeros for the
+  polynomial).  ``out`` (N, P) in the input dtype, accumulated in the compute dtype.
+* ``kernel_matmul_bwd_B`` returns the gradients to x and y of <grad_out, out> (or (0,) where the
+  flag is off), in the input dtype: with U = grad_out and W_ij = w_ij (U_i . v_j), w the per-pair
+  weight of the kernel (dk/dr for IMQ/RBF; -(gamma/2) dk/dt for the polynomial, tile_math.h
+  poly_eval), gx_i = 2 (rowsum(W)_i x_i - (W y)_i) (polynomial: -2 (W y)_i), gy likewise over
+  columns.  The gradient to v is K(y, x) @ grad_out: the forward op with x and y swapped.
 
 The other estimators of ``mmd_to_prior`` ("closed_form", "linear") are not ops: PyTorch code in
 :mod:`wae_fast.prior` that only the reference backend declares (``dispatch`` routes "auto" there
@@ -109,6 +129,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .kernel_specs import TRANSLATION_INVARIANT
+
 NAMESPACE = "wae_fast"
 
 MMD_FWD_SCHEMA = (
@@ -128,6 +150,12 @@ PRIOR_FWD_SCHEMA = (
 PRIOR_BWD_SCHEMA = (
     "(Tensor grad_terms, Tensor x, int kind, float[] params, float sigma2, bool unbiased, "
     "int num_samples, int seed, str precision) -> Tensor"
+)
+
+KMM_FWD_SCHEMA = "(Tensor x, Tensor y, Tensor v, Tensor offset, int kind, float[] params, str precision) -> Tensor"
+KMM_BWD_SCHEMA = (
+    "(Tensor grad_out, Tensor x, Tensor y, Tensor v, Tensor offset, int kind, float[] params, "
+    "bool grad_x, bool grad_y, str precision) -> (Tensor, Tensor)"
 )
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -276,6 +304,45 @@ def _define_prior(backend: str) -> None:
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
 
 
+def _define_kmm(backend: str) -> None:
+    fwd, bwd = f"kernel_matmul_fwd_{backend}", f"kernel_matmul_bwd_{backend}"
+    _LIB.define(fwd + KMM_FWD_SCHEMA)
+    _LIB.define(bwd + KMM_BWD_SCHEMA)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{fwd}")
+    def _fwd_fake(x, y, v, offset, kind, params, precision):
+        return x.new_empty((x.shape[0], v.shape[1]))
+
+    @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
+    def _bwd_fake(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, precision):
+        gx = torch.empty_like(x) if grad_x else x.new_empty((0,))
+        gy = torch.empty_like(y) if grad_y else y.new_empty((0,))
+        return gx, gy
+
+    def setup_context(ctx, inputs, output):
+        x, y, v, offset, kind, params, precision = inputs
+        ctx.args = (kind, params, precision)
+        ctx.save_for_backward(x, y, v, offset)
+
+    def backward(ctx, grad_out):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        x, y, v, offset = ctx.saved_tensors
+        kind, params, precision = ctx.args
+        need_x, need_y, need_v = ctx.needs_input_grad[:3]
+        g = grad_out.contiguous()
+        gx = gy = gv = None
+        if need_v:  # K(x, y)^T g = K(y, x) g (k is symmetric)
+            gv = op(fwd)(y, x, g, offset, kind, params, precision)
+        if need_x or need_y:
+            bx, by = op(bwd)(g, x, y, v, offset, kind, params, need_x, need_y, precision)
+            gx = bx if need_x else None
+            gy = by if need_y else None
+        return gx, gy, gv, None, None, None, None
+
+    torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
+
+
 _FUSES: dict[str, bool] = {}
 
 
@@ -295,6 +362,7 @@ FAMILIES: dict[str, OpFamily] = {
     "mmd": OpFamily("mmd", MMD_FWD_SCHEMA, MMD_BWD_SCHEMA, _define_mmd),
     "reparam": OpFamily("reparam", REPARAM_FWD_SCHEMA, REPARAM_BWD_SCHEMA, _define_reparam),
     "prior": OpFamily("prior", PRIOR_FWD_SCHEMA, PRIOR_BWD_SCHEMA, _define_prior),
+    "kernel_matmul": OpFamily("kernel_matmul", KMM_FWD_SCHEMA, KMM_BWD_SCHEMA, _define_kmm),
 }
 
 
@@ -339,10 +407,9 @@ def mmd_terms(
     """Call backend ``backend``'s forward op through autograd; returns the float64 (3,) terms.
 
     Inputs are assumed validated (same device/dtype, 2-D, matching d)."""
-    ct = compute_dtype(x.dtype)
     x = x.contiguous()
     y = y.contiguous()
-    offset = y.detach().to(ct).mean(0).contiguous()
+    offset = shift_for(kind, y)  # zeros for the polynomial (not translation invariant)
     grad_on = torch.is_grad_enabled()
     gx, gy = grad_on and x.requires_grad, grad_on and y.requires_grad
     terms, _, _ = op(f"mmd_fwd_{backend}")(x, y, offset, kind, [float(p) for p in params],
@@ -357,6 +424,24 @@ def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], s
     return op(f"prior_fwd_{backend}")(x.contiguous(), int(kind), [float(p) for p in params],
                                       float(sigma2), bool(unbiased), int(num_samples), int(seed),
                                       precision)
+
+
+def shift_for(kind: int, y: torch.Tensor) -> torch.Tensor:
+    """The offset the glue passes: mean(y) in the compute dtype for the translation-invariant
+    kinds (it avoids cancellation in ||a||^2 + ||b||^2 - 2 a.b), zeros for the polynomial."""
+    ct = compute_dtype(y.dtype)
+    if kind in TRANSLATION_INVARIANT:
+        return y.detach().to(ct).mean(0).contiguous()
+    return y.new_zeros((y.shape[1],), dtype=ct)
+
+
+def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, kind: int,
+                  params: list[float], precision: str = "ieee") -> torch.Tensor:
+    """K(x, y) @ v through backend ``backend``'s op (differentiable in x, y and v); v is 2-D.
+    Inputs are assumed validated (one device and dtype)."""
+    return op(f"kernel_matmul_fwd_{backend}")(x.contiguous(), y.contiguous(), v.contiguous(),
+                                              shift_for(kind, y), int(kind), [float(p) for p in params],
+                                              precision)
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:

@@ -13,6 +13,9 @@ The forward fuses the gradient parts (``fuses_grad=True``): with grad flags set 
 on every kernel backend.  ``prior_fwd_cpp`` / ``prior_bwd_cpp`` (MMD to N(0, sigma2 I) with the
 prior samples generated in chunks of 4096 rows from the same stream, never all stored) make
 ``mmd_to_prior(..., estimator="sampled", backend="cpp")`` (and "auto" on CPU).
+``kernel_matmul_fwd_cpp`` / ``kernel_matmul_bwd_cpp`` (csrc/cpu/kmm_cpu.cpp) make :func:`wae_fast.kernel_matmul`:
+row blocks in parallel, one GEMM per block for the dot products, the kernel in place, a second
+GEMM for the product.
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ pair tiles (no N x M buffer).
 
 Op families: ``mmd`` (csrc/cuda/mmd_kernels.cu), ``prior`` (MMD to N(0, sigma2 I) with the
 prior samples generated inside the kernels, csrc/cuda/prior_kernels.cu: the same samples as
-:func:`wae_fast.kernels.prior.materialise_prior`) and ``reparam`` (csrc/cuda/reparam_kernels.cu).
+:func:`wae_fast.kernels.prior.materialise_prior`), ``reparam`` (csrc/cuda/reparam_kernels.cu) and
+``kernel_matmul`` (csrc/cuda/kmm_kernels.cu: exact FMA tiles; compiled and register-checked
+without a GPU, NOT yet run on one).  The polynomial kernel always takes the exact FMA path.
 ``precision`` ("ieee", "tf32x3", "tf32") selects the fp32 dot-product path: exact FMAs, or tensor
 cores (nvcuda::wmma tf32, 3 products for "tf32x3") when d >= 16 on sm_80+; fp64 ignores it.
 """

@@ -28,12 +28,12 @@ from typing import Optional, Union
 import torch
 
 from .contract import FAMILIES, PRECISIONS
-from .kernel_specs import KIND_IMQ, KIND_RBF
+from .kernel_specs import KIND_IMQ, KIND_POLY, KIND_RBF
 from .validation import FLOAT_DTYPES
 
 Device = Union[torch.Tensor, torch.device, str, None]
 
-_KIND_NAMES = {KIND_IMQ: "IMQ", KIND_RBF: "RBF"}
+_KIND_NAMES = {KIND_IMQ: "IMQ", KIND_RBF: "RBF", KIND_POLY: "Polynomial"}
 MMD_ESTIMATORS = ("unbiased", "biased")
 PRIOR_ESTIMATORS = ("closed_form", "sampled", "linear")
 
@@ -44,7 +44,7 @@ class Capabilities:
 
     families: tuple[str, ...]
     devices: Optional[tuple[str, ...]] = None  # device types; None: any
-    kinds: tuple[int, ...] = (KIND_IMQ, KIND_RBF)
+    kinds: tuple[int, ...] = (KIND_IMQ, KIND_RBF, KIND_POLY)
     max_scales: Optional[int] = None  # None: any number of kernel scales
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     estimators: tuple[str, ...] = MMD_ESTIMATORS + ("sampled",)
@@ -72,13 +72,13 @@ class Backend:
 #: Every backend: its module and its capabilities.  A new backend is one entry here.
 BACKEND_TABLE: dict[str, Backend] = {
     "reference": Backend("wae_fast.reference", Capabilities(
-        families=("mmd", "reparam", "prior"), estimators=MMD_ESTIMATORS + PRIOR_ESTIMATORS)),
+        families=("mmd", "reparam", "prior", "kernel_matmul"), estimators=MMD_ESTIMATORS + PRIOR_ESTIMATORS)),
     "cpp": Backend("wae_fast.cpp_backend", Capabilities(
-        families=("mmd", "reparam", "prior"), devices=("cpu",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cpu",), max_scales=16)),
     "triton": Backend("wae_fast.kernels.backend", Capabilities(
-        families=("mmd", "reparam", "prior"), devices=("cuda", "cpu"))),
+        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cuda", "cpu"))),
     "cuda": Backend("wae_fast.cuda_backend", Capabilities(
-        families=("mmd", "reparam", "prior"), devices=("cuda",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cuda",), max_scales=16)),
     # the cuda sources emulated on the CPU, for testing: never in AUTO_ORDER
     "cuda_emu": Backend("wae_fast.cuda_emu_backend", Capabilities(
         families=("mmd", "reparam", "prior"), devices=("cpu",), max_scales=16)),

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from .contract import compute_dtype
-from .kernel_specs import IMQ, KernelSpec, resolve_kernel
+from .kernel_specs import IMQ, KernelSpec, resolve_shift_invariant_kernel
 from .pairsum import BLOCK_SIZE, block_pairs, cross_sum, pair_count, self_sum
 from .prior.closed_form import QUADRATURES, closed_form_cross, quadrature_rule
 from .validation import ESTIMATORS, FLOAT_DTYPES
@@ -298,7 +298,7 @@ def mmd_distributed(
     if problem is not None:
         raise ValueError(f"mmd_distributed (rank {rank} of {world}): {problem}")
 
-    spec = resolve_kernel(kernel)
+    spec = resolve_shift_invariant_kernel(kernel, "mmd_distributed")
     xsizes = [row[2] for row in table]
     ysizes = [row[_META + 2] for row in table]
     d = table[0][3]
@@ -367,7 +367,7 @@ def mmd_to_prior_distributed(
     if quadrature not in QUADRATURES:
         raise ValueError(f"quadrature: unknown rule {quadrature!r}; expected one of {QUADRATURES}")
     quadrature_rule(quadrature, quad_nodes)
-    spec = resolve_kernel(kernel)
+    spec = resolve_shift_invariant_kernel(kernel, "mmd_to_prior_distributed")
     s2 = float(spec.sigma2 if sigma2 is None else sigma2)
     if not math.isfinite(s2) or s2 <= 0:
         raise ValueError(f"sigma2 must be finite and > 0, got {sigma2!r}")

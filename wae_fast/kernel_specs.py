@@ -6,10 +6,13 @@ Conventions (DESIGN.md section 2), with r = ||a - b||^2:
   C_s = s * C_base with C_base = 2 * d * sigma2 (the expected r of two prior samples).
 * RBF:  k(a, b) = sum_s exp(-r / (2 bw_s^2)), bw_s the bandwidth.  Tied to the prior:
   2 bw_s^2 = s * C_base.
+* Polynomial: k(a, b) = (gamma a.b + coef0)^degree, gamma = 1/d by default (with degree 3, KID's
+  kernel).  Not translation invariant: points are never shifted for it.
 
 Lowered form (the backend contract, see ``wae_fast.contract``): IMQ -> ``KIND_IMQ`` with
 params = [C_1, ..., C_S]; RBF -> ``KIND_RBF`` with params = [gamma_1, ..., gamma_S],
-gamma_s = 1 / (2 bw_s^2), so that k = sum_s exp(-gamma_s * r).
+gamma_s = 1 / (2 bw_s^2), so that k = sum_s exp(-gamma_s * r); Polynomial -> ``KIND_POLY`` with
+params = [gamma, coef0, degree] (degree an integer stored as a float).
 
 Validation happens after derivation: :meth:`IMQ.lower` / :meth:`RBF.lower` reject a derived
 constant that is not finite and > 0, :func:`check_compute_range` one outside
@@ -26,6 +29,10 @@ import torch
 
 KIND_IMQ = 0
 KIND_RBF = 1
+KIND_POLY = 2
+
+#: Kinds that depend on r = ||a - b||^2 only: the backends may shift both sets by one offset.
+TRANSLATION_INVARIANT = (KIND_IMQ, KIND_RBF)
 
 #: The WAE paper's multi-scale set (Tolstikhin et al. 2018, reference code).
 WAE_SCALES: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -141,7 +148,43 @@ class RBF:
         return KIND_RBF, params
 
 
-KernelSpec = Union[IMQ, RBF]
+@dataclass(frozen=True)
+class Polynomial:
+    """Polynomial kernel ``k(a, b) = (gamma * a.b + coef0)^degree``.
+
+    Args:
+        degree: integer >= 1 (3 with the defaults is the kernel of KID, Binkowski et al. 2018).
+        gamma: the dot-product scale; None means ``1 / d`` for points of dimension ``d``.
+        coef0: the additive constant (finite).
+
+    Not translation invariant, so the backends never shift the points for it; large dot
+    products overflow the compute dtype to inf (never to a finite wrong value).
+    """
+
+    degree: int = 3
+    gamma: Union[float, None] = None
+    coef0: float = 1.0
+
+    def __post_init__(self) -> None:
+        deg = self.degree
+        if isinstance(deg, bool) or not isinstance(deg, (int, float)) or deg != int(deg) or deg < 1:
+            raise ValueError(f"degree must be an integer >= 1, got {deg!r}")
+        if int(deg) > 64:
+            raise ValueError(f"degree must be at most 64, got {deg!r}")
+        object.__setattr__(self, "degree", int(deg))
+        if self.gamma is not None:
+            object.__setattr__(self, "gamma", _as_tuple("gamma", self.gamma)[0])
+        c = self.coef0
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+            raise ValueError(f"coef0 must be a finite number, got {c!r}")
+        object.__setattr__(self, "coef0", float(c))
+
+    def lower(self, d: int) -> tuple[int, list[float]]:
+        gamma = 1.0 / d if self.gamma is None else float(self.gamma)
+        return KIND_POLY, [gamma, self.coef0, float(self.degree)]
+
+
+KernelSpec = Union[IMQ, RBF, Polynomial]
 
 def _div(a: float, b: float) -> float:
     """a / b for a, b > 0, inf where the quotient overflows or b underflowed to 0."""
@@ -192,6 +235,8 @@ def check_compute_range(kind: int, params: list[float], dtype: torch.dtype,
     """Raise ValueError, before any work, when a lowered constant is not finite and inside
     :data:`PARAM_RANGE` of the compute dtype of ``dtype`` (fp32 for fp16/bf16/fp32 inputs);
     ``spec`` (and ``d``) name the arguments the constants were derived from."""
+    if kind == KIND_POLY:  # validated by Polynomial; overflow gives inf, never a finite value
+        return
     ct = torch.float64 if dtype == torch.float64 else torch.float32
     lo, hi = PARAM_RANGE[ct]
     what = "IMQ constant C" if kind == KIND_IMQ else "RBF gamma"
@@ -210,7 +255,7 @@ def resolve_kernel(kernel: Union[KernelSpec, str, None]) -> KernelSpec:
     """Accept a spec object, the names "imq"/"rbf" (their defaults), or None (the default IMQ)."""
     if kernel is None:
         return IMQ()
-    if isinstance(kernel, (IMQ, RBF)):
+    if isinstance(kernel, (IMQ, RBF, Polynomial)):
         return kernel
     if isinstance(kernel, str):
         key = kernel.lower()
@@ -218,5 +263,18 @@ def resolve_kernel(kernel: Union[KernelSpec, str, None]) -> KernelSpec:
             return IMQ()
         if key in ("rbf", "gaussian"):
             return RBF()
-        raise ValueError(f"kernel: unknown kernel {kernel!r}; expected 'imq', 'rbf', IMQ(...) or RBF(...)")
-    raise TypeError(f"kernel must be an IMQ or RBF spec or a name, got {type(kernel).__name__}")
+        if key in ("poly", "polynomial"):
+            return Polynomial()
+        raise ValueError(f"kernel: unknown kernel {kernel!r}; expected 'imq', 'rbf', 'polynomial', "
+                         "IMQ(...), RBF(...) or Polynomial(...)")
+    raise TypeError(f"kernel must be an IMQ, RBF or Polynomial spec or a name, got {type(kernel).__name__}")
+
+
+def resolve_shift_invariant_kernel(kernel: Union[KernelSpec, str, None], where: str) -> Union[IMQ, RBF]:
+    """:func:`resolve_kernel` for the entry points built on distances only (prior closed forms,
+    shifted distributed sums): a Polynomial spec gets a ValueError naming ``kernel``."""
+    spec = resolve_kernel(kernel)
+    if isinstance(spec, Polynomial):
+        raise ValueError(f"kernel: {where} supports the IMQ and RBF kernels only (functions of "
+                         "||a - b||^2); use mmd/mmd_terms/kid for the Polynomial kernel")
+    return spec

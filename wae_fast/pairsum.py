@@ -5,7 +5,8 @@ Used by the reference backend (:mod:`wae_fast.reference`), the prior estimators
 (:mod:`wae_fast.prior`) and the multi-process sums (:mod:`wae_fast.distributed`).  A block pass
 holds at most ``block`` x ``block`` pairs; every kernel scale comes from one distance block;
 the blocks on and above the diagonal of a symmetric (xx or yy) matrix are visited once (the
-others count twice); with W = dk/dr the gradient of a block sum is one matmul:
+others count twice); with W = dk/dr the gradient of a block sum is one matmul (the polynomial
+kernel works from the dot products instead, with the weight of :func:`poly_and_derivative`):
 
     d/da_i sum_j k(a_i, b_j) = 2 (rowsum(W)_i a_i - (W b)_i)
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernel_specs import KIND_IMQ, KIND_RBF, max_sq_norm
+from .kernel_specs import KIND_IMQ, KIND_POLY, KIND_RBF, max_sq_norm
 
 
 def pair_count(n: int, unbiased: bool) -> int:
@@ -58,6 +59,29 @@ def sq_norms(p: torch.Tensor) -> torch.Tensor:
     return n.masked_fill(~(n <= max_sq_norm(p.dtype)), float("nan"))
 
 
+def poly_and_derivative(t: torch.Tensor, params: list[float], need_deriv: bool):
+    """Polynomial kernel from the dot products t = a.b: k = (gamma t + c)^p and (optionally)
+    w = -(gamma / 2) dk/dt = -(gamma p / 2) (gamma t + c)^(p-1), the weight that makes the
+    gradient machinery's sum_j W_ij (a_i - b_j) with the a_i term dropped, -sum_j W_ij b_j,
+    half the derivative (the r-kernels' dr/da = 2 (a - b) convention)."""
+    gamma, c, deg = float(params[0]), float(params[1]), int(params[2])
+    base = t.mul(gamma).add_(c)
+    pm1 = torch.ones_like(base)
+    for _ in range(deg - 1):
+        pm1.mul_(base)
+    k = pm1 * base
+    w = pm1.mul_(-0.5 * gamma * deg) if need_deriv else None
+    return k, w
+
+
+def pair_block(a, b, na, nb, diagonal: bool, kind: int, params: list[float], need_deriv: bool):
+    """k and W of one block of pairs: from r = ||a - b||^2 (IMQ, RBF; clamped, r_ii = 0 on a
+    diagonal block) or from the dot products (Polynomial)."""
+    if kind == KIND_POLY:
+        return poly_and_derivative(a @ b.T, params, need_deriv)
+    return kernel_and_derivative(sq_dist(a, b, na, nb, diagonal), kind, params, need_deriv)
+
+
 def sq_dist(a, b, na, nb, diagonal: bool):
     """r_ij = |a_i - b_j|^2 = na_i + nb_j - 2 a_i.b_j, clamped at 0 (torch.clamp keeps NaN);
     r_ii = 0 exactly when ``diagonal`` (a is b)."""
@@ -71,24 +95,31 @@ def sq_dist(a, b, na, nb, diagonal: bool):
 def sym_block(a, b, na, nb, diag, kind, params, unbiased, need_w):
     """Kernel sum of one block of a symmetric (xx or yy) Gram matrix; ``diag``: a is b.
     Off-diagonal blocks count twice (their mirror image is never visited)."""
-    r = sq_dist(a, b, na, nb, diag)
-    k, w = kernel_and_derivative(r, kind, params, need_w)
+    k, w = pair_block(a, b, na, nb, diag, kind, params, need_w)
     if diag and unbiased:
         k.diagonal().zero_()
-    if diag and w is not None:
+    # r-kernels: W_ii multiplies a_i - a_i = 0; the polynomial's k(a_i, a_i) depends on a_i
+    if diag and w is not None and (unbiased or kind != KIND_POLY):
         w.diagonal().zero_()
     s = k.sum(dtype=torch.float64)
     return (s if diag else 2.0 * s), w
 
 
-def acc_rows(g, i0, w, a, b):
-    """g[i0:i0+len(a)] += sum_j W_ij (a_i - b_j)  (one matmul; g may be fp64 or the compute dtype)."""
-    g[i0:i0 + a.shape[0]] += (w.sum(1)[:, None] * a - w @ b).to(g.dtype)
+def acc_rows(g, i0, w, a, b, kind=KIND_IMQ):
+    """g[i0:i0+len(a)] += sum_j W_ij (a_i - b_j)  (one matmul; g may be fp64 or the compute dtype);
+    the polynomial drops the a_i term (see :func:`poly_and_derivative`)."""
+    if kind == KIND_POLY:
+        g[i0:i0 + a.shape[0]] -= (w @ b).to(g.dtype)
+    else:
+        g[i0:i0 + a.shape[0]] += (w.sum(1)[:, None] * a - w @ b).to(g.dtype)
 
 
-def acc_cols(g, j0, w, a, b):
-    """g[j0:j0+len(b)] += sum_i W_ij (b_j - a_i)."""
-    g[j0:j0 + b.shape[0]] += (w.sum(0)[:, None] * b - w.T @ a).to(g.dtype)
+def acc_cols(g, j0, w, a, b, kind=KIND_IMQ):
+    """g[j0:j0+len(b)] += sum_i W_ij (b_j - a_i) (polynomial: without the b_j term)."""
+    if kind == KIND_POLY:
+        g[j0:j0 + b.shape[0]] -= (w.T @ a).to(g.dtype)
+    else:
+        g[j0:j0 + b.shape[0]] += (w.sum(0)[:, None] * b - w.T @ a).to(g.dtype)
 
 
 def sym_blocks(n: int, block: int) -> list[tuple[int, int]]:
@@ -122,9 +153,9 @@ def self_sum(p, kind, params, unbiased, block, blocks=None, g_acc=None):
         total += s
         pairs += a.shape[0] * b.shape[0]
         if g_acc is not None:
-            acc_rows(g_acc, i0, w, a, b)
+            acc_rows(g_acc, i0, w, a, b, kind)
             if not diag:
-                acc_cols(g_acc, j0, w, a, b)
+                acc_cols(g_acc, j0, w, a, b, kind)
     return total, pairs
 
 
@@ -138,12 +169,11 @@ def cross_sum(x, y, kind, params, block, blocks=None, gx_acc=None, gy_acc=None):
     for i0, j0 in (cross_blocks(x.shape[0], y.shape[0], block) if blocks is None else blocks):
         a, na = x[i0:i0 + block], sx[i0:i0 + block]
         b, nb = y[j0:j0 + block], sy[j0:j0 + block]
-        r = sq_dist(a, b, na, nb, False)
-        k, w = kernel_and_derivative(r, kind, params, need)
+        k, w = pair_block(a, b, na, nb, False, kind, params, need)
         total += k.sum(dtype=torch.float64)
         pairs += a.shape[0] * b.shape[0]
         if gx_acc is not None:
-            acc_rows(gx_acc, i0, w, a, b)
+            acc_rows(gx_acc, i0, w, a, b, kind)
         if gy_acc is not None:
-            acc_cols(gy_acc, j0, w, a, b)
+            acc_cols(gy_acc, j0, w, a, b, kind)
     return total, pairs

@@ -26,8 +26,9 @@ from typing import Optional
 import torch
 
 from .contract import compute_dtype, define_backend_ops
-from .pairsum import (BLOCK_SIZE, acc_rows, cross_sum, kernel_and_derivative, pair_count, self_sum,
-                      sq_dist, sq_norms, sym_block)
+from .pairsum import (BLOCK_SIZE, acc_cols, acc_rows, cross_blocks, cross_sum,
+                      kernel_and_derivative, pair_block, pair_count, self_sum, sq_dist, sq_norms,
+                      sym_block)
 from .philox import check_seed, prior_rows
 from .validation import check_sigma2
 
@@ -80,6 +81,51 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     gx = (gt[0] * px[0] + gt[2] * px[1]).to(x.dtype) if grad_x else x.new_empty((0,))
     gy = (gt[1] * py[0] + gt[2] * py[1]).to(y.dtype) if grad_y else y.new_empty((0,))
     return gx, gy
+
+
+def kmm_blocked(x, y, v, offset, kind, params, block_size: int = BLOCK_SIZE):
+    """Contract ``kernel_matmul_fwd``: K(x, y) @ v one (block x block) tile of K at a time,
+    accumulated in the compute dtype, returned in the input dtype."""
+    ct = compute_dtype(x.dtype)
+    xs, ys, vs = x.to(ct) - offset.to(ct), y.to(ct) - offset.to(ct), v.to(ct)
+    sx, sy = sq_norms(xs), sq_norms(ys)
+    out = torch.zeros((x.shape[0], v.shape[1]), dtype=ct, device=x.device)
+    for i0, j0 in cross_blocks(x.shape[0], y.shape[0], block_size):
+        a, b = xs[i0:i0 + block_size], ys[j0:j0 + block_size]
+        k, _ = pair_block(a, b, sx[i0:i0 + block_size], sy[j0:j0 + block_size], False, kind, params, False)
+        out[i0:i0 + block_size].addmm_(k, vs[j0:j0 + block_size])
+    return out.to(x.dtype)
+
+
+def kmm_grads_blocked(grad_out, x, y, v, offset, kind, params, grad_x, grad_y,
+                      block_size: int = BLOCK_SIZE):
+    """Contract ``kernel_matmul_bwd``: with W_ij = w_ij (g_i . v_j), gx = 2 sum_j W_ij (x_i - y_j)
+    and gy = 2 sum_i W_ij (y_j - x_i) (the polynomial without the x_i / y_j terms)."""
+    ct = compute_dtype(x.dtype)
+    xs, ys = x.to(ct) - offset.to(ct), y.to(ct) - offset.to(ct)
+    vs, gs = v.to(ct), grad_out.to(ct)
+    sx, sy = sq_norms(xs), sq_norms(ys)
+    gx = torch.zeros_like(xs) if grad_x else None
+    gy = torch.zeros_like(ys) if grad_y else None
+    for i0, j0 in cross_blocks(x.shape[0], y.shape[0], block_size):
+        a, b = xs[i0:i0 + block_size], ys[j0:j0 + block_size]
+        _, w = pair_block(a, b, sx[i0:i0 + block_size], sy[j0:j0 + block_size], False, kind, params, True)
+        w.mul_(gs[i0:i0 + block_size] @ vs[j0:j0 + block_size].T)
+        if gx is not None:
+            acc_rows(gx, i0, w, a, b, kind)
+        if gy is not None:
+            acc_cols(gy, j0, w, a, b, kind)
+    gx = (2.0 * gx).to(x.dtype) if gx is not None else x.new_empty((0,))
+    gy = (2.0 * gy).to(y.dtype) if gy is not None else y.new_empty((0,))
+    return gx, gy
+
+
+def _kmm_fwd(x, y, v, offset, kind, params, precision):
+    return kmm_blocked(x, y, v, offset, kind, params)
+
+
+def _kmm_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, precision):
+    return kmm_grads_blocked(grad_out, x, y, v, offset, kind, params, grad_x, grad_y)
 
 
 def eps_like(t: torch.Tensor, seed: int) -> torch.Tensor:
@@ -196,4 +242,6 @@ define_backend_ops(
     reparam_bwd=_reparam_bwd,
     prior_fwd=_prior_fwd,
     prior_bwd=_prior_bwd,
+    kernel_matmul_fwd=_kmm_fwd,
+    kernel_matmul_bwd=_kmm_bwd,
 )

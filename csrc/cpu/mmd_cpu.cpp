@@ -214,6 +214,20 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
   return total;
 }
 
+void check_kernel(int64_t kind, const std::vector<double>& params) {
+  TORCH_CHECK(kind == wae_fast::KIND_IMQ || kind == wae_fast::KIND_RBF || kind == wae_fast::KIND_POLY,
+              "wae_fast cpp backend: unknown kernel kind ", kind);
+  if (kind == wae_fast::KIND_POLY) {
+    TORCH_CHECK(params.size() == size_t(wae_fast::kPolyParams) && params[2] >= 1 &&
+                    params[2] <= wae_fast::kMaxPolyDegree && params[2] == double(int64_t(params[2])),
+                "wae_fast cpp backend: polynomial params must be [gamma, coef0, degree] with an integer degree in [1, ",
+                wae_fast::kMaxPolyDegree, "]");
+    return;
+  }
+  TORCH_CHECK(!params.empty() && params.size() <= size_t(kMaxScales),
+              "wae_fast cpp backend: between 1 and ", kMaxScales, " kernel scales supported, got ", params.size());
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& offset, int64_t kind,
                   const std::vector<double>& params) {
   TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "wae_fast cpp backend: inputs must be CPU tensors");
@@ -224,9 +238,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& of
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
               "wae_fast cpp backend: dtype must be float16, bfloat16, float32 or float64, got ", dt);
   TORCH_CHECK(offset.numel() == x.size(1), "wae_fast cpp backend: offset must have d elements");
-  TORCH_CHECK(kind == wae_fast::KIND_IMQ || kind == wae_fast::KIND_RBF, "wae_fast cpp backend: unknown kernel kind ", kind);
-  TORCH_CHECK(!params.empty() && params.size() <= size_t(kMaxScales),
-              "wae_fast cpp backend: between 1 and ", kMaxScales, " kernel scales supported, got ", params.size());
+  check_kernel(kind, params);
 }
 
 template <class T>

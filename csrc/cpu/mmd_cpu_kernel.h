@@ -195,16 +195,22 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           V kv = zero, wv = zero;
           if (KIND == wae_fast::KIND_IMQ) {
             wae_fast::imq_eval<V, T>(rr, P, S, kv, wv);
-          } else {
+          } else if (KIND == wae_fast::KIND_RBF) {
             wae_fast::rbf_eval<V, T>(rr, P, S, kv, wv, VExpNeg<V>());
+          } else {  // polynomial: from the dot product (unshifted points), no row-sum term
+            wae_fast::poly_eval<V, T>(acc[r][h], P, kv, wv);
           }
           I kmask = pb.unbiased ? (valid & ~dmask) : valid;
           ksum += kmask ? kv : zero;
           if (GRAD) {
-            wv = (valid & ~dmask) ? wv : zero;
+            // r-kernels: W_ii multiplies a_i - a_i = 0; the polynomial's k(a_i, a_i) counts
+            // unless the estimator excludes it
+            wv = (KIND == wae_fast::KIND_POLY ? kmask : (valid & ~dmask)) ? wv : zero;
             vstore(W + (ib + r) * kTile + jb + h * L, wv);
-            rs[r] += wv;
-            csacc[h] += wv;
+            if (KIND != wae_fast::KIND_POLY) {
+              rs[r] += wv;
+              csacc[h] += wv;
+            }
           }
         }
       }
@@ -389,6 +395,9 @@ double run_block(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64
   if (pb.kind == wae_fast::KIND_IMQ)
     return grad ? run_block_k<T, wae_fast::KIND_IMQ, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols)
                 : run_block_k<T, wae_fast::KIND_IMQ, false>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
+  if (pb.kind == wae_fast::KIND_POLY)
+    return grad ? run_block_k<T, wae_fast::KIND_POLY, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols)
+                : run_block_k<T, wae_fast::KIND_POLY, false>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
   return grad ? run_block_k<T, wae_fast::KIND_RBF, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols)
               : run_block_k<T, wae_fast::KIND_RBF, false>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
 }
@@ -403,6 +412,9 @@ double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_r
   if (pb.kind == wae_fast::KIND_IMQ)
     return grad ? run_stripe_k<T, wae_fast::KIND_IMQ, true>(pb, s, nstripes, g_rows, g_cols)
                 : run_stripe_k<T, wae_fast::KIND_IMQ, false>(pb, s, nstripes, g_rows, g_cols);
+  if (pb.kind == wae_fast::KIND_POLY)
+    return grad ? run_stripe_k<T, wae_fast::KIND_POLY, true>(pb, s, nstripes, g_rows, g_cols)
+                : run_stripe_k<T, wae_fast::KIND_POLY, false>(pb, s, nstripes, g_rows, g_cols);
   return grad ? run_stripe_k<T, wae_fast::KIND_RBF, true>(pb, s, nstripes, g_rows, g_cols)
               : run_stripe_k<T, wae_fast::KIND_RBF, false>(pb, s, nstripes, g_rows, g_cols);
 }

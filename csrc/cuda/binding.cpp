@@ -112,7 +112,12 @@ void check_mmd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& offse
               WAE_MSG "x (N, d) and y (M, d) must be 2-D with the same d");
   TORCH_CHECK(x.scalar_type() == y.scalar_type(), WAE_MSG "x and y must have the same dtype");
   TORCH_CHECK(offset.numel() == x.size(1), WAE_MSG "offset must have d elements");
-  TORCH_CHECK(kind == 0 || kind == 1, WAE_MSG "unknown kernel kind ", kind);
+  TORCH_CHECK(kind == 0 || kind == 1 || kind == 2, WAE_MSG "unknown kernel kind ", kind);
+  if (kind == 2) {
+    TORCH_CHECK(params.size() == 3 && params[2] >= 1 && params[2] <= 64 && params[2] == double(int64_t(params[2])),
+                WAE_MSG "polynomial params must be [gamma, coef0, degree] with an integer degree in [1, 64]");
+    return;
+  }
   TORCH_CHECK(!params.empty() && params.size() <= 16, WAE_MSG "between 1 and 16 kernel scales supported");
 }
 
@@ -234,6 +239,56 @@ at::Tensor prior_bwd_cuda(const at::Tensor& grad_terms, const at::Tensor& x_, in
   return gx;
 }
 
+#ifndef WAE_CUDA_EMU
+// kernel_matmul: the shift and the compute dtype are applied here with torch ops; the kernels
+// take contiguous compute-dtype operands.
+at::Tensor kmm_fwd_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v, const at::Tensor& offset,
+                        int64_t kind, at::ArrayRef<double> params, c10::string_view precision) {
+  check_mmd(x, y, offset, kind, params);
+  TORCH_CHECK(v.is_cuda() && v.device() == x.device() && v.dim() == 2 && v.size(0) == y.size(0),
+              "wae_fast cuda backend: v must be an (M, P) CUDA tensor on the device of x");
+  DeviceScope scope(x);
+  const auto ct = compute_type(x.scalar_type());
+  at::Tensor off = offset.to(ct);
+  at::Tensor A = (x.to(ct) - off).contiguous(), B = (y.to(ct) - off).contiguous(), V = v.to(ct).contiguous();
+  at::Tensor out = at::empty({x.size(0), v.size(1)}, A.options());
+  std::vector<double> P(params.begin(), params.end());
+  check_rc(wae_kmm_fwd(dtype_code(ct), A.data_ptr(), B.data_ptr(), V.data_ptr(), A.size(0), B.size(0), A.size(1),
+                       V.size(1), int(kind), P.data(), int(P.size()), out.data_ptr(), scope.stream()),
+           "kernel_matmul forward launch");
+  return out.to(x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> kmm_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& y,
+                                                const at::Tensor& v, const at::Tensor& offset, int64_t kind,
+                                                at::ArrayRef<double> params, bool grad_x, bool grad_y,
+                                                c10::string_view precision) {
+  check_mmd(x, y, offset, kind, params);
+  DeviceScope scope(x);
+  const auto ct = compute_type(x.scalar_type());
+  at::Tensor off = offset.to(ct);
+  at::Tensor A = (x.to(ct) - off).contiguous(), B = (y.to(ct) - off).contiguous(), V = v.to(ct).contiguous();
+  at::Tensor G = grad_out.to(ct).contiguous();
+  std::vector<double> P(params.begin(), params.end());
+  at::Tensor gx = at::empty({0}, x.options()), gy = at::empty({0}, y.options());
+  if (grad_x) {
+    at::Tensor o = at::empty_like(A);
+    check_rc(wae_kmm_grad(dtype_code(ct), A.data_ptr(), B.data_ptr(), G.data_ptr(), V.data_ptr(), A.size(0), B.size(0),
+                          A.size(1), V.size(1), int(kind), P.data(), int(P.size()), o.data_ptr(), scope.stream()),
+             "kernel_matmul backward launch");
+    gx = o.to(x.scalar_type());
+  }
+  if (grad_y) {
+    at::Tensor o = at::empty_like(B);
+    check_rc(wae_kmm_grad(dtype_code(ct), B.data_ptr(), A.data_ptr(), V.data_ptr(), G.data_ptr(), B.size(0), A.size(0),
+                          B.size(1), V.size(1), int(kind), P.data(), int(P.size()), o.data_ptr(), scope.stream()),
+             "kernel_matmul backward launch");
+    gy = o.to(y.scalar_type());
+  }
+  return {gx, gy};
+}
+#endif  // WAE_CUDA_EMU
+
 at::Tensor reparam_fwd_cuda(const at::Tensor& mu_, const at::Tensor& logvar_, int64_t seed) {
   TORCH_CHECK(WAE_ON_DEVICE(mu_) && logvar_.device() == mu_.device(), WAE_MSG "mu/logvar must be " WAE_DEVICE_NAME " tensors on one device");
   TORCH_CHECK(mu_.sizes() == logvar_.sizes() && mu_.scalar_type() == logvar_.scalar_type(),
@@ -268,6 +323,10 @@ TORCH_LIBRARY_IMPL(wae_fast, WAE_DISPATCH_KEY, m) {
   m.impl(WAE_OP("prior_bwd_cuda"), &prior_bwd_cuda);
   m.impl(WAE_OP("reparam_fwd_cuda"), &reparam_fwd_cuda);
   m.impl(WAE_OP("reparam_bwd_cuda"), &reparam_bwd_cuda);
+#ifndef WAE_CUDA_EMU  // kmm_kernels.cu is built by nvcc only (no cuda_emu translation unit yet)
+  m.impl("kernel_matmul_fwd_cuda", &kmm_fwd_cuda);
+  m.impl("kernel_matmul_bwd_cuda", &kmm_bwd_cuda);
+#endif
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

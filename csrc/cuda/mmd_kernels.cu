@@ -72,7 +72,7 @@ int bwd_impl(int dtype, const void* x, const void* y, const void* offset, int64_
     const int64_t nA = side == 0 ? n : m, nB = side == 0 ? m : n;
     const double cself = 4.0 / (side == 0 ? nxx : nyy);  // times grad_terms[side]
     const double cx = 2.0 / nxy;                          // times grad_terms[2]
-    e = launch_grad<T>(A, sb, nA, nB, d, kind, pr, P, gt, side, cself, cx, gacc, out, dtype, st);
+    e = launch_grad<T>(A, sb, nA, nB, d, kind, pr, P, gt, side, cself, cx, gacc, out, dtype, st, unbiased);
   }
   return int(e);
 }

@@ -138,6 +138,8 @@ __device__ __forceinline__ void eval_kernel(T r, const KParams<T>& P, T& k, T& w
   w = T(0);
   if (KIND == wae_fast::KIND_IMQ) {
     wae_fast::imq_eval<T, T>(r, P.p, P.S, k, w);  // the host-tested tile math (tile_math.h)
+  } else if (KIND == wae_fast::KIND_POLY) {
+    wae_fast::poly_eval<T, T>(r, P.p, k, w);  // r is the dot product here (tile_sqdist<DOT>)
   } else {
     wae_fast::rbf_eval<T, T>(r, P.p, P.S, k, w, [](T v) { return dev_exp(v); });
   }
@@ -197,7 +199,7 @@ __device__ __forceinline__ void finish_norms(double nacc, const wae_fast::smem_p
 
 // Exact FMA path: squared distances of the 4 x 4 pairs owned by this thread
 // (rows ty + 16 q, cols tx + 16 p of the tile).  Ends after a __syncthreads.
-template <class T, class SA, class SB>
+template <class T, bool DOT, class SA, class SB>
 __device__ __forceinline__ void tile_sqdist_exact(const SA& sa, const SB& sb, int64_t nA, int64_t nB, int64_t d,
                                                   int64_t i0, int64_t j0, const DotSmem<T>& sm, T r[4][4]) {
   constexpr int DK = TileCfg<T>::DK;
@@ -232,11 +234,12 @@ __device__ __forceinline__ void tile_sqdist_exact(const SA& sa, const SB& sb, in
   for (int q = 0; q < 4; ++q)
 #pragma unroll
     for (int p = 0; p < 4; ++p)
-      r[q][p] = wae_fast::sq_dist_from_dot(acc[q][p], sm.nrm[ty + 16 * q], sm.nrm[kBM + tx + 16 * p]);
+      r[q][p] = DOT ? acc[q][p]
+                    : wae_fast::sq_dist_from_dot(acc[q][p], sm.nrm[ty + 16 * q], sm.nrm[kBM + tx + 16 * p]);
 }
 
 // Tensor-core path (fp32 compute dtype, sm_80+): same contract as tile_sqdist_exact.
-template <int PREC, class SA, class SB>
+template <int PREC, bool DOT, class SA, class SB>
 __device__ __forceinline__ void tile_sqdist_tc(const SA& sa, const SB& sb, int64_t nA, int64_t nB, int64_t d,
                                                int64_t i0, int64_t j0, const DotSmem<float>& sm, float r[4][4]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -309,20 +312,22 @@ __device__ __forceinline__ void tile_sqdist_tc(const SA& sa, const SB& sb, int64
   for (int q = 0; q < 4; ++q)
 #pragma unroll
     for (int p = 0; p < 4; ++p)
-      r[q][p] = wae_fast::sq_dist_from_dot(sm.Ds[(ty + 16 * q) * kWLD + tx + 16 * p], sm.nrm[ty + 16 * q],
-                                           sm.nrm[kBM + tx + 16 * p]);
+      r[q][p] = DOT ? sm.Ds[(ty + 16 * q) * kWLD + tx + 16 * p]
+                    : wae_fast::sq_dist_from_dot(sm.Ds[(ty + 16 * q) * kWLD + tx + 16 * p], sm.nrm[ty + 16 * q],
+                                                 sm.nrm[kBM + tx + 16 * p]);
 #else
   __trap();  // the host never selects the tensor-core path below sm_80
 #endif
 }
 
-template <class T, int PREC, class SA, class SB>
+//! r = squared distances, or (DOT: the polynomial kernel) the dot products themselves.
+template <class T, int PREC, bool DOT = false, class SA, class SB>
 __device__ __forceinline__ void tile_sqdist(const SA& sa, const SB& sb, int64_t nA, int64_t nB, int64_t d,
                                             int64_t i0, int64_t j0, const DotSmem<T>& sm, T r[4][4]) {
   if constexpr (PREC == PREC_IEEE || !std::is_same<T, float>::value) {
-    tile_sqdist_exact<T>(sa, sb, nA, nB, d, i0, j0, sm, r);
+    tile_sqdist_exact<T, DOT>(sa, sb, nA, nB, d, i0, j0, sm, r);
   } else {
-    tile_sqdist_tc<PREC>(sa, sb, nA, nB, d, i0, j0, sm, r);
+    tile_sqdist_tc<PREC, DOT>(sa, sb, nA, nB, d, i0, j0, sm, r);
   }
 }
 
@@ -362,8 +367,9 @@ __global__ void __launch_bounds__(kThreads, 2) mmd_fwd_tiles(SA sa, SB sb, int64
   double acc = 0.0;
   for (int64_t J = (symmetric ? I : 0) + split; J < nbj; J += nsplit) {
     const int64_t j0 = J * kBN;
+    constexpr bool kDot = KIND == wae_fast::KIND_POLY;
     T r[4][4];
-    tile_sqdist<T, PREC>(sa, sb, nA, nB, d, i0, j0, sm, r);
+    tile_sqdist<T, PREC, kDot>(sa, sb, nA, nB, d, i0, j0, sm, r);
     const bool diag_tile = symmetric && I == J;
     T s = T(0);
 #pragma unroll
@@ -373,7 +379,7 @@ __global__ void __launch_bounds__(kThreads, 2) mmd_fwd_tiles(SA sa, SB sb, int64
         const int64_t i = i0 + ty + 16 * q, j = j0 + tx + 16 * p;
         const bool dg = diag_tile && i == j;
         T k, w;
-        eval_kernel<T, KIND>(dg ? T(0) : r[q][p], P, k, w);
+        eval_kernel<T, KIND>((dg && !kDot) ? T(0) : r[q][p], P, k, w);
         if (i < nA && j < nB && !(unbiased && dg)) s += k;
       }
     acc += (symmetric && !diag_tile) ? 2.0 * double(s) : double(s);
@@ -420,8 +426,13 @@ struct GradLayout {
 // rows row = rbase + kRowStep * t and column kk (gradient column kc0 + kk).
 template <class T, int KIND, int PREC, class SB>
 __device__ __forceinline__ void grad_pass(const T* __restrict__ A, const SB& sb, int64_t nA, int64_t nB, int64_t d,
-                                          const KParams<T>& P, bool symmetric, double coef, int64_t I,
-                                          int64_t split, int64_t nsplit, int64_t kc0, const GradSmem<T>& sm) {
+                                          const KParams<T>& P, bool symmetric, bool unbiased, double coef,
+                                          int64_t I, int64_t split, int64_t nsplit, int64_t kc0,
+                                          const GradSmem<T>& sm) {
+  // The polynomial works on dot products, keeps W_ii unless unbiased (k(a_i, a_i) depends on
+  // a_i) and its gradient is -2 sum_j W_ij b_j (poly_eval in tile_math.h): no a_i term.
+  constexpr bool kDot = KIND == wae_fast::KIND_POLY;
+  const bool drop_diag = !kDot || unbiased;
   constexpr int KC = TileCfg<T>::KC;
   constexpr int kRowStep = kThreads / KC;
   constexpr int NR = kBM / kRowStep;
@@ -434,7 +445,7 @@ __device__ __forceinline__ void grad_pass(const T* __restrict__ A, const SB& sb,
   for (int64_t J = split; J < nbj; J += nsplit) {
     const int64_t j0 = J * kBN;
     T r[4][4];
-    tile_sqdist<T, PREC>(sa, sb, nA, nB, d, i0, j0, sm.dot, r);
+    tile_sqdist<T, PREC, kDot>(sa, sb, nA, nB, d, i0, j0, sm.dot, r);
     const bool diag_tile = symmetric && I == J;
     // r goes through this thread's own W entries, then the kernel derivative is evaluated one
     // pair at a time (a rolled loop: fewer live registers than 16 interleaved evaluations).
@@ -448,8 +459,8 @@ __device__ __forceinline__ void grad_pass(const T* __restrict__ A, const SB& sb,
       const int64_t i = i0 + row, j = j0 + col;
       const bool dg = diag_tile && i == j;
       T k, w;
-      eval_kernel<T, KIND>(dg ? T(0) : sm.W[row * kWLD + col], P, k, w);
-      sm.W[row * kWLD + col] = (i < nA && j < nB && !dg) ? w : T(0);
+      eval_kernel<T, KIND>((dg && !kDot) ? T(0) : sm.W[row * kWLD + col], P, k, w);
+      sm.W[row * kWLD + col] = (i < nA && j < nB && !(dg && drop_diag)) ? w : T(0);
     }
     // Bc aliases the staging chunks (free since tile_sqdist's last __syncthreads) AND nrm, which
     // other threads may still be reading in their epilogue: wait for them.
@@ -466,7 +477,7 @@ __device__ __forceinline__ void grad_pass(const T* __restrict__ A, const SB& sb,
         const int row = rbase + kRowStep * t;
         const int64_t i = i0 + row;
         if (i < nA) {
-          const T a = A[i * d + gk];
+          const T a = kDot ? T(0) : A[i * d + gk];
           T acc = T(0);
 #pragma unroll 8
           for (int j = 0; j < kBN; ++j) acc = fma(sm.W[row * kWLD + j], a - sm.Bc[j * KC + kk], acc);
@@ -484,7 +495,7 @@ template <class T, int KIND, int PREC, class SB>
 __global__ void __launch_bounds__(kThreads, 2)
     mmd_grad_rows(const T* __restrict__ A, SB sb, int64_t nA, int64_t nB, int64_t d, KParams<T> P,
                   const double* __restrict__ gt, int side, double c_self, double c_cross, unsigned nchunk,
-                  double* __restrict__ gacc, void* __restrict__ out, int out_dt) {
+                  double* __restrict__ gacc, void* __restrict__ out, int out_dt, int unbiased) {
   using L = GradLayout<T>;
   constexpr int DK = L::DK;
   constexpr int KC = L::KC;
@@ -507,8 +518,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int tid = threadIdx.x;
 #pragma unroll
   for (int t = 0; t < NR; ++t) gs[(tid / KC + kRowStep * t) * KC + tid % KC] = 0.0;  // own entries
-  grad_pass<T, KIND, PREC, LoadSrc<T>>(A, LoadSrc<T>{A}, nA, nA, d, P, true, cs, I, split, nsplit, kc0, sm);
-  if (nB > 0) grad_pass<T, KIND, PREC, SB>(A, sb, nA, nB, d, P, false, cx, I, split, nsplit, kc0, sm);
+  grad_pass<T, KIND, PREC, LoadSrc<T>>(A, LoadSrc<T>{A}, nA, nA, d, P, true, unbiased != 0, cs, I, split, nsplit,
+                                       kc0, sm);
+  if (nB > 0) grad_pass<T, KIND, PREC, SB>(A, sb, nA, nB, d, P, false, unbiased != 0, cx, I, split, nsplit, kc0, sm);
   const int64_t gk = kc0 + tid % KC;
   if (gk >= d) return;
 #pragma unroll 1
@@ -672,7 +684,9 @@ cudaError_t launch_fwd_term(const SA& sa, const SB& sb, int64_t nA, int64_t nB, 
   if (!grid_ok(nA, fwd_nsplit(nA, nB))) return cudaErrorInvalidConfiguration;
   constexpr bool kF32 = std::is_same<T, float>::value;
   const bool imq = kind == wae_fast::KIND_IMQ;
-  if (kF32 && prec == PREC_TF32) {
+  if (kind == wae_fast::KIND_POLY) {  // exact FMA dot products only (KID needs "ieee", see README)
+    launch_fwd_term_k<T, wae_fast::KIND_POLY, PREC_IEEE>(sa, sb, nA, nB, d, P, symmetric, unbiased, part, scale, out, st);
+  } else if (kF32 && prec == PREC_TF32) {
     if (imq) launch_fwd_term_k<T, wae_fast::KIND_IMQ, (kF32 ? PREC_TF32 : 0)>(sa, sb, nA, nB, d, P, symmetric, unbiased, part, scale, out, st);
     else launch_fwd_term_k<T, wae_fast::KIND_RBF, (kF32 ? PREC_TF32 : 0)>(sa, sb, nA, nB, d, P, symmetric, unbiased, part, scale, out, st);
   } else if (kF32 && prec == PREC_TF32X3) {
@@ -688,13 +702,13 @@ cudaError_t launch_fwd_term(const SA& sa, const SB& sb, int64_t nA, int64_t nB, 
 template <class T, int KIND, int PREC, class SB>
 void launch_grad_k(const T* A, const SB& sb, int64_t nA, int64_t nB, int64_t d, const KParams<T>& P, const double* gt,
                    int side, double c_self, double c_cross, double* gacc, int64_t nsplit, int64_t nchunk, void* out,
-                   int out_dt, cudaStream_t st) {
+                   int out_dt, cudaStream_t st, int unbiased) {
   dim3 grid(unsigned(ceil_div(nA, kBM)), unsigned(nsplit * nchunk));
   constexpr size_t smem = GradLayout<T>::bytes;
   auto kern = mmd_grad_rows<T, KIND, PREC, SB>;
   if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess) return;
   WAE_LAUNCH((kern), grid, kThreads, smem, st, A, sb, nA, nB, d, P, gt, side, c_self, c_cross, unsigned(nchunk),
-             nsplit > 1 ? gacc : nullptr, out, out_dt);
+             nsplit > 1 ? gacc : nullptr, out, out_dt, unbiased);
 }
 
 template <class O>
@@ -707,16 +721,23 @@ void launch_combine(const double* gacc, int64_t nsplit, int64_t count, void* out
 template <class T, class SB>
 cudaError_t launch_grad(const T* A, const SB& sb, int64_t nA, int64_t nB, int64_t d, int kind, int prec,
                         const KParams<T>& P, const double* gt, int side, double c_self, double c_cross, double* gacc,
-                        void* out, int out_dt, cudaStream_t st) {
+                        void* out, int out_dt, cudaStream_t st, int unbiased = 1) {
   constexpr bool kF32 = std::is_same<T, float>::value;
   const int ct_code = kF32 ? WAE_F32 : WAE_F64;
   if (nA <= 0 || d <= 0) return cudaSuccess;
   const int64_t nsplit = bwd_nsplit(ct_code, nA, d), nchunk = grad_chunks(ct_code, d);
   if (!grid_ok(nA, nsplit * nchunk)) return cudaErrorInvalidConfiguration;
   const bool imq = kind == wae_fast::KIND_IMQ;
+  if (kind == wae_fast::KIND_POLY) {  // exact FMA dot products only (KID needs "ieee", see README)
+    launch_grad_k<T, wae_fast::KIND_POLY, PREC_IEEE, SB>(A, sb, nA, nB, d, P, gt, side, c_self, c_cross, gacc, nsplit,
+                                                         nchunk, out, out_dt, st, unbiased);
+    prec = -1;  // skip the r-kernel dispatch below
+  }
 #define WAE_GRAD(KD, PR) \
-  launch_grad_k<T, KD, PR, SB>(A, sb, nA, nB, d, P, gt, side, c_self, c_cross, gacc, nsplit, nchunk, out, out_dt, st)
-  if (kF32 && prec == PREC_TF32) {
+  launch_grad_k<T, KD, PR, SB>(A, sb, nA, nB, d, P, gt, side, c_self, c_cross, gacc, nsplit, nchunk, out, out_dt, st, \
+                               unbiased)
+  if (prec < 0) {
+  } else if (kF32 && prec == PREC_TF32) {
     if (imq) WAE_GRAD(wae_fast::KIND_IMQ, (kF32 ? PREC_TF32 : 0));
     else WAE_GRAD(wae_fast::KIND_RBF, (kF32 ? PREC_TF32 : 0));
   } else if (kF32 && prec == PREC_TF32X3) {

@@ -55,6 +55,16 @@ int wae_prior_bwd(int dtype, const void* x, const void* off_xy, int64_t n, int64
                   const double* params, int nparams, double sigma2, int unbiased, uint64_t seed, int precision,
                   const double* grad_terms, void* gx, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+//! kernel_matmul (kmm_kernels.cu), operands already shifted, contiguous, in the compute dtype
+//! ct (WAE_F32 or WAE_F64): out (nA, pv) = K(A, B) @ V for A (nA, d), B (nB, d), V (nB, pv).
+int wae_kmm_fwd(int ct, const void* A, const void* B, const void* V, int64_t nA, int64_t nB, int64_t d, int64_t pv,
+                int kind, const double* params, int nparams, void* out, cudaStream_t stream);
+
+//! out (nA, d) = 2 sum_j w(A_i, B_j) (U_i . V_j) (A_i - B_j) (polynomial: -B_j), U (nA, pv):
+//! the gradient of <U, K(A, B) @ V> to A (tile_math.h: w).
+int wae_kmm_grad(int ct, const void* A, const void* B, const void* U, const void* V, int64_t nA, int64_t nB, int64_t d,
+                 int64_t pv, int kind, const double* params, int nparams, void* out, cudaStream_t stream);
+
 //! z = mu + exp(logvar / 2) * eps, eps[i] = tl.randn(seed, i) (flat int64 index), input dtype.
 int wae_reparam_fwd(int dtype, const void* mu, const void* logvar, void* z, int64_t numel, uint64_t seed,
                     cudaStream_t stream);

@@ -68,7 +68,7 @@ import torch
 
 from ..contract import PRECISIONS, compute_dtype
 from ..dispatch import PRIOR_ESTIMATORS, Request, select_backend
-from ..kernel_specs import IMQ, KernelSpec, resolve_kernel
+from ..kernel_specs import IMQ, KernelSpec, resolve_shift_invariant_kernel
 from ..pairsum import BLOCK_SIZE
 from ..philox import resolve_seed
 from ..validation import check_codes, check_count, check_rows_in_range, check_sigma2
@@ -112,7 +112,7 @@ def _terms(x, kernel, *, sigma2, estimator, unbiased, num_samples, generator, se
     if precision not in PRECISIONS:
         raise ValueError(f"precision: unknown precision {precision!r}; expected one of {PRECISIONS}")
     check_codes(x, unbiased, estimator)
-    spec = resolve_kernel(kernel)
+    spec = resolve_shift_invariant_kernel(kernel, "mmd_to_prior")
     s2 = check_sigma2(spec.sigma2 if sigma2 is None else sigma2)
     check_count("block_size", block_size)
     n, d = x.shape
@@ -207,7 +207,7 @@ def mmd_to_prior(
         if num_samples is not None and num_samples != x.shape[0]:
             raise ValueError(f"num_samples: the linear estimator pairs x with N = {x.shape[0]} prior "
                              f"samples; got num_samples={num_samples!r} (leave it None)")
-        spec = resolve_kernel(kernel)
+        spec = resolve_shift_invariant_kernel(kernel, "mmd_to_prior")
         s2 = check_sigma2(spec.sigma2 if sigma2 is None else sigma2)
         check_count("block_size", block_size)
         kind, params = spec.lower(x.shape[1])

@@ -7,7 +7,7 @@ from typing import Union
 import torch
 
 from ..contract import compute_dtype
-from ..kernel_specs import IMQ, KIND_IMQ, KernelSpec, resolve_kernel
+from ..kernel_specs import IMQ, KIND_IMQ, KernelSpec, resolve_shift_invariant_kernel
 from ..validation import check_finite as _check_finite
 from ..validation import check_points
 
@@ -60,7 +60,7 @@ def mmd_linear(
     if check_finite:
         _check_finite("x", x)
         _check_finite("y", y)
-    spec = resolve_kernel(kernel)
+    spec = resolve_shift_invariant_kernel(kernel, "mmd_linear")
     kind, params = spec.lower(x.shape[1])
     ct = compute_dtype(x.dtype)
     p2 = 2 * (x.shape[0] // 2)

@@ -4,6 +4,8 @@
 // Conventions (DESIGN.md, wae_fast/contract.py), r = ||a - b||^2 of SHIFTED points:
 //   IMQ  params C_s:     k = sum_s C_s / (C_s + r),   dk/dr = -sum_s C_s / (C_s + r)^2
 //   RBF  params gamma_s: k = sum_s exp(-gamma_s r),   dk/dr = -sum_s gamma_s exp(-gamma_s r)
+//   POLY params [gamma, coef0, degree], from the dot product t = a.b of UNSHIFTED points:
+//        k = (gamma t + coef0)^degree, w = -(gamma / 2) dk/dt (see poly_eval)
 //
 // The functions are templates on the value type V, which may be a scalar (float, double) or a
 // GCC vector-extension type (the CPU backend evaluates 8 pairs at once with them): they use
@@ -23,7 +25,12 @@
 
 namespace wae_fast {
 
-enum KernelKind : int { KIND_IMQ = 0, KIND_RBF = 1 };
+enum KernelKind : int { KIND_IMQ = 0, KIND_RBF = 1, KIND_POLY = 2 };
+
+//! Number of params of the polynomial kind: gamma, coef0, degree.
+constexpr int kPolyParams = 3;
+//! Largest polynomial degree the kernels accept (kernel_specs.Polynomial enforces it too).
+constexpr int kMaxPolyDegree = 64;
 
 //! Maximum number of kernel scales the compiled kernels accept (params beyond it are rejected
 //! by the bindings with a clear error).
@@ -187,6 +194,23 @@ WAE_HD void rbf_eval(V r, const S* G, int nscales, V& k, V& w, Exp expf_) {
     }
 #endif
   }
+}
+
+//! Polynomial kernel from the dot product t: k += (gamma t + c)^p and w -= (gamma p / 2)
+//! (gamma t + c)^(p - 1), with P = [gamma, c, p] (p an integer >= 1 stored as a float).  w is
+//! the weight the tile gradients use in place of dk/dr: for the r-kernels the row gradient is
+//! 2 sum_j W_ij (a_i - b_j); for the polynomial it is -2 sum_j W_ij b_j = gamma sum_j dk/dt b_j
+//! (no a_i term).  The power is a product of p - 1 multiplications (overflow gives inf, never a
+//! finite wrong value); the loop bound is the runtime degree (at most kMaxPolyDegree).
+template <class V, class S>
+WAE_HD void poly_eval(V t, const S* P, V& k, V& w) {
+  const S gamma = P[0], c = P[1];
+  const int p = int(P[2]);
+  const V base = gamma * t + c;
+  V pm1 = base * S(0) + S(1);
+  for (int e = 1; e < p; ++e) pm1 = pm1 * base;
+  k += pm1 * base;
+  w -= (S(0.5) * gamma * S(p)) * pm1;
 }
 
 //! Reference single-pair evaluation in any scalar type (used by host tests).
