@@ -33,6 +33,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from . import kmm as KM  # noqa: E402
 from . import mmd as M  # noqa: E402
 from . import prior as P  # noqa: E402
 from . import reparam as R  # noqa: E402
@@ -139,6 +140,33 @@ def reparam_variants(which: str = "core"):
         out.append((f"reparam_fwd {dtype}", R._reparam_fwd_kernel, sig, dict(CT=ct, BLOCK=1024), 4, 1))
         sig = {"GZ": _PTR[dtype], "LV": _PTR[dtype], "GLV": _PTR[dtype], "n": "i32", "seed": "i32"}
         out.append((f"reparam_bwd {dtype}", R._reparam_bwd_kernel, sig, dict(CT=ct, BLOCK=1024), 4, 1))
+    return out
+
+
+def kmm_variants(which: str = "core"):
+    """The kernel_matmul kernels (:mod:`wae_fast.kernels.kmm`), fp32 and fp64, every kernel kind,
+    d = 64 (ragged tiles), P = 1 and 64, in the format of :func:`mmd_variants`."""
+    out = []
+    if which not in ("core", "all"):
+        return out
+    names = {M.KIND_IMQ: "imq", M.KIND_RBF: "rbf", M.KIND_POLY: "poly"}
+    for dtype in ("fp32", "fp64"):
+        cts, ct = _sig_and_tl_dtype(dtype)
+        block, warps = KM.tile_config(dtype == "fp64")
+        for kind in (M.KIND_IMQ, M.KIND_RBF, M.KIND_POLY):
+            scales = {M.KIND_IMQ: 7, M.KIND_RBF: 3, M.KIND_POLY: 3}[kind]
+            for pv in (1, 64):
+                pb = KM.p_chunk(pv)
+                base = dict(KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct, BLOCK=block,
+                            BK=M.chunk_dim(64), PB=pb, EVEN_A=False, EVEN_B=False, EVEN_K=True)
+                sig = {"A": _PTR[dtype], "B": _PTR[dtype], "V": _PTR[dtype], "OFF": "*" + cts,
+                       "P": "*" + cts, "OUT": _PTR[dtype], "NA": "i32", "NB": "i32", "D": "i32", "PV": "i32"}
+                out.append((f"kmm_fwd {names[kind]} {dtype} P={pv}", KM._kmm_fwd_kernel, sig, base, warps, 1))
+                sig = {"A": _PTR[dtype], "B": _PTR[dtype], "U": _PTR[dtype], "V": _PTR[dtype],
+                       "OFF": "*" + cts, "P": "*" + cts, "G": _PTR[dtype], "NA": "i32", "NB": "i32",
+                       "D": "i32", "PV": "i32"}
+                out.append((f"kmm_bwd {names[kind]} {dtype} P={pv}", KM._kmm_bwd_kernel, sig,
+                            dict(base, DP=M.grad_chunk(64), EVEN_D=True), warps, 1))
     return out
 
 
@@ -263,7 +291,7 @@ def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=
     backend = make_backend(target)
     rows, failures = [], []
     if variants is None:
-        variants = mmd_variants(which) + reparam_variants(which)
+        variants = mmd_variants(which) + reparam_variants(which) + kmm_variants(which)
     for name, kern, sig, cx, warps, stages in variants:
         if only and only not in name:
             continue
@@ -318,7 +346,7 @@ def main(argv=None):
     t0 = time.time()
     variants = []
     if args.family in ("mmd", "all"):
-        variants += mmd_variants(args.set) + reparam_variants(args.set)
+        variants += mmd_variants(args.set) + reparam_variants(args.set) + kmm_variants(args.set)
     if args.family in ("prior", "all"):
         variants += prior_variants("all" if args.set == "all" else "core")
     rows, failures = compile_all(args.arch, args.set, only=args.only, variants=variants)

@@ -105,10 +105,16 @@ def _kmm_bwd_kernel(
 # host launchers
 
 
-def _block(dtype: torch.dtype) -> int:
+def tile_config(fp64: bool) -> tuple[int, int]:
+    """(BLOCK, num_warps) on the GPU: 64 x 64 tiles with 8 warps (fp32), 32 x 32 with 4 (fp64);
+    the AOT report (``python -m wae_fast.kernels.aot``) lists their registers and spills."""
+    return (32, 4) if fp64 else (64, 8)
+
+
+def _block(dtype: torch.dtype) -> tuple[int, int]:
     if INTERPRET:
-        return INTERPRET_BLOCK
-    return 32 if dtype == torch.float64 else 64
+        return INTERPRET_BLOCK, 4
+    return tile_config(dtype == torch.float64)
 
 
 def launch_fwd(x, y, v, off, p, kind, prec, ct):
@@ -116,11 +122,11 @@ def launch_fwd(x, y, v, off, p, kind, prec, ct):
     na, d = x.shape
     nb, pv = v.shape
     out = torch.empty((na, pv), dtype=x.dtype, device=x.device)
-    block, pb, bk = _block(x.dtype), p_chunk(pv), chunk_dim(d)
+    (block, warps), pb, bk = _block(x.dtype), p_chunk(pv), chunk_dim(d)
     _kmm_fwd_kernel[(triton.cdiv(na, block), triton.cdiv(pv, pb))](
         x, y, v, off, p, out, na, nb, d, pv, KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=ct,
         BLOCK=block, BK=bk, PB=pb, EVEN_A=na % block == 0, EVEN_B=nb % block == 0, EVEN_K=d % bk == 0,
-        num_warps=4)
+        num_warps=warps)
     return out
 
 
@@ -129,9 +135,9 @@ def launch_grad(a, b, u, w, off, p, kind, prec, ct):
     na, d = a.shape
     nb, pv = w.shape
     g = torch.empty_like(a)
-    block, pb, bk, dp = _block(a.dtype), p_chunk(pv), chunk_dim(d), grad_chunk(d)
+    (block, warps), pb, bk, dp = _block(a.dtype), p_chunk(pv), chunk_dim(d), grad_chunk(d)
     _kmm_bwd_kernel[(triton.cdiv(na, block), triton.cdiv(d, dp))](
         a, b, u, w, off, p, g, na, nb, d, pv, KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec,
         CT=ct, BLOCK=block, BK=bk, PB=pb, DP=dp, EVEN_A=na % block == 0, EVEN_B=nb % block == 0,
-        EVEN_K=d % bk == 0, EVEN_D=d % dp == 0, num_warps=4)
+        EVEN_K=d % bk == 0, EVEN_D=d % dp == 0, num_warps=warps)
     return g
