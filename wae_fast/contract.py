@@ -339,10 +339,10 @@ def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], s
     """Call backend ``backend``'s prior forward op (samples generated in the backend) through
     autograd (gradient to x); returns the float64 (3,) terms.  Inputs are assumed validated."""
     return op(f"prior_fwd_{backend}")(x.contiguous(), int(kind), [float(p) for p in params],
-                                      float(sigma2), bool(unbiased), int(num_samples), int(seed),
+                                      float(sigma2), bool(unbiased), int(num_samples), seed,
                                       precision)
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps."""
-    return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), int(seed))
+    return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), seed)

@@ -9,7 +9,7 @@ import torch
 from . import contract
 from .dispatch import Request, select_backend
 from .kernel_specs import IMQ, KernelSpec, check_compute_range, resolve_kernel
-from .philox import draw_seed
+from .philox import resolve_seed
 from .validation import check_finite as _check_finite
 from .validation import check_points, check_tensor
 
@@ -93,6 +93,7 @@ def reparameterize(
     logvar: torch.Tensor,
     *,
     generator: Optional[torch.Generator] = None,
+    seed: Union[int, torch.Tensor, None] = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     r"""Reparameterized Gaussian sample ``z = mu + exp(logvar / 2) * eps``, eps ~ N(0, I).
@@ -100,7 +101,9 @@ def reparameterize(
     eps comes from a counter-based stream keyed by a seed in [0, 2^62) drawn from ``generator``
     (the global CPU generator when None, :func:`wae_fast.philox.draw_seed`), so the same generator state gives the same z. The backward
     regenerates eps from the seed instead of storing it:
-    ``dmu = dz``, ``dlogvar = dz * eps * exp(logvar / 2) / 2``.
+    ``dmu = dz``, ``dlogvar = dz * eps * exp(logvar / 2) / 2``.  An explicit ``seed`` (an int in
+    [0, 2^63) or a 0-dim integer tensor) wins over ``generator``; pass one under torch.compile
+    (generators do not trace).
     """
     check_tensor("mu", mu)
     check_tensor("logvar", logvar)
@@ -114,7 +117,7 @@ def reparameterize(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     name = select_backend(backend, mu.device, Request("reparam", dtype=mu.dtype))
-    return contract.reparam(name, mu, logvar, draw_seed(generator))
+    return contract.reparam(name, mu, logvar, resolve_seed(seed, generator))
 
 
 def logvar_penalty(logvar: torch.Tensor, kind: str = "l1") -> torch.Tensor:
