@@ -199,6 +199,25 @@ def _define_mmd(backend: str) -> None:
 
     torch.library.register_autograd(qf, backward, setup_context=setup_context)
 
+    class EagerMMD(torch.autograd.Function):
+        """The same forward, setup and backward as the op's registered autograd, applied
+        directly: an eager call skips torch.library's per-call Python autograd wrapper (schema
+        default filling, a second Function) -- the host cost that dominates small sets.
+        torch.compile traces the op itself (see :func:`mmd_terms`)."""
+
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = op(fwd)(*inputs)  # grad mode is off here: straight to the backend kernel
+            setup_context(ctx, inputs, out)
+            ctx.mark_non_differentiable(out[1], out[2])
+            return out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    _EAGER_MMD[backend] = EagerMMD
+
 
 def _define_reparam(backend: str) -> None:
     fwd, bwd = f"reparam_fwd_{backend}", f"reparam_bwd_{backend}"
@@ -262,6 +281,7 @@ def _define_prior(backend: str) -> None:
 
 
 _FUSES: dict[str, bool] = {}
+_EAGER_MMD: dict[str, type] = {}
 
 
 @dataclass(frozen=True)
@@ -330,9 +350,10 @@ def mmd_terms(
     offset = y.detach().to(ct).mean(0).contiguous()
     grad_on = torch.is_grad_enabled()
     gx, gy = grad_on and x.requires_grad, grad_on and y.requires_grad
-    terms, _, _ = op(f"mmd_fwd_{backend}")(x, y, offset, kind, [float(p) for p in params],
-                                            unbiased, gx, gy, precision)
-    return terms
+    args = (x, y, offset, kind, [float(p) for p in params], unbiased, gx, gy, precision)
+    if torch.compiler.is_compiling():
+        return op(f"mmd_fwd_{backend}")(*args)[0]
+    return _EAGER_MMD[backend].apply(*args)[0]
 
 
 def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], sigma2: float,
