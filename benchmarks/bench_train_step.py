@@ -7,8 +7,10 @@ over the batch * 0.05 + 10 * MMD^2(z, p) with p ~ N(0, I), backward, Adam step. 
 ``wae_fast.mmd`` (7-scale IMQ, unbiased, backend "auto") or the dense formula as the published
 WAE code writes it (Tolstikhin et al., ``wae.py``: pairwise squared distances from norms and dot
 products, 7 IMQ scales C = 2 z_dim sigma2 s, diagonal removed), or absent ("none", to get the
-MMD's share: (t_mmd - t_none) / t_mmd).  Medians of ``--runs`` runs of ``--steps`` steps,
-variants alternated in one process.
+MMD's share by difference: (t_mmd - t_none) / t_mmd, noisy on a shared machine).  The MMD
+alone (forward + backward on the step's code shape, prior draw included) is timed too: its
+share is alone / step.  Medians of ``--runs`` runs of ``--steps`` steps, variants alternated in
+one process.
 
     python -m benchmarks.bench_train_step [--configs mnist digits] [--runs 5] [--steps 20]
 """
@@ -64,6 +66,14 @@ def _steps(enc, dec, opt, images, mmd_fn, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def _mmd_alone(mmd_fn, z: torch.Tensor, calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        z.grad = None
+        mmd_fn(z, torch.randn_like(z)).backward()
+    return (time.perf_counter() - t0) / calls
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -74,8 +84,9 @@ def main(argv=None) -> None:
     print(f"threads=1 torch={torch.__version__} backend={wae_fast.which_backend('cpu')} "
           f"runs={a.runs}x{a.steps} steps")
     print("| config | batch | z_dim | step, wae_fast (ms) | step, dense (ms) | step, no MMD (ms) "
-          "| MMD share, wae_fast | MMD share, dense |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| MMD share by difference, wae_fast / dense | MMD alone (ms), wae_fast / dense "
+          "| MMD alone / step, wae_fast / dense |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for cfg in a.configs:
         arch, shape, width, batch, z_dim = CONFIGS[cfg]
         torch.manual_seed(0)
@@ -88,10 +99,15 @@ def main(argv=None) -> None:
         for _ in range(a.runs):
             for k, f in MMDS.items():
                 times[k].append(_steps(enc, dec, opt, images, f, a.steps))
+        z = torch.randn(batch, z_dim, requires_grad=True)
+        alone = {k: statistics.median(_mmd_alone(MMDS[k], z, 200) for _ in range(a.runs))
+                 for k in ("wae_fast", "dense")}
         med = {k: statistics.median(v) for k, v in times.items()}
         share = {k: max(0.0, med[k] - med["none"]) / med[k] for k in ("wae_fast", "dense")}
         print(f"| {cfg} ({arch}) | {batch} | {z_dim} | {med['wae_fast'] * 1e3:.2f} | {med['dense'] * 1e3:.2f} "
-              f"| {med['none'] * 1e3:.2f} | {share['wae_fast']:.1%} | {share['dense']:.1%} |")
+              f"| {med['none'] * 1e3:.2f} | {share['wae_fast']:.1%} / {share['dense']:.1%} "
+              f"| {alone['wae_fast'] * 1e3:.3f} / {alone['dense'] * 1e3:.3f} "
+              f"| {alone['wae_fast'] / med['wae_fast']:.1%} / {alone['dense'] / med['dense']:.1%} |")
 
 
 if __name__ == "__main__":
