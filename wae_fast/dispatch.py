@@ -220,6 +220,12 @@ def _select(backend: str, dev: str, family: str, kind: Optional[int], num_scales
     return name
 
 
+def clear_selection_cache() -> None:
+    """Forget the cached answers of :func:`select_backend` (after changing what is available
+    in this process, e.g. in tests that patch a backend's availability)."""
+    _selected.clear()
+
+
 def select_backend(backend: str, device: Device, request: Request) -> str:
     """:func:`resolve_backend` for a real call (runs the backend's preparation once); the
     answer is cached per (backend, device type, request) and is a constant under torch.compile."""
