@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from wae_fast.kernel_specs import MAX_SQ_NORM
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: Tile side under the interpreter (each program costs ~0.5 ms there: big tiles, few programs).
@@ -42,6 +44,16 @@ INTERPRET_BLOCK = int(os.environ.get("WAE_FAST_TRITON_INTERPRET_BLOCK", "64"))
 
 KIND_IMQ = 0
 KIND_RBF = 1
+
+# Hostile input (wae_fast/contract.py): a shifted row whose squared norm exceeds the supported
+# range of the compute dtype (kernel_specs.MAX_SQ_NORM, the numbers of tile_math.h), or is NaN,
+# gets a NaN norm, so all its pairs are NaN; an infinite r is clamped to the largest finite value,
+# where the IMQ pair math gives k = dk/dr = 0 (never inf * 0).
+MAX_SQ_NORM_F32 = tl.constexpr(MAX_SQ_NORM[torch.float32])
+MAX_SQ_NORM_F64 = tl.constexpr(MAX_SQ_NORM[torch.float64])
+FINITE_MAX_F32 = tl.constexpr(3.4028234663852886e38)
+FINITE_MAX_F64 = tl.constexpr(1.7976931348623157e308)
+NAN = tl.constexpr(float("nan"))
 
 
 def padded_dim(d: int) -> int:
@@ -197,7 +209,7 @@ def dot_tile_g(A, B, seed, sig, OFF, rows, cols, NA, NB, D, CT: tl.constexpr,
         b = tile_rows(B, seed, sig, cols, dims, NB, D, off, CT, GEN_B, EVEN_B, EVEN_K)
         ab = tl.dot(a, tl.trans(b), ab, input_precision=PRECISION, out_dtype=CT)
         nb += tl.sum(b * b, 1)
-    return ab, nb
+    return ab, _norm_in_range(nb, CT)
 
 
 @triton.jit
@@ -220,7 +232,7 @@ def row_norms_g(A, seed, sig, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.cons
         off = _load_off(OFF, dims, D, CT, EVEN_K)
         a = tile_rows(A, seed, sig, rows, dims, NA, D, off, CT, GEN_A, EVEN_A, EVEN_K)
         na += tl.sum(a * a, 1)
-    return na
+    return _norm_in_range(na, CT)
 
 
 @triton.jit
@@ -230,10 +242,21 @@ def row_norms(A, OFF, rows, NA, D, CT: tl.constexpr, BLOCK: tl.constexpr, BK: tl
 
 
 @triton.jit
+def _norm_in_range(n, CT: tl.constexpr):
+    """Squared norms of shifted rows, NaN where outside the supported range (or NaN)."""
+    if CT == tl.float64:
+        lim = MAX_SQ_NORM_F64
+    else:
+        lim = MAX_SQ_NORM_F32
+    return tl.where(n <= lim, n, NAN)
+
+
+@triton.jit
 def sq_dist(ab, na, nb):
-    """r_ij = |a_i|^2 + |b_j|^2 - 2 a_i.b_j, clamped at 0."""
+    """r_ij = |a_i|^2 + |b_j|^2 - 2 a_i.b_j, clamped at 0; the clamp keeps NaN (a NaN
+    distance must never count as r = 0: tl.maximum would drop it on the GPU)."""
     r = na[:, None] + nb[None, :] - 2.0 * ab
-    return tl.maximum(r, 0.0)
+    return tl.where(r < 0.0, 0.0, r)
 
 
 @triton.jit
@@ -244,21 +267,32 @@ def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.co
     (C1/u1 + C2/u2 = (C1 u2 + C2 u1) / (u1 u2), u = C + r), which halves the special-function
     (MUFU) work, the bound of this kernel on H100 (DESIGN.md 6).  Pairing, not one rational
     function of all scales: u1 u2 stays finite for r < ~1e19, while the product of 7 factors
-    overflows fp32 near r ~ 3.5e5.  The derivative is ((C1 u2^2 + C2 u1^2) t) t with
-    t = 1/(u1 u2), multiplied in that order so that it does not underflow early.
+    overflows fp32 near r ~ 3.5e5.  As tile_math.h: 1/u1 = u2 t and 1/u2 = u1 t with
+    t = 1/(u1 u2), k_s = C_s / u_s and dk_s/dr = -k_s / u_s, so no intermediate exceeds
+    C / u^2 (the former (C1 u2^2 + C2 u1^2) t t overflowed to inf * 0 = NaN for r ~ 1e20).  The
+    pairs see an infinite r as the largest finite value: t = 0, k = dk/dr = 0.
     RBF: k_s = exp(-g r), dk_s/dr = -g exp(-g r) (one exp per scale)."""
     k = tl.zeros_like(r)
     w = tl.zeros_like(r)
     if KIND == 0:
+        if r.dtype == tl.float64:
+            rmax = FINITE_MAX_F64
+        else:
+            rmax = FINITE_MAX_F32
+        rp = tl.where(r > rmax, rmax, r)  # the pairs' r; a single scale keeps inf: 1/inf = 0
         for s in tl.static_range(NUM_SCALES // 2):
             c1 = tl.load(P + 2 * s).to(r.dtype)
             c2 = tl.load(P + 2 * s + 1).to(r.dtype)
-            u1 = c1 + r
-            u2 = c2 + r
+            u1 = c1 + rp
+            u2 = c2 + rp
             t = 1.0 / (u1 * u2)
-            k += (c1 * u2 + c2 * u1) * t
+            t1 = u2 * t
+            t2 = u1 * t
+            k1 = c1 * t1
+            k2 = c2 * t2
+            k += k1 + k2
             if NEED_W:
-                w -= ((c1 * u2 * u2 + c2 * u1 * u1) * t) * t
+                w -= k1 * t1 + k2 * t2
         if NUM_SCALES % 2 == 1:
             c = tl.load(P + (NUM_SCALES - 1)).to(r.dtype)
             t = 1.0 / (c + r)

@@ -28,6 +28,8 @@ def backend_params(family: str = "mmd"):
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             if dev == "cuda":
                 marks.append(pytest.mark.cuda)
+            if name == "cuda_emu":
+                marks.append(pytest.mark.cuda_emu)
             params.append(pytest.param((name, dev), id=f"{name}-{dev}", marks=marks))
     return params
 
@@ -67,4 +69,6 @@ def pytest_report_header(config):
         av = wae_fast.available_backends(dev)
         lines.append(f"wae_fast backends on {dev}: " + ", ".join(
             f"{k}={'yes' if v is None else 'no'}" for k, v in av.items()))
+    # how the compiled CPU backend is provided (built at install, cached, first use)
+    lines.append("wae_fast cpp: " + wae_fast.available_backends("cpu", detail=True)["cpp"])
     return lines

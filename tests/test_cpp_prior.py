@@ -43,9 +43,9 @@ def _x(n, d, dtype, seed=0):
 def host_samples(m, d, seed, sigma2=1.0, dtype=torch.float32):
     """The samples prior_fwd_cpp draws: fp32 Philox normals, cast to the compute dtype, times
     sqrt(sigma2) in that dtype."""
-    from wae_fast import _C
+    from wae_fast import cpp_backend
     ct = torch.float64 if dtype == torch.float64 else torch.float32
-    eps = _C.philox_randn_host(seed, torch.arange(m * d)).reshape(m, d).to(ct)
+    eps = cpp_backend.extension().philox_randn_host(seed, torch.arange(m * d)).reshape(m, d).to(ct)
     return eps * torch.tensor(sigma2, dtype=torch.float64).sqrt().to(ct)
 
 

@@ -12,14 +12,16 @@ The JIT fallback (first use without a prebuilt extension) is built the same way.
 
 Opt-in (it installs a ~5.5 GB CUDA torch wheel from the local disk into a side venv, ~1 min,
 then compiles for sm_90, ~1-2 min): ``WAE_FAST_CUDA_BUILD_CHECK=1`` (``.ci/run`` sets it).
-``WAE_FAST_CUDA_TORCH_VENV`` chooses the venv (default ``<repo>/.cuda-torch-venv``, reused when
-present); ``WAE_FAST_CUDA_TORCH`` the torch requirement (default ``torch==2.14.1``, the CUDA
-wheel pip takes from this machine's disk).
+``WAE_FAST_CUDA_TORCH_VENV`` chooses the venv (default: a cache outside the clone,
+``~/.cache/wae_fast/cuda-torch-venv-<torch requirement>``, reused when present, so that a fresh
+clone does not install it again); ``WAE_FAST_CUDA_TORCH`` the torch requirement (default
+``torch==2.14.1``, the CUDA wheel pip takes from this machine's disk).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,8 +30,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV = Path(os.environ.get("WAE_FAST_CUDA_TORCH_VENV", ROOT / ".cuda-torch-venv"))
 TORCH_REQ = os.environ.get("WAE_FAST_CUDA_TORCH", "torch==2.14.1")
+VENV = Path(os.environ.get("WAE_FAST_CUDA_TORCH_VENV") or Path.home() / ".cache" / "wae_fast" /
+            ("cuda-torch-venv-" + re.sub(r"[^A-Za-z0-9.]+", "_", TORCH_REQ)))
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("WAE_FAST_CUDA_BUILD_CHECK") != "1",
@@ -46,13 +49,15 @@ import torch
 sys.path.insert(0, sys.argv[1])
 import wae_fast
 wae_fast.__path__.append(sys.argv[2])          # where build_ext put wae_fast/_C_cuda*.so
-from wae_fast import cuda_backend as cb
+from wae_fast import build, cuda_backend as cb
 from wae_fast.dispatch import BACKEND_TABLE
 OPS = BACKEND_TABLE["cuda"].caps.families
-out = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "error": cb._error,
-       "loaded": cb._ext is not None, "ops": list(OPS)}
-if cb._ext is not None:
-    out["has_c10_cuda"] = bool(cb._ext.has_c10_cuda)
+ext = build.loaded("cuda")
+out = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "error": build.status("cuda"),
+       "loaded": ext is not None, "ops": list(OPS)}
+if ext is not None:
+    out["how"] = build.status("cuda")
+    out["has_c10_cuda"] = bool(ext.has_c10_cuda)
     out["cuda_kernels"] = {
         f"{fam}_{d}_cuda": torch._C._dispatch_has_kernel_for_dispatch_key(f"wae_fast::{fam}_{d}_cuda", "CUDA")
         for fam in OPS for d in ("fwd", "bwd")}
@@ -113,7 +118,7 @@ def test_cuda_extension_builds_links_imports_and_registers(tmp_path):
     # one architecture through torch's own switch (setup.py honours TORCH_CUDA_ARCH_LIST when
     # WAE_FAST_CUDA_ARCHS is unset); both sm_80 and sm_90 are compiled by test_csrc_compile.py
     env.pop("WAE_FAST_CUDA_ARCHS", None)
-    env.update(WAE_FAST_BUILD_CPP="0", WAE_FAST_BUILD_CUDA="1", TORCH_CUDA_ARCH_LIST="9.0",
+    env.update(WAE_FAST_BUILD_CPP="0", WAE_FAST_BUILD_CUDA="1", WAE_FAST_BUILD_CUDA_EMU="0", TORCH_CUDA_ARCH_LIST="9.0",
                MAX_JOBS="2", PATH=f"{VENV / 'bin'}:{env.get('PATH', '')}")
     lib, tmp = tmp_path / "lib", tmp_path / "tmp"
     b = subprocess.run([str(py), "setup.py", "-q", "build_ext", "--build-lib", str(lib),
@@ -137,6 +142,7 @@ def test_cuda_extension_builds_links_imports_and_registers(tmp_path):
     print(out)
     assert out["torch_cuda"], out
     assert out["loaded"], out["error"]
+    assert out["how"].startswith("built at install"), out["how"]   # its build key matched
     # the GPU machine's path: device guard and current stream from c10/cuda, not the fallback
     assert out["has_c10_cuda"] is True
     assert {"mmd", "reparam", "prior"} <= set(out["ops"]), out["ops"]
@@ -151,20 +157,26 @@ _JIT = r"""
 import json, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-from wae_fast import cuda_backend as cb
-assert cb._ext is None          # not prebuilt in the source tree
-cb._jit_build()                 # what availability("cuda") does on a GPU machine without the build
-out = {"loaded": cb._ext is not None, "error": cb._error}
-if cb._ext is not None:
-    out["has_c10_cuda"] = bool(cb._ext.has_c10_cuda)
+from wae_fast import build, cuda_backend as cb
+assert build.loaded("cuda") is None   # not prebuilt in the source tree
+out = {"before": build.status("cuda"), "error": None}
+try:
+    cb.extension()                      # what the first eager call on a GPU does
+except build.BuildError as exc:
+    out["error"] = str(exc)
+ext = build.loaded("cuda")
+out["loaded"] = ext is not None
+if ext is not None:
+    out["how"] = build.status("cuda")
+    out["has_c10_cuda"] = bool(ext.has_c10_cuda)
     out["prior_cuda"] = torch._C._dispatch_has_kernel_for_dispatch_key("wae_fast::prior_fwd_cuda", "CUDA")
 print("RESULT " + json.dumps(out))
 """
 
 
 def test_cuda_extension_jit_build_on_first_use(tmp_path):
-    """The fallback of wae_fast.cuda_backend: torch.utils.cpp_extension.load + ninja into
-    $WAE_FAST_CACHE (flags must suit the CUDA torch's headers, e.g. its C++ standard)."""
+    """The first-use build of wae_fast.build: torch.utils.cpp_extension.load + ninja into
+    $WAE_FAST_CACHE/cuda/<key> (flags must suit the CUDA torch's headers, e.g. its C++ standard)."""
     py = _ensure_venv()
     env = dict(os.environ)
     home = _cuda_home()
@@ -177,5 +189,7 @@ def test_cuda_extension_jit_build_on_first_use(tmp_path):
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert r.returncode == 0 and line, f"{r.stdout}\n{r.stderr[-4000:]}"
     out = json.loads(line[0][len("RESULT "):])
+    assert out["before"].startswith("needs a build on first use"), out["before"]
     assert out["loaded"], out["error"]
+    assert out["how"].startswith("built on first use"), out["how"]
     assert out["has_c10_cuda"] is True and out["prior_cuda"] is True, out

@@ -127,45 +127,43 @@ def test_auto_picks_a_backend_that_can_and_explicit_raises_naming_the_limit(monk
 
 
 def test_asking_availability_never_compiles(monkeypatch):
-    from wae_fast import cuda_backend
+    from wae_fast import build
 
-    def boom():
+    def boom(*a, **k):
         raise AssertionError("availability started a compiler")
 
-    monkeypatch.setattr(cuda_backend, "_jit_build", boom)
-    monkeypatch.setattr(cuda_backend, "_ext", None)
-    monkeypatch.setattr(cuda_backend, "_tried_jit", False)
+    monkeypatch.setattr(build, "ensure", boom)
+    monkeypatch.setattr(build, "_compile", boom)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for family in ("mmd", "prior", "reparam"):
-        wae_fast.available_backends("cuda", family)
-        dispatch.unavailable_reason("cuda", "cuda", family)
-    wae_fast.which_backend("cuda")
+    for dev in ("cpu", "cuda"):
+        for family in ("mmd", "prior", "reparam"):
+            wae_fast.available_backends(dev, family)
+            wae_fast.available_backends(dev, family, detail=True)
+            dispatch.unavailable_reason("cuda", dev, family)
+        wae_fast.which_backend(dev)
 
 
 def test_jit_build_runs_on_the_first_real_call_only(monkeypatch):
-    """The cuda backend's JIT build is its prepare() hook: run once, by a real call's
+    """A compiled backend's first-use build is its prepare() hook: run once, by a real call's
     resolution; a failed build makes "auto" move on and a named request raise with the reason."""
-    from wae_fast import cuda_backend
+    from wae_fast import build
 
     calls = []
 
-    def fake_build():
-        calls.append(1)
-        monkeypatch.setattr(cuda_backend, "_tried_jit", True)
-        monkeypatch.setattr(cuda_backend, "_error", "JIT build of the CUDA extension failed: boom")
+    def fake_ensure(backend):
+        calls.append(backend)
+        raise build.BuildError("wae_fast: compiling the cuda backend failed: boom")
 
-    monkeypatch.setattr(cuda_backend, "_jit_build", fake_build)
-    monkeypatch.setattr(cuda_backend, "_jit_possible", lambda: None)
-    monkeypatch.setattr(cuda_backend, "_ext", None)
-    monkeypatch.setattr(cuda_backend, "_tried_jit", False)
+    monkeypatch.setattr(build, "ensure", fake_ensure)
+    monkeypatch.setattr(build, "unavailable_reason", lambda backend: None)  # buildable here
     monkeypatch.setattr(dispatch, "_prepared", {})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert wae_fast.which_backend("cuda") == "cuda" and calls == []  # asking: no build
     assert dispatch.resolve_backend("auto", "cuda", prepare=True) != "cuda"
-    assert calls == [1]
+    assert calls == ["cuda"]
     with pytest.raises(RuntimeError, match="boom"):
         dispatch.resolve_backend("cuda", "cuda", prepare=True)
-    assert calls == [1]  # once
+    assert calls == ["cuda"]  # once
 
 
 def test_draw_seed_range():

@@ -66,6 +66,22 @@ The other estimators of ``mmd_to_prior`` ("closed_form", "linear") are not ops: 
 :mod:`wae_fast.prior` that only the reference backend declares (``dispatch`` routes "auto" there
 and refuses them, naming the limit, on the other backends).
 
+Hostile input (every op, every backend, every dtype; ``tests/test_hostile.py`` checks each
+backend of the shared fixtures):
+
+* A non-finite coordinate makes ``terms`` NaN and every gradient row paired with that point NaN;
+  ``reparam_fwd`` returns NaN where mu or logvar is not finite, ``reparam_bwd`` where logvar is not.
+* Supported magnitude range: every shifted point has |p - shift|^2 <= ``MAX_SQ_NORM`` of the
+  compute dtype (:data:`wae_fast.kernel_specs.MAX_SQ_NORM`: 2^60 for fp32, 2^496 for fp64;
+  ``tile_math.h`` holds the same numbers).  A backend turns the squared norm of a row outside it
+  (or NaN) into NaN, once per row, so its pairs are NaN from the arithmetic itself (no host
+  synchronisation); the distance clamp at 0 must keep NaN, and r = inf or huge must give k = 0 and
+  dk/dr = 0 (never inf * 0).  Inside the range results are accurate (far pairs included).
+* ``params`` arrive validated (finite, > 0, inside ``kernel_specs.PARAM_RANGE`` of the compute
+  dtype); data-dependent checks (``check_finite=True``) are the public API's, never the ops'.
+* New kernels and estimators follow the same rules: e.g. a polynomial kernel whose powers
+  overflow, or a weighted set with an invalid weight, gives NaN, never a finite value.
+
 Extension points (keep them this way):
 
 * **A new op family** (e.g. batched/weighted MMD, kernel-matrix products): one

@@ -1,8 +1,10 @@
 """Dispatch entry of the C++ CPU backend (``backend="cpp"``).
 
 The op schemas are defined in Python (:func:`wae_fast.contract.define_backend_ops`) BEFORE the
-extension ``wae_fast._C`` is imported; the extension registers the CPU implementations of
-``wae_fast::mmd_fwd_cpp`` / ``mmd_bwd_cpp`` with ``TORCH_LIBRARY_IMPL(wae_fast, CPU, m)``.
+extension is loaded; the extension registers the CPU implementations of
+``wae_fast::mmd_fwd_cpp`` / ``mmd_bwd_cpp`` with ``TORCH_LIBRARY_IMPL(wae_fast, CPU, m)``.  The
+extension is ``wae_fast._C`` built at install, or a build for the running torch made on first
+use and cached (:mod:`wae_fast.build`).
 
 The forward fuses the gradient parts (``fuses_grad=True``): with grad flags set it returns the
 (2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.  ``reparam_fwd_cpp`` /
@@ -16,29 +18,48 @@ from __future__ import annotations
 
 from typing import Optional
 
+from . import build
 from .contract import define_backend_ops
 
 define_backend_ops("cpp", fuses_grad=True)
 
-_C = None
-_IMPORT_ERROR: Optional[BaseException] = None
-try:
-    from . import _C  # noqa: F811  (registers the CPU kernels)
-except ImportError as exc:  # extension not built
-    _IMPORT_ERROR = exc
+#: The op families the extension registers (its TORCH_LIBRARY_IMPL), given placeholders that
+#: build it on first use; routing by capabilities lives in wae_fast.dispatch.
+EXTENSION_FAMILIES = ("mmd", "reparam", "prior")
 
-_HOW = ("the C++ extension wae_fast._C was not built: pip install --no-build-isolation -e . "
-        "(or python setup.py build_ext --inplace) with a C++ compiler and torch installed")
+# The extension built at install (if it matches this torch) or a cached first-use build; never
+# compiles here.  Without either, the first eager call compiles it (wae_fast.build).
+_C = build.load_prebuilt("cpp")   # registers the CPU kernels
+if _C is None:
+    build.build_on_first_use("cpp", EXTENSION_FAMILIES)
 
 
 def availability(device_type: str) -> Optional[str]:
-    if _C is None:
-        return f"{_HOW} (import error: {_IMPORT_ERROR})"
+    """None when the backend runs on ``device_type`` (its extension loaded, or buildable on
+    first use), else why not.  Never compiles."""
     if device_type != "cpu":
         return f"the cpp backend runs on CPU tensors only (got device type {device_type!r}); use 'cuda' or 'triton'"
-    return None
+    return build.unavailable_reason("cpp")
+
+
+def prepare(device_type: str) -> Optional[str]:
+    """Before the first real call (dispatch runs it once): build the extension if needed.
+    None when it is loaded, else why not (so that "auto" moves on)."""
+    return build.prepare("cpp")
+
+
+def status() -> str:
+    """How the extension is provided: built at install, cached build, needs a build on first use."""
+    return build.status("cpp")
+
+
+def extension():
+    """The extension module (``isa()`` and the test hooks), compiled first if needed."""
+    return build.ensure("cpp")
 
 
 def isa() -> Optional[str]:
-    """Instruction set of the tile kernels chosen at run time ("avx2+fma" or "generic")."""
-    return None if _C is None else _C.isa()
+    """Instruction set of the tile kernels chosen at run time ("avx2+fma" or "generic"), or
+    None while the extension is not loaded."""
+    ext = build.loaded("cpp")
+    return None if ext is None else ext.isa()

@@ -8,7 +8,10 @@ types).  The module itself only answers what depends on this machine:
 * ``availability(device_type) -> Optional[str]``: None when it can run on that device type here,
   else why not (and how to get it).  Cheap: it never starts a compiler;
 * optionally ``prepare(device_type) -> Optional[str]``: one-time work before the first real call
-  (the cuda backend's JIT build), run by :func:`select_backend` only.
+  (the compiled backends' first-use build, :mod:`wae_fast.build`), run only when resolving a real
+  call; a failure makes "auto" move on;
+* optionally ``status() -> str``: how it is provided (compiled backends: "built at install",
+  "cached build", "needs a build on first use (about N s)", see :mod:`wae_fast.build`).
 
 A call describes itself with a :class:`Request`; ``backend="auto"`` picks the first backend of
 :data:`AUTO_ORDER` (fastest first) that is available and whose capabilities cover the request;
@@ -76,6 +79,9 @@ BACKEND_TABLE: dict[str, Backend] = {
         families=("mmd", "reparam", "prior"), devices=("cuda", "cpu"))),
     "cuda": Backend("wae_fast.cuda_backend", Capabilities(
         families=("mmd", "reparam", "prior"), devices=("cuda",), max_scales=16)),
+    # the cuda sources emulated on the CPU, for testing: never in AUTO_ORDER
+    "cuda_emu": Backend("wae_fast.cuda_emu_backend", Capabilities(
+        families=("mmd", "reparam", "prior"), devices=("cpu",), max_scales=16)),
 }
 
 BACKENDS: tuple[str, ...] = tuple(BACKEND_TABLE)
@@ -159,12 +165,28 @@ def unavailable_reason(name: str, device: Device = None, family: str = "mmd",
     return why
 
 
-def available_backends(device: Device = None, family: str = "mmd") -> dict[str, Optional[str]]:
-    """Map every backend name to None (available on ``device``) or the reason it is not."""
-    return {name: unavailable_reason(name, device, family) for name in BACKENDS}
+def available_backends(device: Device = None, family: str = "mmd",
+                       detail: bool = False) -> dict[str, Optional[str]]:
+    """Map every backend name to None (available on ``device``) or the reason it is not.
+
+    ``detail=True``: map every name to a line, "available" with how the backend is provided
+    (e.g. "available: built at install", "available: needs a build on first use (about 30 s
+    ...)") or "unavailable: <reason>".  Neither form ever starts a compiler."""
+    out: dict[str, Optional[str]] = {}
+    for name in BACKENDS:
+        reason = unavailable_reason(name, device, family)
+        if detail:
+            how = getattr(_load(name), "status", None) if reason is None else None
+            reason = f"unavailable: {reason}" if reason is not None else (
+                f"available: {how()}" if how is not None else "available")
+        out[name] = reason
+    return out
 
 
 def _prepare(name: str, dev: str) -> Optional[str]:
+    if torch.compiler.is_compiling():
+        # a trace runs the ops' fake implementations: nothing to build (never compile in a trace)
+        return None
     key = (name, dev)
     if key not in _prepared:
         hook = getattr(_load(name), "prepare", None)

@@ -11,7 +11,7 @@ from .dispatch import Request, select_backend
 from .kernel_specs import IMQ, KernelSpec, check_compute_range, resolve_kernel
 from .philox import resolve_seed
 from .validation import check_finite as _check_finite
-from .validation import check_points, check_tensor
+from .validation import check_in_range, check_points, check_tensor
 
 _DEFAULT_KERNEL = IMQ()
 _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
@@ -26,7 +26,7 @@ def _lower(spec: KernelSpec, d: int, dtype: torch.dtype) -> tuple[int, list[floa
     if hit is None:
         kind, params = spec.lower(d)
         try:
-            check_compute_range(kind, params, dtype)
+            check_compute_range(kind, params, dtype, spec, d)
             err = None
         except ValueError as exc:
             err = str(exc)
@@ -59,11 +59,12 @@ def mmd_terms(
     kind, params, range_error = _lower(spec, x.shape[1], x.dtype)
     name = select_backend(backend, x.device, Request("mmd", kind, len(params), x.dtype, estimator,
                                                      precision))
+    if range_error is not None:
+        raise ValueError(range_error)
     if check_finite:
         _check_finite("x", x)
         _check_finite("y", y)
-    if range_error is not None:
-        raise ValueError(range_error)
+        check_in_range(x, y)
     return contract.mmd_terms(name, x, y, kind, params, estimator == "unbiased", precision)
 
 
@@ -94,8 +95,11 @@ def mmd(
         estimator: ``"unbiased"`` (needs N, M >= 2) or ``"biased"``.
         backend: ``"auto"`` (fastest available, see :func:`wae_fast.which_backend`),
             ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
-        check_finite: raise ``ValueError`` on NaN/Inf inputs (syncs with the device). When off,
-            non-finite inputs give a non-finite result.
+        check_finite: raise ``ValueError`` naming the argument on NaN/Inf inputs and on points
+            outside the supported magnitude range (``|p - mean(y)| <= 2^30`` for fp32 compute,
+            ``2^248`` for fp64; :data:`wae_fast.kernel_specs.MAX_SQ_NORM`); syncs with the
+            device. When off, such inputs give NaN (value and the gradient rows paired with
+            them) on every backend, never a finite wrong value.
         precision: fp32 dot-product precision for backends that use tensor cores
             (``"ieee"`` exact, ``"tf32x3"``, ``"tf32"``); exact backends ignore it.
 

@@ -10,6 +10,11 @@ Conventions (DESIGN.md section 2), with r = ||a - b||^2:
 Lowered form (the backend contract, see ``wae_fast.contract``): IMQ -> ``KIND_IMQ`` with
 params = [C_1, ..., C_S]; RBF -> ``KIND_RBF`` with params = [gamma_1, ..., gamma_S],
 gamma_s = 1 / (2 bw_s^2), so that k = sum_s exp(-gamma_s * r).
+
+Validation happens after derivation: :meth:`IMQ.lower` / :meth:`RBF.lower` reject a derived
+constant that is not finite and > 0, :func:`check_compute_range` one outside
+:data:`PARAM_RANGE` of the compute dtype, both with a ValueError naming the user's arguments.
+:data:`MAX_SQ_NORM` is the supported magnitude range of the (shifted) points.
 """
 from __future__ import annotations
 
@@ -80,8 +85,16 @@ class IMQ:
         base = 2.0 * d * float(self.sigma2)
         return tuple(s * base for s in self.scales)
 
+    def origin(self, d: int) -> str:
+        """The arguments the constants come from (named by validation errors)."""
+        if self.C is not None:
+            return f"C={self.C!r}"
+        return f"sigma2={self.sigma2!r}, scales={self.scales!r} (C_s = s * 2 * d * sigma2, d={d})"
+
     def lower(self, d: int) -> tuple[int, list[float]]:
-        return KIND_IMQ, list(self.constants(d))
+        params = list(self.constants(d))
+        _check_derived(KIND_IMQ, params, self.origin(d))
+        return KIND_IMQ, params
 
 
 @dataclass(frozen=True)
@@ -107,36 +120,90 @@ class RBF:
         _as_tuple("sigma2", self.sigma2)
 
     def gammas(self, d: int) -> tuple[float, ...]:
-        """gamma_s = 1 / (2 bw_s^2) for points of dimension ``d``."""
+        """gamma_s = 1 / (2 bw_s^2) for points of dimension ``d`` (inf where that overflows or
+        the denominator underflows to 0; :meth:`lower` rejects it)."""
         if self.bandwidth is not None:
-            return tuple(1.0 / (2.0 * bw * bw) for bw in self.bandwidth)  # type: ignore[union-attr]
+            # 0.5 / bw / bw: no intermediate bw^2 that underflows to 0 (ZeroDivisionError)
+            return tuple(_div(_div(0.5, bw), bw) for bw in self.bandwidth)  # type: ignore[union-attr]
         base = 2.0 * d * float(self.sigma2)
-        return tuple(1.0 / (s * base) for s in self.scales)
+        return tuple(_div(_div(1.0, s), base) for s in self.scales)
+
+    def origin(self, d: int) -> str:
+        """The arguments the gammas come from (named by validation errors)."""
+        if self.bandwidth is not None:
+            return f"bandwidth={self.bandwidth!r} (gamma = 1 / (2 bandwidth^2))"
+        return (f"sigma2={self.sigma2!r}, scales={self.scales!r} "
+                f"(gamma_s = 1 / (s * 2 * d * sigma2), d={d})")
 
     def lower(self, d: int) -> tuple[int, list[float]]:
-        return KIND_RBF, list(self.gammas(d))
+        params = list(self.gammas(d))
+        _check_derived(KIND_RBF, params, self.origin(d))
+        return KIND_RBF, params
 
 
 KernelSpec = Union[IMQ, RBF]
 
+def _div(a: float, b: float) -> float:
+    """a / b for a, b > 0, inf where the quotient overflows or b underflowed to 0."""
+    try:
+        return a / b
+    except (ZeroDivisionError, OverflowError):
+        return math.inf
+
+
+def _check_derived(kind: int, params: list[float], origin: str) -> None:
+    """Every derived constant finite and > 0, else ValueError naming the user's arguments."""
+    for p in params:
+        if not (math.isfinite(p) and p > 0.0):
+            what = "IMQ constant C" if kind == KIND_IMQ else "RBF gamma"
+            raise ValueError(f"kernel: {what}={p:g} derived from {origin} is not a finite "
+                             "positive number")
+
+
 #: Range of IMQ constants the fp32 kernels accept: they evaluate two scales per reciprocal,
 #: 1/((C1 + r)(C2 + r)), whose product must stay a normal fp32 number (the GPU flushes
-#: subnormals to zero) and finite for the pairs that matter.
+#: subnormals to zero) and finite for every pair inside :data:`MAX_SQ_NORM`.
 FP32_IMQ_RANGE = (1e-18, 1e18)
 
+#: Supported range of every kernel constant (IMQ C_s and RBF gamma_s = 1/(2 bw^2)) per compute
+#: dtype.  With the coordinates inside :data:`MAX_SQ_NORM` (r <= 4 MAX_SQ_NORM), the paired
+#: reciprocal's (C1 + r)(C2 + r), its inverse, g r and the gradient's W x products stay finite
+#: and normal: fp32 (5.6e18)^2 = 3e37, fp64 (1.8e150)^2 = 3e300.
+PARAM_RANGE: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: FP32_IMQ_RANGE,
+    torch.float64: (1e-150, 1e150),
+}
 
-def check_compute_range(kind: int, params: list[float], dtype: torch.dtype) -> None:
-    """Raise ValueError when an IMQ constant is outside :data:`FP32_IMQ_RANGE` for fp32 compute
-    (fp16/bf16/fp32 inputs); fp64 inputs accept any positive constant."""
-    if kind != KIND_IMQ or dtype == torch.float64:
-        return
-    lo, hi = FP32_IMQ_RANGE
+#: Supported magnitude range of the points, per compute dtype (fp32 also for fp16/bf16 inputs):
+#: every shifted point a - offset (the glue shifts by mean(y)) must have a squared norm
+#: <= MAX_SQ_NORM, i.e. |a - offset| <= 2^30 ~ 1.07e9 (fp32) or 2^248 ~ 4.5e74 (fp64).  Every
+#: backend (reference, cpp, triton, cuda; csrc/include/wae_fast/tile_math.h holds the same
+#: numbers) makes the pairs of a point outside it NaN; ``check_finite=True`` raises instead.
+MAX_SQ_NORM: dict[torch.dtype, float] = {torch.float32: 2.0**60, torch.float64: 2.0**496}
+
+
+def max_sq_norm(dtype: torch.dtype) -> float:
+    """:data:`MAX_SQ_NORM` of the compute dtype of inputs of ``dtype``."""
+    return MAX_SQ_NORM[torch.float64 if dtype == torch.float64 else torch.float32]
+
+
+def check_compute_range(kind: int, params: list[float], dtype: torch.dtype,
+                        spec: "KernelSpec | None" = None, d: int = 0) -> None:
+    """Raise ValueError, before any work, when a lowered constant is not finite and inside
+    :data:`PARAM_RANGE` of the compute dtype of ``dtype`` (fp32 for fp16/bf16/fp32 inputs);
+    ``spec`` (and ``d``) name the arguments the constants were derived from."""
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    lo, hi = PARAM_RANGE[ct]
+    what = "IMQ constant C" if kind == KIND_IMQ else "RBF gamma"
+    origin = f" derived from {spec.origin(d)}" if spec is not None else ""
     for c in params:
-        if not lo <= c <= hi:
+        if not (math.isfinite(c) and lo <= c <= hi):
             raise ValueError(
-                f"kernel: IMQ constant C={c:g} is outside [{lo:g}, {hi:g}], where the fp32 kernels "
-                "(two scales per reciprocal) lose range; rescale the codes (C scales with their "
-                "squared distances) or pass float64 inputs")
+                f"kernel: {what}={c:g}{origin} is outside [{lo:g}, {hi:g}], the range "
+                f"{str(ct)[6:]} compute supports (two IMQ scales per reciprocal, "
+                "1/((C1 + r)(C2 + r)), must stay finite and normal); rescale the codes (C and "
+                "1/gamma scale with their squared distances)"
+                + ("" if ct == torch.float64 else " or pass float64 inputs"))
 
 
 def resolve_kernel(kernel: Union[KernelSpec, str, None]) -> KernelSpec:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernel_specs import KIND_IMQ, KIND_RBF
+from .kernel_specs import KIND_IMQ, KIND_RBF, max_sq_norm
 
 
 def pair_count(n: int, unbiased: bool) -> int:
@@ -51,9 +51,16 @@ def kernel_and_derivative(r: torch.Tensor, kind: int, params: list[float], need_
     return k, w
 
 
+def sq_norms(p: torch.Tensor) -> torch.Tensor:
+    """|p_i|^2 of shifted rows, NaN where outside the supported magnitude range (or NaN): the
+    hostile-input contract (:data:`wae_fast.kernel_specs.MAX_SQ_NORM`) makes their pairs NaN."""
+    n = (p * p).sum(1)
+    return n.masked_fill(~(n <= max_sq_norm(p.dtype)), float("nan"))
+
+
 def sq_dist(a, b, na, nb, diagonal: bool):
-    """r_ij = |a_i - b_j|^2 = na_i + nb_j - 2 a_i.b_j, clamped at 0; r_ii = 0 exactly when
-    ``diagonal`` (a is b)."""
+    """r_ij = |a_i - b_j|^2 = na_i + nb_j - 2 a_i.b_j, clamped at 0 (torch.clamp keeps NaN);
+    r_ii = 0 exactly when ``diagonal`` (a is b)."""
     r = torch.addmm(na[:, None] + nb[None, :], a, b.T, alpha=-2.0)
     r.clamp_(min=0.0)
     if diagonal:
@@ -104,7 +111,7 @@ def self_sum(p, kind, params, unbiased, block, blocks=None, g_acc=None):
     default), in float64.  When ``g_acc`` (n, d) is given, adds sum_j W_ij (p_i - p_j) to it:
     the derivative of the returned sum w.r.t. p is 4 * g_acc.  Returns (sum, pairs evaluated)."""
     n = p.shape[0]
-    sq = (p * p).sum(1)
+    sq = sq_norms(p)
     total = torch.zeros((), dtype=torch.float64, device=p.device)
     pairs = 0
     for i0, j0 in (sym_blocks(n, block) if blocks is None else blocks):
@@ -124,7 +131,7 @@ def self_sum(p, kind, params, unbiased, block, blocks=None, g_acc=None):
 def cross_sum(x, y, kind, params, block, blocks=None, gx_acc=None, gy_acc=None):
     """sum_{i,j} k(x_i, y_j) over the given blocks (all by default), float64; the derivatives
     of the sum are 2 * gx_acc and 2 * gy_acc.  Returns (sum, pairs evaluated)."""
-    sx, sy = (x * x).sum(1), (y * y).sum(1)
+    sx, sy = sq_norms(x), sq_norms(y)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     pairs = 0
     need = gx_acc is not None or gy_acc is not None

@@ -27,7 +27,7 @@ import torch
 
 from .contract import compute_dtype, define_backend_ops
 from .pairsum import (BLOCK_SIZE, acc_rows, cross_sum, kernel_and_derivative, pair_count, self_sum,
-                      sq_dist, sym_block)
+                      sq_dist, sq_norms, sym_block)
 from .philox import check_seed, prior_rows
 from .validation import check_sigma2
 
@@ -92,13 +92,16 @@ def eps_like(t: torch.Tensor, seed: int) -> torch.Tensor:
 def _reparam_fwd(mu, logvar, seed):
     eps = eps_like(logvar, seed)
     ct = eps.dtype
-    return (mu.to(ct) + torch.exp(logvar.to(ct) * 0.5) * eps).to(mu.dtype)
+    z = mu.to(ct) + torch.exp(logvar.to(ct) * 0.5) * eps
+    # NaN where mu or logvar is not finite (logvar = -inf would give a finite z = mu)
+    return z.masked_fill(~(torch.isfinite(mu) & torch.isfinite(logvar)), float("nan")).to(mu.dtype)
 
 
 def _reparam_bwd(grad_z, logvar, seed):
     eps = eps_like(logvar, seed)
     ct = eps.dtype
-    return (grad_z.to(ct) * eps * torch.exp(logvar.to(ct) * 0.5) * 0.5).to(logvar.dtype)
+    g = grad_z.to(ct) * eps * torch.exp(logvar.to(ct) * 0.5) * 0.5
+    return g.masked_fill(~torch.isfinite(logvar), float("nan")).to(logvar.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,11 +113,11 @@ def _prior_yy_sum(m, d, seed, sigma2, ct, device, kind, params, unbiased, block)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i0 in range(0, m, block):
         a = prior_rows(i0, min(i0 + block, m), d, seed, sigma2, ct, device)
-        na = (a * a).sum(1)
+        na = sq_norms(a)
         for j0 in range(i0, m, block):
             diag = i0 == j0
             b = a if diag else prior_rows(j0, min(j0 + block, m), d, seed, sigma2, ct, device)
-            s, _ = sym_block(a, b, na, na if diag else (b * b).sum(1), diag, kind, params,
+            s, _ = sym_block(a, b, na, na if diag else sq_norms(b), diag, kind, params,
                              unbiased, False)
             total += s
     return total
@@ -125,11 +128,11 @@ def _prior_xy_sum(xs, m, seed, sigma2, off, kind, params, block, g_acc: Optional
     sum_j W_ij (x_i - y_j) to ``g_acc`` when given (the sum's x gradient is 2 g_acc)."""
     n, d = xs.shape
     xs = xs - off
-    sx = (xs * xs).sum(1)
+    sx = sq_norms(xs)
     total = torch.zeros((), dtype=torch.float64, device=xs.device)
     for j0 in range(0, m, block):
         b = prior_rows(j0, min(j0 + block, m), d, seed, sigma2, xs.dtype, xs.device) - off
-        nb = (b * b).sum(1)
+        nb = sq_norms(b)
         for i0 in range(0, n, block):
             a = xs[i0:i0 + block]
             k, w = kernel_and_derivative(sq_dist(a, b, sx[i0:i0 + block], nb, False), kind, params,

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .kernel_specs import max_sq_norm
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ESTIMATORS = ("unbiased", "biased")
 
@@ -76,3 +78,32 @@ def check_sigma2(sigma2) -> float:
     if not math.isfinite(s2) or s2 <= 0:
         raise ValueError(f"sigma2 must be finite and > 0, got {sigma2!r}")
     return s2
+
+
+def check_rows_in_range(name: str, t: torch.Tensor, offset: torch.Tensor, shift: str) -> None:
+    """ValueError naming ``name`` when a row of ``t`` shifted by ``offset`` (described by
+    ``shift``) is outside the supported magnitude range of the compute dtype, |p - offset|^2 <=
+    MAX_SQ_NORM (:data:`wae_fast.kernel_specs.MAX_SQ_NORM`), where the backends return NaN.
+    Data dependent: synchronises with the device (``check_finite=True`` only)."""
+    ct = torch.float64 if t.dtype == torch.float64 else torch.float32
+    lim = max_sq_norm(ct)
+    limit = f"|point - {shift}| <= {math.sqrt(lim):.4g} for {str(ct)[6:]} compute"
+    if not bool(torch.isfinite(offset).all()):
+        raise ValueError(f"{name}: the shift {shift} every backend subtracts overflows "
+                         f"{str(ct)[6:]}; the supported range is {limit}")
+    worst = float((t.detach().double() - offset.double()).square().sum(1).max())
+    if not worst <= lim:
+        raise ValueError(f"{name}: a point lies {math.sqrt(worst):.4g} from {shift}, outside the "
+                         f"supported magnitude range {limit} (the result would be NaN); rescale "
+                         "the inputs" + ("" if ct == torch.float64 else " or pass float64 inputs"))
+
+
+def check_in_range(x: torch.Tensor, y: torch.Tensor) -> None:
+    """:func:`check_rows_in_range` for ``mmd``: x and y shifted by mean(y), computed as the
+    backends' glue does (in the compute dtype)."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    offset = y.detach().to(ct).mean(0)
+    if not bool(torch.isfinite(offset).all()):
+        check_rows_in_range("y", y, offset, "mean(y)")
+    for name, t in (("x", x), ("y", y)):
+        check_rows_in_range(name, t, offset, "mean(y)")

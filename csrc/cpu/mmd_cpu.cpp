@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -71,8 +72,12 @@ Prepared<T> prepare(const at::Tensor& pts, const at::Tensor& offset, int64_t dp)
   rows.narrow(0, 0, p.n).narrow(1, 0, d).copy_(pts.to(st) - offset.to(st));
   p.rows = rows;
   p.cols = rows.view({p.n_pad / kTile, kTile, dp}).transpose(1, 2).contiguous();  // per-tile transpose
-  // squared norms accumulated in fp64, rounded once to the compute type
-  p.nrm = rows.to(at::kDouble).pow(2).sum(1).to(st).contiguous();
+  // squared norms accumulated in fp64, rounded once to the compute type; a row outside the
+  // supported magnitude range (or holding NaN/Inf) gets a NaN norm, so its pairs are NaN
+  // (tile_math.h: MaxSqNorm, the hostile-input contract)
+  at::Tensor n64 = rows.to(at::kDouble).pow(2).sum(1);
+  const double lim = double(wae_fast::MaxSqNorm<T>::value);
+  p.nrm = at::where(n64 <= lim, n64, std::numeric_limits<double>::quiet_NaN()).to(st).contiguous();
   return p;
 }
 
@@ -496,7 +501,9 @@ void reparam_loop(const at::Tensor& a_, const at::Tensor& lv_, at::Tensor& out, 
     for (int64_t i = b; i < e; ++i) {
       const T eps = T(wae_fast::philox_randn(seed, uint64_t(i)));
       const T ai = T(a[i]), l = T(lv[i]);
-      o[i] = TI(kForward ? ai + std::exp(l * T(0.5)) * eps : ai * eps * std::exp(l * T(0.5)) * T(0.5));
+      const T v = kForward ? ai + std::exp(l * T(0.5)) * eps : ai * eps * std::exp(l * T(0.5)) * T(0.5);
+      // non-finite mu or logvar (forward) / logvar (backward) -> NaN
+      o[i] = TI(kForward ? wae_fast::nan_unless_finite(v, ai, l) : wae_fast::nan_unless_finite(v, l));
     }
   });
 }

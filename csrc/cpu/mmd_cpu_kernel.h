@@ -184,7 +184,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           const int64_t jbase = j0 + jb + h * L;
           V nbv = vload<V>(nb + jbase);
           V rr = nai + nbv - T(2) * acc[r][h];
-          rr = rr > zero ? rr : zero;
+          rr = rr < zero ? zero : rr;  // keeps NaN (a NaN distance is not r = 0)
           I jidx = iota + (typename Vec<T>::IS)(jbase);
           I valid = (jidx < (typename Vec<T>::IS)(pb.b.n)) & rowvalid;
           I dmask = izero;

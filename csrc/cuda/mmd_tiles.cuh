@@ -39,12 +39,18 @@
 // d <= 64 in fp32, d <= 16 in fp64), like the Triton backward's DP chunks.
 //
 // Indexing is int64; row blocks ride on grid.x (2^31 - 1 blocks).
+//
+// Launches and shared arrays are spelled through portable.h (WAE_LAUNCH, WAE_SHARED,
+// WAE_DYN_SMEM): plain CUDA under nvcc, the CPU emulator in the cuda_emu build (csrc/cuda_emu),
+// which runs THIS code on the CPU for the tests.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
+
+#include "portable.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -148,7 +154,8 @@ struct TileCfg {
 // ---------------------------------------------------------------------------------------------
 //! S[kk * kLD + row] = src row (r0 + row), column (k0 + kk); zeros outside (n, d).
 template <class T, int DK, class Src>
-__device__ __forceinline__ void stage_chunk(const Src& src, int64_t n, int64_t d, int64_t r0, int64_t k0, T* S) {
+__device__ __forceinline__ void stage_chunk(const Src& src, int64_t n, int64_t d, int64_t r0, int64_t k0,
+                                            const wae_fast::smem_ptr<T>& S) {
   for (int e = threadIdx.x; e < kBM * DK; e += kThreads) {
     const int row = e / DK, kk = e % DK;
     const int64_t gi = r0 + row, gk = k0 + kk;
@@ -158,10 +165,11 @@ __device__ __forceinline__ void stage_chunk(const Src& src, int64_t n, int64_t d
 
 //! Threads 0..63 add the squares of A row tid, threads 64..127 of B row tid - 64 (k ascending).
 template <class T, int DK>
-__device__ __forceinline__ void acc_norms(const T* As, const T* Bs, double& nacc) {
+__device__ __forceinline__ void acc_norms(const wae_fast::smem_ptr<T>& As, const wae_fast::smem_ptr<T>& Bs,
+                                          double& nacc) {
   const int tid = threadIdx.x;
   if (tid < 2 * kBM) {
-    const T* S = tid < kBM ? As : Bs;
+    const wae_fast::smem_ptr<T> S = tid < kBM ? As : Bs;
     const int row = tid & (kBM - 1);
 #pragma unroll
     for (int kk = 0; kk < DK; ++kk) {
@@ -174,15 +182,16 @@ __device__ __forceinline__ void acc_norms(const T* As, const T* Bs, double& nacc
 //! Shared memory of the distance phase (As/Bs staging chunks, the 128 row norms).
 template <class T>
 struct DotSmem {
-  T* As;
-  T* Bs;
-  T* nrm;  // [0, 64): A rows, [64, 128): B rows
-  T* Ds;   // 64 x kWLD tile of dot products (tensor-core path only)
+  wae_fast::smem_ptr<T> As;
+  wae_fast::smem_ptr<T> Bs;
+  wae_fast::smem_ptr<T> nrm;  // [0, 64): A rows, [64, 128): B rows
+  wae_fast::smem_ptr<T> Ds;   // 64 x kWLD tile of dot products (tensor-core path only)
 };
 
 template <class T>
-__device__ __forceinline__ void finish_norms(double nacc, T* nrm) {
-  if (threadIdx.x < 2 * kBM) nrm[threadIdx.x] = T(nacc);
+__device__ __forceinline__ void finish_norms(double nacc, const wae_fast::smem_ptr<T>& nrm) {
+  // out of the supported magnitude range (or NaN/Inf) -> NaN: the row's pairs are NaN (tile_math.h)
+  if (threadIdx.x < 2 * kBM) nrm[threadIdx.x] = wae_fast::norm_in_range(T(nacc));
   __syncthreads();
 }
 
@@ -318,7 +327,7 @@ __device__ __forceinline__ void tile_sqdist(const SA& sa, const SB& sb, int64_t 
 }
 
 // Fixed-order block reduction of one double per thread (result valid in thread 0).
-__device__ __forceinline__ double block_sum(double v, double* red) {
+__device__ __forceinline__ double block_sum(double v, const wae_fast::smem_ptr<double>& red) {
   const int tid = threadIdx.x;
   red[tid] = v;
   __syncthreads();
@@ -339,11 +348,11 @@ __global__ void __launch_bounds__(kThreads, 2) mmd_fwd_tiles(SA sa, SB sb, int64
                                                           double* __restrict__ partials) {
   constexpr int DK = TileCfg<T>::DK;
   constexpr bool kTC = PREC != PREC_IEEE && std::is_same<T, float>::value;
-  __shared__ __align__(128) T As[DK * kLD];
-  __shared__ __align__(128) T Bs[DK * kLD];
-  __shared__ __align__(128) T Ds[kTC ? kBM * kWLD : 1];
-  __shared__ T nrm[2 * kBM];
-  __shared__ double red[kThreads];
+  WAE_SHARED(T, As, DK * kLD);
+  WAE_SHARED(T, Bs, DK * kLD);
+  WAE_SHARED(T, Ds, kTC ? kBM * kWLD : 1);
+  WAE_SHARED(T, nrm, 2 * kBM);
+  WAE_SHARED(double, red, kThreads);
   const DotSmem<T> sm{As, Bs, nrm, Ds};
   const int64_t I = blockIdx.x;
   const int64_t split = blockIdx.y, nsplit = gridDim.y;
@@ -375,7 +384,7 @@ __global__ void __launch_bounds__(kThreads, 2) mmd_fwd_tiles(SA sa, SB sb, int64
 
 __global__ void reduce_partials(const double* __restrict__ partials, int64_t count, double scale,
                                 double* __restrict__ out) {
-  __shared__ double red[kThreads];
+  WAE_SHARED(double, red, kThreads);
   double s = 0.0;
   for (int64_t e = threadIdx.x; e < count; e += kThreads) s += partials[e];
   const double tot = block_sum(s, red);
@@ -389,9 +398,9 @@ __global__ void reduce_partials(const double* __restrict__ partials, int64_t cou
 template <class T>
 struct GradSmem {
   DotSmem<T> dot;  // dot.Ds aliases W (each thread reads its Ds entries, then writes W there)
-  T* W;            // kBM x kWLD
-  T* Bc;           // kBN x KC: B rows of the gradient columns (aliases the staging chunks and nrm)
-  double* gs;      // kBM x KC fp64 gradient accumulators (entry (row, kk) owned by one thread)
+  wae_fast::smem_ptr<T> W;        // kBM x kWLD
+  wae_fast::smem_ptr<T> Bc;       // kBN x KC: B rows of the gradient columns (aliases the staging chunks and nrm)
+  wae_fast::smem_ptr<double> gs;  // kBM x KC fp64 gradient accumulators (entry (row, kk) owned by one thread)
 };
 
 template <class T>
@@ -481,12 +490,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   constexpr int KC = L::KC;
   constexpr int kRowStep = kThreads / KC;
   constexpr int NR = kBM / kRowStep;
-  extern __shared__ __align__(128) unsigned char dsmem[];
-  T* W = reinterpret_cast<T*>(dsmem + L::W);
-  T* scratch = reinterpret_cast<T*>(dsmem + L::scratch);
-  T* nrm = scratch + 2 * DK * kLD;  // inside scratch (see GradLayout)
-  double* gs = reinterpret_cast<double*>(dsmem + L::gs);
-  const GradSmem<T> sm{DotSmem<T>{scratch, scratch + DK * kLD, nrm, W}, W, scratch, gs};
+  WAE_DYN_SMEM(dsmem);
+  const wae_fast::smem_ptr<T> W = wae_fast::dyn_slice<T>(dsmem, L::W, size_t(kBM) * kWLD, "W");
+  const wae_fast::smem_ptr<T> scratch = wae_fast::dyn_slice<T>(dsmem, L::scratch, L::kScratch, "scratch");
+  const wae_fast::smem_ptr<double> gs = wae_fast::dyn_slice<double>(dsmem, L::gs, size_t(kBM) * KC, "gs");
+  // inside scratch (see GradLayout): the staging chunks and the norms of the distance phase
+  const DotSmem<T> dot{wae_fast::sub_slice(scratch, 0, DK * kLD, "As"), wae_fast::sub_slice(scratch, DK * kLD, DK * kLD, "Bs"),
+                       wae_fast::sub_slice(scratch, 2 * DK * kLD, 2 * kBM, "nrm"), W};
+  const GradSmem<T> sm{dot, W, scratch, gs};
   const unsigned by = blockIdx.y;
   const int64_t I = blockIdx.x;
   const int64_t chunk = by % nchunk, split = by / nchunk;
@@ -536,13 +547,23 @@ __global__ void shift_kernel(const TI* __restrict__ in, const T* __restrict__ of
 inline size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+//! Blocks the split heuristics aim for.  The emulated build lets a test lower it (environment
+//! WAE_CUDA_EMU_TARGET_BLOCKS) to reach the one-split paths at sizes an emulator can run.
+inline int64_t target_blocks() {
+#if defined(WAE_CUDA_EMU)
+  return ::wae_emu::env_int("WAE_CUDA_EMU_TARGET_BLOCKS", kTargetBlocks);
+#else
+  return kTargetBlocks;
+#endif
+}
+
 //! Column splits of a forward term: enough blocks to fill a large GPU (a split costs one fp64
 //! partial per row block, so up to kTargetBlocks of them: ceil(nA / 64) * splits <= ceil(nA / 64)
 //! + kTargetBlocks partials), a function of the sizes only (determinism), at most the number of
 //! column tiles.
 inline int64_t fwd_nsplit(int64_t nA, int64_t nB) {
   const int64_t nbi = std::max<int64_t>(1, ceil_div(nA, kBM)), nbj = std::max<int64_t>(1, ceil_div(nB, kBN));
-  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(kTargetBlocks, nbi), nbj));
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(target_blocks(), nbi), nbj));
 }
 
 inline int64_t grad_chunks(int dtype, int64_t d) { return ceil_div(d, dtype == WAE_F64 ? 16 : 64); }
@@ -551,7 +572,7 @@ inline int64_t grad_chunks(int dtype, int64_t d) { return ceil_div(d, dtype == W
 //! fp64 buffers (nsplit * nA * d * 8 <= kGaccBudget); 1 (direct output, no buffer) for large N.
 inline int64_t bwd_nsplit(int dtype, int64_t nA, int64_t d) {
   const int64_t blocks = std::max<int64_t>(1, ceil_div(nA, kBM) * grad_chunks(dtype, d));
-  int64_t s = std::max<int64_t>(1, std::min<int64_t>(ceil_div(kTargetBlocks, blocks), kMaxSplits));
+  int64_t s = std::max<int64_t>(1, std::min<int64_t>(ceil_div(target_blocks(), blocks), kMaxSplits));
   const int64_t bytes = std::max<int64_t>(1, nA * d * 8);
   s = std::min<int64_t>(s, std::max<int64_t>(1, kGaccBudget / bytes));
   return s;
@@ -626,8 +647,8 @@ template <class TI, class T>
 cudaError_t shift_into(const void* in, const void* offset, int64_t n, int64_t d, T* out, cudaStream_t st) {
   const int64_t count = n * d;
   if (count > 0)
-    shift_kernel<TI, T><<<unsigned(ceil_div(count, 256)), 256, 0, st>>>(static_cast<const TI*>(in),
-                                                                         static_cast<const T*>(offset), out, count, d);
+    WAE_LAUNCH((shift_kernel<TI, T>), unsigned(ceil_div(count, 256)), 256, 0, st, static_cast<const TI*>(in),
+               static_cast<const T*>(offset), out, count, d);
   return cudaGetLastError();
 }
 
@@ -638,8 +659,9 @@ void launch_fwd_term_k(const SA& sa, const SB& sb, int64_t nA, int64_t nB, int64
                        int symmetric, int unbiased, double* part, double scale, double* out, cudaStream_t st) {
   const int64_t ns = fwd_nsplit(nA, nB);
   dim3 grid(unsigned(ceil_div(nA, kBM)), unsigned(ns));
-  mmd_fwd_tiles<T, KIND, PREC, SA, SB><<<grid, kThreads, 0, st>>>(sa, sb, nA, nB, d, P, symmetric, unbiased, part);
-  reduce_partials<<<1, kThreads, 0, st>>>(part, int64_t(grid.x) * ns, scale, out);
+  WAE_LAUNCH((mmd_fwd_tiles<T, KIND, PREC, SA, SB>), grid, kThreads, 0, st, sa, sb, nA, nB, d, P, symmetric, unbiased,
+             part);
+  WAE_LAUNCH((reduce_partials), 1, kThreads, 0, st, part, int64_t(grid.x) * ns, scale, out);
 }
 
 template <class T, class SA, class SB>
@@ -671,13 +693,13 @@ void launch_grad_k(const T* A, const SB& sb, int64_t nA, int64_t nB, int64_t d, 
   constexpr size_t smem = GradLayout<T>::bytes;
   auto kern = mmd_grad_rows<T, KIND, PREC, SB>;
   if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess) return;
-  kern<<<grid, kThreads, smem, st>>>(A, sb, nA, nB, d, P, gt, side, c_self, c_cross, unsigned(nchunk),
-                                     nsplit > 1 ? gacc : nullptr, out, out_dt);
+  WAE_LAUNCH((kern), grid, kThreads, smem, st, A, sb, nA, nB, d, P, gt, side, c_self, c_cross, unsigned(nchunk),
+             nsplit > 1 ? gacc : nullptr, out, out_dt);
 }
 
 template <class O>
 void launch_combine(const double* gacc, int64_t nsplit, int64_t count, void* out, cudaStream_t st) {
-  grad_combine<O><<<unsigned(ceil_div(count, 256)), 256, 0, st>>>(gacc, nsplit, count, static_cast<O*>(out));
+  WAE_LAUNCH((grad_combine<O>), unsigned(ceil_div(count, 256)), 256, 0, st, gacc, nsplit, count, static_cast<O*>(out));
 }
 
 //! Gradient of nA rows of A (out, dtype code out_dt, (nA, d)): self term + cross term vs sb.

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "portable.h"
 #include "wae_cuda.h"
 #include "wae_fast/tile_math.h"
 
@@ -34,7 +35,8 @@ __global__ void reparam_fwd_kernel(const TI* __restrict__ mu, const TI* __restri
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     const T eps = T(wae_fast::philox_randn_tl(seed, uint64_t(i)));
     const T lv = T(ld(logvar[i]));
-    st(z + i, T(ld(mu[i])) + exp(lv * T(0.5)) * eps);
+    const T m = T(ld(mu[i]));
+    st(z + i, wae_fast::nan_unless_finite(m + exp(lv * T(0.5)) * eps, m, lv));  // hostile input -> NaN
   }
 }
 
@@ -46,7 +48,7 @@ __global__ void reparam_bwd_kernel(const TI* __restrict__ gz, const TI* __restri
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     const T eps = T(wae_fast::philox_randn_tl(seed, uint64_t(i)));
     const T lv = T(ld(logvar[i]));
-    st(glv + i, T(ld(gz[i])) * eps * exp(lv * T(0.5)) * T(0.5));
+    st(glv + i, wae_fast::nan_unless_finite(T(ld(gz[i])) * eps * exp(lv * T(0.5)) * T(0.5), lv));
   }
 }
 
@@ -58,16 +60,16 @@ unsigned grid_for(int64_t numel) {
 template <class TI>
 int fwd(const void* mu, const void* lv, void* z, int64_t numel, uint64_t seed, cudaStream_t s) {
   if (numel > 0)
-    reparam_fwd_kernel<TI><<<grid_for(numel), 256, 0, s>>>(static_cast<const TI*>(mu), static_cast<const TI*>(lv),
-                                                          static_cast<TI*>(z), numel, seed);
+    WAE_LAUNCH((reparam_fwd_kernel<TI>), grid_for(numel), 256, 0, s, static_cast<const TI*>(mu),
+               static_cast<const TI*>(lv), static_cast<TI*>(z), numel, seed);
   return int(cudaGetLastError());
 }
 
 template <class TI>
 int bwd(const void* gz, const void* lv, void* g, int64_t numel, uint64_t seed, cudaStream_t s) {
   if (numel > 0)
-    reparam_bwd_kernel<TI><<<grid_for(numel), 256, 0, s>>>(static_cast<const TI*>(gz), static_cast<const TI*>(lv),
-                                                          static_cast<TI*>(g), numel, seed);
+    WAE_LAUNCH((reparam_bwd_kernel<TI>), grid_for(numel), 256, 0, s, static_cast<const TI*>(gz),
+               static_cast<const TI*>(lv), static_cast<TI*>(g), numel, seed);
   return int(cudaGetLastError());
 }
 

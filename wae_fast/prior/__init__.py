@@ -71,7 +71,7 @@ from ..dispatch import PRIOR_ESTIMATORS, Request, select_backend
 from ..kernel_specs import IMQ, KernelSpec, resolve_kernel
 from ..pairsum import BLOCK_SIZE
 from ..philox import resolve_seed
-from ..validation import check_codes, check_count, check_sigma2
+from ..validation import check_codes, check_count, check_rows_in_range, check_sigma2
 from ..validation import check_finite as _check_finite
 from .closed_form import (DEFAULT_NODES, QUADRATURES, ClosedFormTerms, gauss_expectations,
                           imq_gauss_expectation, quadrature_rule)
@@ -84,6 +84,15 @@ __all__ = ["DEFAULT_NODES", "PRIOR_ESTIMATORS", "QUADRATURES", "gauss_expectatio
 
 _DEFAULT_KERNEL = IMQ()
 _F64 = torch.float64
+
+
+def _check_range(x: torch.Tensor, m: Optional[int]) -> None:
+    """check_finite's range check for the shifts the backends use: xx by mean(x), and (sampled,
+    m prior samples) xy by n/(n+m) mean(x), as in the contract."""
+    xm = x.detach().to(compute_dtype(x.dtype)).mean(0)
+    check_rows_in_range("x", x, xm, "mean(x)")
+    if m is not None:
+        check_rows_in_range("x", x, xm * (x.shape[0] / (x.shape[0] + m)), "n/(n+m) mean(x)")
 
 
 def mmd_to_prior_terms(x: torch.Tensor, kernel: Union[KernelSpec, str, None] = _DEFAULT_KERNEL,
@@ -117,6 +126,7 @@ def _terms(x, kernel, *, sigma2, estimator, unbiased, num_samples, generator, se
                                                   precision))
         if check_finite:
             _check_finite("x", x)
+            _check_range(x, None)
         need_grad = torch.is_grad_enabled() and x.requires_grad
         return ClosedFormTerms.apply(x, kind, params, s2, bool(unbiased), block_size, quadrature,
                                      quad_nodes, need_grad, bool(recompute_backward))
@@ -125,6 +135,7 @@ def _terms(x, kernel, *, sigma2, estimator, unbiased, num_samples, generator, se
     s = resolve_seed(seed, generator)
     if check_finite:
         _check_finite("x", x)
+        _check_range(x, m)
     return sampled_terms(x, kind, params, s2, bool(unbiased), m, s, backend, precision)
 
 
@@ -173,7 +184,8 @@ def mmd_to_prior(
             forward pass over the blocks when x requires grad (one pass, O(N d) extra memory);
             True computes values only and redoes the xx pass in backward.  The sampled estimator
             always recomputes in backward (the contract's prior ops keep only x and the seed).
-        check_finite: raise ValueError on NaN/Inf in x.
+        check_finite: raise ValueError on NaN/Inf in x, or on a point outside the supported
+            magnitude range (README "Hostile input"; the default path returns NaN there).
         backend: ``"reference"`` (default: PyTorch, every estimator), ``"cpp"``, ``"triton"``,
             ``"cuda"`` (only ``estimator="sampled"``: the samples are generated tile by tile
             inside the kernels, see :mod:`wae_fast.kernels.prior`, csrc/cuda/prior_kernels.cu and

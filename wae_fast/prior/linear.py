@@ -16,8 +16,11 @@ _F64 = torch.float64
 
 
 def _kernel_values(a, b, kind, params):
-    """Differentiable k(a_i, b_i) for paired rows, from direct differences."""
+    """Differentiable k(a_i, b_i) for paired rows, from direct differences.  A non-finite r (a
+    non-finite coordinate, or |a - b|^2 overflowing the compute dtype: the linear estimator's
+    range) gives a NaN value and NaN gradients for both rows (hostile-input contract)."""
     r = ((a - b) ** 2).sum(1)
+    r = r * torch.where(torch.isfinite(r.detach()), 1.0, math.nan).to(r.dtype)
     k = torch.zeros_like(r)
     for p in params:
         k = k + (p / (p + r) if kind == KIND_IMQ else torch.exp(-p * r))
@@ -63,8 +66,18 @@ def mmd_linear(
     p2 = 2 * (x.shape[0] // 2)
     xc, yc = x.to(ct), y.to(ct)
     x1, x2, y1, y2 = xc[0:p2:2], xc[1:p2:2], yc[0:p2:2], yc[1:p2:2]
+    if check_finite:  # the range: every paired |a - b|^2 finite in the compute dtype
+        big = torch.finfo(ct).max
+        for name, a, b in (("x", x1, x2), ("y", y1, y2), ("x and y", x1, y2), ("x and y", x2, y1)):
+            worst = float(((a.double() - b.double()) ** 2).sum(1).max())
+            if not worst <= big:
+                raise ValueError(f"{name}: paired points lie {math.sqrt(worst):.4g} apart, outside "
+                                 f"the linear estimator's range |a - b| <= {math.sqrt(big):.4g} "
+                                 f"({str(ct)[6:]} compute; the result would be NaN)")
     h = (_kernel_values(x1, x2, kind, params) + _kernel_values(y1, y2, kind, params)
          - _kernel_values(x1, y2, kind, params) - _kernel_values(x2, y1, kind, params)).to(_F64)
+    # 0, or NaN when the row left unpaired (odd N) is not finite
+    h = h + ((xc[p2:] - xc[p2:]).sum() + (yc[p2:] - yc[p2:]).sum()).to(_F64)
     out = h.mean().to(_F64 if x.dtype == _F64 else torch.float32)
     if not return_std:
         return out

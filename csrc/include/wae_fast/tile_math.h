@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cmath>
 
+#include "wae_fast/ptx.h"
+
 #if defined(__CUDACC__)
 #define WAE_HD __host__ __device__ __forceinline__
 #else
@@ -28,10 +30,42 @@ enum KernelKind : int { KIND_IMQ = 0, KIND_RBF = 1 };
 constexpr int kMaxScales = 16;
 
 // ---------------------------------------------------------------------------------------------
-// Squared distance from a dot product and the two squared norms, clamped at 0.
+// Hostile input (the contract in wae_fast/contract.py): a non-finite coordinate makes every value
+// it touches NaN, and so does a point outside the supported magnitude range.  The range bounds the
+// squared norm of a SHIFTED point: |a|^2 <= MaxSqNorm<T> (fp32 compute: 2^60, |a| <= 2^30 ~ 1.1e9;
+// fp64: 2^496, |a| <= 2^248 ~ 4.5e74).  Inside it r <= 4 MaxSqNorm, so with the kernel constants
+// validated by kernel_specs (fp32: [1e-18, 1e18], fp64: [1e-150, 1e150]) the paired reciprocal's
+// (C1 + r)(C2 + r) and g r stay finite and normal: no overflow, no inf * 0.  Every backend maps a
+// squared norm outside the range (or NaN) to NaN once per row, so the pairs of that row are NaN
+// from the arithmetic itself (no host synchronisation); wae_fast/kernel_specs.py holds the same
+// numbers (MAX_SQ_NORM).
+// ---------------------------------------------------------------------------------------------
+template <class T> struct MaxSqNorm;
+template <> struct MaxSqNorm<float> { static constexpr float value = 1152921504606846976.0f; };     // 2^60
+template <> struct MaxSqNorm<double> {  // 2^496 = (2^62)^8 2^0: a constant expression without hex floats
+  static constexpr double value = 4611686018427387904.0 * 4611686018427387904.0 * 4611686018427387904.0 *
+                                  4611686018427387904.0 * 4611686018427387904.0 * 4611686018427387904.0 *
+                                  4611686018427387904.0 * 4611686018427387904.0;
+};
+
+//! A shifted point's squared norm, or NaN when it is outside the range (or NaN itself).
+template <class T>
+WAE_HD T norm_in_range(T n) { return n <= MaxSqNorm<T>::value ? n : T(NAN); }
+
+//! v where every one of the finite-checked values is finite, else NaN (hostile-input contract:
+//! reparameterize's z = mu + exp(logvar / 2) eps and its logvar gradient are NaN where mu or
+//! logvar is not finite; logvar = -inf would otherwise give a finite z = mu).  a - a is 0 exactly
+//! for finite a and NaN for inf/NaN (no fast-math anywhere in the build).
+template <class T>
+WAE_HD T nan_unless_finite(T v, T a, T b = T(0)) { return (a - a) + (b - b) == T(0) ? v : T(NAN); }
+
+// ---------------------------------------------------------------------------------------------
+// Squared distance from a dot product and the two squared norms, clamped at 0.  The clamp keeps
+// NaN: a NaN distance must never count as r = 0 (a full kernel value; "r > 0 ? r : 0" did,
+// found by the cuda_emu backend and by the hostile-input review).
 // ---------------------------------------------------------------------------------------------
 template <class T>
-WAE_HD T clamp0(T r) { return r > T(0) ? r : T(0); }
+WAE_HD T clamp0(T r) { return r < T(0) ? T(0) : r; }
 
 template <class T>
 WAE_HD T sq_dist_from_dot(T dot, T na, T nb) { return clamp0(na + nb - T(2) * dot); }
@@ -40,7 +74,8 @@ WAE_HD T sq_dist_from_dot(T dot, T na, T nb) { return clamp0(na + nb - T(2) * do
 // IMQ: two scales with ONE division.  With a = C1 + r, b = C2 + r, inv = 1/(a b):
 // 1/a = b inv, 1/b = a inv.  a b overflows fp32 only for r > ~1.8e19 (points ~4e9 apart), far
 // beyond the 7-scale product's limit of r ~ 3.5e5 (DESIGN.md 5b); there, both terms flush to 0
-// (their true values are < C / 1e19).  Accuracy: ~2 ulp per reciprocal.
+// (their true values are < C / 1e19); r = max (clamp0 of an infinite r) gives inv = 0 and
+// t1 = t2 = 0 with a, b finite: k = 0, dk/dr = 0.  Accuracy: ~2 ulp per reciprocal.
 // k += C1/a + C2/b ; w -= C1/a^2 + C2/b^2
 // ---------------------------------------------------------------------------------------------
 //! 1/x.  Host (scalars, CPU vectors): an IEEE division.  GPU: the hardware approximation plus
@@ -57,8 +92,7 @@ template <>
 struct Recip<float, float> {
   static WAE_HD float f(float x) {
 #if defined(__CUDA_ARCH__)
-    float y0;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(x));
+    const float y0 = ptx_rcp_approx_ftz_f32(x);
     const float y = fmaf(y0, fmaf(-x, y0, 1.0f), y0);
     return y0 == 0.0f ? y0 : y;
 #else
@@ -70,8 +104,7 @@ template <>
 struct Recip<double, double> {
   static WAE_HD double f(double x) {
 #if defined(__CUDA_ARCH__)
-    double y0;
-    asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(y0) : "d"(x));
+    const double y0 = ptx_rcp_approx_ftz_f64(x);
     double y = y0;
 #pragma unroll
     for (int it = 0; it < 3; ++it) y = fma(y, fma(-x, y, 1.0), y);
@@ -107,14 +140,23 @@ WAE_HD void imq_one(V r, S c, V& k, V& w) {
 //! and the host tests alike.  On the GPU the loop runs to the compile-time bound with predicates
 //! and no break, so it unrolls fully and C[] is indexed statically (kernel-parameter space; a
 //! partly unrolled loop copies the params to local memory); the host stops at nscales.
+template <class T> struct Finite;
+template <> struct Finite<float> { static constexpr float max = 3.40282346638528859812e+38f; };
+template <> struct Finite<double> { static constexpr double max = 1.79769313486231570815e+308; };
+
 template <class V, class S>
 WAE_HD void imq_eval(V r, const S* C, int nscales, V& k, V& w) {
+  // The pairs see r = inf as the largest finite value (NaN kept): C + r stays finite, the paired
+  // product overflows, inv = 0, and k = dk/dr = 0 instead of inf * 0 = NaN.  A single scale
+  // keeps r itself: 1/(C + inf) = 0.
+  const V rmax = V{} + Finite<S>::max;
+  const V rp = r > rmax ? rmax : r;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int s = 0; s < kMaxScales; s += 2) {
     if (s + 1 < nscales) {
-      imq_pair(r, C[s], C[s + 1], k, w);
+      imq_pair(rp, C[s], C[s + 1], k, w);
     } else if (s < nscales) {
       imq_one(r, C[s], k, w);
     }
@@ -244,9 +286,7 @@ WAE_HD float philox_randn_tl(uint64_t seed, uint64_t offset) {
   philox_uniform_pair(seed, offset, u1, u2);
   const float th = 6.283185307179586f * u2;
   const float t = -2.0f * logf(u1);
-  float r;
-  asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(t));
-  return r * cosf(th);
+  return ptx_sqrt_approx_ftz_f32(t) * cosf(th);
 #else
   return philox_randn(seed, offset);
 #endif
