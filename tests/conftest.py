@@ -34,6 +34,13 @@ def backend_params(family: str = "mmd"):
     return params
 
 
+@pytest.fixture(autouse=True)
+def _fresh_backend_selection():
+    """Calls cache their backend choice per process; tests that patch availability need a fresh one."""
+    wae_fast.dispatch.clear_selection_cache()
+    yield
+
+
 @pytest.fixture(params=backend_params("mmd"))
 def mmd_backend(request):
     """(backend name, device) for every backend that implements MMD here."""

@@ -186,3 +186,26 @@ def test_mem_probe_and_paired_in_process():
     assert r["mmap_peak_mem_mb"] is not None and r["mmap_peak_mem_mb"] >= 0
     p = bench_mmd.run_paired([Row("naive", 64, 4).as_dict(), row], "cpu", 0.01, 3)
     assert p["_reps"] == 3 and p["naive"] > 0 and p["reference"] > 0
+
+
+def test_train_step_dense_peer_is_the_wae_formula_and_benchmarks_run_tiny(capsys):
+    """The published WAE code's dense MMD (bench_train_step's peer) is wae_fast's unbiased
+    7-scale IMQ MMD^2; both issue-15 benchmarks run end to end at a tiny size."""
+    import torch
+
+    import wae_fast
+    from benchmarks import bench_overhead, bench_train_step
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(33, 5, dtype=torch.float64, generator=g)
+    y = torch.randn(33, 5, dtype=torch.float64, generator=g) * 1.3
+    assert torch.allclose(bench_train_step.dense_wae_mmd(x, y), wae_fast.mmd(x, y, backend="reference"),
+                          rtol=1e-10, atol=1e-13)
+    threads = torch.get_num_threads()  # the benchmarks pin one thread
+    try:
+        bench_overhead.main(["--n", "8", "--d", "3", "--runs", "1", "--calls", "3"])
+        bench_train_step.main(["--configs", "digits", "--runs", "1", "--steps", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "ratio" in out and "| digits (mlp) | 100 | 8 |" in out

@@ -225,12 +225,13 @@ def _define_mmd(backend: str) -> None:
         gx = gy = None
         fused_x = need_x and gx_parts.numel() > 0
         fused_y = need_y and gy_parts.numel() > 0
+        # one mv per input (parts (2, n*d)^T times the two coefficients): few small ops per call
         if fused_x:
-            c = grad_terms[[0, 2]].to(gx_parts.dtype).view(2, 1, 1)
-            gx = (gx_parts * c).sum(0).to(ctx.xdtype)
+            c = grad_terms[0::2].to(gx_parts.dtype)
+            gx = torch.mv(gx_parts.view(2, -1).t(), c).view(x.shape).to(ctx.xdtype)
         if fused_y:
-            c = grad_terms[[1, 2]].to(gy_parts.dtype).view(2, 1, 1)
-            gy = (gy_parts * c).sum(0).to(ctx.ydtype)
+            c = grad_terms[1:].to(gy_parts.dtype)
+            gy = torch.mv(gy_parts.view(2, -1).t(), c).view(y.shape).to(ctx.ydtype)
         rx, ry = need_x and not fused_x, need_y and not fused_y
         if rx or ry:
             bx, by = op(bwd)(grad_terms, x, y, offset, kind, params, unbiased, rx, ry, precision)
@@ -241,6 +242,25 @@ def _define_mmd(backend: str) -> None:
         return gx, gy, None, None, None, None, None, None, None
 
     torch.library.register_autograd(qf, backward, setup_context=setup_context)
+
+    class EagerMMD(torch.autograd.Function):
+        """The same forward, setup and backward as the op's registered autograd, applied
+        directly: an eager call skips torch.library's per-call Python autograd wrapper (schema
+        default filling, a second Function) -- the host cost that dominates small sets.
+        torch.compile traces the op itself (see :func:`mmd_terms`)."""
+
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = op(fwd)(*inputs)  # grad mode is off here: straight to the backend kernel
+            setup_context(ctx, inputs, out)
+            ctx.mark_non_differentiable(out[1], out[2])
+            return out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    _EAGER_MMD[backend] = EagerMMD
 
 
 def _define_reparam(backend: str) -> None:
@@ -344,6 +364,7 @@ def _define_kmm(backend: str) -> None:
 
 
 _FUSES: dict[str, bool] = {}
+_EAGER_MMD: dict[str, type] = {}
 
 
 @dataclass(frozen=True)
@@ -412,9 +433,10 @@ def mmd_terms(
     offset = shift_for(kind, y)  # zeros for the polynomial (not translation invariant)
     grad_on = torch.is_grad_enabled()
     gx, gy = grad_on and x.requires_grad, grad_on and y.requires_grad
-    terms, _, _ = op(f"mmd_fwd_{backend}")(x, y, offset, kind, [float(p) for p in params],
-                                            unbiased, gx, gy, precision)
-    return terms
+    args = (x, y, offset, kind, [float(p) for p in params], unbiased, gx, gy, precision)
+    if torch.compiler.is_compiling():
+        return op(f"mmd_fwd_{backend}")(*args)[0]
+    return _EAGER_MMD[backend].apply(*args)[0]
 
 
 def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], sigma2: float,
@@ -422,7 +444,7 @@ def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], s
     """Call backend ``backend``'s prior forward op (samples generated in the backend) through
     autograd (gradient to x); returns the float64 (3,) terms.  Inputs are assumed validated."""
     return op(f"prior_fwd_{backend}")(x.contiguous(), int(kind), [float(p) for p in params],
-                                      float(sigma2), bool(unbiased), int(num_samples), int(seed),
+                                      float(sigma2), bool(unbiased), int(num_samples), seed,
                                       precision)
 
 
@@ -446,4 +468,4 @@ def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps."""
-    return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), int(seed))
+    return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), seed)

@@ -226,9 +226,35 @@ def resolve_backend(backend: str, device: Device = None, family: str = "mmd",
     return backend
 
 
+_selected: dict[tuple, str] = {}
+
+
+@torch.compiler.assume_constant_result
+def _select(backend: str, dev: str, family: str, kind: Optional[int], num_scales: Optional[int],
+            dtype: Optional[torch.dtype], estimator: Optional[str], precision: Optional[str]) -> str:
+    # Run eagerly even under torch.compile (a constant of the graph): backend modules are
+    # imported and prepared here, never traced.  Cached per request: a call costs one lookup.
+    key = (backend, dev, family, kind, num_scales, dtype, estimator, precision)
+    name = _selected.get(key)
+    if name is None:
+        req = Request(family, kind, num_scales, dtype, estimator, precision)
+        name = _selected[key] = resolve_backend(backend, dev, request=req, prepare=True)
+    return name
+
+
+def clear_selection_cache() -> None:
+    """Forget the cached answers of :func:`select_backend` (after changing what is available
+    in this process, e.g. in tests that patch a backend's availability)."""
+    _selected.clear()
+
+
 def select_backend(backend: str, device: Device, request: Request) -> str:
-    """:func:`resolve_backend` for a real call (runs the backend's preparation once)."""
-    return resolve_backend(backend, device, request=request, prepare=True)
+    """:func:`resolve_backend` for a real call (runs the backend's preparation once); the
+    answer is cached per (backend, device type, request) and is a constant under torch.compile."""
+    if not isinstance(backend, str):
+        _check_name(backend)  # raises TypeError naming it
+    return _select(backend, _device_type(device), request.family, request.kind,
+                   request.num_scales, request.dtype, request.estimator, request.precision)
 
 
 def which_backend(device: Device = None, backend: str = "auto", family: str = "mmd") -> str:

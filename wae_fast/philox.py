@@ -40,9 +40,19 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
 
 
 def check_seed(seed) -> int:
-    """``seed`` as an int in [0, 2^63), or ValueError/TypeError naming it."""
+    """``seed`` (an int or a 0-dim integer tensor) as an int in [0, 2^63), or
+    ValueError/TypeError naming it.  A tensor seed is read with ``.item()`` (under
+    torch.compile(fullgraph=True) that needs ``torch._dynamo.config.capture_scalar_outputs``;
+    a plain int seed traces without it)."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
+            raise TypeError(f"seed must be an int or a 0-dim integer tensor, got a {seed.dtype} tensor "
+                            f"of shape {tuple(seed.shape)}")
+        seed = seed.item()
+        torch._check(seed >= 0, lambda: "seed must be an int in [0, 2^63)")
+        return seed
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        raise TypeError(f"seed must be an int, a 0-dim integer tensor or None, got {type(seed).__name__}")
     if not 0 <= seed < MAX_SEED:
         raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
     return int(seed)

@@ -83,6 +83,12 @@ def _imq_eyy(C: float, sigma2: float, d: int, rule: str, nodes: Optional[int]) -
     return float(imq_gauss_expectation(z, C, 2.0 * sigma2, d, rule, nodes)[0][0])
 
 
+@torch.compiler.assume_constant_result
+def imq_eyy(C: float, sigma2: float, d: int, rule: str, nodes: Optional[int]) -> float:
+    """:func:`_imq_eyy`, evaluated eagerly even under torch.compile (a constant of the graph)."""
+    return _imq_eyy(C, sigma2, d, rule, nodes)
+
+
 def gauss_expectations(s: torch.Tensor, kind: int, params, sigma2: float, d: int,
                        rule: str = "exp-sinh", nodes: Optional[int] = None, need_deriv: bool = False):
     """(E_y k(x, y) per point, its derivative w.r.t. s = ||x||^2 or None, E_{y,y'} k(y, y')),
@@ -105,7 +111,7 @@ def gauss_expectations(s: torch.Tensor, kind: int, params, sigma2: float, d: int
             ek += f
             if dk is not None:
                 dk += df
-            eyy += _imq_eyy(p, float(sigma2), int(d), rule, nodes)
+            eyy += imq_eyy(p, float(sigma2), int(d), rule, nodes)
         else:
             raise ValueError(f"kind: unknown kernel kind {kind}")
     return ek, dk, eyy
@@ -166,3 +172,9 @@ class ClosedFormTerms(torch.autograd.Function):
             gxx, gxy = ctx.saved_tensors
             gx = g[0] * gxx + g[2] * gxy
         return (gx.to(ctx.xdtype),) + (None,) * 9
+
+
+# The default rules exist from import on: filling the cache inside a torch.compile trace would
+# invalidate the trace's own guards.
+for _rule in QUADRATURES:
+    quadrature_rule(_rule)

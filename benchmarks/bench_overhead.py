@@ -1,0 +1,91 @@
+"""Host overhead of one small MMD call (issue 15): forward + backward of ``wae_fast.mmd`` against
+``F.mse_loss`` forward + backward on the same tensors, N = M = 64, d = 8, one thread.
+
+Method: x requires grad, y does not, both refilled in place before each call; medians of 7
+runs of 1,000 calls, mmd and mse alternated in one process (no cache keyed on tensor identity).
+
+    python -m benchmarks.bench_overhead [--n 64] [--d 8] [--backend auto] [--runs 7] [--calls 1000]
+
+``--vs-dense`` instead times mmd against the dense formula as published WAE code writes it
+(:func:`benchmarks.bench_train_step.dense_wae_mmd`), forward + backward, N = M in {64, 128, 256,
+1024}, d in {8, 64} (same method, fewer calls for the large sets; target: mmd >= 4x faster).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import wae_fast
+
+
+def _run(fn, x, y, calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        with torch.no_grad():
+            x.normal_()
+            y.normal_()
+        x.grad = None
+        fn(x, y).backward()
+    return (time.perf_counter() - t0) / calls
+
+
+def vs_dense(backend: str, runs: int) -> None:
+    from .bench_train_step import dense_wae_mmd
+
+    print(f"backend={wae_fast.which_backend('cpu', backend)} threads=1 runs={runs}, fwd+bwd, fp32")
+    print("| N = M | d | mmd (us) | dense WAE formula (us) | dense / mmd (target >= 4) |")
+    print("|---|---|---|---|---|")
+    for n in (64, 128, 256, 1024):
+        calls = {64: 300, 128: 100, 256: 30, 1024: 3}[n]
+        for d in (8, 64):
+            x = torch.randn(n, d, requires_grad=True)
+            y = torch.randn(n, d)
+            fns = {"mmd": lambda u, v: wae_fast.mmd(u, v, backend=backend), "dense": dense_wae_mmd}
+            times = {k: [] for k in fns}
+            for f in fns.values():
+                _run(f, x, y, 2)
+            for _ in range(runs):
+                for k, f in fns.items():
+                    times[k].append(_run(f, x, y, calls))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"| {n} | {d} | {med['mmd'] * 1e6:.0f} | {med['dense'] * 1e6:.0f} | "
+                  f"{med['dense'] / med['mmd']:.2f} |")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--d", type=int, default=8)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--vs-dense", action="store_true")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if a.vs_dense:
+        vs_dense(a.backend, a.runs)
+        return
+    x = torch.randn(a.n, a.d, requires_grad=True)
+    y = torch.randn(a.n, a.d)
+    fns = {"mmd": lambda u, v: wae_fast.mmd(u, v, backend=a.backend),
+           "mse": lambda u, v: F.mse_loss(u, v)}
+    times = {k: [] for k in fns}
+    for f in fns.values():  # warm-up (backend import, allocator)
+        _run(f, x, y, 50)
+    for _ in range(a.runs):
+        for k, f in fns.items():
+            times[k].append(_run(f, x, y, a.calls))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"backend={wae_fast.which_backend(x, a.backend)} N=M={a.n} d={a.d} threads=1 "
+          f"runs={a.runs}x{a.calls}")
+    print(f"mmd fwd+bwd {med['mmd'] * 1e6:.1f} us | mse_loss fwd+bwd {med['mse'] * 1e6:.1f} us | "
+          f"ratio {med['mmd'] / med['mse']:.2f} (target <= 3)")
+
+
+if __name__ == "__main__":
+    main()
