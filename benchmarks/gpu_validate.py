@@ -36,7 +36,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
-STAGES = ("env", "build", "test", "sanitize", "bench", "prior")
+STAGES = ("env", "build", "test", "sanitize", "bench", "prior", "kid")
 
 
 class Ctx:
@@ -398,6 +398,22 @@ def stage_prior(ctx: Ctx):
     ctx.mirror()
 
 
+def stage_kid(ctx: Ctx):
+    """kernel_matmul, KID and mmd_test rows (benchmarks/bench_kid.py --set gpu: the full
+    U-statistic at N = M = 10k and 50k, kernel_matmul vs peers, the permutation test)."""
+    t_stage = time.time()
+    ctx.say(f"\n## Stage kid ({_dt.datetime.now(_dt.timezone.utc).strftime('%H:%M:%S UTC')})\n")
+    _ensure_built(ctx)
+    dry = ctx.dry_run or not ctx.has_gpu
+    budget = max(60.0, ctx.budget - (time.time() - t_stage))
+    out = os.path.join(RESULTS, f"{ctx.stem}-kid.md")
+    ctx.say(f"benchmarks/bench_kid.py --set {'tiny' if dry else 'gpu'} (report {os.path.basename(out)})")
+    ctx.sh([ctx.python, "-m", "benchmarks.bench_kid", "--set", "tiny" if dry else "gpu", "--timeout",
+            "240", "--budget", f"{budget:.0f}", "--out", out], timeout=budget + 260,
+           env={"PYTHONPATH": REPO}, md_tail=30)
+    ctx.mirror()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stages", nargs="+", choices=STAGES + ("all",))
@@ -416,7 +432,7 @@ def main(argv=None) -> int:
     _header(ctx)
     stages = list(STAGES) if "all" in a.stages else a.stages
     fns = {"env": stage_env, "build": stage_build, "test": stage_test, "sanitize": stage_sanitize,
-           "bench": stage_bench, "prior": stage_prior}
+           "bench": stage_bench, "prior": stage_prior, "kid": stage_kid}
     for s in stages:
         t0 = time.time()
         try:

@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_validate.sh sanitize           # compute-sanitizer memcheck + racecheck, small shapes
 #   bash benchmarks/gpu_validate.sh bench [--rows gpu-headline,gpu-nsweep] [--budget 400]
 #   bash benchmarks/gpu_validate.sh prior [--budget 400]  # N = 10M codes vs in-kernel prior samples
+#   bash benchmarks/gpu_validate.sh kid [--budget 400]    # kernel_matmul, KID (10k, 50k), mmd_test rows
 #   bash benchmarks/gpu_validate.sh all                # everything (longer than one 10-minute device call)
 #   bash benchmarks/gpu_validate.sh --dry-run all      # CPU-only machine: every stage at tiny sizes
 #   WAE_FAST_DRY_RUN=1 bash benchmarks/gpu_validate.sh all
