@@ -384,34 +384,31 @@ def stage_bench(ctx: Ctx):
              log=lambda s: ctx.say(s, md=False))
 
 
-def stage_prior(ctx: Ctx):
+def _bench_script_stage(ctx: Ctx, name: str, module: str, md_tail: int):
+    """Run ``python -m benchmarks.<module> --set gpu`` (``tiny`` on a dry run) within the budget,
+    its report written beside the others as ``<stem>-<name>.md``."""
     t_stage = time.time()
-    ctx.say(f"\n## Stage prior ({_dt.datetime.now(_dt.timezone.utc).strftime('%H:%M:%S UTC')})\n")
+    ctx.say(f"\n## Stage {name} ({_dt.datetime.now(_dt.timezone.utc).strftime('%H:%M:%S UTC')})\n")
     _ensure_built(ctx)
     dry = ctx.dry_run or not ctx.has_gpu
     budget = max(60.0, ctx.budget - (time.time() - t_stage))
-    out = os.path.join(RESULTS, f"{ctx.stem}-prior.md")
-    ctx.say(f"benchmarks/bench_prior.py --set {'tiny' if dry else 'gpu'} (report {os.path.basename(out)})")
-    ctx.sh([ctx.python, "-m", "benchmarks.bench_prior", "--set", "tiny" if dry else "gpu", "--timeout",
+    out = os.path.join(RESULTS, f"{ctx.stem}-{name}.md")
+    ctx.say(f"benchmarks/{module}.py --set {'tiny' if dry else 'gpu'} (report {os.path.basename(out)})")
+    ctx.sh([ctx.python, "-m", f"benchmarks.{module}", "--set", "tiny" if dry else "gpu", "--timeout",
             "240", "--budget", f"{budget:.0f}", "--out", out], timeout=budget + 260,
-           env={"PYTHONPATH": REPO}, md_tail=20)
+           env={"PYTHONPATH": REPO}, md_tail=md_tail)
     ctx.mirror()
+
+
+def stage_prior(ctx: Ctx):
+    """N = 10M codes against in-kernel prior samples (benchmarks/bench_prior.py --set gpu)."""
+    _bench_script_stage(ctx, "prior", "bench_prior", md_tail=20)
 
 
 def stage_kid(ctx: Ctx):
     """kernel_matmul, KID and mmd_test rows (benchmarks/bench_kid.py --set gpu: the full
     U-statistic at N = M = 10k and 50k, kernel_matmul vs peers, the permutation test)."""
-    t_stage = time.time()
-    ctx.say(f"\n## Stage kid ({_dt.datetime.now(_dt.timezone.utc).strftime('%H:%M:%S UTC')})\n")
-    _ensure_built(ctx)
-    dry = ctx.dry_run or not ctx.has_gpu
-    budget = max(60.0, ctx.budget - (time.time() - t_stage))
-    out = os.path.join(RESULTS, f"{ctx.stem}-kid.md")
-    ctx.say(f"benchmarks/bench_kid.py --set {'tiny' if dry else 'gpu'} (report {os.path.basename(out)})")
-    ctx.sh([ctx.python, "-m", "benchmarks.bench_kid", "--set", "tiny" if dry else "gpu", "--timeout",
-            "240", "--budget", f"{budget:.0f}", "--out", out], timeout=budget + 260,
-           env={"PYTHONPATH": REPO}, md_tail=30)
-    ctx.mirror()
+    _bench_script_stage(ctx, "kid", "bench_kid", md_tail=30)
 
 
 def main(argv=None) -> int:
