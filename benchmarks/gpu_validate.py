@@ -62,6 +62,7 @@ class Ctx:
         self.envjson = os.path.join(RESULTS, self.stem + "-env.json")
         self.python = sys.executable
         self.pytest_args = ""
+        self.test_budget = 430.0
 
     def files(self):
         return [self.md, self.csv, self.log, self.envjson,
@@ -307,8 +308,15 @@ def stage_build(ctx: Ctx):
                 "print({k: v or 'available' for k, v in wae_fast.available_backends('cpu').items()})"],
                timeout=120, env={"PYTHONPATH": REPO})
         return
+    import torch
+
+    # Only this GPU's architecture, and no cuda_emu (the CPU emulation is tested off-GPU): the
+    # build is device time.
+    cc = "%d%d" % torch.cuda.get_device_capability(0)
     rc = ctx.sh([ctx.python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
-                timeout=420, env={"WAE_FAST_BUILD_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 8)}, md_tail=25)
+                timeout=420, env={"WAE_FAST_BUILD_CUDA": "1", "WAE_FAST_BUILD_CUDA_EMU": "0",
+                                  "WAE_FAST_CUDA_ARCHS": os.environ.get("WAE_FAST_CUDA_ARCHS", cc),
+                                  "MAX_JOBS": str(os.cpu_count() or 8)}, md_tail=25)
     if rc != 0:
         ctx.say("**build with WAE_FAST_BUILD_CUDA=1 failed**; retrying without forcing the CUDA extension")
         ctx.sh([ctx.python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
@@ -334,11 +342,30 @@ def stage_test(ctx: Ctx):
         cmd = [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_benchmarks.py"]
         env = {"PYTHONPATH": REPO}
     else:
+        import importlib.util
         import shlex
 
-        cmd = [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "--durations=10"]
-        cmd += shlex.split(ctx.pytest_args) if ctx.pytest_args else ["tests"]
+        cmd = [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", "--durations=10"]
+        if importlib.util.find_spec("xdist") and ctx.pytest_args != "serial":
+            cmd += ["-n", str(min(12, max(1, (os.cpu_count() or 2) - 2)))]
+        if importlib.util.find_spec("pytest_timeout"):
+            cmd += ["--timeout", "120"]
         env = {}
+        if ctx.pytest_args and ctx.pytest_args not in ("gpu", "serial"):
+            runs = [shlex.split(ctx.pytest_args)]
+        elif ctx.pytest_args == "serial" or not ctx.pytest_args:
+            runs = [["tests"]]
+        else:  # "gpu": every test that runs on the GPU, none of the CPU-only ones
+            runs = [["-m", "cuda", "tests"],
+                    ["-m", "not cuda", "tests/test_triton_backend.py", "tests/test_triton_prior.py"]]
+        t0 = time.time()
+        for args in runs:
+            left = ctx.test_budget - (time.time() - t0)
+            if left < 30:
+                ctx.say(f"test budget spent: not run: {' '.join(args)}")
+                continue
+            ctx.sh(cmd + args, timeout=left, env=env, md_tail=60)
+        return
     ctx.sh(cmd, timeout=430, env=env, md_tail=40)
 
 
@@ -418,12 +445,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="gpu-core", help="row sets for the bench stage (comma-separated)")
     ap.add_argument("--budget", type=float, default=400.0, help="bench stage: start no row after this many s")
     ap.add_argument("--out-dir", default=os.environ.get("OUT") or None)
-    ap.add_argument("--pytest-args", default="", help='test stage: instead of "tests", e.g. "tests/test_mmd.py -k cuda"')
+    ap.add_argument("--pytest-args", default="", help='test stage: instead of "tests", e.g. "tests/test_mmd.py -k cuda"; '
+                    '"gpu": only the tests that run on the GPU (-m cuda, and the Triton files); "serial": no xdist')
+    ap.add_argument("--test-budget", type=float, default=430.0, help="test stage: seconds for all its pytest runs")
     a = ap.parse_args(argv)
     import torch
 
     ctx = Ctx(a.dry_run or not torch.cuda.is_available(), a.out_dir, a.rows, a.budget)
     ctx.pytest_args = a.pytest_args
+    ctx.test_budget = a.test_budget
     if not torch.cuda.is_available():
         print("NO GPU FOUND (torch.cuda.is_available() is False): running as a DRY RUN at tiny sizes on CPU", flush=True)
     _header(ctx)
