@@ -9,7 +9,9 @@ package installed installs it first when ``pip show wae_fast`` says it is not):
               measured ceilings (device copy bandwidth, fp32/tf32/bf16 GEMM rates)
     build     optional peers from .whl/ (pip install --no-index), then
               WAE_FAST_BUILD_CUDA=1 pip install --no-deps --no-build-isolation -e .
-    test      python -m pytest -q tests   (the CUDA tests run wherever a GPU is visible)
+    test      python -m pytest -q tests   (the CUDA tests run wherever a GPU is visible);
+              --pytest-args gpu: only what runs on the GPU, file by file, failures logged as they
+              happen (WAE_FAST_FAILLOG), within --test-budget seconds
     sanitize  benchmarks/sanitize_cases.py under compute-sanitizer memcheck and racecheck
     bench     the core matrix (benchmarks.rows.gpu_core, or --rows gpu-headline,gpu-nsweep,...)
     prior     MMD to the prior at scale (benchmarks/bench_prior.py --set gpu: N = 10M codes, M up
@@ -355,18 +357,51 @@ def stage_test(ctx: Ctx):
             runs = [shlex.split(ctx.pytest_args)]
         elif ctx.pytest_args == "serial" or not ctx.pytest_args:
             runs = [["tests"]]
-        else:  # "gpu": every test that runs on the GPU, none of the CPU-only ones
-            runs = [["-m", "cuda", "tests"],
-                    ["-m", "not cuda", "tests/test_triton_backend.py", "tests/test_triton_prior.py"]]
+        else:  # "gpu": every test that runs on the GPU, file by file (a crash or a sticky CUDA
+            # error stays in its file), the files most likely to find kernel bugs first
+            runs = [["-m", "not cuda_emu" if "triton" in f else "cuda", f] for f in GPU_TEST_FILES]
+        # each failure is logged as it happens: a run killed at its budget still says what failed
+        faillog = os.path.join(ctx.out_dir or RESULTS, ctx.stem + "-fails.txt")
+        env["WAE_FAST_FAILLOG"] = faillog
         t0 = time.time()
         for args in runs:
             left = ctx.test_budget - (time.time() - t0)
             if left < 30:
                 ctx.say(f"test budget spent: not run: {' '.join(args)}")
                 continue
-            ctx.sh(cmd + args, timeout=left, env=env, md_tail=60)
+            ctx.sh(cmd + args, timeout=left, env=env, md_tail=6)
+        _summarise_failures(ctx, faillog)
         return
     ctx.sh(cmd, timeout=430, env=env, md_tail=40)
+
+
+GPU_TEST_FILES = ["tests/test_triton_launch_rules.py", "tests/test_kernel_matmul.py", "tests/test_cuda_backend.py",
+                  "tests/test_backends.py", "tests/test_triton_backend.py", "tests/test_triton_prior.py",
+                  "tests/test_prior_backends.py", "tests/test_sampling.py", "tests/test_two_sample.py",
+                  "tests/test_kid.py", "tests/test_hostile.py"]
+
+
+def _summarise_failures(ctx: Ctx, faillog: str):
+    """Failed tests per test function and the first error line of each, counted (the report's
+    short form of the failure log, which is kept beside it)."""
+    import collections
+    import re
+
+    if not os.path.exists(faillog):
+        ctx.say("no failure logged")
+        return
+    text = open(faillog, errors="replace").read()
+    blocks = text.split("=== ")[1:]
+    tests = collections.Counter(re.sub(r"\[.*", "", b.split("\n", 1)[0]) for b in blocks)
+    errors = collections.Counter(next((ln.strip()[:200] for ln in b.splitlines() if ln.startswith("E ")), "?")
+                                 for b in blocks)
+    ctx.say(f"\n{len(blocks)} failure(s) logged in {os.path.basename(faillog)}:\n```")
+    for name, n in tests.most_common(30):
+        ctx.say(f"{n:4d}  {name}")
+    ctx.say("--")
+    for line, n in errors.most_common(20):
+        ctx.say(f"{n:4d}  {line}")
+    ctx.say("```")
 
 
 def stage_sanitize(ctx: Ctx):
