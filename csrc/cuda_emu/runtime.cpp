@@ -71,6 +71,7 @@ struct Fiber {
 //! (initcheck) and, for the current barrier interval, its writer and up to two readers with the
 //! count of completed collectives of their warp at the access (racecheck).
 struct Word {
+  uint32_t valid = 0;  // block generation in which the word belongs to an array or the dynamic buffer
   uint32_t gen = 0;    // block generation of the last write (0: never)
   uint32_t epoch = 0;  // barrier interval of the thread records below
   int16_t w = -1, r1 = -1, r2 = -1;
@@ -132,6 +133,8 @@ struct Emu {
   int next_region = 1;
   uintptr_t pack_lo = 0, pack_hi = 0, ctx_lo = 0, ctx_hi = 0;
   uintptr_t cur_stack = 0;              // lowest address of the running fiber's stack (and guard)
+  Word* shadow_p = nullptr;             // shadow.data(), wsync.data(): the callbacks' hot path
+  uint32_t* wsync_p = nullptr;          // reads raw fields only (no calls into instrumented code)
   const char* kernel = "";
   cudaError_t last = cudaSuccess;
   cudaError_t msg_code = cudaSuccess;  // the error last_msg describes (kept after cudaGetLastError)
@@ -255,6 +258,8 @@ bool run_block(Emu& e) {
   std::memset(e.arena, 0xFF, (e.dyn_bytes + 127) / 128 * 128 + e.static_hw);  // poison: unwritten words read as NaN
   ++e.gen;  // shared memory is fresh: nothing written, no interval open
   ++e.epoch;
+  if (e.checks & CHECK_MEM)
+    for (size_t w = 0; w < e.dyn_bytes / 4; ++w) e.shadow[w].valid = e.gen;
   e.last_bar_file = nullptr;
   e.named.clear();
   e.static_used = 0;
@@ -375,6 +380,8 @@ WAE_NOSAN void* shared_alloc(size_t bytes, size_t align, const char* name) {
   if (off + bytes > e.static_used) {  // the first thread to reach this array
     e.static_used = off + bytes;
     add_named(e, base + off, bytes, name, true);
+    if (e.checks & CHECK_MEM)
+      for (size_t w = (base + off) / 4; w < (base + off + bytes) / 4; ++w) e.shadow[w].valid = e.gen;
   }
   return e.arena + base + off;
 }
@@ -615,12 +622,59 @@ void check_access(Emu& e, uintptr_t a, size_t size, bool write, const void* pc) 
                       (buf[0] ? std::string(": ") + buf : std::string()), {pc});
 }
 
+//! The common shared-memory access: inside an array, no uninitialised read, no conflict; it
+//! updates the shadow and returns true.  Anything else returns false before changing the word
+//! concerned, and check_shared redoes the access and reports.  Raw fields only: this runs before
+//! the Pause, where a call into instrumented code would be checked as a kernel access.
+__attribute__((no_sanitize_thread, no_sanitize_address, always_inline)) inline bool other_thread(int u, uint32_t uwc,
+                                                                                               int t, uint32_t wc) {
+  return u >= 0 && u != t && !((u >> 5) == (t >> 5) && uwc != wc);
+}
+
+__attribute__((no_sanitize_thread, no_sanitize_address, always_inline)) inline bool shared_fast(
+    Emu& e, size_t off, size_t size, bool write, const void* pc) {
+  const int t = e.cur;
+  const uint32_t wc = e.wsync_p[t >> 5];
+  const unsigned c = e.checks;
+  for (size_t wi = off >> 2, last = (off + size - 1) >> 2; wi <= last; ++wi) {
+    Word& W = e.shadow_p[wi];
+    if ((c & CHECK_MEM) && W.valid != e.gen) return false;
+    if ((c & CHECK_INIT) && !write && W.gen != e.gen) return false;
+    if (c & CHECK_RACE) {
+      if (W.epoch != e.epoch) {
+        W.epoch = e.epoch;
+        W.w = W.r1 = W.r2 = -1;
+      }
+      // a recorded access of another thread conflicts unless it is of the same warp with a
+      // collective since (then check_shared decides and reports)
+      if (other_thread(W.w, W.wc_w, t, wc)) return false;
+      if (write && (other_thread(W.r1, W.wc_r1, t, wc) || other_thread(W.r2, W.wc_r2, t, wc))) return false;
+      if (write) {
+        W.w = int16_t(t);
+        W.wc_w = wc;
+        W.pc_w = pc;
+      } else if (W.r1 < 0 || W.r1 == t) {
+        W.r1 = int16_t(t);
+        W.wc_r1 = wc;
+        W.pc_r = pc;
+      } else {
+        W.r2 = int16_t(t);
+        W.wc_r2 = wc;
+      }
+    }
+    if ((c & CHECK_INIT) && write) W.gen = e.gen;
+  }
+  return true;
+}
+
 WAE_NOSAN void on_access(Emu* e, uintptr_t a, size_t size, bool write, const void* pc) {
   // kernel code runs on the fiber stacks of the checked emulator, and only there
   const uintptr_t sp = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
   const uintptr_t st = reinterpret_cast<uintptr_t>(e->stacks);
   if (sp - st >= size_t(e->nstacks) * (kStack + kGuard) || !e->in_kernel) return;
   if (a - e->cur_stack < kStack + kGuard) return;  // the thread's own stack: the most frequent case
+  if (a - reinterpret_cast<uintptr_t>(e->arena) < kArena && shared_fast(*e, a - reinterpret_cast<uintptr_t>(e->arena), size, write, pc))
+    return;
   Pause p(*e);
   check_access(*e, a, size, write, pc);
 }
@@ -666,7 +720,9 @@ unsigned checks_from_env() {
 
 cudaError_t record(cudaError_t err, const char* msg) {
   Emu& e = emu();
-  if (err != cudaSuccess) {
+  // the first error until cudaGetLastError reads it (a later launch's error, often a consequence
+  // of the first, must not hide it)
+  if (err != cudaSuccess && e.last == cudaSuccess) {
     e.last = err;
     e.msg_code = err;
     e.last_msg = msg ? msg : "";
@@ -788,6 +844,8 @@ cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block
   if (e.checks) {
     if (e.shadow.empty()) e.shadow.assign(kArena / 4 + 1, Word{});
     e.wsync.assign(e.warps.size(), 0);
+    e.shadow_p = e.shadow.data();
+    e.wsync_p = e.wsync.data();
     e.pack_lo = reinterpret_cast<uintptr_t>(arg);
     e.pack_hi = e.pack_lo + arg_bytes;
     e.ctx_lo = reinterpret_cast<uintptr_t>(&g_ctx);
