@@ -6,7 +6,15 @@ opt-in, the PTX models at their documented worst-case error (and the Newton step
 tile_math.h's device reciprocal correcting it), and launch errors that name the kernel, block,
 thread and source line for a barrier in a divergent branch, a thread exiting while others wait,
 a warp collective missing a lane, an off-by-one shared index, a dynamic shared-memory slice
-overflowing into the next, and __trap.  Skipped without g++ or off x86-64 Linux.
+overflowing into the next, and __trap.  The sanitizer checks (WAE_CUDA_EMU_CHECKS; built with
+the extension's instrumentation flags, wae_fast.build.CUDA_EMU_SANITIZE): correct kernels
+(barriers, warp collectives, a __syncwarp tree sum, a block tree sum, wmma, dynamic shared
+memory) run clean under all of them, and one broken kernel per check is caught with its message:
+a global read one past a buffer and a raw pointer past the dynamic buffer (memcheck), a shared
+read before the writing barrier and an unwritten scratch read (initcheck), a missing
+__syncthreads and a warp sum without __syncwarp (racecheck), an inlined helper's barrier reached
+from two call sites (barrier identity), and a shuffled lane order changing a lockstep sum.
+Skipped without g++ or off x86-64 Linux.
 """
 from __future__ import annotations
 

@@ -33,6 +33,8 @@
 //    uninitialised ones), the thread's own stack, the kernel parameters and the module's
 //    static data.  Barriers are identified by call site and occurrence.
 // What it cannot show: timing, memory ordering between blocks (blocks never overlap here),
+// races between blocks or through global memory, accesses g++'s code makes differently from
+// nvcc's (a value kept in a register by one and reloaded from shared memory by the other),
 // occupancy and register use (tests/test_csrc_compile.py checks ptxas for that), and the exact
 // accumulation order of the hardware's tensor-core units (mma.h documents the model).
 #pragma once
