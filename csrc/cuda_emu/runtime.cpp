@@ -440,7 +440,8 @@ WAE_NOSAN void warp_collective(const char* what, unsigned mask, void* arg, WarpO
 
 // ------------------------------------------------------------------------------------------------
 // checks: every load and store of kernel code (the kernel translation units are compiled with
-// -fsanitize=kernel-address, call mode) lands in on_access while a checked launch runs.
+// GCC's -fsanitize=thread instrumentation, no libtsan) lands in on_access while a checked launch
+// runs (hot path: shared_fast; anything unusual: check_access, which reports).
 // ------------------------------------------------------------------------------------------------
 namespace {
 
