@@ -12,6 +12,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The cuda_emu backend's sanitizer checks (memcheck, initcheck, racecheck of the emulated CUDA
+# kernels; off in a plain call, README "cuda_emu") run on every emulated launch of the suite.
+os.environ.setdefault("WAE_CUDA_EMU_CHECKS", "all")
 
 import wae_fast  # noqa: E402
 from wae_fast.dispatch import BACKENDS, unavailable_reason  # noqa: E402
