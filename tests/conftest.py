@@ -6,12 +6,15 @@ any module defining them is imported, so it is set here, first.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# the metric classifiers the training tests build (MNIST-like fixtures) are cached here, not in ~/.cache
+os.environ.setdefault("WAE_FAST_CACHE", tempfile.mkdtemp(prefix="wae-fast-test-cache-"))
 
 import wae_fast  # noqa: E402
 from wae_fast.dispatch import BACKENDS, unavailable_reason  # noqa: E402
