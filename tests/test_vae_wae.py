@@ -91,7 +91,7 @@ def test_vae_trains_with_quality_metrics(fashion_dir, tmp_path):
         hist = tr.fit()
         summary = tr.summary()
     first, last = hist[0], hist[-1]
-    for k in ("kid", "frechet", "kl", "test_recon", "mmd_qz", "train_s"):
+    for k in ("kid", "frechet", "kl", "test_recon", "mmd_qz", "time_s"):
         assert math.isfinite(last[k]), k
     # the logged training loss is BCE + beta * KL, step by step, so also in the epoch means
     assert last["loss"] == pytest.approx(last["rec"] + 0.5 * last["dz"], rel=1e-5)

@@ -40,6 +40,7 @@ import torch
 from .checkpoint import atomic_write_text
 from .config import TrainConfig, preset
 from .data import ImageData, load_fashion_mnist, to_float
+from .objectives import sample_prior
 from .plots import require_matplotlib
 from .quality import SampleQuality
 from .rundir import RunLock
@@ -350,7 +351,7 @@ def figure(path: Path, out: Path, runner: _Runner, calib: dict, z: int) -> Optio
             x = runner.data.test[:8]
             zc, _ = tr.encode_all(x, g, sample=False)
             rec = tr.decode_all(zc)
-            smp = tr.decode_all(tr._prior(8, g))
+            smp = tr.decode_all(sample_prior(cfg.prior, 8, z, cfg.prior_sigma2, g, tr.device))
         finally:
             tr.close()
         label = m.label if m.objective == "vae" and m.lam is not None else \
