@@ -208,3 +208,29 @@ def test_vae_wae_experiment_resumes_and_reports(fashion_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(base) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/checkpoint.pt")} == stamps
+
+
+class _FakeRunner:
+    """Stands in for the experiment's runner: the test reconstruction cost as a function of beta."""
+
+    def __init__(self, cost):
+        self.cost, self.calls = cost, []
+
+    def run(self, m, lam, z, seed):
+        self.calls.append(lam)
+        return {"lam": lam, "test_recon": self.cost(lam), "z_dim": z, "seed": seed}
+
+
+def test_beta_search_brackets_then_bisects():
+    from wae_fast.train.vae_wae import match_beta
+    cost = lambda b: 1.0 + 0.5 * math.log10(b)  # noqa: E731  (grows with beta)
+    r = _FakeRunner(cost)
+    res = match_beta(r, 8, 0.8, {"lam": 1.0, "test_recon": cost(1.0)})
+    assert r.calls == [0.25, 0.5] and res["matched"] and res["lam"] == 0.5
+    assert abs(res["test_recon"] / 0.8 - 1) <= 0.1 and [t[0] for t in res["trials"]] == [1.0, 0.25, 0.5]
+    r = _FakeRunner(cost)  # the other direction: beta = 1 reconstructs too well
+    res = match_beta(r, 8, 1.5, {"lam": 1.0, "test_recon": cost(1.0)})
+    assert r.calls[0] == 4.0 and res["matched"] and res["lam"] > 1
+    r = _FakeRunner(lambda b: 2.0)  # unreachable: stops after the allowed runs, says so
+    res = match_beta(r, 8, 1.0, {"lam": 1.0, "test_recon": 2.0}, tries=3)
+    assert len(r.calls) == 3 and not res["matched"] and res["lam"] == 1.0
