@@ -218,8 +218,8 @@ def claims(table: list[dict], z_dims: Sequence[int]) -> list[str]:
     for z in z_dims:
         for vkey in ("vaem", "vae1"):
             v = get.get((vkey, z))
-            if v is None:
-                continue
+            if v is None or (vkey == "vae1" and get.get(("vaem", z), {}).get("lam") == v["lam"]):
+                continue  # (the matched beta is 1: one comparison says it)
             for wkey in ("mmd-det", "gan-det"):
                 w = get.get((wkey, z))
                 if w is None:
