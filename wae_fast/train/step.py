@@ -55,20 +55,20 @@ class SingleProcess:
         return dict(zip(LOGGED, local))
 
 
-def train_step(trainer, shard, idx: torch.Tensor, g: torch.Generator,
+def train_step(trainer, shard, batch: torch.Tensor, g: torch.Generator,
                noise_g: Optional[torch.Generator]) -> dict[str, float]:
-    """One optimisation step on the global batch ``idx`` (this process's rows of it under
-    ``shard``); ``g`` draws the prior samples (the same global sample on every rank),
+    """One optimisation step on the global batch ``batch`` (images, a slice of the epoch's
+    shuffled training tensor; this process takes its rows ``shard.bounds``); ``g`` draws the prior samples (the same global sample on every rank),
     ``noise_g`` the Gaussian encoder's noise.  Returns the global-batch loss, rec, dz, pen and
     d_loss (the same on every rank)."""
     c = trainer.cfg
-    n = len(idx)
+    n = len(batch)
     lo, hi = shard.bounds(n)
     m = c.n_prior(n)
     plo, phi = shard.bounds(m)
     wx = shard.world * (hi - lo) / n
     wp = shard.world * (phi - plo) / m
-    x = to_float(trainer.data.train[idx[lo:hi]]).to(trainer.device)
+    x = to_float(batch[lo:hi]).to(trainer.device)
     z, mu, logvar = encode(shard.encoder, x, noise_g, c.backend)
     xr = shard.decoder(z)
     rec = bernoulli_nll(x, xr) if c.objective == "vae" else recon_cost(x, xr, c.cost_scale)

@@ -287,11 +287,12 @@ class Trainer:
         # the Gaussian encoder's noise: the epoch generator, or a per-rank one under DDP
         gr = (torch.Generator().manual_seed(stream_seed(c.seed, epoch, 2, self.shard.rank))
               if self.dist is not None else g)
+        shuffled = self.data.train[perm]  # one gather per epoch; the batches are slices of it
         for start in range(0, n, c.batch_size):
-            idx = perm[start:start + c.batch_size]
-            if len(idx) < 2:
+            batch = shuffled[start:start + c.batch_size]
+            if len(batch) < 2:
                 break
-            vals = train_step(self, self.shard, idx, g, gr)
+            vals = train_step(self, self.shard, batch, g, gr)
             self._check_finite(epoch, vals)
             for k, v in vals.items():
                 sums[k] += v
