@@ -234,3 +234,16 @@ def test_beta_search_brackets_then_bisects():
     r = _FakeRunner(lambda b: 2.0)  # unreachable: stops after the allowed runs, says so
     res = match_beta(r, 8, 1.0, {"lam": 1.0, "test_recon": 2.0}, tries=3)
     assert len(r.calls) == 3 and not res["matched"] and res["lam"] == 1.0
+
+
+def test_experiment_schedules():
+    from wae_fast.train.vae_wae import METHODS, make_config, schedule
+    cpu, paper = schedule(False, None), schedule(True, None)
+    for m in METHODS:
+        c = make_config(m, m.lam or 0.5, 8, 1, cpu, "auto", "cpu", 2000)
+        assert (c.dataset, c.arch, c.width, c.epochs, c.lr_schedule, c.batch_size) == \
+            ("fashion-mnist", "mlp", 256, 5, "cosine", 100)
+        assert c.epochs * 60000 >= 300_000 and c.objective == m.objective and c.encoder == m.encoder
+        assert c.logvar_penalty == ("none" if m.objective == "vae" else "l1")
+        p = make_config(m, m.lam or 0.5, 8, 1, paper, "auto", "cuda", 2000)
+        assert (p.arch, p.width, p.epochs, p.lr_schedule) == ("conv", 128, 100, "manual")
