@@ -411,8 +411,11 @@ class Trainer:
                 self.epoch += 1
                 self.save()
                 if bar is not None:
-                    bar.set_postfix({"ep": self.epoch, "test_rec": f"{row['test_recon']:.4g}",
-                                     "mmd_qz": f"{row['mmd_qz']:.3g}", "smp": f"{row['sample_mmd']:.3g}"})
+                    post = {"ep": self.epoch, "test_rec": f"{row['test_recon']:.4g}",
+                            "mmd_qz": f"{row['mmd_qz']:.3g}", "smp": f"{row['sample_mmd']:.3g}"}
+                    if "kid" in row:
+                        post.update(kid=f"{row['kid']:.3g}", fd=f"{row['frechet']:.3g}")
+                    bar.set_postfix(post)
         finally:
             if bar is not None:
                 bar.close()
