@@ -6,6 +6,7 @@ any module defining them is imported, so it is set here, first.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ if not torch.cuda.is_available():
 # The cuda_emu backend's sanitizer checks (memcheck, initcheck, racecheck of the emulated CUDA
 # kernels; off in a plain call, README "cuda_emu") run on every emulated launch of the suite.
 os.environ.setdefault("WAE_CUDA_EMU_CHECKS", "all")
+# the metric classifiers the training tests build (MNIST-like fixtures) are cached here, not in
+# ~/.cache; the extension build cache ($WAE_FAST_CACHE) stays where it is (no rebuilds per session)
+os.environ.setdefault("WAE_FAST_CLASSIFIER_CACHE", tempfile.mkdtemp(prefix="wae-fast-test-cache-"))
 
 import wae_fast  # noqa: E402
 from wae_fast.dispatch import BACKENDS, unavailable_reason  # noqa: E402

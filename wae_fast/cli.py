@@ -113,7 +113,8 @@ def _train(args: argparse.Namespace) -> int:
     _missing_extras("train", needs)
     out = args.out or os.path.join("runs", f"{run_name(cfg)}-{datetime.now():%Y%m%d-%H%M%S}")
     try:
-        trainer = Trainer(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
+        trainer = Trainer(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=_progress(args),
+                          quality=False if args.no_quality else None)
     except errors as exc:
         _fail("train", str(exc))
     except KeyboardInterrupt:
@@ -178,6 +179,30 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vae_wae(args: argparse.Namespace) -> int:
+    from .train.data import DataError
+    from .train.quality import QualityError
+    from .train.vae_wae import run_vae_wae
+
+    if args.seeds < 1:
+        _fail("experiment", f"--seeds: must be >= 1, got {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        _fail("experiment", f"--epochs: must be >= 1, got {args.epochs}")
+    _missing_extras("experiment", {"matplotlib": "the figure vae_wae.png"})
+    command = "wae-fast " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else \
+        "wae-fast experiment vae-wae ..."
+    try:
+        run_vae_wae(args.out, args.report_dir, args.z_dims, args.seeds, args.epochs, args.paper, args.data_path,
+                    args.backend, args.device, args.eval_samples, command=command, max_runs=args.max_runs)
+    except (DataError, QualityError, ValueError, RuntimeError, OSError, ImportError) as exc:
+        _fail("experiment", str(exc))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished epochs are saved: rerun the same command to resume ({args.out})",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
 def _preset_default(field: str) -> str:
     """The default of a train option as the presets set it, e.g. '10 (digits, squares, mnist),
     100 (celeba); with --objective gan: 1'."""
@@ -220,13 +245,18 @@ def _add_train(sub) -> None:
             help = f"{help}; {_preset_default(field)}" if help else _preset_default(field)
         t.add_argument(*flags, help=help, **kw)
 
-    a("--dataset", default="digits", choices=("digits", "squares", "mnist", "folder", "celeba"),
+    a("--dataset", default="digits", choices=("digits", "squares", "mnist", "fashion-mnist", "folder", "celeba"),
       help="digits (sklearn 8x8, embedded), squares (synthetic fading squares), mnist (--data-path: IDX dir "
-           "or .npz), folder/celeba (--data-path: directory of images, cropped and resized to --image-size)")
-    a("--data-path", help="local data for mnist, folder and celeba (required there, refused for the built-in "
-                          "digits and squares); nothing is downloaded. A folder is searched recursively, "
-                          "skipping hidden folders and wae-fast run directories; default: none")
-    a("--objective", choices=("mmd", "gan"), help="WAE-MMD or WAE-GAN (latent discriminator); default: mmd")
+           "or .npz), fashion-mnist (--data-path, else $WAE_FAST_DATA, else the Debian package "
+           "dataset-fashion-mnist), folder/celeba (--data-path: directory of images, cropped and resized "
+           "to --image-size)")
+    a("--data-path", help="local data for mnist, fashion-mnist, folder and celeba (required for mnist, folder "
+                          "and celeba, refused for the built-in digits and squares); nothing is downloaded. A "
+                          "folder is searched recursively, skipping hidden folders and wae-fast run "
+                          "directories; default: none")
+    a("--objective", choices=("mmd", "gan", "vae"),
+      help="WAE-MMD, WAE-GAN (latent discriminator) or the VAE baseline (Bernoulli decoder, KL weighted by "
+           "--lam = beta, default 1; Gaussian encoders only); default: mmd")
     a("--kernel", choices=("imq", "rbf"), field="kernel", help="MMD kernel, 7 scales tied to the prior")
     a("--estimator", choices=("unbiased", "biased"), field="estimator", help="MMD estimator")
     a("--encoder", choices=("deterministic", "gaussian"), field="encoder",
@@ -236,7 +266,8 @@ def _add_train(sub) -> None:
     a("--width", type=int, field="width",
       help="mlp hidden units or conv base channels (the paper used 128); 0: the arch's own (mlp 256, conv 64)")
     a("--z-dim", type=int, dest="z_dim", field="z_dim", help="latent dimension")
-    a("--lam", type=float, field="lam", help="lambda, weight of D_Z(Q_Z, P_Z)")
+    a("--lam", type=float, field="lam",
+      help="lambda, weight of D_Z(Q_Z, P_Z) (--objective vae: beta, weight of the KL term, default 1)")
     a("--batch-size", type=int, dest="batch_size", field="batch_size", help="images per step")
     a("--prior-samples", type=int, dest="prior_samples", field="prior_samples",
       help="prior samples M per step (0: same as the batch)")
@@ -276,13 +307,16 @@ def _add_train(sub) -> None:
     a("--stop-after", type=int, dest="stop_after",
       help="stop after this many epochs, as if interrupted; default: run all --epochs")
     a("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    a("--no-quality", action="store_true", dest="no_quality",
+      help="mnist, fashion-mnist: skip KID and the Frechet distance in the metric classifier's features "
+           "(the classifier is trained once per data set and cached in $WAE_FAST_CLASSIFIER_CACHE, $WAE_FAST_CACHE or ~/.cache/wae_fast)")
     a("--no-progress", action="store_true",
       help="no progress bar (there is none anyway when stderr is not a terminal)")
     t.set_defaults(func=_train)
 
 
 def _add_experiment(sub) -> None:
-    e = sub.add_parser("experiment", help="experiments (latent-dim)", formatter_class=_HelpFormatter)
+    e = sub.add_parser("experiment", help="experiments (latent-dim, vae-wae)", formatter_class=_HelpFormatter)
     esub = e.add_subparsers(dest="experiment", required=True)
     ld = esub.add_parser("latent-dim", formatter_class=_HelpFormatter,
                          help="deterministic vs Gaussian(+L1 logvar) encoders over z_dim on fading "
@@ -306,6 +340,29 @@ def _add_experiment(sub) -> None:
     a("--no-progress", action="store_true",
       help="no progress bar (there is none anyway when stderr is not a terminal)")
     ld.set_defaults(func=_experiment)
+    vw = esub.add_parser("vae-wae", formatter_class=_HelpFormatter,
+                         help="VAE (beta 1 and a matched beta) vs WAE-MMD and WAE-GAN, deterministic and "
+                              "Gaussian encoders, on Fashion-MNIST: reconstruction, KID, Frechet, MMD(Q_Z, P_Z)",
+                         description="Trains every method, z_dim and seed on Fashion-MNIST (one run directory "
+                                     "each under --out/runs, checkpointed per epoch: rerunning the command "
+                                     "resumes) and writes vae_wae.{md,json,png} and vae_wae_runs.csv into "
+                                     "--report-dir after every run.")
+    a = vw.add_argument
+    a("--z-dims", type=_int_list, default=[8, 32], dest="z_dims", help="comma-separated latent dimensions")
+    a("--seeds", type=int, default=3, help="seeds per method and z_dim")
+    a("--epochs", type=int, help="epochs per run; default: 5 (CPU schedule) or 100 (--paper)")
+    a("--paper", action="store_true",
+      help="the WAE paper's MNIST schedule (conv nets with 128 base channels, 100 epochs, lr /2 at 30, /10 at 50): "
+           "a GPU job; default: MLP nets, cosine schedule")
+    a("--data-path", dest="data_path", help="Fashion-MNIST IDX directory; default: $WAE_FAST_DATA, else the "
+                                            "Debian package dataset-fashion-mnist")
+    a("--eval-samples", type=int, default=2000, dest="eval_samples", help="held-out images and samples per metric")
+    a("--backend", default="auto", help="MMD/reparameterize backend: auto, reference, cpp, triton, cuda")
+    a("--device", default="cpu", help="cpu, cuda or auto")
+    a("--out", default="runs/vae-wae", help="directory of the run directories (resumed from)")
+    a("--report-dir", default="docs/experiments", dest="report_dir", help="where the table and figure go")
+    a("--max-runs", type=int, dest="max_runs", help="stop after this many runs; default: all")
+    vw.set_defaults(func=_vae_wae)
 
 
 def build_parser() -> argparse.ArgumentParser:

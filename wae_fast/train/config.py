@@ -12,9 +12,15 @@ Presets (Tolstikhin et al. 2018, appendix; ``preset(dataset, objective)``):
   betas (0.5, 0.999), adversary lr 5e-4, 100 epochs, DCGAN-style conv nets with batch norm.
 * ``celeba`` (an image folder of 64x64 crops): z_dim 64, prior N(0, 2 I), lambda 100 (MMD) /
   1 (GAN), lr 5e-4 (MMD) / 3e-4 (GAN), adversary lr 1e-3, 50 epochs, conv nets.
+* ``fashion-mnist``: the MNIST settings on Zalando's Fashion-MNIST (found locally, see
+  :func:`wae_fast.train.data.find_fashion_mnist`).
 * ``digits`` (scikit-learn's 8x8 digits, the default CPU job): MLP with 512 hidden units, 150
   epochs, cosine learning-rate schedule, otherwise the MNIST settings (about 30 seconds on 2 CPU
   cores, see README). ``squares`` (fading squares): MLP with 256 units, 20 epochs, MNIST settings.
+
+Objective ``vae`` (the baseline of the WAE paper, Kingma & Welling 2014): a Bernoulli decoder
+(binary cross-entropy summed over pixels in [0, 1], averaged over the batch) plus ``lam`` (beta,
+default 1) times the mean per-point KL(Q(Z|x) || N(0, sigma^2 I)); Gaussian encoders only.
 
 Learning-rate schedule (``lr_schedule``): ``manual`` (the reference code: lr / 2 from epoch 30,
 / 10 from epoch 50, / 100 from epoch 100), ``constant`` or ``cosine`` (to 1% over ``epochs``).
@@ -27,8 +33,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-DATASETS = ("digits", "squares", "mnist", "folder")
-OBJECTIVES = ("mmd", "gan")
+DATASETS = ("digits", "squares", "mnist", "fashion-mnist", "folder")
+#: mmd, gan: WAE-MMD, WAE-GAN; vae: the VAE baseline (Bernoulli decoder, KL weighted by lam)
+OBJECTIVES = ("mmd", "gan", "vae")
 KERNELS = ("imq", "rbf")
 ENCODERS = ("deterministic", "gaussian")
 ARCHS = ("auto", "mlp", "conv")
@@ -96,6 +103,16 @@ class TrainConfig:
                               ("lr_schedule", SCHEDULES), ("logvar_penalty", PENALTIES),
                               ("estimator", ESTIMATORS), ("mmd_prior", MMD_PRIORS)):
             choice(name, allowed)
+        if self.objective == "vae":
+            if self.encoder != "gaussian":
+                raise ValueError(f"--objective vae: needs --encoder gaussian (got --encoder {self.encoder}): the "
+                                 "KL(Q(Z|x) || P_Z) of a deterministic encoder is infinite")
+            if self.prior != "gaussian":
+                raise ValueError(f"--objective vae: needs --prior gaussian (got --prior {self.prior}): the KL term "
+                                 "is the closed form against N(0, sigma^2 I)")
+            if self.logvar_penalty != "none" and self.logvar_weight > 0:
+                raise ValueError(f"--objective vae: the KL term already penalises the log-variances; pass "
+                                 f"--logvar-penalty none (got {self.logvar_penalty} x{self.logvar_weight})")
         if self.mmd_prior != "samples" and (self.objective != "mmd" or self.prior != "gaussian"):
             raise ValueError(f"--mmd-prior {self.mmd_prior}: needs --objective mmd and --prior gaussian "
                              f"(got --objective {self.objective}, --prior {self.prior})")
@@ -174,6 +191,8 @@ class TrainConfig:
 def prior_mode(cfg: TrainConfig) -> str:
     """How the codes meet the prior, for summaries: 'prior samples M' or the --mmd-prior mode."""
     m = cfg.n_prior(cfg.batch_size)
+    if cfg.objective == "vae":
+        return "KL to N(0, sigma^2 I) in closed form"
     if cfg.objective != "mmd" or cfg.mmd_prior == "samples":
         return f"prior samples {m}"
     if cfg.mmd_prior == "closed_form":
@@ -212,14 +231,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
                    width=512, lr_schedule="cosine"),
     "squares": dict(z_dim=8, lam=10.0, batch_size=100, lr=1e-3, d_lr=5e-4, epochs=20, prior_sigma2=1.0),
     "mnist": dict(z_dim=8, lam=10.0, batch_size=100, lr=1e-3, d_lr=5e-4, epochs=100, prior_sigma2=1.0),
+    "fashion-mnist": dict(z_dim=8, lam=10.0, batch_size=100, lr=1e-3, d_lr=5e-4, epochs=100, prior_sigma2=1.0),
     "folder": dict(z_dim=64, lam=100.0, batch_size=100, lr=5e-4, d_lr=1e-3, epochs=50, prior_sigma2=2.0),
 }
 _PRESETS["celeba"] = dict(_PRESETS["folder"], dataset="folder")
 
 
 def preset(dataset: str = "digits", objective: str = "mmd", **overrides: Any) -> TrainConfig:
-    """The published defaults for ``dataset`` (digits, squares, mnist, folder/celeba) and
-    ``objective`` (mmd, gan), with ``overrides`` applied (None values are ignored)."""
+    """The published defaults for ``dataset`` (digits, squares, mnist, fashion-mnist, folder/celeba)
+    and ``objective`` (mmd, gan, vae), with ``overrides`` applied (None values are ignored).
+    ``vae``: beta (``lam``) 1, a Gaussian encoder and no logvar penalty (the KL term covers it)."""
     if dataset not in _PRESETS:
         raise ValueError(f"--dataset: unknown dataset {dataset!r}; expected one of {DATASETS} (or 'celeba')")
     if objective not in OBJECTIVES:
@@ -230,6 +251,8 @@ def preset(dataset: str = "digits", objective: str = "mmd", **overrides: Any) ->
         kw["lam"] = 1.0                       # the paper's WAE-GAN lambda on MNIST and CelebA
         if kw["dataset"] == "folder":
             kw["lr"] = 3e-4
+    elif objective == "vae":
+        kw.update(lam=1.0, encoder="gaussian", logvar_penalty="none")
     kw.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     bad = set(kw) - names

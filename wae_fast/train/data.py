@@ -9,6 +9,10 @@
   ``t10k-images-idx3-ubyte`` (each optionally ``.gz``; the labels files ``*-labels-idx1-ubyte``
   are used when present), or an ``.npz`` file with arrays ``x_train``, ``x_test`` (and optionally
   ``y_train``, ``y_test``), the layout of ``keras.datasets.mnist``.
+* ``fashion-mnist`` (Xiao, Rasul & Vollgraf 2017, MIT licence): the same IDX layout (gzipped),
+  found by :func:`find_fashion_mnist`: ``--data-path``, else the ``WAE_FAST_DATA`` environment
+  variable (the directory itself or its ``fashion-mnist/`` subdirectory), else the file list of
+  the Debian package ``dataset-fashion-mnist`` (``dpkg -L``); 60000 training + 10000 test images.
 * ``folder``: a directory of images (.png, .jpg, .jpeg, .bmp, .webp; searched recursively, skipping
   hidden files and folders and wae-fast run directories, so a data path above ``runs/`` never
   trains on earlier runs' plots), e.g. CelebA: each image is center-cropped to a square (for
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -161,7 +167,7 @@ def _as_images(name: str, a: np.ndarray, where: str) -> torch.Tensor:
     return t.unsqueeze(1)
 
 
-def load_mnist(path, max_images: Optional[int] = None) -> ImageData:
+def load_mnist(path, max_images: Optional[int] = None, name: str = "mnist") -> ImageData:
     p = Path(path)
     if not p.exists():
         raise DataError(f"--data-path {path}: does not exist; {_MNIST_LAYOUT}")
@@ -203,8 +209,64 @@ def load_mnist(path, max_images: Optional[int] = None) -> ImageData:
     if max_images is not None:
         xtr_t = xtr_t[:max_images]
         ytr_t = ytr_t[:max_images] if ytr_t is not None else None
-    return ImageData("mnist", xtr_t, xte_t, ytr_t, yte_t,
-                     source=f"mnist: {len(xtr_t)} training + {len(xte_t)} held-out images from {p.resolve()}")
+    return ImageData(name, xtr_t, xte_t, ytr_t, yte_t,
+                     source=f"{name}: {len(xtr_t)} training + {len(xte_t)} held-out images from {p.resolve()}")
+
+
+# -- Fashion-MNIST -------------------------------------------------------------------------
+
+FASHION_PACKAGE = "dataset-fashion-mnist"
+FASHION_ENV = "WAE_FAST_DATA"
+
+
+def _idx_dir(d: Path) -> bool:
+    return d.is_dir() and _find(d, "train-images-idx3-ubyte") is not None \
+        and _find(d, "t10k-images-idx3-ubyte") is not None
+
+
+def _dpkg_dirs(package: str) -> list[Path]:
+    """Directories holding the IDX files of the installed Debian ``package`` (empty without dpkg)."""
+    dpkg = shutil.which("dpkg")
+    if dpkg is None:
+        return []
+    try:
+        out = subprocess.run([dpkg, "-L", package], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    dirs = sorted({Path(line).parent for line in out.stdout.splitlines()
+                   if "train-images-idx3-ubyte" in line})
+    return [d for d in dirs if _idx_dir(d)]
+
+
+def find_fashion_mnist(data_path: Optional[str] = None) -> Path:
+    """Where Fashion-MNIST is: ``data_path`` (a directory or .npz; an error if it is not usable),
+    else ``$WAE_FAST_DATA`` or ``$WAE_FAST_DATA/fashion-mnist``, else the files of the Debian
+    package ``dataset-fashion-mnist``. Raises DataError naming all three when none has it."""
+    if data_path:
+        p = Path(data_path)
+        if not p.exists():
+            raise DataError(f"--data-path {data_path}: does not exist; {_MNIST_LAYOUT}")
+        return p
+    env = os.environ.get(FASHION_ENV)
+    if env:
+        for d in (Path(env) / "fashion-mnist", Path(env)):
+            if _idx_dir(d):
+                return d
+    dirs = _dpkg_dirs(FASHION_PACKAGE)
+    if dirs:
+        return dirs[0]
+    env_note = f"{FASHION_ENV}={env} holds no Fashion-MNIST IDX files" if env else f"{FASHION_ENV} is not set"
+    raise DataError(f"--dataset fashion-mnist: not found ({env_note}; the Debian package {FASHION_PACKAGE} "
+                    f"is not installed). Install it (apt-get install {FASHION_PACKAGE}), or pass --data-path "
+                    f"or set {FASHION_ENV} to a directory with train-images-idx3-ubyte.gz and "
+                    "t10k-images-idx3-ubyte.gz; nothing is downloaded")
+
+
+def load_fashion_mnist(data_path: Optional[str] = None, max_images: Optional[int] = None) -> ImageData:
+    """Fashion-MNIST (28x28 grey, 10 classes) from :func:`find_fashion_mnist`'s location."""
+    return load_mnist(find_fashion_mnist(data_path), max_images, name="fashion-mnist")
 
 
 # -- image folder --------------------------------------------------------------------------
@@ -288,8 +350,10 @@ def load_dataset(name: str, data_path: Optional[str] = None, *, image_size: int 
         if not data_path:
             raise DataError(f"--data-path: required for --dataset mnist; {_MNIST_LAYOUT}")
         return load_mnist(data_path, max_images)
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_path, max_images)
     if name == "folder":
         if not data_path:
             raise DataError("--data-path: required for --dataset folder (a directory of images)")
         return load_image_folder(data_path, image_size, max_images, skip=skip)
-    raise DataError(f"--dataset: unknown dataset {name!r}; expected digits, squares, mnist or folder")
+    raise DataError(f"--dataset: unknown dataset {name!r}; expected digits, squares, mnist, fashion-mnist or folder")

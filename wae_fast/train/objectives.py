@@ -4,6 +4,9 @@
 ``D_WAE = E c(x, G(z)) + lambda * D_Z(Q_Z, P_Z)`` with ``c(x, y) = cost_scale * ||x - y||^2``
 summed over pixels and averaged over the batch (``cost_scale`` 0.05 by default, the WAE
 reference code's scaling; lambda is not portable across scalings).
+
+The VAE baseline (``--objective vae``): ``BCE(x, G(z)) + beta * KL(Q(Z|x) || P_Z)``, both per
+point and averaged over the batch (:func:`bernoulli_nll`, :func:`kl_to_gaussian_prior`).
 """
 from __future__ import annotations
 
@@ -22,6 +25,28 @@ def recon_cost(x: torch.Tensor, y: torch.Tensor, scale: float = 0.05) -> torch.T
     if x.shape[0] == 0:
         return scale * (x - y).pow(2).sum()
     return scale * (x - y).pow(2).flatten(1).sum(1).mean()
+
+
+def bernoulli_nll(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """The Bernoulli decoder's negative log-likelihood: ``-sum_pixels [x log p + (1 - x) log(1 - p)]``
+    for pixels x in [0, 1] (the usual likelihood for these images), averaged over the batch.
+    Logs are clamped at -100 (torch's binary_cross_entropy), so a saturated sigmoid stays finite."""
+    if x.shape[0] == 0:
+        return probs.sum() * 0.0
+    return F.binary_cross_entropy(probs, x, reduction="none").flatten(1).sum(1).mean()
+
+
+def kl_per_point(mu: torch.Tensor, logvar: torch.Tensor, sigma2: float = 1.0) -> torch.Tensor:
+    """``KL(N(mu, diag exp(logvar)) || N(0, sigma2 I))`` for each row:
+    ``0.5 * sum_k (exp(logvar_k) / sigma2 + mu_k^2 / sigma2 - 1 - logvar_k + log sigma2)``."""
+    return 0.5 * ((logvar.exp() + mu.pow(2)) / sigma2 - 1.0 - logvar + math.log(sigma2)).sum(1)
+
+
+def kl_to_gaussian_prior(mu: torch.Tensor, logvar: torch.Tensor, sigma2: float = 1.0) -> torch.Tensor:
+    """Mean over the batch of :func:`kl_per_point` (0, with the graph kept, for an empty batch)."""
+    if mu.shape[0] == 0:
+        return (mu.sum() + logvar.sum()) * 0.0
+    return kl_per_point(mu, logvar, sigma2).mean()
 
 
 def sample_prior(kind: str, n: int, z_dim: int, sigma2: float, generator: torch.Generator,

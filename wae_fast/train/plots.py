@@ -126,7 +126,8 @@ def _write_plots(trainer, out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     c = trainer.cfg
-    title = f"WAE-{c.objective.upper()} {c.dataset} z_dim={c.z_dim} {c.encoder} lambda={c.lam}"
+    title = (f"VAE {c.dataset} z_dim={c.z_dim} beta={c.lam}" if c.objective == "vae" else
+             f"WAE-{c.objective.upper()} {c.dataset} z_dim={c.z_dim} {c.encoder} lambda={c.lam}")
     paths = [plot_curves(trainer.history, out / "loss_curves.png", trainer.data_mmd, title)]
     g = torch.Generator().manual_seed(12345 + c.seed)
     xs = trainer.eval_test

@@ -10,6 +10,9 @@ values -> the global-batch values).  The step itself is written once:
 
     loss = w_x * c(x, G(z)) + lambda * D_Z + logvar_weight * w_x * penalty(logvar)
 
+(the VAE baseline: c is the Bernoulli negative log-likelihood and D_Z = w_x * the mean KL, a
+per-point term like the cost.)
+
 with w_x = K n_r / n (1 for one process): DDP averages gradients over the K ranks, so these
 weights make the average the gradient of the global-batch mean even for uneven shards.
 """
@@ -20,8 +23,8 @@ from typing import Optional
 import torch
 
 from .data import to_float
-from .objectives import (encode, gan_discriminator_loss, gan_encoder_loss, mmd_to_prior_loss,
-                         penalty, recon_cost)
+from .objectives import (bernoulli_nll, encode, gan_discriminator_loss, gan_encoder_loss,
+                         kl_to_gaussian_prior, mmd_to_prior_loss, penalty, recon_cost)
 
 LOGGED = ("loss", "rec", "dz", "pen", "d_loss")
 
@@ -52,24 +55,27 @@ class SingleProcess:
         return dict(zip(LOGGED, local))
 
 
-def train_step(trainer, shard, idx: torch.Tensor, g: torch.Generator,
+def train_step(trainer, shard, batch: torch.Tensor, g: torch.Generator,
                noise_g: Optional[torch.Generator]) -> dict[str, float]:
-    """One optimisation step on the global batch ``idx`` (this process's rows of it under
-    ``shard``); ``g`` draws the prior samples (the same global sample on every rank),
+    """One optimisation step on the global batch ``batch`` (images, a slice of the epoch's
+    shuffled training tensor; this process takes its rows ``shard.bounds``); ``g`` draws the prior samples (the same global sample on every rank),
     ``noise_g`` the Gaussian encoder's noise.  Returns the global-batch loss, rec, dz, pen and
     d_loss (the same on every rank)."""
     c = trainer.cfg
-    n = len(idx)
+    n = len(batch)
     lo, hi = shard.bounds(n)
     m = c.n_prior(n)
     plo, phi = shard.bounds(m)
     wx = shard.world * (hi - lo) / n
     wp = shard.world * (phi - plo) / m
-    x = to_float(trainer.data.train[idx[lo:hi]]).to(trainer.device)
-    z, _, logvar = encode(shard.encoder, x, noise_g, c.backend)
-    rec = recon_cost(x, shard.decoder(z), c.cost_scale)
+    x = to_float(batch[lo:hi]).to(trainer.device)
+    z, mu, logvar = encode(shard.encoder, x, noise_g, c.backend)
+    xr = shard.decoder(z)
+    rec = bernoulli_nll(x, xr) if c.objective == "vae" else recon_cost(x, xr, c.cost_scale)
     d_loss = torch.zeros((), device=trainer.device)
-    if c.objective == "mmd" and c.mmd_prior != "samples":
+    if c.objective == "vae":
+        dz = wx * kl_to_gaussian_prior(mu, logvar, c.prior_sigma2)
+    elif c.objective == "mmd" and c.mmd_prior != "samples":
         dz = shard.mmd_to_prior(z, g)
     elif c.objective == "mmd":
         dz = shard.mmd_to_samples(z, trainer._prior(m, g)[plo:phi])

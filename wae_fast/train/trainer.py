@@ -19,7 +19,14 @@ untrained model), all on up to ``eval_samples`` points with the models in eval m
   7-scale IMQ with C_base = the mean squared distance between held-out images (a sample-quality
   score that needs no downloaded network; lower is better, ``data_mmd`` is the floor: the same
   score for training images against the held-out ones);
-* ``loss``, ``rec``, ``dz``, ``pen``, ``d_loss``: running means over the epoch's training steps.
+* ``kid``, ``frechet`` (MNIST and Fashion-MNIST with labels; see :mod:`wae_fast.train.quality`):
+  KID and Frechet distance between decoded prior samples and the held-out images in the features
+  of a small classifier trained once per data set (cached); ``quality_floor`` in metrics.json
+  holds the same scores for training images;
+* ``kl`` (Gaussian encoders, Gaussian prior): mean per-point KL(Q(Z|x) || P_Z) on held-out images;
+* ``loss``, ``rec``, ``dz``, ``pen``, ``d_loss``: running means over the epoch's training steps
+  (for the VAE, ``rec`` is the Bernoulli negative log-likelihood and ``dz`` the mean KL);
+* ``time_s``: the epoch's wall time (training and evaluation; the summary gives the mean).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -44,12 +51,15 @@ from .config import TrainConfig, lr_factor, prior_mode
 from .data import ImageData, load_dataset, to_float
 from .models import LatentDiscriminator, build_autoencoder
 from .rundir import RunLock
-from .objectives import encode, make_mmd_loss, recon_cost, sample_prior
+from .objectives import encode, kl_per_point, make_mmd_loss, recon_cost, sample_prior
+from .quality import SampleQuality
 from .step import SingleProcess, train_step
 
 CHECKPOINT = "checkpoint.pt"
 METRIC_KEYS = ("epoch", "lr", "loss", "rec", "dz", "pen", "d_loss", "train_recon", "test_recon",
-               "mmd_qz", "sample_mmd", "mean_logvar", "time_s")
+               "mmd_qz", "sample_mmd", "kid", "frechet", "kl", "mean_logvar", "time_s")
+#: data sets whose samples are also scored in a metric classifier's features (when labelled)
+QUALITY_DATASETS = ("mnist", "fashion-mnist")
 
 
 def stream_seed(*keys: int) -> int:
@@ -76,8 +86,13 @@ def resolve_device(device: str) -> torch.device:
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: Optional[str] = None, *, data: Optional[ImageData] = None,
                  resume: bool = False, overwrite: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 quality: Union[None, bool, SampleQuality] = None) -> None:
+        """``quality``: score samples in a metric classifier's features (kid, frechet): None for
+        MNIST and Fashion-MNIST with labels, True to require it, False to skip it, or a built
+        :class:`SampleQuality` to share one across runs."""
         self.cfg = cfg.validate()
+        self._quality_opt = quality
         self.device = resolve_device(cfg.device)
         # several processes (torchrun, WORLD_SIZE > 1): see distributed_setup; None otherwise
         self.dist = distributed_setup.setup(self.device)
@@ -148,6 +163,16 @@ class Trainer:
         self.data_mmd = float(mmd(to_float(self.eval_train).flatten(1).to(self.device),
                                   to_float(self.eval_test).flatten(1).to(self.device),
                                   self.pixel_kernel, backend=cfg.backend))
+
+        self.quality = self._quality_opt if isinstance(self._quality_opt, SampleQuality) else None
+        want = self._quality_opt
+        if want is None:
+            want = (self.data.name in QUALITY_DATASETS and self.data.train_labels is not None
+                    and self.data.test_labels is not None)
+        if want and self.quality is None and self.is_main:
+            self.quality = SampleQuality.build(self.data, str(self.device), n_floor=len(self.eval_test),
+                                               log=self.log)
+            self.log(self.quality.source)
 
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # completed epochs
@@ -228,8 +253,12 @@ class Trainer:
         for h in self.history:
             w.writerow({k: h.get(k, "") for k in keys})
         atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        extra = {}
+        if self.quality is not None:
+            extra = {"quality_floor": self.quality.floor, "classifier_test_accuracy": self.quality.test_accuracy}
         atomic_write_text(self.out / "metrics.json", json.dumps(
-            {"config": self.cfg.to_dict(), "data_mmd": self.data_mmd, "history": self.history}, indent=2))
+            {"config": self.cfg.to_dict(), "data_mmd": self.data_mmd, **extra, "history": self.history},
+            indent=2))
 
     # -- training ----------------------------------------------------------------------------
     def _set_train(self, flag: bool) -> None:
@@ -258,11 +287,12 @@ class Trainer:
         # the Gaussian encoder's noise: the epoch generator, or a per-rank one under DDP
         gr = (torch.Generator().manual_seed(stream_seed(c.seed, epoch, 2, self.shard.rank))
               if self.dist is not None else g)
+        shuffled = self.data.train[perm]  # one gather per epoch; the batches are slices of it
         for start in range(0, n, c.batch_size):
-            idx = perm[start:start + c.batch_size]
-            if len(idx) < 2:
+            batch = shuffled[start:start + c.batch_size]
+            if len(batch) < 2:
                 break
-            vals = train_step(self, self.shard, idx, g, gr)
+            vals = train_step(self, self.shard, batch, g, gr)
             self._check_finite(epoch, vals)
             for k, v in vals.items():
                 sums[k] += v
@@ -275,9 +305,9 @@ class Trainer:
                     post["d"] = f"{sums['d_loss'] / steps:.3g}"
                 bar.set_postfix(post, refresh=False)
         out = {k: v / max(steps, 1) for k, v in sums.items()}
-        if c.objective == "mmd":
+        if c.objective != "gan":
             out.pop("d_loss")
-        if c.encoder == "deterministic":
+        if c.encoder == "deterministic" or c.objective == "vae":  # the VAE has no logvar penalty
             out.pop("pen")
         out["lr"] = c.lr * lr_f
         return out
@@ -330,6 +360,12 @@ class Trainer:
                                       self.pixel_kernel, backend=c.backend))
         if lv is not None:
             out["mean_logvar"] = float(lv.mean())
+            if c.prior == "gaussian":
+                mu, lv = self.encode_all(self.eval_test, None, sample=False)
+                out["kl"] = float(kl_per_point(mu, lv, c.prior_sigma2).mean())
+        if self.quality is not None:
+            # its own generator: the scores never shift the other metrics' random draws
+            out.update(self.quality.scores(gen, torch.Generator().manual_seed(stream_seed(c.seed, epoch, 3))))
         return out
 
     def fit(self, stop_after: Optional[int] = None) -> list[dict[str, Any]]:
@@ -375,8 +411,11 @@ class Trainer:
                 self.epoch += 1
                 self.save()
                 if bar is not None:
-                    bar.set_postfix({"ep": self.epoch, "test_rec": f"{row['test_recon']:.4g}",
-                                     "mmd_qz": f"{row['mmd_qz']:.3g}", "smp": f"{row['sample_mmd']:.3g}"})
+                    post = {"ep": self.epoch, "test_rec": f"{row['test_recon']:.4g}",
+                            "mmd_qz": f"{row['mmd_qz']:.3g}", "smp": f"{row['sample_mmd']:.3g}"}
+                    if "kid" in row:
+                        post.update(kid=f"{row['kid']:.3g}", fd=f"{row['frechet']:.3g}")
+                    bar.set_postfix(post)
         finally:
             if bar is not None:
                 bar.close()
@@ -390,16 +429,27 @@ class Trainer:
         first, last = self.history[0], self.history[-1]
         enc = c.encoder + (f" (+{c.logvar_penalty} logvar penalty x{c.logvar_weight})"
                            if c.encoder == "gaussian" and c.logvar_penalty != "none" else "")
+        name = "VAE (Bernoulli decoder)" if c.objective == "vae" else f"WAE-{c.objective.upper()}"
+        lam = f"beta {c.lam}" if c.objective == "vae" else f"lambda {c.lam}"
         lines = [
-            f"WAE-{c.objective.upper()} on {c.dataset} {self.shape}: arch {c.resolved_arch()}, encoder {enc}, "
-            f"z_dim {c.z_dim}, lambda {c.lam}, kernel {c.kernel if c.objective == 'mmd' else '-'}, "
+            f"{name} on {c.dataset} {self.shape}: arch {c.resolved_arch()}, encoder {enc}, "
+            f"z_dim {c.z_dim}, {lam}, kernel {c.kernel if c.objective == 'mmd' else '-'}, "
             f"batch {c.batch_size}, {prior_mode(c)}, epochs {self.epoch}/{c.epochs}, "
             f"device {self.device}, MMD backend {self._backend_name()}",
             f"{'metric':<14}{'epoch 0':>12}{'epoch ' + str(last['epoch']):>12}",
         ]
-        for k in ("train_recon", "test_recon", "mmd_qz", "sample_mmd"):
-            lines.append(f"{k:<14}{first[k]:>12.5g}{last[k]:>12.5g}")
+        for k in ("train_recon", "test_recon", "mmd_qz", "sample_mmd", "kid", "frechet", "kl"):
+            if k in first and k in last:
+                lines.append(f"{k:<14}{first[k]:>12.5g}{last[k]:>12.5g}")
         lines.append(f"(sample_mmd floor, training vs held-out images: {self.data_mmd:.5g})")
+        if self.quality is not None:
+            fl = self.quality.floor
+            lines.append(f"(kid / frechet floor, training vs held-out images: {fl['kid']:.5g} / "
+                         f"{fl['frechet']:.5g}; {self.quality.source})")
+        timed = [h for h in self.history[1:] if "time_s" in h]
+        if timed:
+            t = sum(h["time_s"] for h in timed) / len(timed)
+            lines.append(f"epoch time: {t:.2f} s (training and evaluation), mean over {len(timed)} epoch(s)")
         if self.out is not None:
             lines.append(f"run directory: {self.out}")
         return "\n".join(lines)
