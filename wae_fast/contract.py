@@ -158,6 +158,17 @@ KMM_BWD_SCHEMA = (
     "bool grad_x, bool grad_y, str precision) -> (Tensor, Tensor)"
 )
 
+SEG_FWD_SCHEMA = (
+    "(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, Tensor x_weights, Tensor y_weights, "
+    "Tensor shifts, int kind, float[] params, bool unbiased, str precision) -> Tensor"
+)
+SEG_BWD_SCHEMA = (
+    "(Tensor grad_terms, Tensor terms, Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, "
+    "Tensor x_weights, Tensor y_weights, Tensor shifts, int kind, float[] params, bool unbiased, "
+    "bool grad_x, bool grad_y, bool grad_xw, bool grad_yw, str precision) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 _LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -363,6 +374,45 @@ def _define_kmm(backend: str) -> None:
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
 
 
+def _define_segments(backend: str) -> None:
+    fwd, bwd = f"mmd_segments_fwd_{backend}", f"mmd_segments_bwd_{backend}"
+    _LIB.define(fwd + SEG_FWD_SCHEMA)
+    _LIB.define(bwd + SEG_BWD_SCHEMA)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{fwd}")
+    def _fwd_fake(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
+                  precision):
+        return x.new_empty((x_offsets.shape[0] - 1, 3), dtype=torch.float64)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
+    def _bwd_fake(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
+                  params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
+        return tuple(torch.empty_like(t) if flag else t.new_empty((0,))
+                     for t, flag in ((x, grad_x), (y, grad_y), (x_weights, grad_xw),
+                                     (y_weights, grad_yw)))
+
+    def setup_context(ctx, inputs, output):
+        x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased, precision = inputs
+        ctx.args = (kind, params, unbiased)
+        ctx.precision = precision
+        ctx.save_for_backward(output, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts)
+
+    def backward(ctx, grad_terms):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        saved = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        flags = (need[0], need[1], need[4] and saved[5].numel() > 0, need[5] and saved[6].numel() > 0)
+        gx = gy = gxw = gyw = None
+        if any(flags):
+            gx, gy, gxw, gyw = (g if f else None for g, f in zip(op(bwd)(
+                grad_terms.to(torch.float64).contiguous(), *saved, *ctx.args, *flags, ctx.precision),
+                flags))
+        return gx, gy, None, None, gxw, gyw, None, None, None, None, None
+
+    torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
+
+
 _FUSES: dict[str, bool] = {}
 _EAGER_MMD: dict[str, type] = {}
 
@@ -384,6 +434,7 @@ FAMILIES: dict[str, OpFamily] = {
     "reparam": OpFamily("reparam", REPARAM_FWD_SCHEMA, REPARAM_BWD_SCHEMA, _define_reparam),
     "prior": OpFamily("prior", PRIOR_FWD_SCHEMA, PRIOR_BWD_SCHEMA, _define_prior),
     "kernel_matmul": OpFamily("kernel_matmul", KMM_FWD_SCHEMA, KMM_BWD_SCHEMA, _define_kmm),
+    "mmd_segments": OpFamily("mmd_segments", SEG_FWD_SCHEMA, SEG_BWD_SCHEMA, _define_segments),
 }
 
 
@@ -469,3 +520,49 @@ def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps."""
     return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), seed)
+
+
+def segment_shifts(kind: int, y: torch.Tensor, y_offsets: list[int], y_weights: torch.Tensor,
+                   num_sets: int) -> torch.Tensor:
+    """The per-set offsets (B, d) the glue passes to ``mmd_segments``: the mean of each set's y
+    rows with a non-zero weight (all rows when unweighted), in the compute dtype; zeros for the
+    polynomial.  Rows with weight 0 are never read (padding may hold NaN).  ``y_offsets``: host
+    values, (B + 1) cumulative or [0, M] for a y shared by every set."""
+    ct = compute_dtype(y.dtype)
+    d = y.shape[1]
+    if kind not in TRANSLATION_INVARIANT:
+        return y.new_zeros((num_sets, d), dtype=ct)
+    yd = y.detach().to(ct)
+    counts = [e - s for s, e in zip(y_offsets[:-1], y_offsets[1:])]
+    if y_weights.numel() > 0:
+        keep = (y_weights.detach() != 0)
+        yd = torch.where(keep[:, None], yd, torch.zeros((), dtype=ct, device=y.device))
+        ones = keep.to(ct)
+    else:
+        ones = torch.ones((y.shape[0],), dtype=ct, device=y.device)
+    seg = torch.repeat_interleave(torch.arange(len(counts), device=y.device),
+                                  torch.tensor(counts, device=y.device), output_size=y.shape[0])
+    total = yd.new_zeros((len(counts), d)).index_add_(0, seg, yd)
+    n = ones.new_zeros((len(counts),)).index_add_(0, seg, ones)
+    mean = total / n.clamp(min=1)[:, None]
+    return (mean.expand(num_sets, d) if len(counts) == 1 else mean).contiguous()
+
+
+def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list[int],
+                 y_offsets: list[int], x_weights: Optional[torch.Tensor],
+                 y_weights: Optional[torch.Tensor], kind: int, params: list[float], unbiased: bool,
+                 precision: str = "ieee") -> torch.Tensor:
+    """Call backend ``backend``'s ``mmd_segments`` forward op through autograd; returns the
+    float64 (B, 3) terms of every set.  ``x_offsets`` (B + 1 host ints, cumulative from 0),
+    ``y_offsets`` likewise or [0, M] (y shared by every set); weights None for unit weights.
+    Inputs are assumed validated (:mod:`wae_fast.segments`)."""
+    x, y = x.contiguous(), y.contiguous()
+    ct = compute_dtype(x.dtype)
+    xw = x.new_empty((0,), dtype=ct) if x_weights is None else x_weights.contiguous()
+    yw = y.new_empty((0,), dtype=ct) if y_weights is None else y_weights.contiguous()
+    num_sets = len(x_offsets) - 1
+    shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
+    xo = torch.tensor(x_offsets, dtype=torch.int64, device=x.device)
+    yo = torch.tensor(y_offsets, dtype=torch.int64, device=x.device)
+    return op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind),
+                                               [float(p) for p in params], bool(unbiased), precision)

@@ -72,7 +72,8 @@ class Backend:
 #: Every backend: its module and its capabilities.  A new backend is one entry here.
 BACKEND_TABLE: dict[str, Backend] = {
     "reference": Backend("wae_fast.reference", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), estimators=MMD_ESTIMATORS + PRIOR_ESTIMATORS)),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"),
+        estimators=MMD_ESTIMATORS + PRIOR_ESTIMATORS)),
     "cpp": Backend("wae_fast.cpp_backend", Capabilities(
         families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cpu",), max_scales=16)),
     "triton": Backend("wae_fast.kernels.backend", Capabilities(
