@@ -82,6 +82,31 @@ Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul`
   poly_eval), gx_i = 2 (rowsum(W)_i x_i - (W y)_i) (polynomial: -2 (W y)_i), gy likewise over
   columns.  The gradient to v is K(y, x) @ grad_out: the forward op with x and y swapped.
 
+Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``mmd``)::
+
+    wae_fast::mmd_segments_fwd_B(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets,
+                                 Tensor x_weights, Tensor y_weights, Tensor shifts, int kind,
+                                 float[] params, bool unbiased, str precision) -> Tensor terms
+    wae_fast::mmd_segments_bwd_B(Tensor grad_terms, Tensor terms, <the forward's inputs>,
+                                 bool grad_x, bool grad_y, bool grad_xw, bool grad_yw)
+        -> (Tensor gx, Tensor gy, Tensor gxw, Tensor gyw)
+
+* ``x`` (sum_b N_b, d), ``y`` (sum_b M_b, d) (one device and dtype, contiguous);
+  ``x_offsets`` int64 (B + 1,) cumulative from 0 (cu_seqlens), on the inputs' device;
+  ``y_offsets`` likewise, or (2,) = [0, M] when y is shared by every set (B = 1: the same thing);
+  the glue has validated them (backends read them on the host; a GPU backend may copy them).
+* ``x_weights`` (sum_b N_b,) / ``y_weights`` in the compute dtype, or (0,) for unit weights;
+  ``shifts`` (B, d) in the compute dtype: set b's points are shifted by shifts[b] (the glue passes
+  the mean of the set's y rows with non-zero weight, zeros for the polynomial).
+* ``terms`` float64 (B, 3): set b's weighted (mean k(x,x'), mean k(y,y'), mean k(x,y)), with
+  reliability weights w (x), v (y): self terms sum_ij w_i w_j k_ij / (sum w)^2 (biased) or over
+  i != j divided by sum_{i != j} w_i w_j (unbiased), cross term sum_ij w_i v_j k_ij / (sum w sum v).
+  A row with weight 0 never contributes and its coordinates are not read; a negative or
+  non-finite weight, or a zero denominator, makes that set's terms NaN.
+* ``mmd_segments_bwd_B`` returns the gradients of sum_b grad_terms[b] . terms[b] (grad_terms
+  float64 (B, 3)) to x, y (input dtype) and the weights (their dtype), or (0,) where the flag is
+  off; ``terms`` are the forward's.  Formulas: :mod:`wae_fast.segment_sums`.
+
 The other estimators of ``mmd_to_prior`` ("closed_form", "linear") are not ops: PyTorch code in
 :mod:`wae_fast.prior` that only the reference backend declares (``dispatch`` routes "auto" there
 and refuses them, naming the limit, on the other backends).

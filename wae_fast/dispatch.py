@@ -75,9 +75,10 @@ BACKEND_TABLE: dict[str, Backend] = {
         families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"),
         estimators=MMD_ESTIMATORS + PRIOR_ESTIMATORS)),
     "cpp": Backend("wae_fast.cpp_backend", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cpu",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"), devices=("cpu",),
+        max_scales=16)),
     "triton": Backend("wae_fast.kernels.backend", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cuda", "cpu"))),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"), devices=("cuda", "cpu"))),
     "cuda": Backend("wae_fast.cuda_backend", Capabilities(
         families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cuda",), max_scales=16)),
     # the cuda sources emulated on the CPU, for testing: never in AUTO_ORDER

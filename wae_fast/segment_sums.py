@@ -166,3 +166,81 @@ def segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_we
     return (gx.to(x.dtype) if grad_x else empty, gy.to(y.dtype) if grad_y else empty,
             gxw.to(x_weights.dtype) if grad_xw else empty,
             gyw.to(y_weights.dtype) if grad_yw else empty)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised combination for backends whose kernels produce the row sums of every set at once
+# (triton): "virtual rows" list each set's rows one after another (a shared y appears once per
+# set), so that per-set sums are index_add reductions over a set id per virtual row.
+
+
+class Sides:
+    """Host layout of the sets: the x and y virtual rows, their set ids and real row indices."""
+
+    def __init__(self, x_offsets, y_offsets, device):
+        self.ranges = ranges(x_offsets, y_offsets)
+        self.nsets = len(self.ranges)
+        xs = [r for r, _ in self.ranges]
+        ys = [r for _, r in self.ranges]
+        self.x_base = [s for s, _ in xs]  # x virtual rows are the x rows
+        self.y_base, total = [], 0
+        for s, e in ys:
+            self.y_base.append(total)
+            total += e - s
+        self.ny_virtual = total
+        self.x_rows = torch.arange(xs[-1][1], device=device)
+        self.y_rows = torch.cat([torch.arange(s, e, device=device) for s, e in ys])
+        counts_x = torch.tensor([e - s for s, e in xs], device=device)
+        counts_y = torch.tensor([e - s for s, e in ys], device=device)
+        ids = torch.arange(self.nsets, device=device)
+        self.x_seg = torch.repeat_interleave(ids, counts_x)
+        self.y_seg = torch.repeat_interleave(ids, counts_y)
+
+
+def side_stats(w, seg, nsets, unbiased):
+    """Per set (sum w, D) in float64 (NaN for a negative or non-finite weight)."""
+    wd = w.double()
+    z = torch.zeros((nsets,), dtype=torch.float64, device=w.device)
+    total = z.index_add(0, seg, wd)
+    sq = z.index_add(0, seg, wd * wd)
+    bad = z.index_add(0, seg, ((wd < 0) | ~torch.isfinite(wd)).double()) > 0
+    den = total * total - sq if unbiased else total * total
+    nan = torch.full_like(total, float("nan"))
+    return torch.where(bad, nan, total), torch.where(bad, nan, den)
+
+
+def seg_dot(w, s, seg, nsets):
+    """Per set sum_i w_i s_i over the rows with w_i != 0."""
+    z = torch.zeros((nsets,), dtype=torch.float64, device=s.device)
+    return z.index_add(0, seg, torch.where(w != 0, w.double() * s, torch.zeros_like(s)))
+
+
+def combine_terms(sides, wx, wy, sxx, sxy, syy, unbiased):
+    """(B, 3) terms from the virtual-row sums (wx, wy: virtual-row weights)."""
+    sw, dx = side_stats(wx, sides.x_seg, sides.nsets, unbiased)
+    sv, dy = side_stats(wy, sides.y_seg, sides.nsets, unbiased)
+    return torch.stack([seg_dot(wx, sxx, sides.x_seg, sides.nsets) / dx,
+                        seg_dot(wy, syy, sides.y_seg, sides.nsets) / dy,
+                        seg_dot(wx, sxy, sides.x_seg, sides.nsets) / (sw * sv)], 1)
+
+
+def combine_side_grads(w, seg, w_other, seg_other, nsets, g, terms, self_col, s_self, s_cross,
+                       g_self, g_cross, unbiased):
+    """Virtual-row gradients of one side: (coordinates (rows, d) or None, weights or None).
+    ``self_col``: 0 for x (terms column 0), 1 for y; the cross term is column 2."""
+    sa, da = side_stats(w, seg, nsets, unbiased)
+    sb, _ = side_stats(w_other, seg_other, nsets, unbiased)
+    gs, gc = g[:, self_col][seg], g[:, 2][seg]
+    wd = w.double()
+    gp = gw = None
+    if g_self is not None:
+        c_self = (4.0 * gs / da[seg]) * wd
+        c_cross = (2.0 * gc / (sa[seg] * sb[seg])) * wd
+        ct = g_self.dtype
+        gp = c_self.to(ct)[:, None] * g_self + c_cross.to(ct)[:, None] * g_cross
+        gp = torch.where((w != 0)[:, None], gp, torch.zeros((), dtype=ct, device=gp.device))
+    if s_self is not None:
+        dd = 2.0 * (sa[seg] - wd) if unbiased else 2.0 * sa[seg]
+        gw = (gs * (2.0 * s_self - terms[:, self_col][seg] * dd) / da[seg]
+              + gc * (s_cross / sb[seg] - terms[:, 2][seg]) / sa[seg])
+    return gp, gw
