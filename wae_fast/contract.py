@@ -559,6 +559,9 @@ def segment_shifts(kind: int, y: torch.Tensor, y_offsets: list[int], y_weights: 
         return y.new_zeros((num_sets, d), dtype=ct)
     yd = y.detach().to(ct)
     counts = [e - s for s, e in zip(y_offsets[:-1], y_offsets[1:])]
+    if y_weights.numel() == 0 and len(set(counts)) == 1:  # equal sets (batched): a view, one mean
+        mean = yd.view(len(counts), counts[0], d).mean(1)
+        return (mean.expand(num_sets, d) if len(counts) == 1 else mean).contiguous()
     if y_weights.numel() > 0:
         keep = (y_weights.detach() != 0)
         yd = torch.where(keep[:, None], yd, torch.zeros((), dtype=ct, device=y.device))
