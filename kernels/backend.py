@@ -235,39 +235,15 @@ def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, p
 
 
 # ----------------------------------------------------------------------------------------------
-# mmd_segments: the row passes of every set in one launch per term (kernels/segments.py), the
-# per-set reductions vectorised in torch (wae_fast.segment_sums)
+# mmd_segments: the row passes of every set in one launch per term (kernels/segments.py); the
+# task tables and per-set reductions are wae_fast.segment_sums' (shared with the cuda backend)
 
 
-def _seg_setup(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, precision):
-    ct = compute_dtype(x.dtype)
-    X, Y = x.to(ct).contiguous(), y.to(ct).contiguous()
-    sides = segment_sums.Sides(x_offsets, y_offsets, x.device)
-    ones = lambda n: torch.ones((n,), dtype=ct, device=x.device)  # noqa: E731
-    xw = x_weights.to(ct).contiguous() if x_weights.numel() else x_weights.new_empty((0,), dtype=ct)
-    yw = y_weights.to(ct).contiguous() if y_weights.numel() else y_weights.new_empty((0,), dtype=ct)
-    wx = xw if xw.numel() else ones(x.shape[0])
-    wy = yw[sides.y_rows] if yw.numel() else ones(sides.ny_virtual)
-    env = dict(p=params_tensor(params, ct, x.device), kind=kind, prec=dot_precision(x.dtype, precision),
-               ct=ct, tct=tl_compute_dtype(x.dtype))
-    return X, Y, xw, yw, wx, wy, sides, shifts.to(ct).contiguous(), env
-
-
-def _seg_pass(a, c, cw, shifts, sets, n_out, self_pass, excl, grad, env):
-    tasks = _seg.tasks_for(sets, _seg.block_size(env["ct"]), a.device)
-    return _seg.row_pass(a, c, cw, shifts, env["p"], tasks, n_out, env["kind"], self_pass, excl, grad,
-                         env["prec"], env["ct"], env["tct"])
-
-
-def _seg_sets(sides, side, other):
-    """(set, r0, r1, c0, c1, o0) of every set: rows of ``side``, columns of ``other`` ('x'/'y')."""
-    out = []
-    for b, (xr, yr) in enumerate(sides.ranges):
-        rr = xr if side == "x" else yr
-        cr = xr if other == "x" else yr
-        o0 = rr[0] if side == "x" else sides.y_base[b]
-        out.append((b, rr[0], rr[1], cr[0], cr[1], o0))
-    return out
+def _seg_row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad, precision):
+    ct = a.dtype
+    with device_guard(a):
+        return _seg.row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad,
+                             dot_precision(ct, precision), ct, tl_compute_dtype(ct))
 
 
 def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
@@ -276,14 +252,8 @@ def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, k
     if x.shape[1] > _seg.MAX_D:
         return segment_sums.segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
                                           kind, params, unbiased, compute_dtype(x.dtype))
-    X, Y, xw, yw, wx, wy, sides, sh, env = _seg_setup(x, y, x_offsets, y_offsets, x_weights, y_weights,
-                                                      shifts, kind, params, precision)
-    with device_guard(x):
-        sxx, _ = _seg_pass(X, X, xw, sh, _seg_sets(sides, "x", "x"), x.shape[0], True, unbiased, False, env)
-        sxy, _ = _seg_pass(X, Y, yw, sh, _seg_sets(sides, "x", "y"), x.shape[0], False, False, False, env)
-        syy, _ = _seg_pass(Y, Y, yw, sh, _seg_sets(sides, "y", "y"), sides.ny_virtual, True, unbiased,
-                           False, env)
-    return segment_sums.combine_terms(sides, wx, wy, sxx, sxy, syy, unbiased)
+    return segment_sums.rows_fwd(_seg_row_pass, _seg.block_size(x.dtype), x, y, x_offsets, y_offsets,
+                                 x_weights, y_weights, shifts, kind, params, unbiased, precision)
 
 
 def mmd_segments_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
@@ -293,34 +263,9 @@ def mmd_segments_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y
         return segment_sums.segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights,
                                           y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
                                           grad_xw, grad_yw, compute_dtype(x.dtype))
-    X, Y, xw, yw, wx, wy, sides, sh, env = _seg_setup(x, y, x_offsets, y_offsets, x_weights, y_weights,
-                                                      shifts, kind, params, precision)
-    g, t = grad_terms.double(), terms.double()
-    nb = sides.nsets
-    empty = x.new_empty((0,))
-    gx = gy = gxw = gyw = empty
-    with device_guard(x):
-        if grad_x or grad_xw:
-            ss, gs = _seg_pass(X, X, xw, sh, _seg_sets(sides, "x", "x"), x.shape[0], True, unbiased, grad_x, env)
-            sc, gc = _seg_pass(X, Y, yw, sh, _seg_sets(sides, "x", "y"), x.shape[0], False, False, grad_x, env)
-            gp, gw = segment_sums.combine_side_grads(wx, sides.x_seg, wy, sides.y_seg, nb, g, t, 0, ss, sc,
-                                                     gs, gc, unbiased)
-            if grad_x:
-                gx = gp.to(x.dtype)
-            if grad_xw:
-                gxw = gw.to(x_weights.dtype)
-        if grad_y or grad_yw:
-            n = sides.ny_virtual
-            ss, gs = _seg_pass(Y, Y, yw, sh, _seg_sets(sides, "y", "y"), n, True, unbiased, grad_y, env)
-            sc, gc = _seg_pass(Y, X, xw, sh, _seg_sets(sides, "y", "x"), n, False, False, grad_y, env)
-            gp, gw = segment_sums.combine_side_grads(wy, sides.y_seg, wx, sides.x_seg, nb, g, t, 1, ss, sc,
-                                                     gs, gc, unbiased)
-            if grad_y:  # a shared y sums its sets' contributions
-                gy = torch.zeros_like(Y).index_add_(0, sides.y_rows, gp).to(y.dtype)
-            if grad_yw:
-                gyw = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device).index_add_(
-                    0, sides.y_rows, gw).to(y_weights.dtype)
-    return gx, gy, gxw, gyw
+    return segment_sums.rows_bwd(_seg_row_pass, _seg.block_size(x.dtype), grad_terms, terms, x, y,
+                                 x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
+                                 unbiased, grad_x, grad_y, grad_xw, grad_yw, precision)
 
 
 _IMPLS = dict(fuses_grad=False, mmd_fwd=mmd_fwd, mmd_bwd=mmd_bwd,

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import params_tensor
 from .mmd import (INTERPRET, MAX_SQ_NORM_F32, MAX_SQ_NORM_F64, NAN, kernel_sum, padded_dim,
                   poly_sum, sq_dist)
 
@@ -106,20 +107,13 @@ def block_size(dtype: torch.dtype) -> int:
     return 64 if INTERPRET else 32
 
 
-def tasks_for(sets, block: int, device) -> torch.Tensor:
-    """int64 (T, 6) task table [set, r0, r1, c0, c1, o0] for ``sets`` = (set, row start, row end,
-    column start, column end, output start) tuples, cut into row tiles of ``block``."""
-    rows = []
-    for b, r0, r1, c0, c1, o0 in sets:
-        for i in range(r0, r1, block):
-            rows.append((b, i, min(i + block, r1), c0, c1, o0 + i - r0))
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6).to(device)
-
-
-def row_pass(a, c, cw, shifts, p, tasks, n_out, kind, self_pass, exclude_diag, need_grad, prec, ct,
-             tct):
-    """Launch one row pass over every task: returns s (n_out,) float64 and G (n_out, d) in ct
-    (or None).  a, c: (rows, d) in ct; cw: column weights (ct) or an empty tensor."""
+def row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, exclude_diag, need_grad, prec,
+             ct, tct):
+    """Launch one row pass over every task of the int64 (T, 6) table [set, r0, r1, c0, c1, o0]
+    (:func:`wae_fast.segment_sums.task_table`): returns s (n_out,) float64 and G (n_out, d) in ct
+    (or None).  a, c: (rows, d) in ct; cw: column weights (ct) or an empty tensor; params: the
+    kernel's params (host floats)."""
+    p = params_tensor(params, ct, a.device)
     d = a.shape[1]
     s = torch.zeros((n_out,), dtype=torch.float64, device=a.device)
     g = torch.zeros((n_out, d), dtype=ct, device=a.device) if need_grad else s

@@ -314,3 +314,12 @@ def test_auto_routes_to_a_backend_that_implements_the_family():
         if "mmd_segments" not in entry.caps.families:
             with pytest.raises(ValueError, match="does not implement the mmd_segments op family"):
                 wae_fast.mmd_batched(torch.randn(2, 3, 2), torch.randn(2, 3, 2), backend=other)
+
+
+def test_bench_segments_tiny_runs(capsys):
+    """The benchmark script's smoke run (tiny shapes, one rep) prints every row."""
+    from benchmarks import bench_segments
+
+    bench_segments.main(["--tiny", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert out.count("| batched") == 16 and out.count("| ragged") == 12 and out.count("| single") == 4

@@ -80,10 +80,11 @@ BACKEND_TABLE: dict[str, Backend] = {
     "triton": Backend("wae_fast.kernels.backend", Capabilities(
         families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"), devices=("cuda", "cpu"))),
     "cuda": Backend("wae_fast.cuda_backend", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cuda",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"), devices=("cuda",),
+        max_scales=16)),
     # the cuda sources emulated on the CPU, for testing: never in AUTO_ORDER
     "cuda_emu": Backend("wae_fast.cuda_emu_backend", Capabilities(
-        families=("mmd", "reparam", "prior"), devices=("cpu",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "mmd_segments"), devices=("cpu",), max_scales=16)),
 }
 
 BACKENDS: tuple[str, ...] = tuple(BACKEND_TABLE)

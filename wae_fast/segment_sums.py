@@ -244,3 +244,119 @@ def combine_side_grads(w, seg, w_other, seg_other, nsets, g, terms, self_col, s_
         gw = (gs * (2.0 * s_self - terms[:, self_col][seg] * dd) / da[seg]
               + gc * (s_cross / sb[seg] - terms[:, 2][seg]) / sa[seg])
     return gp, gw
+
+
+def task_table(sets, block: int, device) -> torch.Tensor:
+    """int64 (T, 6) task table [set, r0, r1, c0, c1, o0] of the row-pass kernels: ``sets`` =
+    (set, row start, row end, column start, column end, output start) per set, cut into row
+    tiles of ``block`` (o0: the output row of the tile's first row)."""
+    rows = []
+    for b, r0, r1, c0, c1, o0 in sets:
+        for i in range(r0, r1, block):
+            rows.append((b, i, min(i + block, r1), c0, c1, o0 + i - r0))
+    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6).to(device)
+
+
+def _pass_sets(sides, side, other):
+    """(set, r0, r1, c0, c1, o0) of every set: rows of ``side``, columns of ``other`` ('x'/'y');
+    x rows are output at their own index, y rows at their virtual index."""
+    out = []
+    for b, (xr, yr) in enumerate(sides.ranges):
+        rr = xr if side == "x" else yr
+        cr = xr if other == "x" else yr
+        out.append((b, rr[0], rr[1], cr[0], cr[1], rr[0] if side == "x" else sides.y_base[b]))
+    return out
+
+
+def _rows_setup(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts):
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    X, Y = x.to(ct).contiguous(), y.to(ct).contiguous()
+    sides = Sides(x_offsets, y_offsets, x.device)
+    xw = x_weights.to(ct).contiguous() if x_weights.numel() else x.new_empty((0,), dtype=ct)
+    yw = y_weights.to(ct).contiguous() if y_weights.numel() else y.new_empty((0,), dtype=ct)
+    wx = xw if xw.numel() else torch.ones((x.shape[0],), dtype=ct, device=x.device)
+    wy = yw[sides.y_rows] if yw.numel() else torch.ones((sides.ny_virtual,), dtype=ct, device=x.device)
+    return X, Y, xw, yw, wx, wy, sides, shifts.to(ct).contiguous()
+
+
+def rows_fwd(row_pass_fn, block, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
+             params, unbiased, precision):
+    """Contract forward for a backend with a row-pass kernel ``row_pass_fn(a, c, cw, shifts,
+    params, tasks, n_out, kind, self_pass, exclude_diag, need_grad, precision) -> (s, G)``: three
+    launches (xx, xy, yy), each over the tiles of every set, then the per-set reductions."""
+    X, Y, xw, yw, wx, wy, sides, sh = _rows_setup(x, y, x_offsets, y_offsets, x_weights, y_weights,
+                                                  shifts)
+
+    def run(a, c, cw, side, other, n_out, self_pass, excl):
+        tasks = task_table(_pass_sets(sides, side, other), block, x.device)
+        return row_pass_fn(a, c, cw, sh, params, tasks, n_out, kind, self_pass, excl, False,
+                           precision)[0]
+
+    sxx = run(X, X, xw, "x", "x", x.shape[0], True, unbiased)
+    sxy = run(X, Y, yw, "x", "y", x.shape[0], False, False)
+    syy = run(Y, Y, yw, "y", "y", sides.ny_virtual, True, unbiased)
+    return combine_terms(sides, wx, wy, sxx, sxy, syy, unbiased)
+
+
+def rows_bwd(row_pass_fn, block, grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights,
+             shifts, kind, params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
+    """Contract backward for a backend with a row-pass kernel (see :func:`rows_fwd`): the self
+    and cross passes of each side with G, then the gradient formulas of the module doc (a shared
+    y sums its sets' contributions)."""
+    X, Y, xw, yw, wx, wy, sides, sh = _rows_setup(x, y, x_offsets, y_offsets, x_weights, y_weights,
+                                                  shifts)
+    g, t = grad_terms.double(), terms.double()
+    empty = x.new_empty((0,))
+    gx = gy = gxw = gyw = empty
+
+    def run(a, c, cw, side, other, n_out, self_pass, excl, need):
+        tasks = task_table(_pass_sets(sides, side, other), block, x.device)
+        return row_pass_fn(a, c, cw, sh, params, tasks, n_out, kind, self_pass, excl, need, precision)
+
+    if grad_x or grad_xw:
+        ss, gs = run(X, X, xw, "x", "x", x.shape[0], True, unbiased, grad_x)
+        sc, gc = run(X, Y, yw, "x", "y", x.shape[0], False, False, grad_x)
+        gp, gw = combine_side_grads(wx, sides.x_seg, wy, sides.y_seg, sides.nsets, g, t, 0, ss, sc,
+                                    gs, gc, unbiased)
+        gx = gp.to(x.dtype) if grad_x else empty
+        gxw = gw.to(x_weights.dtype) if grad_xw else empty
+    if grad_y or grad_yw:
+        n = sides.ny_virtual
+        ss, gs = run(Y, Y, yw, "y", "y", n, True, unbiased, grad_y)
+        sc, gc = run(Y, X, xw, "y", "x", n, False, False, grad_y)
+        gp, gw = combine_side_grads(wy, sides.y_seg, wx, sides.x_seg, sides.nsets, g, t, 1, ss, sc,
+                                    gs, gc, unbiased)
+        if grad_y:
+            gy = torch.zeros_like(Y).index_add_(0, sides.y_rows, gp).to(y.dtype)
+        if grad_yw:
+            gyw = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device).index_add_(
+                0, sides.y_rows, gw).to(y_weights.dtype)
+    return gx, gy, gxw, gyw
+
+
+def row_pass_ops(row_pass_fn, block: int, max_d: int):
+    """(forward, backward) implementations of the contract for a backend whose extension
+    provides ``row_pass_fn`` (see :func:`rows_fwd`); feature dimensions above ``max_d`` run the
+    reference's per-set passes instead."""
+
+    def fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
+            precision):
+        if x.shape[1] > max_d:
+            ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+            return segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
+                                 params, unbiased, ct)
+        return rows_fwd(row_pass_fn, block, x, y, x_offsets, y_offsets, x_weights, y_weights,
+                        shifts, kind, params, unbiased, precision)
+
+    def bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
+            params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
+        if x.shape[1] > max_d:
+            ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+            return segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights,
+                                 y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
+                                 grad_xw, grad_yw, ct)
+        return rows_bwd(row_pass_fn, block, grad_terms, terms, x, y, x_offsets, y_offsets,
+                        x_weights, y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
+                        grad_xw, grad_yw, precision)
+
+    return fwd, bwd
