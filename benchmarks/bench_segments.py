@@ -2,6 +2,7 @@
 single ``mmd`` calls and the dense batched formula in plain PyTorch (``torch.cdist`` on (B, N, d)).
 
     python -m benchmarks.bench_segments [--device cpu|cuda] [--backend auto] [--reps 5] [--tiny]
+                                        [--threads T] [--clock wall|cpu]
 
 Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
 
@@ -15,6 +16,8 @@ x and y), ``loop`` (one ``mmd`` call per set), ``dense`` (the (B, N, N) kernel m
 methods of a row interleaved in one process (the load of a shared machine moves between rows).
 ``ns/pair``: time over the pairs of the estimator, counted as ordered pairs sum_b (N_b^2 + M_b^2 +
 N_b M_b), the same count for every method and the single call.  Output: a markdown table on stdout.
+``--clock cpu`` times the process CPU time (``time.process_time``) instead of the wall clock: with
+``--threads 1`` on a shared, overloaded machine it is the steadier measure of the work done.
 """
 from __future__ import annotations
 
@@ -54,6 +57,9 @@ def _time(fn, reps):
     return out
 
 
+_CLOCK = time.perf_counter
+
+
 def _run(methods, reps, grad):
     """Interleaved: each rep runs every method once; median seconds per method."""
     for f in methods.values():
@@ -61,9 +67,9 @@ def _run(methods, reps, grad):
     times = {k: [] for k in methods}
     for _ in range(reps):
         for k, f in methods.items():
-            t0 = time.perf_counter()
+            t0 = _CLOCK()
             f(grad)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(_CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -82,7 +88,13 @@ def main(argv=None) -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tiny", action="store_true", help="small shapes (a smoke run)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     a = ap.parse_args(argv)
+    global _CLOCK
+    _CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dev, be = a.device, a.backend
     g = torch.Generator().manual_seed(0)
     B, N, single = (8, 16, 256) if a.tiny else (256, 64, 4096)
@@ -90,7 +102,7 @@ def main(argv=None) -> None:
     rb = 8 if a.tiny else 64
     print(f"# mmd_segments benchmark: device {dev}, backend {be} "
           f"({wae_fast.which_backend(dev, be, family='mmd_segments')}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, reps {a.reps}\n")
+          f"threads {torch.get_num_threads()}, reps {a.reps}, clock {a.clock}\n")
     print("| row | d | pass | method | median s | ns/pair | vs loop |")
     print("|---|---|---|---|---|---|---|")
     for d in (8, 64):
