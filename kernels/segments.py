@@ -20,11 +20,15 @@ import triton
 import triton.language as tl
 
 from .launch import params_tensor
-from .mmd import (INTERPRET, MAX_SQ_NORM_F32, MAX_SQ_NORM_F64, NAN, kernel_sum, padded_dim,
-                  poly_sum, sq_dist)
+from .mmd import (INTERPRET, MAX_SQ_NORM_F32, MAX_SQ_NORM_F64, kernel_sum, padded_dim, poly_sum,
+                  sq_dist)
 
 #: Largest feature dimension of the one-tile kernel (a (BLOCK, d) tile of A stays resident).
 MAX_D = 256
+
+# No NaN global: compiled Triton re-checks the globals a kernel read at each launch with `!=`, and
+# NaN != NaN fails that check; INF - INF is NaN.
+SEG_INF = tl.constexpr(float("inf"))
 
 
 @triton.jit
@@ -54,7 +58,7 @@ def _seg_rows_kernel(
     else:
         lim = MAX_SQ_NORM_F32
     na = tl.sum(a * a, 1)
-    na = tl.where(na <= lim, na, NAN)
+    na = tl.where(na <= lim, na, SEG_INF - SEG_INF)
     s = tl.zeros((BLOCK,), dtype=tl.float64)
     rs = tl.zeros((BLOCK,), dtype=CT)
     acc = tl.zeros((BLOCK, DP), dtype=CT)
@@ -69,7 +73,7 @@ def _seg_rows_kernel(
         c = tl.load(C + cols[:, None] * D + dims[None, :], mask=keep[:, None] & dmask[None, :], other=0.0)
         c = tl.where(keep[:, None] & dmask[None, :], c.to(CT) - off[None, :], 0.0)
         nc = tl.sum(c * c, 1)
-        nc = tl.where(nc <= lim, nc, NAN)
+        nc = tl.where(nc <= lim, nc, SEG_INF - SEG_INF)
         ab = tl.dot(a, tl.trans(c), input_precision=PRECISION, out_dtype=CT)
         diag = rows[:, None] == cols[None, :]  # a self pass: A is C, rows and columns the same indices
         if KIND == 2:
