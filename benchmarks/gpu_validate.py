@@ -9,7 +9,9 @@ package installed installs it first when ``pip show wae_fast`` says it is not):
               measured ceilings (device copy bandwidth, fp32/tf32/bf16 GEMM rates)
     build     optional peers from .whl/ (pip install --no-index), then
               WAE_FAST_BUILD_CUDA=1 pip install --no-deps --no-build-isolation -e .
-    test      python -m pytest -q tests   (the CUDA tests run wherever a GPU is visible)
+    test      python -m pytest -q tests   (the CUDA tests run wherever a GPU is visible);
+              --pytest-args gpu: only what runs on the GPU, file by file, failures logged as they
+              happen (WAE_FAST_FAILLOG), within --test-budget seconds
     sanitize  benchmarks/sanitize_cases.py under compute-sanitizer memcheck and racecheck
     bench     the core matrix (benchmarks.rows.gpu_core, or --rows gpu-headline,gpu-nsweep,...)
     prior     MMD to the prior at scale (benchmarks/bench_prior.py --set gpu: N = 10M codes, M up
@@ -62,6 +64,7 @@ class Ctx:
         self.envjson = os.path.join(RESULTS, self.stem + "-env.json")
         self.python = sys.executable
         self.pytest_args = ""
+        self.test_budget = 430.0
 
     def files(self):
         return [self.md, self.csv, self.log, self.envjson,
@@ -307,8 +310,15 @@ def stage_build(ctx: Ctx):
                 "print({k: v or 'available' for k, v in wae_fast.available_backends('cpu').items()})"],
                timeout=120, env={"PYTHONPATH": REPO})
         return
+    import torch
+
+    # Only this GPU's architecture, and no cuda_emu (the CPU emulation is tested off-GPU): the
+    # build is device time.
+    cc = "%d%d" % torch.cuda.get_device_capability(0)
     rc = ctx.sh([ctx.python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
-                timeout=420, env={"WAE_FAST_BUILD_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 8)}, md_tail=25)
+                timeout=420, env={"WAE_FAST_BUILD_CUDA": "1", "WAE_FAST_BUILD_CUDA_EMU": "0",
+                                  "WAE_FAST_CUDA_ARCHS": os.environ.get("WAE_FAST_CUDA_ARCHS", cc),
+                                  "MAX_JOBS": str(os.cpu_count() or 8)}, md_tail=25)
     if rc != 0:
         ctx.say("**build with WAE_FAST_BUILD_CUDA=1 failed**; retrying without forcing the CUDA extension")
         ctx.sh([ctx.python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
@@ -334,12 +344,64 @@ def stage_test(ctx: Ctx):
         cmd = [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_benchmarks.py"]
         env = {"PYTHONPATH": REPO}
     else:
+        import importlib.util
         import shlex
 
-        cmd = [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "--durations=10"]
-        cmd += shlex.split(ctx.pytest_args) if ctx.pytest_args else ["tests"]
+        cmd = [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", "--durations=10"]
+        if importlib.util.find_spec("xdist") and ctx.pytest_args != "serial":
+            cmd += ["-n", str(min(12, max(1, (os.cpu_count() or 2) - 2)))]
+        if importlib.util.find_spec("pytest_timeout"):
+            cmd += ["--timeout", "120"]
         env = {}
+        if ctx.pytest_args and ctx.pytest_args not in ("gpu", "serial"):
+            runs = [shlex.split(ctx.pytest_args)]
+        elif ctx.pytest_args == "serial" or not ctx.pytest_args:
+            runs = [["tests"]]
+        else:  # "gpu": every test that runs on the GPU, file by file (a crash or a sticky CUDA
+            # error stays in its file), the files most likely to find kernel bugs first
+            runs = [["-m", "not cuda_emu" if "triton" in f else "cuda", f] for f in GPU_TEST_FILES]
+        # each failure is logged as it happens: a run killed at its budget still says what failed
+        faillog = os.path.join(ctx.out_dir or RESULTS, ctx.stem + "-fails.txt")
+        env["WAE_FAST_FAILLOG"] = faillog
+        t0 = time.time()
+        for args in runs:
+            left = ctx.test_budget - (time.time() - t0)
+            if left < 30:
+                ctx.say(f"test budget spent: not run: {' '.join(args)}")
+                continue
+            ctx.sh(cmd + args, timeout=left, env=env, md_tail=6)
+        _summarise_failures(ctx, faillog)
+        return
     ctx.sh(cmd, timeout=430, env=env, md_tail=40)
+
+
+GPU_TEST_FILES = ["tests/test_triton_launch_rules.py", "tests/test_kernel_matmul.py", "tests/test_cuda_backend.py",
+                  "tests/test_backends.py", "tests/test_triton_backend.py", "tests/test_triton_prior.py",
+                  "tests/test_prior_backends.py", "tests/test_sampling.py", "tests/test_two_sample.py",
+                  "tests/test_kid.py", "tests/test_hostile.py"]
+
+
+def _summarise_failures(ctx: Ctx, faillog: str):
+    """Failed tests per test function and the first error line of each, counted (the report's
+    short form of the failure log, which is kept beside it)."""
+    import collections
+    import re
+
+    if not os.path.exists(faillog):
+        ctx.say("no failure logged")
+        return
+    text = open(faillog, errors="replace").read()
+    blocks = text.split("=== ")[1:]
+    tests = collections.Counter(re.sub(r"\[.*", "", b.split("\n", 1)[0]) for b in blocks)
+    errors = collections.Counter(next((ln.strip()[:200] for ln in b.splitlines() if ln.startswith("E ")), "?")
+                                 for b in blocks)
+    ctx.say(f"\n{len(blocks)} failure(s) logged in {os.path.basename(faillog)}:\n```")
+    for name, n in tests.most_common(30):
+        ctx.say(f"{n:4d}  {name}")
+    ctx.say("--")
+    for line, n in errors.most_common(20):
+        ctx.say(f"{n:4d}  {line}")
+    ctx.say("```")
 
 
 def stage_sanitize(ctx: Ctx):
@@ -418,12 +480,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="gpu-core", help="row sets for the bench stage (comma-separated)")
     ap.add_argument("--budget", type=float, default=400.0, help="bench stage: start no row after this many s")
     ap.add_argument("--out-dir", default=os.environ.get("OUT") or None)
-    ap.add_argument("--pytest-args", default="", help='test stage: instead of "tests", e.g. "tests/test_mmd.py -k cuda"')
+    ap.add_argument("--pytest-args", default="", help='test stage: instead of "tests", e.g. "tests/test_mmd.py -k cuda"; '
+                    '"gpu": only the tests that run on the GPU (-m cuda, and the Triton files); "serial": no xdist')
+    ap.add_argument("--test-budget", type=float, default=430.0, help="test stage: seconds for all its pytest runs")
     a = ap.parse_args(argv)
     import torch
 
     ctx = Ctx(a.dry_run or not torch.cuda.is_available(), a.out_dir, a.rows, a.budget)
     ctx.pytest_args = a.pytest_args
+    ctx.test_budget = a.test_budget
     if not torch.cuda.is_available():
         print("NO GPU FOUND (torch.cuda.is_available() is False): running as a DRY RUN at tiny sizes on CPU", flush=True)
     _header(ctx)

@@ -115,6 +115,21 @@ def gpu_misc() -> list[Row]:
     return rows
 
 
+def gpu_first() -> list[Row]:
+    """A first look that fits one short device call after the tests: the headline row of our two
+    GPU backends (and the plain-PyTorch peers), the training regime (N = M = 256, d = 8 and
+    1024, d = 64: host overhead and launches included) and a short N / d sweep."""
+    s = "gpu-first"
+    rows = _rows(s, ("cuda", "triton"), [65536], [64])
+    rows += _rows(s, ("cuda", "triton", "naive"), [256], [8])
+    rows += _rows(s, ("cuda", "triton", "naive"), [1024], [64])
+    rows += _rows(s, ("reference", "naive"), [65536], [64])
+    rows += _rows(s, ("cuda", "triton"), [4096, 16384], [64])
+    rows += _rows(s, ("cuda", "triton"), [65536], [8])
+    rows += _rows(s, ("compiled",), [4096], [64])
+    return rows
+
+
 def gpu_core() -> list[Row]:
     return gpu_headline() + gpu_nsweep() + gpu_dsweep() + gpu_misc() + gpu_1m()  # slowest last
 
@@ -134,7 +149,7 @@ def tiny() -> list[Row]:
 
 ROW_SETS: dict[str, Callable[[], list[Row]]] = {
     "cpu": cpu_all, "cpu-targets": cpu_targets, "cpu-sweep": cpu_sweep,
-    "gpu-core": gpu_core, "gpu-headline": gpu_headline, "gpu-nsweep": gpu_nsweep,
+    "gpu-core": gpu_core, "gpu-first": gpu_first, "gpu-headline": gpu_headline, "gpu-nsweep": gpu_nsweep,
     "gpu-dsweep": gpu_dsweep, "gpu-1m": gpu_1m, "gpu-misc": gpu_misc, "tiny": tiny,
 }
 

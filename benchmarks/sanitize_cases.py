@@ -51,10 +51,39 @@ def prior_cases(backend: str, dev: str, g: torch.Generator) -> int:
     return fails
 
 
+def kmm_cases(backend: str, dev: str, g: torch.Generator) -> int:
+    """kernel_matmul K(x, y) @ v forward and backward (x, y, v) vs the reference backend."""
+    from wae_fast.kernel_matmul import kernel_matmul
+    fails = 0
+    for (n, m, d, p) in ((37, 53, 3, 1), (130, 70, 64, 5), (5, 300, 257, 17)):
+        for spec in (IMQ(), RBF(bandwidth=(0.5, 2.0))):
+            tag = f"{backend} kernel_matmul N={n} M={m} d={d} P={p} {type(spec).__name__}"
+            try:
+                ins = [torch.randn(*s, generator=g).to(dev).requires_grad_(True) for s in ((n, d), (m, d), (m, p))]
+                out = kernel_matmul(*ins, spec, backend=backend)
+                w = torch.randn(n, p, generator=g).to(dev)
+                grads = torch.autograd.grad((out * w).sum(), ins)
+                refs = [t.detach().double().requires_grad_(True) for t in ins]
+                ref = kernel_matmul(*refs, spec, backend="reference")
+                rgrads = torch.autograd.grad((ref * w.double()).sum(), refs)
+                err = float((out.double() - ref).norm() / ref.norm())
+                gerr = max(float((a.double() - b).norm() / (b.norm() + 1e-30)) for a, b in zip(grads, rgrads))
+                ok = err < 1e-4 and gerr < 1e-3
+                fails += not ok
+                print(f"{'ok  ' if ok else 'FAIL'} {tag}: rel err {err:.2e}, grad rel err {gerr:.2e}")
+            except Exception as exc:  # report, keep going
+                fails += 1
+                print(f"FAIL {tag}: {type(exc).__name__}: {exc}")
+    return fails
+
+
 def main() -> int:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     av = wae_fast.available_backends(dev)
     backends = [b for b in ("triton", "cuda") if av[b] is None]
+    only = os.environ.get("WAE_FAST_SANITIZE_BACKENDS")  # e.g. "cuda": skip Triton's JIT under the sanitizer
+    if only:
+        backends = [b for b in backends if b in only.split(",")]
     for b in ("triton", "cuda"):
         if av[b] is not None:
             print(f"skip backend {b} on {dev}: {av[b]}")
@@ -93,6 +122,7 @@ def main() -> int:
                         fails += 1
                         print(f"FAIL {tag}: {type(exc).__name__}: {exc}")
         if backend != "reference":
+            fails += kmm_cases(backend, dev, g)
             fails += prior_cases(backend, dev, g)
         try:
             mu = torch.randn(33, 17, generator=g).to(dev).requires_grad_(True)

@@ -98,7 +98,8 @@ PRIMARY_YY = (64, 4)
 
 
 @triton.autotune(configs=tune_configs("fwd"), key=["D", "SIZE_BUCKET", "NUM_SCALES", "KIND", "GEN_A"],
-                 prune_configs_by={"early_config_prune": _prune_prior_fwd})
+                 prune_configs_by={"early_config_prune": _prune_prior_fwd},
+                 restore_value=["PART"])  # as kernels/mmd.py's forward: PART is sized for MIN_BLOCK
 @triton.heuristics(HEURISTICS)
 @triton.jit
 def _prior_fwd_kernel(

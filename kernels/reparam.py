@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NAN = tl.constexpr(float("nan"))
+INF = tl.constexpr(float("inf"))  # no NaN global: see kernels/mmd.py (INF - INF is NaN)
 
 
 @triton.jit
@@ -24,7 +24,7 @@ def _reparam_fwd_kernel(MU, LV, Z, n, seed, CT: tl.constexpr, BLOCK: tl.constexp
     lv = tl.load(LV + offs, mask=mask, other=0.0).to(CT)
     eps = tl.randn(seed, offs).to(CT)
     z = mu + tl.exp(lv * 0.5) * eps
-    z = tl.where((mu - mu) + (lv - lv) == 0.0, z, NAN)  # x - x is 0 only for finite x
+    z = tl.where((mu - mu) + (lv - lv) == 0.0, z, INF - INF)  # x - x is 0 only for finite x
     tl.store(Z + offs, z.to(Z.dtype.element_ty), mask=mask)
 
 
@@ -36,5 +36,5 @@ def _reparam_bwd_kernel(GZ, LV, GLV, n, seed, CT: tl.constexpr, BLOCK: tl.conste
     lv = tl.load(LV + offs, mask=mask, other=0.0).to(CT)
     eps = tl.randn(seed, offs).to(CT)
     g = gz * eps * tl.exp(lv * 0.5) * 0.5
-    g = tl.where(lv - lv == 0.0, g, NAN)
+    g = tl.where(lv - lv == 0.0, g, INF - INF)
     tl.store(GLV + offs, g.to(GLV.dtype.element_ty), mask=mask)

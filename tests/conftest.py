@@ -12,6 +12,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The cuda_emu backend's sanitizer checks (memcheck, initcheck, racecheck of the emulated CUDA
+# kernels; off in a plain call, README "cuda_emu") run on every emulated launch of the suite.
+os.environ.setdefault("WAE_CUDA_EMU_CHECKS", "all")
 
 import wae_fast  # noqa: E402
 from wae_fast.dispatch import BACKENDS, unavailable_reason  # noqa: E402
@@ -84,3 +87,14 @@ def pytest_report_header(config):
     # how the compiled CPU backend is provided (built at install, cached, first use)
     lines.append("wae_fast cpp: " + wae_fast.available_backends("cpu", detail=True)["cpp"])
     return lines
+
+
+def pytest_runtest_logreport(report):
+    """With WAE_FAST_FAILLOG set, each failure is appended to that file as it happens (under
+    xdist too), so a run killed at a device-time limit still says what failed and why."""
+    path = os.environ.get("WAE_FAST_FAILLOG")
+    if not path or not report.failed:
+        return
+    text = getattr(report, "longreprtext", "") or str(report.longrepr)
+    with open(path, "a") as fh:
+        fh.write(f"=== {report.nodeid} ({report.when})\n{text[-4000:]}\n")

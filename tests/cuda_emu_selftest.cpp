@@ -6,6 +6,7 @@
 #include "prelude.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@ namespace {
 int failures = 0;
 void check(bool ok, const char* name, const std::string& why = "") {
   std::printf("%s %s%s%s\n", ok ? "OK" : "FAIL", name, ok ? "" : ": ", ok ? "" : why.c_str());
+  if (ok && !why.empty() && std::getenv("WAE_SELFTEST_VERBOSE")) std::printf("    %s\n", why.c_str());  // the message
   failures += !ok;
 }
 std::string last_error() {
@@ -115,6 +117,85 @@ __global__ void slice_overflow(float* out) {
   out[threadIdx.x] = second[threadIdx.x];
 }
 
+// --- broken kernels for the sanitizer checks (WAE_CUDA_EMU_CHECKS) ---------------------------
+__global__ void global_off_by_one(const float* in, float* out, int n) {
+  const int t = threadIdx.x;
+  out[t] = in[t + 1];  // thread n - 1 reads in[n]
+  (void)n;
+}
+
+__global__ void raw_dynamic_overflow(float* out) {
+  WAE_DYN_SMEM(buf);
+  float* f = reinterpret_cast<float*>(buf);  // a raw pointer: no checked array, only memcheck
+  f[threadIdx.x + 16] = 1.0f;                // 64 floats of dynamic memory: threads 48.. overflow
+  __syncthreads();
+  out[threadIdx.x] = f[threadIdx.x];
+}
+
+__global__ void read_before_write_barrier(float* out) {
+  WAE_SHARED(float, s, 64);
+  const int t = threadIdx.x;
+  const float v = s[t];  // read before the barrier that follows the write
+  s[t] = float(t);
+  __syncthreads();
+  out[t] = v + s[t];
+}
+
+__global__ void read_unwritten_scratch(const float* scratch, float* out) {
+  out[threadIdx.x] = scratch[threadIdx.x];  // nobody wrote the scratch buffer
+}
+
+__global__ void missing_syncthreads(float* out) {
+  WAE_SHARED(float, s, 64);
+  const int t = threadIdx.x;
+  s[t] = float(t);
+  out[t] = s[63 - t];  // written by a thread of the other warp, no __syncthreads between
+}
+
+//! Warp-synchronous sum of 32 values: correct with __syncwarp between the steps, a lockstep
+//! assumption without.
+template <bool kSyncwarp>
+__global__ void warp_tree_sum(int* out) {
+  WAE_SHARED(int, s, 32);
+  const int lane = threadIdx.x;
+  s[lane] = lane + 1;
+  __syncwarp();
+  for (int o = 16; o > 0; o >>= 1) {
+    int v = 0;
+    if (lane < o) v = s[lane] + s[lane + o];
+    if (kSyncwarp) __syncwarp();
+    if (lane < o) s[lane] = v;
+    if (kSyncwarp) __syncwarp();
+  }
+  if (lane == 0) out[0] = s[0];
+}
+
+//! One source line with a barrier (an inlined helper) reached from two call sites: the first
+//! warp waits in the first call, the second warp in the second (one barrier on the GPU? no:
+//! a barrier in a branch not every thread takes).
+__device__ __forceinline__ void helper_barrier() { __syncthreads(); }
+__global__ void barrier_call_sites(int* out) {
+  if (threadIdx.x < 32) {
+    helper_barrier();
+    out[threadIdx.x] = 2;
+  }
+  helper_barrier();
+  out[threadIdx.x] += 1;
+}
+
+//! Block sum in shared memory, barriers between the steps: clean under every check.
+__global__ void block_tree_sum(const float* in, float* out) {
+  WAE_SHARED(float, red, 128);
+  const int t = threadIdx.x;
+  red[t] = in[t];
+  __syncthreads();
+  for (int s = 64; s > 0; s >>= 1) {
+    if (t < s) red[t] += red[t + s];
+    __syncthreads();
+  }
+  if (t == 0) out[0] = red[0];
+}
+
 __global__ void traps(int*) {
   if (blockIdx.x == 1 && threadIdx.x == 7) __trap();
 }
@@ -165,6 +246,7 @@ void ptx_models() {
 }  // namespace
 
 int main() {
+  unsetenv("WAE_CUDA_EMU_CHECKS");  // the emulator's own semantics first (NaN poison), checks below
   {  // barriers + static shared memory, 3 blocks
     std::vector<int> in(768), out(768, -1);
     for (int i = 0; i < 768; ++i) in[i] = i * 7;
@@ -255,6 +337,120 @@ int main() {
           "__trap names block and thread", e);
     WAE_LAUNCH((traps), 1, 2048, 0, nullptr, out.data());
     check(last_error().find("invalid configuration") != std::string::npos, "2048 threads per block refused");
+  }
+  {  // sanitizer checks: correct kernels clean under all of them, each broken kernel caught
+    setenv("WAE_CUDA_EMU_CHECKS", "all", 1);
+    std::vector<int> in(768), out(768, -1);
+    for (int i = 0; i < 768; ++i) in[i] = i * 7;
+    std::vector<float> fin(128), fout(128, 0.f);
+    for (int i = 0; i < 128; ++i) fin[i] = float(i);
+    std::string e;
+    {
+      wae_emu::DeviceMemory m1(in.data(), in.size() * 4, "in", true), m2(out.data(), out.size() * 4, "out", false);
+      WAE_LAUNCH((reverse_block), 3, 256, 0, nullptr, in.data(), out.data());
+      e = last_error();
+      std::vector<int> wout(64 * 4, -1);
+      wae_emu::DeviceMemory m3(wout.data(), wout.size() * 4, "wout", false);
+      WAE_LAUNCH((warp_ops), 1, 64, 0, nullptr, wout.data());
+      e += last_error();
+      WAE_LAUNCH((warp_tree_sum<true>), 1, 32, 0, nullptr, out.data());
+      e += last_error();
+      const bool sum_ok = out[0] == 528;
+      wae_emu::DeviceMemory m4(fin.data(), fin.size() * 4, "fin", true), m5(fout.data(), 4, "fout", false);
+      WAE_LAUNCH((block_tree_sum), 1, 128, 0, nullptr, fin.data(), fout.data());
+      e += last_error();
+      check(e.empty() && sum_ok && fout[0] == 8128.0f, "correct kernels clean under all checks", e);
+      alignas(128) static float A[16 * 8], B[8 * 16], Cs[256];
+      wae_emu::DeviceMemory ma(A, sizeof A, "A", true), mb(B, sizeof B, "B", true), mc(Cs, sizeof Cs, "C", false);
+      WAE_LAUNCH((wmma_tile), 1, 32, 0, nullptr, A, B, Cs, 1);
+      std::vector<float> dout(64, 0.f);
+      wae_emu::DeviceMemory md(dout.data(), 256, "dout", false);
+      WAE_LAUNCH((dyn_user), 1, 64, 256, nullptr, dout.data());
+      e = last_error();
+      check(e.empty(), "wmma and dynamic shared memory clean under all checks", e);
+    }
+    {  // memcheck: global memory
+      wae_emu::DeviceMemory m1(fin.data(), 64 * 4, "in", true), m2(fout.data(), 64 * 4, "out", false);
+      WAE_LAUNCH((global_off_by_one), 1, 64, 0, nullptr, fin.data(), fout.data(), 64);
+      e = last_error();
+      check(e.find("global_off_by_one") != std::string::npos &&
+                e.find("global memory out of bounds: 4-byte read") != std::string::npos &&
+                e.find("0 bytes past the end of 'in' (256 bytes)") != std::string::npos &&
+                e.find("thread (63, 0, 0)") != std::string::npos && e.find("cuda_emu_selftest.cpp:") != std::string::npos,
+            "memcheck: global read one past a buffer", e);
+    }
+    {  // memcheck: raw pointer past the dynamic buffer
+      std::vector<float> dout(64, 0.f);
+      WAE_LAUNCH((raw_dynamic_overflow), 1, 64, 256, nullptr, dout.data());
+      e = last_error();
+      check(e.find("shared memory out of bounds: 4-byte write of the dynamic shared buffer") == std::string::npos &&
+                e.find("shared memory out of bounds: 4-byte write") != std::string::npos &&
+                e.find("outside the dynamic buffer (256 bytes)") != std::string::npos &&
+                e.find("thread (48, 0, 0)") != std::string::npos,
+            "memcheck: raw pointer past the dynamic shared buffer", e);
+    }
+    setenv("WAE_CUDA_EMU_CHECKS", "initcheck", 1);
+    {
+      std::vector<float> o(64, 0.f);
+      WAE_LAUNCH((read_before_write_barrier), 1, 64, 0, nullptr, o.data());
+      e = last_error();
+      check(e.find("uninitialised shared memory read: 4-byte read of s[0]") != std::string::npos &&
+                e.find("read_before_write_barrier") != std::string::npos &&
+                e.find("block (0, 0, 0) thread (0, 0, 0)") != std::string::npos &&
+                e.find("cuda_emu_selftest.cpp:") != std::string::npos,
+            "initcheck: shared read before the writing barrier", e);
+      std::vector<float> scratch(64, 0.f);
+      wae_emu::DeviceMemory ms(scratch.data(), 256, "scratch", false), mo(o.data(), 256, "out", false);
+      WAE_LAUNCH((read_unwritten_scratch), 1, 64, 0, nullptr, scratch.data(), o.data());
+      e = last_error();
+      check(e.find("uninitialised global memory read: 4-byte read of 'scratch' at byte 0 of 256") != std::string::npos,
+            "initcheck: unwritten scratch read", e);
+      cudaMemsetAsync(scratch.data(), 0, 256);
+      WAE_LAUNCH((read_unwritten_scratch), 1, 64, 0, nullptr, scratch.data(), o.data());
+      e = last_error();
+      check(e.empty(), "initcheck: scratch written by cudaMemsetAsync", e);
+    }
+    setenv("WAE_CUDA_EMU_CHECKS", "racecheck", 1);
+    {
+      std::vector<float> o(64, 0.f);
+      WAE_LAUNCH((missing_syncthreads), 1, 64, 0, nullptr, o.data());
+      e = last_error();
+      check(e.find("shared memory race: thread (31, 0, 0) read and thread (32, 0, 0) writes s[32]") != std::string::npos &&
+                e.find("since the block start") != std::string::npos &&
+                e.find("missing_syncthreads") != std::string::npos,
+            "racecheck: missing __syncthreads between a write and another thread's read", e);
+      std::vector<int> io(4, 0);
+      WAE_LAUNCH((warp_tree_sum<false>), 1, 32, 0, nullptr, io.data());
+      e = last_error();
+      check(e.find("warp-synchronous assumption: lanes") != std::string::npos &&
+                e.find("of warp 0") != std::string::npos && e.find("no __syncwarp") != std::string::npos,
+            "racecheck: lockstep assumption inside a warp", e);
+    }
+    unsetenv("WAE_CUDA_EMU_CHECKS");
+    {  // synccheck (always on): a barrier's identity is its site and occurrence
+      std::vector<int> o(64, 0);
+      WAE_LAUNCH((barrier_call_sites), 1, 64, 0, nullptr, o.data());
+      e = last_error();
+      check(e.find("different barriers (one source line reached from two call sites") != std::string::npos &&
+                e.find("thread (32, 0, 0) at cuda_emu_selftest.cpp:") != std::string::npos &&
+                e.find("(its barrier #1)") != std::string::npos && e.find(" <- cuda_emu_selftest.cpp:") != std::string::npos,
+            "barrier identity: one line, two call sites", e);
+    }
+    {  // the dynamic lockstep probe: a warp's lanes in a shuffled order
+      setenv("WAE_CUDA_EMU_ORDER", "shuffle", 1);
+      bool differs = false;
+      for (int seed = 1; seed <= 8 && !differs; ++seed) {
+        setenv("WAE_CUDA_EMU_SEED", std::to_string(seed).c_str(), 1);
+        std::vector<int> io(4, 0);
+        WAE_LAUNCH((warp_tree_sum<false>), 1, 32, 0, nullptr, io.data());
+        differs = last_error().empty() && io[0] != 528;
+      }
+      std::vector<int> io(4, 0);
+      WAE_LAUNCH((warp_tree_sum<true>), 1, 32, 0, nullptr, io.data());
+      check(differs && io[0] == 528, "shuffled lanes change a lockstep sum, not a synced one");
+      unsetenv("WAE_CUDA_EMU_ORDER");
+      unsetenv("WAE_CUDA_EMU_SEED");
+    }
   }
   ptx_models();
   return failures == 0 ? 0 : 1;

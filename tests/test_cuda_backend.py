@@ -280,6 +280,13 @@ def test_prior_samples_match_triton_stream(dtype):
     assert diff == 0, f"{diff} of {y_t.numel()} draws differ in the last bits (see philox_randn_tl)"
 
 
+def _rounding(g: torch.Tensor, dtype: torch.dtype) -> float:
+    """||fl(g) - g||: the error of the exact gradient rounded to the output dtype.  At d = 64
+    and 130 the fp16 gradients are ~1e-5, below fp16's smallest normal (6.1e-5), where the
+    spacing is 2^-24 absolute: no fp16 output can meet a relative bound alone (seen on an H200)."""
+    return (g.to(dtype).double() - g).norm().item()
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [1, 5, 17, 64, 130])
@@ -301,7 +308,7 @@ def test_ragged_every_dtype_mmd_and_prior(dtype, d, unbiased):
     gnorm = torch.cat([gx.flatten(), gy.flatten()]).norm().item()
     for t, g in ((x, gx), (y, gy)):
         assert t.grad.dtype == dtype and t.grad.shape == t.shape
-        assert (t.grad.double().cpu() - g).norm().item() <= GRAD_TOL[dtype] * gnorm
+        assert (t.grad.double().cpu() - g).norm().item() <= GRAD_TOL[dtype] * gnorm + _rounding(g, dtype)
     # prior op (samples in the compute dtype)
     xp = _x(n, d, dtype, seed=d + 1).requires_grad_(True)
     vp = _prior(xp, spec, unbiased, m, SEED)
@@ -310,7 +317,7 @@ def test_ragged_every_dtype_mmd_and_prior(dtype, d, unbiased):
     want, gx, _gy, scale = oracle.mmd_and_grads(xp.detach().cpu(), ys.cpu(), kind, params, unbiased)
     assert abs(vp.item() - want.item()) <= VAL_TOL[dtype] * scale
     assert xp.grad.dtype == dtype and xp.grad.shape == xp.shape
-    assert (xp.grad.double().cpu() - gx).norm().item() <= GRAD_TOL[dtype] * gx.norm().item()
+    assert (xp.grad.double().cpu() - gx).norm().item() <= GRAD_TOL[dtype] * gx.norm().item() + _rounding(gx, dtype)
 
 
 @pytest.mark.cuda

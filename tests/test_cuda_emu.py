@@ -168,13 +168,14 @@ def test_one_split_direct_write_paths(monkeypatch, dtype, prec):
 
 @pytest.mark.parametrize("prec,dtype", [("ieee", F32), ("tf32x3", F32), ("ieee", F64)])
 def test_thread_order_does_not_matter(monkeypatch, prec, dtype):
-    """The threads of a block run between barriers in index order or in reverse order
-    (WAE_CUDA_EMU_ORDER): bit-identical results, forward, backward and prior, or a thread reads
-    what another writes in the same barrier interval (a race on the GPU)."""
+    """The threads of a block run between barriers in index order, in reverse order or shuffled
+    (lanes of a warp included; WAE_CUDA_EMU_ORDER): bit-identical results, forward, backward and
+    prior, or a thread reads what another writes in the same barrier interval (a race on the
+    GPU) or the code assumes a warp runs in lockstep."""
     from wae_fast.prior import mmd_to_prior
     x, y = _points(70, 50, 17, dtype, 2)
     outs = []
-    for order in ("forward", "reverse"):
+    for order in ("forward", "reverse", "shuffle"):
         monkeypatch.setenv("WAE_CUDA_EMU_ORDER", order)
         xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
         v = wae_fast.mmd(xg, yg, wae_fast.IMQ(), backend=BE, precision=prec)
@@ -183,8 +184,9 @@ def test_thread_order_does_not_matter(monkeypatch, prec, dtype):
         vp = mmd_to_prior(xp, estimator="sampled", num_samples=40, seed=3, backend=BE, precision=prec)
         vp.backward()
         outs.append((v.detach(), xg.grad, yg.grad, vp.detach(), xp.grad))
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.equal(a, b)
 
 
 def test_tf32_is_the_tensor_core_path():

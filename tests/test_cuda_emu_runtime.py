@@ -6,7 +6,15 @@ opt-in, the PTX models at their documented worst-case error (and the Newton step
 tile_math.h's device reciprocal correcting it), and launch errors that name the kernel, block,
 thread and source line for a barrier in a divergent branch, a thread exiting while others wait,
 a warp collective missing a lane, an off-by-one shared index, a dynamic shared-memory slice
-overflowing into the next, and __trap.  Skipped without g++ or off x86-64 Linux.
+overflowing into the next, and __trap.  The sanitizer checks (WAE_CUDA_EMU_CHECKS; built with
+the extension's instrumentation flags, wae_fast.build.CUDA_EMU_SANITIZE): correct kernels
+(barriers, warp collectives, a __syncwarp tree sum, a block tree sum, wmma, dynamic shared
+memory) run clean under all of them, and one broken kernel per check is caught with its message:
+a global read one past a buffer and a raw pointer past the dynamic buffer (memcheck), a shared
+read before the writing barrier and an unwritten scratch read (initcheck), a missing
+__syncthreads and a warp sum without __syncwarp (racecheck), an inlined helper's barrier reached
+from two call sites (barrier identity), and a shuffled lane order changing a lockstep sum.
+Skipped without g++ or off x86-64 Linux.
 """
 from __future__ import annotations
 
@@ -29,11 +37,13 @@ pytestmark = [pytest.mark.cuda_emu, pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def selftest_output(tmp_path_factory):
     exe = tmp_path_factory.mktemp("cuda_emu") / "selftest"
+    from wae_fast.build import CUDA_EMU_SANITIZE  # the flags of the extension: every access checked
     cmd = [CXX, "-std=c++17", "-O1", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas", "-DWAE_CUDA_EMU",
+           *CUDA_EMU_SANITIZE,
            "-I", str(ROOT / "csrc" / "include"), "-I", str(ROOT / "csrc" / "cuda"),
            "-I", str(ROOT / "csrc" / "cuda_emu"), "-I", str(ROOT / "csrc" / "cuda_emu" / "shim"),
            str(ROOT / "tests" / "cuda_emu_selftest.cpp"), str(ROOT / "csrc" / "cuda_emu" / "runtime.cpp"),
-           "-o", str(exe)]
+           "-o", str(exe), "-ldl"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
@@ -61,6 +71,17 @@ CHECKS = [
     "fp64 reciprocal (rcp.approx.f64 + 3 Newton steps) within 1 ulp",
     "fp64 model: one Newton step is visibly short",
     "__float_to_tf32 rounds to nearest, ties away",
+    "correct kernels clean under all checks",
+    "wmma and dynamic shared memory clean under all checks",
+    "memcheck: global read one past a buffer",
+    "memcheck: raw pointer past the dynamic shared buffer",
+    "initcheck: shared read before the writing barrier",
+    "initcheck: unwritten scratch read",
+    "initcheck: scratch written by cudaMemsetAsync",
+    "racecheck: missing __syncthreads between a write and another thread's read",
+    "racecheck: lockstep assumption inside a warp",
+    "barrier identity: one line, two call sites",
+    "shuffled lanes change a lockstep sum, not a synced one",
 ]
 
 

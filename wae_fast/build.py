@@ -73,6 +73,15 @@ class ExtSpec:
                                       # cuda: sm_90 only, tests/test_cuda_build.py)
 
 
+#: cuda_emu: GCC's ThreadSanitizer instrumentation WITHOUT its runtime library: every load and
+#: store of the compiled code becomes a call to __tsan_{read,write}N, which the emulator's
+#: runtime defines (csrc/cuda_emu/runtime.cpp: the memcheck, initcheck and racecheck of the
+#: kernels under WAE_CUDA_EMU_CHECKS; one global test per access when they are off).  TSan's
+#: rather than ASan's instrumentation: it tells reads from writes and keeps every access (ASan
+#: drops the check of a store to an address it just checked for a load).  -g1: line tables, so
+#: that a finding names its source line (addr2line).
+CUDA_EMU_SANITIZE = ("-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-g1")
+
 SPECS: dict[str, ExtSpec] = {
     # No -march flags: mmd_cpu.cpp compiles its tiles for baseline x86-64 and AVX2+FMA
     # (#pragma GCC target) and picks at run time, so one build runs on any x86-64 machine.
@@ -90,6 +99,7 @@ SPECS: dict[str, ExtSpec] = {
         include_dirs=("include", "cuda"), cflags=("-O3",), jit_cuda_cflags=("-O3", "-std=c++17"),
         build_seconds=180),
     # The SAME csrc/cuda sources compiled by the host C++ compiler against the CUDA emulator
+    # (CUDA_EMU_SANITIZE: every load and store calls the emulator's checks, runtime.cpp)
     # (csrc/cuda_emu: the threads of a block as fibers; x86-64 Linux): the testing backend
     # "cuda_emu".  -ffp-contract=off: no FMA the source does not spell (nvcc may contract).
     "cuda_emu": ExtSpec(
@@ -98,7 +108,8 @@ SPECS: dict[str, ExtSpec] = {
         hashed=("cuda/*.cu", "cuda/*.cuh", "cuda/*.h", "cuda/*.cpp", "cuda_emu/*.cpp", "cuda_emu/*.h",
                 "cuda_emu/shim/*.h", "include/wae_fast/*.h"),
         include_dirs=("include", "cuda", "cuda_emu", "cuda_emu/shim"),
-        cflags=("-O2", "-ffp-contract=off", "-fno-fast-math", "-Wno-unknown-pragmas", "-DWAE_CUDA_EMU=1"),
+        cflags=("-O2", "-ffp-contract=off", "-fno-fast-math", "-Wno-unknown-pragmas", "-DWAE_CUDA_EMU=1",
+                *CUDA_EMU_SANITIZE),
         build_seconds=120),
 }
 

@@ -8,6 +8,10 @@ with barriers, warp collectives, ``nvcuda::wmma`` TF32 and every inline PTX inst
 schemas and errors as ``cuda`` (``wae_fast::*_cuda_emu``), so the shared test suite checks the
 CUDA kernels' logic, indexing, barriers and modelled numerics on a machine without a GPU.
 
+Sanitizer checks of every kernel access (memcheck, initcheck, racecheck: the environment
+variable ``WAE_CUDA_EMU_CHECKS``, off in a plain call, "all" in the test suite; README
+"cuda_emu") raise RuntimeError naming the kernel, block, thread, array or buffer and source line.
+
 It is slow (every GPU thread is a fiber) and ``backend="auto"`` never picks it (it is in
 :data:`wae_fast.dispatch.BACKEND_TABLE`, not in ``AUTO_ORDER``).  Built by
 ``pip install`` on x86-64 Linux wherever a C++ compiler exists (``WAE_FAST_BUILD_CUDA_EMU=0``

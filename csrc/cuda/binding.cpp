@@ -14,6 +14,7 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,10 @@
 #endif
 #define WAE_MSG "wae_fast " WAE_BACKEND " backend: "
 
+#if defined(WAE_CUDA_EMU)
+int wae_emu_selftest_launch(const char* which, const float* buf, float* out);  // csrc/cuda_emu/selftest_kernels_emu.cpp
+#endif
+
 namespace {
 
 #if defined(WAE_CUDA_EMU)
@@ -48,13 +53,36 @@ struct DeviceScope {  // one emulated device; launches run synchronously on the 
   explicit DeviceScope(const at::Tensor&) {}
   cudaStream_t stream() const { return nullptr; }
 };
+//! One tensor handed to the launchers: its name in the emulator's messages, and whether its
+//! contents are defined (inputs) or not yet (outputs, scratch: initcheck tracks their writes).
+struct DeviceArg {
+  const char* name;
+  const at::Tensor& t;
+  bool initialised;
+};
+//! The tensors the next launches may touch (the emulator's global memcheck / initcheck).
+class DeviceMemory {
+ public:
+  DeviceMemory(std::initializer_list<DeviceArg> args) {
+    for (const DeviceArg& a : args)
+      if (a.t.defined() && a.t.numel() > 0)
+        mem_.emplace_back(new wae_emu::DeviceMemory(a.t.data_ptr(), size_t(a.t.numel()) * a.t.element_size(), a.name,
+                                                    a.initialised));
+  }
+
+ private:
+  std::vector<std::unique_ptr<wae_emu::DeviceMemory>> mem_;
+};
+#define WAE_DEVICE_MEMORY(...) DeviceMemory wae_device_memory_{__VA_ARGS__}
 #elif defined(WAE_HAVE_C10_CUDA)
+#define WAE_DEVICE_MEMORY(...)
 struct DeviceScope {
   c10::cuda::CUDAGuard guard;
   explicit DeviceScope(const at::Tensor& t) : guard(t.device()) {}
   cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream().stream(); }
 };
 #else
+#define WAE_DEVICE_MEMORY(...)
 struct DeviceScope {
   int prev = 0;
   explicit DeviceScope(const at::Tensor& t) {
@@ -137,6 +165,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_
   const size_t wsb = wae_mmd_workspace_bytes(dt, n, m, d, 0);
   at::Tensor ws = workspace(wsb, x);
   at::Tensor terms = at::empty({3}, x.options().dtype(at::kDouble));
+  WAE_DEVICE_MEMORY({"x", x, true}, {"y", y, true}, {"offset", offset, true}, {"terms", terms, false},
+                    {"workspace", ws, false});
   check_rc(wae_mmd_fwd(dt, x.data_ptr(), y.data_ptr(), offset.data_ptr(), n, m, d, int(kind), P.data(), int(P.size()),
                        unbiased ? 1 : 0, pc, terms.data_ptr<double>(), ws.data_ptr(), wsb, scope.stream()),
            "mmd forward launch");
@@ -164,6 +194,8 @@ std::tuple<at::Tensor, at::Tensor> mmd_bwd_cuda(const at::Tensor& grad_terms, co
   const int pc = prec_code(precision);
   const size_t wsb = wae_mmd_workspace_bytes(dt, n, m, d, 1);
   at::Tensor ws = workspace(wsb, x);
+  WAE_DEVICE_MEMORY({"x", x, true}, {"y", y, true}, {"offset", offset, true}, {"grad_terms", gt, true},
+                    {"gx", gx, false}, {"gy", gy, false}, {"workspace", ws, false});
   check_rc(wae_mmd_bwd(dt, x.data_ptr(), y.data_ptr(), offset.data_ptr(), n, m, d, int(kind), P.data(), int(P.size()),
                        unbiased ? 1 : 0, pc, gt.data_ptr<double>(), grad_x ? gx.data_ptr() : nullptr,
                        grad_y ? gy.data_ptr() : nullptr, ws.data_ptr(), wsb, scope.stream()),
@@ -210,6 +242,8 @@ at::Tensor prior_fwd_cuda(const at::Tensor& x_, int64_t kind, at::ArrayRef<doubl
   const size_t wsb = wae_prior_workspace_bytes(dt, n, m, d, 0);
   at::Tensor ws = workspace(wsb, x);
   at::Tensor terms = at::empty({3}, x.options().dtype(at::kDouble));
+  WAE_DEVICE_MEMORY({"x", x, true}, {"off_xx", offs.first, true}, {"off_xy", offs.second, true},
+                    {"terms", terms, false}, {"workspace", ws, false});
   check_rc(wae_prior_fwd(dt, x.data_ptr(), offs.first.data_ptr(), offs.second.data_ptr(), n, m, d, int(kind), P.data(),
                          int(P.size()), sigma2, unbiased ? 1 : 0, uint64_t(seed), pc, terms.data_ptr<double>(),
                          ws.data_ptr(), wsb, scope.stream()),
@@ -232,6 +266,8 @@ at::Tensor prior_bwd_cuda(const at::Tensor& grad_terms, const at::Tensor& x_, in
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const size_t wsb = wae_prior_workspace_bytes(dt, n, m, d, 1);
   at::Tensor ws = workspace(wsb, x);
+  WAE_DEVICE_MEMORY({"x", x, true}, {"off_xy", offs.second, true}, {"grad_terms", gt, true}, {"gx", gx, false},
+                    {"workspace", ws, false});
   check_rc(wae_prior_bwd(dt, x.data_ptr(), offs.second.data_ptr(), n, m, d, int(kind), P.data(), int(P.size()), sigma2,
                          unbiased ? 1 : 0, uint64_t(seed), pc, gt.data_ptr<double>(), gx.data_ptr(), ws.data_ptr(), wsb,
                          scope.stream()),
@@ -296,6 +332,7 @@ at::Tensor reparam_fwd_cuda(const at::Tensor& mu_, const at::Tensor& logvar_, in
   DeviceScope scope(mu_);
   at::Tensor mu = mu_.contiguous(), lv = logvar_.contiguous();
   at::Tensor z = at::empty_like(mu);
+  WAE_DEVICE_MEMORY({"mu", mu, true}, {"logvar", lv, true}, {"z", z, false});
   check_rc(wae_reparam_fwd(dtype_code(mu.scalar_type()), mu.data_ptr(), lv.data_ptr(), z.data_ptr(), mu.numel(),
                            uint64_t(seed), scope.stream()),
            "reparam forward launch");
@@ -308,6 +345,7 @@ at::Tensor reparam_bwd_cuda(const at::Tensor& gz_, const at::Tensor& logvar_, in
   at::Tensor lv = logvar_.contiguous();
   at::Tensor gz = gz_.to(lv.scalar_type()).contiguous();
   at::Tensor g = at::empty_like(lv);
+  WAE_DEVICE_MEMORY({"grad_z", gz, true}, {"logvar", lv, true}, {"grad_logvar", g, false});
   check_rc(wae_reparam_bwd(dtype_code(lv.scalar_type()), gz.data_ptr(), lv.data_ptr(), g.data_ptr(), lv.numel(),
                            uint64_t(seed), scope.stream()),
            "reparam backward launch");
@@ -361,6 +399,26 @@ TORCH_LIBRARY_IMPL(wae_fast, WAE_DISPATCH_KEY, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "wae_fast CUDA kernels (registers wae_fast::*_" WAE_BACKEND " for the " WAE_DEVICE_NAME " dispatch key)";
   m.def("seg_row_pass", &seg_row_pass, "mmd_segments row pass over a task table (segments_kernels.cu)");
+#if defined(WAE_CUDA_EMU)
+  m.def("checks", [] {
+    const unsigned c = wae_emu::checks_from_env();
+    std::string s;
+    if (c & wae_emu::CHECK_MEM) s += "memcheck,";
+    if (c & wae_emu::CHECK_INIT) s += "initcheck,";
+    if (c & wae_emu::CHECK_RACE) s += "racecheck,";
+    if (!s.empty()) s.pop_back();
+    return s;
+  }, "The sanitizer checks the next launch runs (WAE_CUDA_EMU_CHECKS), comma-separated; '' for none.");
+  m.def("selftest_launch", [](const std::string& which, const at::Tensor& in) {
+    TORCH_CHECK(in.device().is_cpu() && in.scalar_type() == at::kFloat && in.is_contiguous() && in.numel() == 64,
+                WAE_MSG "selftest_launch needs 64 contiguous float32 CPU values");
+    at::Tensor out = at::empty({64}, in.options());
+    check_rc(wae_emu_selftest_launch(which.c_str(), in.data_ptr<float>(), out.data_ptr<float>()),
+             ("self-test kernel '" + which + "'").c_str());
+    return out;
+  }, "Launches one of the emulator's self-test kernels (clean, memcheck, initcheck, racecheck, lockstep: "
+     "csrc/cuda_emu/selftest_kernels_emu.cpp) on 64 floats; a finding raises RuntimeError.");
+#endif
 #ifdef WAE_HAVE_C10_CUDA
   m.attr("has_c10_cuda") = true;
 #else

@@ -21,8 +21,20 @@
 //    bounds-checked against its array (dyn_slice / sub_slice make arrays of parts of a buffer);
 //    limits of sm_90 (48 KB static, the dynamic size opted in with cudaFuncSetAttribute,
 //    227 KB in all) are enforced;
-//  * kernel arguments are copied per launch and passed by value to every thread, as on the GPU.
+//  * kernel arguments are copied per launch and passed by value to every thread, as on the GPU;
+//  * sanitizer checks (the counterparts of compute-sanitizer's memcheck, initcheck, racecheck;
+//    switch WAE_CUDA_EMU_CHECKS, runtime.cpp "checks"): the kernel translation units are compiled
+//    with GCC's -fsanitize=thread instrumentation but without its library, so EVERY load and
+//    store of kernel code calls the runtime (__tsan_readN / __tsan_writeN), which checks it
+//    against the launch's memory:
+//    shared memory (bounds of the arrays and dynamic buffer, a written-bit per word since the
+//    block start, the reading/writing threads per word and barrier interval), the device memory
+//    the caller registered (DeviceMemory: tensors, scratch; a written-bit per byte of the
+//    uninitialised ones), the thread's own stack, the kernel parameters and the module's
+//    static data.  Barriers are identified by call site and occurrence.
 // What it cannot show: timing, memory ordering between blocks (blocks never overlap here),
+// races between blocks or through global memory, accesses g++'s code makes differently from
+// nvcc's (a value kept in a register by one and reloaded from shared memory by the other),
 // occupancy and register use (tests/test_csrc_compile.py checks ptxas for that), and the exact
 // accumulation order of the hardware's tensor-core units (mma.h documents the model).
 #pragma once
@@ -50,8 +62,8 @@
 // give every block its own copy: a bare __shared__ does not compile here.
 #define __shared__ __shared___is_not_emulated_use_WAE_SHARED
 
-struct uint3 {
-  unsigned x, y, z;
+struct uint3 {  // default member initialisers: g_ctx is constant-initialised (no TLS init call)
+  unsigned x = 0, y = 0, z = 0;
 };
 struct dim3 {
   unsigned x, y, z;
@@ -95,6 +107,8 @@ unsigned char* dynamic_shared();
 
 [[noreturn]] void shared_out_of_bounds(const char* name, long long index, long long size);
 const unsigned char* dynamic_shared_end();
+//! Names [p, p + bytes) of shared memory (a slice) for the messages of the checks.
+void name_shared(const void* p, size_t bytes, const char* name);
 
 //! Pointer into shared memory that knows the array it belongs to (its name and bounds): every
 //! element access is bounds-checked and a launch error names the array, the index, the block
@@ -118,6 +132,7 @@ struct checked_ptr {
   //! the elements [off, off + count) as an array of their own, named ``sub``
   checked_ptr slice(int64_t off, int64_t count, const char* sub) const {
     if (p + off < lo || p + off + count > hi) shared_out_of_bounds(name, (long long)(p + off + count - lo), (long long)(hi - lo));
+    name_shared(p + off, size_t(count) * sizeof(T), sub);
     return checked_ptr{p + off, p + off, p + off + count, sub};
   }
   //! the largest index i with p[0..i) inside the array (for footprint checks of wmma)
@@ -138,6 +153,7 @@ checked_ptr<T> dyn_slice(unsigned char* base, size_t byte_off, size_t count, con
   if (reinterpret_cast<const unsigned char*>(p + count) > dynamic_shared_end())
     shared_out_of_bounds(name, (long long)(byte_off + count * sizeof(T)),
                          (long long)(dynamic_shared_end() - base));
+  name_shared(p, count * sizeof(T), name);
   return checked_ptr<T>{p, p, p + count, name};
 }
 
@@ -152,7 +168,8 @@ inline unsigned lane_id() { return (g_ctx.thread_idx.x + g_ctx.block_dim.x * (g_
 
 // --- host side: launches and the runtime API ----------------------------------------------
 using Body = void (*)(void*);
-cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block, size_t smem, Body body, void* arg);
+cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block, size_t smem, Body body, void* arg,
+                       size_t arg_bytes);
 cudaError_t set_max_dynamic_smem(const void* kern, int bytes);
 cudaError_t record(cudaError_t e, const char* msg);
 //! Integer from the environment (test knobs of the host launch geometry), else ``def``.
@@ -171,8 +188,30 @@ void launch(const char* name, void (*kern)(P...), dim3 grid, dim3 block, size_t 
                auto* pk = static_cast<Pack*>(p);
                std::apply(pk->k, pk->a);  // every thread gets its own copies of the by-value params
              },
-             &pack);
+             &pack, sizeof pack);
 }
+
+//! Device memory of the launches that follow, until destroyed (the tensors and scratch buffers
+//! handed to the kernels): with WAE_CUDA_EMU_CHECKS memcheck, a kernel access outside every
+//! registered range (and outside shared memory, its own stack, the kernel parameters and the
+//! module's static data) is an error; with initcheck, a read of a byte of an ``initialised ==
+//! false`` range (outputs, scratch) that no kernel (or cudaMemsetAsync) wrote since it was
+//! registered is an error.  Launches while nothing is registered skip both global checks.
+class DeviceMemory {
+ public:
+  DeviceMemory(const void* p, size_t bytes, const char* name, bool initialised);
+  ~DeviceMemory();
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+
+ private:
+  int id_;
+};
+
+enum : unsigned { CHECK_MEM = 1, CHECK_INIT = 2, CHECK_RACE = 4 };
+//! The checks the next launch runs (WAE_CUDA_EMU_CHECKS: "all", "none", or a comma list of
+//! memcheck, initcheck, racecheck; unset: none), as CHECK_* bits.
+unsigned checks_from_env();
 
 }  // namespace wae_emu
 
