@@ -37,6 +37,7 @@ from . import kmm as KM  # noqa: E402
 from . import mmd as M  # noqa: E402
 from . import prior as P  # noqa: E402
 from . import reparam as R  # noqa: E402
+from . import segments as SG  # noqa: E402
 
 _PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}
 
@@ -283,6 +284,32 @@ def _usage(ptx: str):
     return (int(regs.group(1)) if regs else -1, int(st.group(1)) if st else -1, int(ld.group(1)) if ld else -1)
 
 
+def segment_variants(which: str = "core"):
+    """The mmd_segments row pass (:mod:`wae_fast.kernels.segments`) at d = 64: "all" every kernel
+    kind in fp32 and fp64, self (U-statistic) and cross-with-gradient passes; "core" (what CI
+    compiles, ~30 s) four of them (IMQ fp32 both passes, IMQ fp64 and polynomial fp32 with the
+    gradient)."""
+    out = []
+    if which not in ("core", "all"):
+        return out
+    core = {"seg_rows imq fp32 self", "seg_rows imq fp32 cross grad", "seg_rows imq fp64 cross grad",
+            "seg_rows poly fp32 cross grad"}
+    names = {M.KIND_IMQ: "imq", M.KIND_RBF: "rbf", M.KIND_POLY: "poly"}
+    for dtype in ("fp32", "fp64"):
+        cts, ct = _sig_and_tl_dtype(dtype)
+        sig = {"A": "*" + cts, "C": "*" + cts, "CW": "*" + cts, "SH": "*" + cts, "P": "*" + cts,
+               "TASKS": "*i64", "S": "*fp64", "G": "*" + cts, "D": "i32"}
+        for kind in (M.KIND_IMQ, M.KIND_RBF, M.KIND_POLY):
+            scales = {M.KIND_IMQ: 7, M.KIND_RBF: 3, M.KIND_POLY: 3}[kind]
+            for self_pass, grad in ((True, False), (False, True)):
+                cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct, BLOCK=32,
+                          DP=M.padded_dim(64), SELF=self_pass, EXCL=self_pass, GRAD=grad, HAS_W=True)
+                name = f"seg_rows {names[kind]} {dtype} {'self' if self_pass else 'cross'}{' grad' if grad else ''}"
+                if which == "all" or name in core:
+                    out.append((name, SG._seg_rows_kernel, sig, cx, 4, 1))
+    return out
+
+
 def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=None, variants=None):
     """Compile ``variants`` (default: the MMD and sampling kernels of set ``which``) for
     sm_``arch``; returns (rows, failures)."""
@@ -291,7 +318,8 @@ def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=
     backend = make_backend(target)
     rows, failures = [], []
     if variants is None:
-        variants = mmd_variants(which) + reparam_variants(which) + kmm_variants(which)
+        variants = (mmd_variants(which) + reparam_variants(which) + kmm_variants(which)
+                    + segment_variants(which))
     for name, kern, sig, cx, warps, stages in variants:
         if only and only not in name:
             continue
@@ -346,7 +374,8 @@ def main(argv=None):
     t0 = time.time()
     variants = []
     if args.family in ("mmd", "all"):
-        variants += mmd_variants(args.set) + reparam_variants(args.set) + kmm_variants(args.set)
+        variants += (mmd_variants(args.set) + reparam_variants(args.set) + kmm_variants(args.set)
+                     + segment_variants(args.set))
     if args.family in ("prior", "all"):
         variants += prior_variants("all" if args.set == "all" else "core")
     rows, failures = compile_all(args.arch, args.set, only=args.only, variants=variants)

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from wae_fast.contract import compute_dtype, define_backend_ops, PRECISIONS
+from wae_fast import segment_sums
 from wae_fast.pairsum import pair_count
 
 try:
@@ -32,6 +33,7 @@ try:
     from . import mmd as _mmd
     from . import prior as _prior
     from . import reparam as _rep
+    from . import segments as _seg
     from .launch import device_guard, dot_precision, params_tensor, tl_compute_dtype
     _IMPORT_ERROR: Optional[BaseException] = None
 except ImportError as exc:  # Triton missing or broken
@@ -232,10 +234,45 @@ def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, p
     return gx, gy
 
 
+# ----------------------------------------------------------------------------------------------
+# mmd_segments: the row passes of every set in one launch per term (kernels/segments.py); the
+# task tables and per-set reductions are wae_fast.segment_sums' (shared with the cuda backend)
+
+
+def _seg_row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad, precision):
+    ct = a.dtype
+    with device_guard(a):
+        return _seg.row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad,
+                             dot_precision(ct, precision), ct, tl_compute_dtype(ct))
+
+
+def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
+                     precision):
+    """wae_fast::mmd_segments_fwd_triton: (B, 3) terms (see :mod:`wae_fast.kernels.segments`)."""
+    if x.shape[1] > _seg.MAX_D:
+        return segment_sums.segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
+                                          kind, params, unbiased, compute_dtype(x.dtype))
+    return segment_sums.rows_fwd(_seg_row_pass, _seg.block_size(x.dtype), x, y, x_offsets, y_offsets,
+                                 x_weights, y_weights, shifts, kind, params, unbiased, precision)
+
+
+def mmd_segments_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
+                     params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
+    """wae_fast::mmd_segments_bwd_triton: gradients to x, y and the weights (recompute)."""
+    if x.shape[1] > _seg.MAX_D:
+        return segment_sums.segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights,
+                                          y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
+                                          grad_xw, grad_yw, compute_dtype(x.dtype))
+    return segment_sums.rows_bwd(_seg_row_pass, _seg.block_size(x.dtype), grad_terms, terms, x, y,
+                                 x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
+                                 unbiased, grad_x, grad_y, grad_xw, grad_yw, precision)
+
+
 _IMPLS = dict(fuses_grad=False, mmd_fwd=mmd_fwd, mmd_bwd=mmd_bwd,
               reparam_fwd=reparam_fwd, reparam_bwd=reparam_bwd,
               prior_fwd=prior_fwd, prior_bwd=prior_bwd,
-              kernel_matmul_fwd=kernel_matmul_fwd, kernel_matmul_bwd=kernel_matmul_bwd)
+              kernel_matmul_fwd=kernel_matmul_fwd, kernel_matmul_bwd=kernel_matmul_bwd,
+              mmd_segments_fwd=mmd_segments_fwd, mmd_segments_bwd=mmd_segments_bwd)
 
 define_backend_ops("triton", fuses_grad=False)  # schemas, fakes and autograd, always
 if _IMPORT_ERROR is None:

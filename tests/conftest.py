@@ -60,6 +60,12 @@ def kmm_backend(request):
     return request.param
 
 
+@pytest.fixture(params=backend_params("mmd_segments"))
+def seg_backend(request):
+    """(backend name, device) for every backend that implements the mmd_segments family here."""
+    return request.param
+
+
 @pytest.fixture(params=backend_params("reparam"))
 def reparam_backend(request):
     return request.param

@@ -61,3 +61,28 @@ def mmd_and_grads(x, y, kind, params, unbiased: bool, grad_out: float = 1.0):
 def kernel_matmul(x, y, v, kind, params) -> torch.Tensor:
     """K(x, y) @ v in float64 from the dense kernel matrix; differentiable."""
     return kernel_matrix(x, y, kind, params) @ v.double()
+
+
+def weighted_mmd_terms(x, y, kind, params, unbiased: bool, xw=None, yw=None,
+                       drop_zero: bool = True) -> torch.Tensor:
+    """Weighted (reliability weights) terms in float64 from the dense matrices; differentiable.
+    ``drop_zero``: rows with weight 0 are dropped by boolean indexing before anything reads them
+    (else kept: the gradient to a zero weight is then the true derivative).  Self terms:
+    sum_{i != j} w_i w_j k_ij / ((sum w)^2 - sum w^2) (unbiased) or sum_ij w_i w_j k_ij / (sum w)^2;
+    cross: sum_ij w_i v_j k_ij / (sum w sum v).  None: unit weights."""
+    xw = torch.ones(x.shape[0], dtype=torch.float64) if xw is None else xw.double()
+    yw = torch.ones(y.shape[0], dtype=torch.float64) if yw is None else yw.double()
+    if drop_zero:
+        kx, ky = xw != 0, yw != 0
+        x, y, xw, yw = x[kx], y[ky], xw[kx], yw[ky]
+    x, y = x.double(), y.double()
+
+    def self_term(p, w):
+        k = kernel_matrix(p, p, kind, params) * (w[:, None] * w[None, :])
+        if unbiased:
+            off = ~torch.eye(p.shape[0], dtype=torch.bool)
+            return k[off].sum() / (w.sum() ** 2 - (w ** 2).sum())
+        return k.sum() / w.sum() ** 2
+
+    kxy = kernel_matrix(x, y, kind, params) * (xw[:, None] * yw[None, :])
+    return torch.stack([self_term(x, xw), self_term(y, yw), kxy.sum() / (xw.sum() * yw.sum())])

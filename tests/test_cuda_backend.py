@@ -53,9 +53,11 @@ SEED = 2**40 + 12345   # > 2^32: exercises the 64-bit seed path
 def test_backend_declares_prior_family():
     import wae_fast.cuda_backend  # noqa: F401  (defines the ops)
     from wae_fast.dispatch import BACKEND_TABLE
-    assert set(BACKEND_TABLE["cuda"].caps.families) == {"mmd", "reparam", "prior", "kernel_matmul"}
+    assert set(BACKEND_TABLE["cuda"].caps.families) == {"mmd", "reparam", "prior", "kernel_matmul",
+                                                         "mmd_segments"}
     for name in ("mmd_fwd_cuda", "mmd_bwd_cuda", "prior_fwd_cuda", "prior_bwd_cuda",
-                 "reparam_fwd_cuda", "reparam_bwd_cuda"):
+                 "reparam_fwd_cuda", "reparam_bwd_cuda", "mmd_segments_fwd_cuda",
+                 "mmd_segments_bwd_cuda"):
         assert hasattr(torch.ops.wae_fast, name)
 
 

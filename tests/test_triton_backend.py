@@ -219,7 +219,7 @@ def test_fp64_reference_route(monkeypatch):
 def test_availability_and_dispatch():
     from wae_fast.kernels import backend as B
     from wae_fast.dispatch import BACKEND_TABLE
-    assert BACKEND_TABLE["triton"].caps.families == ("mmd", "reparam", "prior", "kernel_matmul")
+    assert BACKEND_TABLE["triton"].caps.families == ("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments")
     if torch.cuda.is_available():
         assert B.availability("cuda") is None
     else:

@@ -82,6 +82,31 @@ Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul`
   poly_eval), gx_i = 2 (rowsum(W)_i x_i - (W y)_i) (polynomial: -2 (W y)_i), gy likewise over
   columns.  The gradient to v is K(y, x) @ grad_out: the forward op with x and y swapped.
 
+Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``mmd``)::
+
+    wae_fast::mmd_segments_fwd_B(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets,
+                                 Tensor x_weights, Tensor y_weights, Tensor shifts, int kind,
+                                 float[] params, bool unbiased, str precision) -> Tensor terms
+    wae_fast::mmd_segments_bwd_B(Tensor grad_terms, Tensor terms, <the forward's inputs>,
+                                 bool grad_x, bool grad_y, bool grad_xw, bool grad_yw)
+        -> (Tensor gx, Tensor gy, Tensor gxw, Tensor gyw)
+
+* ``x`` (sum_b N_b, d), ``y`` (sum_b M_b, d) (one device and dtype, contiguous);
+  ``x_offsets`` int64 (B + 1,) cumulative from 0 (cu_seqlens), on the inputs' device;
+  ``y_offsets`` likewise, or (2,) = [0, M] when y is shared by every set (B = 1: the same thing);
+  the glue has validated them (backends read them on the host; a GPU backend may copy them).
+* ``x_weights`` (sum_b N_b,) / ``y_weights`` in the compute dtype, or (0,) for unit weights;
+  ``shifts`` (B, d) in the compute dtype: set b's points are shifted by shifts[b] (the glue passes
+  the mean of the set's y rows with non-zero weight, zeros for the polynomial).
+* ``terms`` float64 (B, 3): set b's weighted (mean k(x,x'), mean k(y,y'), mean k(x,y)), with
+  reliability weights w (x), v (y): self terms sum_ij w_i w_j k_ij / (sum w)^2 (biased) or over
+  i != j divided by sum_{i != j} w_i w_j (unbiased), cross term sum_ij w_i v_j k_ij / (sum w sum v).
+  A row with weight 0 never contributes and its coordinates are not read; a negative or
+  non-finite weight, or a zero denominator, makes that set's terms NaN.
+* ``mmd_segments_bwd_B`` returns the gradients of sum_b grad_terms[b] . terms[b] (grad_terms
+  float64 (B, 3)) to x, y (input dtype) and the weights (their dtype), or (0,) where the flag is
+  off; ``terms`` are the forward's.  Formulas: :mod:`wae_fast.segment_sums`.
+
 The other estimators of ``mmd_to_prior`` ("closed_form", "linear") are not ops: PyTorch code in
 :mod:`wae_fast.prior` that only the reference backend declares (``dispatch`` routes "auto" there
 and refuses them, naming the limit, on the other backends).
@@ -156,6 +181,17 @@ KMM_FWD_SCHEMA = "(Tensor x, Tensor y, Tensor v, Tensor offset, int kind, float[
 KMM_BWD_SCHEMA = (
     "(Tensor grad_out, Tensor x, Tensor y, Tensor v, Tensor offset, int kind, float[] params, "
     "bool grad_x, bool grad_y, str precision) -> (Tensor, Tensor)"
+)
+
+SEG_FWD_SCHEMA = (
+    "(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, Tensor x_weights, Tensor y_weights, "
+    "Tensor shifts, int kind, float[] params, bool unbiased, str precision) -> Tensor"
+)
+SEG_BWD_SCHEMA = (
+    "(Tensor grad_terms, Tensor terms, Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, "
+    "Tensor x_weights, Tensor y_weights, Tensor shifts, int kind, float[] params, bool unbiased, "
+    "bool grad_x, bool grad_y, bool grad_xw, bool grad_yw, str precision) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -363,6 +399,45 @@ def _define_kmm(backend: str) -> None:
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
 
 
+def _define_segments(backend: str) -> None:
+    fwd, bwd = f"mmd_segments_fwd_{backend}", f"mmd_segments_bwd_{backend}"
+    _LIB.define(fwd + SEG_FWD_SCHEMA)
+    _LIB.define(bwd + SEG_BWD_SCHEMA)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{fwd}")
+    def _fwd_fake(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
+                  precision):
+        return x.new_empty((x_offsets.shape[0] - 1, 3), dtype=torch.float64)
+
+    @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
+    def _bwd_fake(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
+                  params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
+        return tuple(torch.empty_like(t) if flag else t.new_empty((0,))
+                     for t, flag in ((x, grad_x), (y, grad_y), (x_weights, grad_xw),
+                                     (y_weights, grad_yw)))
+
+    def setup_context(ctx, inputs, output):
+        x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased, precision = inputs
+        ctx.args = (kind, params, unbiased)
+        ctx.precision = precision
+        ctx.save_for_backward(output, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts)
+
+    def backward(ctx, grad_terms):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        saved = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        flags = (need[0], need[1], need[4] and saved[5].numel() > 0, need[5] and saved[6].numel() > 0)
+        gx = gy = gxw = gyw = None
+        if any(flags):
+            gx, gy, gxw, gyw = (g if f else None for g, f in zip(op(bwd)(
+                grad_terms.to(torch.float64).contiguous(), *saved, *ctx.args, *flags, ctx.precision),
+                flags))
+        return gx, gy, None, None, gxw, gyw, None, None, None, None, None
+
+    torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
+
+
 _FUSES: dict[str, bool] = {}
 _EAGER_MMD: dict[str, type] = {}
 
@@ -384,6 +459,7 @@ FAMILIES: dict[str, OpFamily] = {
     "reparam": OpFamily("reparam", REPARAM_FWD_SCHEMA, REPARAM_BWD_SCHEMA, _define_reparam),
     "prior": OpFamily("prior", PRIOR_FWD_SCHEMA, PRIOR_BWD_SCHEMA, _define_prior),
     "kernel_matmul": OpFamily("kernel_matmul", KMM_FWD_SCHEMA, KMM_BWD_SCHEMA, _define_kmm),
+    "mmd_segments": OpFamily("mmd_segments", SEG_FWD_SCHEMA, SEG_BWD_SCHEMA, _define_segments),
 }
 
 
@@ -469,3 +545,52 @@ def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
     """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps."""
     return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), seed)
+
+
+def segment_shifts(kind: int, y: torch.Tensor, y_offsets: list[int], y_weights: torch.Tensor,
+                   num_sets: int) -> torch.Tensor:
+    """The per-set offsets (B, d) the glue passes to ``mmd_segments``: the mean of each set's y
+    rows with a non-zero weight (all rows when unweighted), in the compute dtype; zeros for the
+    polynomial.  Rows with weight 0 are never read (padding may hold NaN).  ``y_offsets``: host
+    values, (B + 1) cumulative or [0, M] for a y shared by every set."""
+    ct = compute_dtype(y.dtype)
+    d = y.shape[1]
+    if kind not in TRANSLATION_INVARIANT:
+        return y.new_zeros((num_sets, d), dtype=ct)
+    yd = y.detach().to(ct)
+    counts = [e - s for s, e in zip(y_offsets[:-1], y_offsets[1:])]
+    if y_weights.numel() == 0 and len(set(counts)) == 1:  # equal sets (batched): a view, one mean
+        mean = yd.view(len(counts), counts[0], d).mean(1)
+        return (mean.expand(num_sets, d) if len(counts) == 1 else mean).contiguous()
+    if y_weights.numel() > 0:
+        keep = (y_weights.detach() != 0)
+        yd = torch.where(keep[:, None], yd, torch.zeros((), dtype=ct, device=y.device))
+        ones = keep.to(ct)
+    else:
+        ones = torch.ones((y.shape[0],), dtype=ct, device=y.device)
+    seg = torch.repeat_interleave(torch.arange(len(counts), device=y.device),
+                                  torch.tensor(counts, device=y.device), output_size=y.shape[0])
+    total = yd.new_zeros((len(counts), d)).index_add_(0, seg, yd)
+    n = ones.new_zeros((len(counts),)).index_add_(0, seg, ones)
+    mean = total / n.clamp(min=1)[:, None]
+    return (mean.expand(num_sets, d) if len(counts) == 1 else mean).contiguous()
+
+
+def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list[int],
+                 y_offsets: list[int], x_weights: Optional[torch.Tensor],
+                 y_weights: Optional[torch.Tensor], kind: int, params: list[float], unbiased: bool,
+                 precision: str = "ieee") -> torch.Tensor:
+    """Call backend ``backend``'s ``mmd_segments`` forward op through autograd; returns the
+    float64 (B, 3) terms of every set.  ``x_offsets`` (B + 1 host ints, cumulative from 0),
+    ``y_offsets`` likewise or [0, M] (y shared by every set); weights None for unit weights.
+    Inputs are assumed validated (:mod:`wae_fast.segments`)."""
+    x, y = x.contiguous(), y.contiguous()
+    ct = compute_dtype(x.dtype)
+    xw = x.new_empty((0,), dtype=ct) if x_weights is None else x_weights.contiguous()
+    yw = y.new_empty((0,), dtype=ct) if y_weights is None else y_weights.contiguous()
+    num_sets = len(x_offsets) - 1
+    shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
+    xo = torch.tensor(x_offsets, dtype=torch.int64, device=x.device)
+    yo = torch.tensor(y_offsets, dtype=torch.int64, device=x.device)
+    return op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind),
+                                               [float(p) for p in params], bool(unbiased), precision)

@@ -15,7 +15,9 @@ prior samples generated in chunks of 4096 rows from the same stream, never all s
 ``mmd_to_prior(..., estimator="sampled", backend="cpp")`` (and "auto" on CPU).
 ``kernel_matmul_fwd_cpp`` / ``kernel_matmul_bwd_cpp`` (csrc/cpu/kmm_cpu.cpp) make :func:`wae_fast.kernel_matmul`:
 row blocks in parallel, one GEMM per block for the dot products, the kernel in place, a second
-GEMM for the product.
+GEMM for the product.  ``mmd_segments_fwd_cpp`` / ``mmd_segments_bwd_cpp``
+(csrc/cpu/segments_cpu.cpp) make :func:`wae_fast.mmd_batched` / :func:`wae_fast.mmd_varlen` and the
+weighted ``mmd``: one parallel loop over the (set, row tile) tasks of every set.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ define_backend_ops("cpp", fuses_grad=True)
 
 #: The op families the extension registers (its TORCH_LIBRARY_IMPL), given placeholders that
 #: build it on first use; routing by capabilities lives in wae_fast.dispatch.
-EXTENSION_FAMILIES = ("mmd", "reparam", "prior")
+EXTENSION_FAMILIES = ("mmd", "reparam", "prior", "mmd_segments")
 
 # The extension built at install (if it matches this torch) or a cached first-use build; never
 # compiles here.  Without either, the first eager call compiles it (wae_fast.build).

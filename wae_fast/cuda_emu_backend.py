@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import build
+from . import segment_sums
 from .contract import define_backend_ops
 
 define_backend_ops("cuda_emu", fuses_grad=False)
@@ -34,6 +35,18 @@ EXTENSION_FAMILIES = ("mmd", "reparam", "prior")
 _ext = build.load_prebuilt("cuda_emu")   # registers wae_fast::*_cuda_emu for CPU
 if _ext is None:
     build.build_on_first_use("cuda_emu", EXTENSION_FAMILIES)
+
+
+def _seg_row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad, precision):
+    # the extension's row pass (csrc/cuda/segments_kernels.cu), built on first use if needed
+    return build.ensure("cuda_emu").seg_row_pass(a, c, cw, shifts, [float(p) for p in params], tasks,
+                                           int(n_out), int(kind), bool(self_pass), bool(excl), bool(grad))
+
+
+#: mmd_segments: one launch per term over every set's tiles (64-row tasks, d <= 256; wider d
+#: runs the reference's passes), the reductions in torch (wae_fast.segment_sums)
+_seg_fwd, _seg_bwd = segment_sums.row_pass_ops(_seg_row_pass, block=64, max_d=256)
+define_backend_ops("cuda_emu", dispatch_key="CPU", mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
 
 
 def availability(device_type: str) -> Optional[str]:

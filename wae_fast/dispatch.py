@@ -72,16 +72,19 @@ class Backend:
 #: Every backend: its module and its capabilities.  A new backend is one entry here.
 BACKEND_TABLE: dict[str, Backend] = {
     "reference": Backend("wae_fast.reference", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), estimators=MMD_ESTIMATORS + PRIOR_ESTIMATORS)),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"),
+        estimators=MMD_ESTIMATORS + PRIOR_ESTIMATORS)),
     "cpp": Backend("wae_fast.cpp_backend", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cpu",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"), devices=("cpu",),
+        max_scales=16)),
     "triton": Backend("wae_fast.kernels.backend", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cuda", "cpu"))),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"), devices=("cuda", "cpu"))),
     "cuda": Backend("wae_fast.cuda_backend", Capabilities(
-        families=("mmd", "reparam", "prior", "kernel_matmul"), devices=("cuda",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "kernel_matmul", "mmd_segments"), devices=("cuda",),
+        max_scales=16)),
     # the cuda sources emulated on the CPU, for testing: never in AUTO_ORDER
     "cuda_emu": Backend("wae_fast.cuda_emu_backend", Capabilities(
-        families=("mmd", "reparam", "prior"), devices=("cpu",), max_scales=16)),
+        families=("mmd", "reparam", "prior", "mmd_segments"), devices=("cpu",), max_scales=16)),
 }
 
 BACKENDS: tuple[str, ...] = tuple(BACKEND_TABLE)

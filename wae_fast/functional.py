@@ -10,6 +10,7 @@ from . import contract
 from .dispatch import Request, select_backend
 from .kernel_specs import IMQ, KernelSpec, check_compute_range, resolve_kernel
 from .philox import resolve_seed
+from .segments import weighted_terms
 from .validation import check_finite as _check_finite
 from .validation import check_in_range, check_points, check_tensor
 
@@ -45,6 +46,8 @@ def mmd_terms(
     backend: str = "auto",
     check_finite: bool = False,
     precision: str = "ieee",
+    x_weights: Optional[torch.Tensor] = None,
+    y_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The three kernel means ``(mean k(x,x'), mean k(y,y'), mean k(x,y))`` as a float64 (3,)
     tensor (differentiable), so that ``mmd = terms[0] + terms[1] - 2 * terms[2]``.
@@ -53,6 +56,9 @@ def mmd_terms(
     the absolute error of MMD^2 (a small difference of large sums). Arguments as in :func:`mmd`.
     """
     x, y = check_points(x, y, estimator)
+    if x_weights is not None or y_weights is not None:  # the weighted estimators: one set pair
+        return weighted_terms(x, y, x_weights, y_weights, kernel, estimator=estimator,
+                              backend=backend, check_finite=check_finite, precision=precision)
     spec = resolve_kernel(kernel)
     if precision not in contract.PRECISIONS:
         raise ValueError(f"precision: unknown precision {precision!r}; expected one of {contract.PRECISIONS}")
@@ -77,6 +83,8 @@ def mmd(
     backend: str = "auto",
     check_finite: bool = False,
     precision: str = "ieee",
+    x_weights: Optional[torch.Tensor] = None,
+    y_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r"""Squared maximum mean discrepancy between point sets ``x`` (N, d) and ``y`` (M, d).
 
@@ -102,13 +110,20 @@ def mmd(
             them) on every backend, never a finite wrong value.
         precision: fp32 dot-product precision for backends that use tensor cores
             (``"ieee"`` exact, ``"tf32x3"``, ``"tf32"``); exact backends ignore it.
+        x_weights, y_weights: optional (N,) / (M,) reliability weights (either or both): the
+            weighted estimators of :mod:`wae_fast.segments` (biased: sum_ij w_i w_j k_ij /
+            (sum w)^2; unbiased self terms over i != j divided by (sum w)^2 - sum w^2; cross
+            term sum_ij w_i v_j k_ij / (sum w sum v)), computed by the ``mmd_segments`` op
+            family (backends that implement it).  Weight-0 rows are never read; a negative or
+            non-finite weight or a zero denominator gives NaN (ValueError under check_finite).
 
     Returns:
         0-dim tensor, float32 for fp16/bf16/fp32 inputs and float64 for fp64 inputs. Gradients
         flow to ``x`` and ``y`` in their own dtype; double backward is not supported.
     """
     terms = mmd_terms(x, y, kernel, estimator=estimator, backend=backend,
-                      check_finite=check_finite, precision=precision)
+                      check_finite=check_finite, precision=precision, x_weights=x_weights,
+                      y_weights=y_weights)
     out_dtype = torch.float64 if torch.promote_types(x.dtype, y.dtype) == torch.float64 else torch.float32
     # one dot with (1, 1, -2) instead of three selects (each a zeros + copy in backward)
     return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)

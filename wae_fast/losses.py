@@ -1,7 +1,7 @@
 """``torch.nn`` module wrappers."""
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -32,9 +32,12 @@ class MMDLoss(nn.Module):
         self.check_finite = check_finite
         self.precision = precision
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_weights: Optional[torch.Tensor] = None,
+                y_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:func:`wae_fast.mmd` of x (N, d) and y (M, d), optionally weighted ((N,), (M,))."""
         return mmd(x, y, self.kernel, estimator=self.estimator, backend=self.backend,
-                   check_finite=self.check_finite, precision=self.precision)
+                   check_finite=self.check_finite, precision=self.precision,
+                   x_weights=x_weights, y_weights=y_weights)
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}, estimator={self.estimator!r}, backend={self.backend!r}"

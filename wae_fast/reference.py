@@ -30,6 +30,7 @@ from .pairsum import (BLOCK_SIZE, acc_cols, acc_rows, cross_blocks, cross_sum,
                       kernel_and_derivative, pair_block, pair_count, self_sum, sq_dist, sq_norms,
                       sym_block)
 from .philox import check_seed, prior_rows
+from .segment_sums import segment_grads, segment_terms
 from .validation import check_sigma2
 
 def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y=False,
@@ -228,6 +229,19 @@ def _prior_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed,
     return gx.to(x.dtype)
 
 
+def _seg_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
+             precision):
+    return segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
+                         unbiased, compute_dtype(x.dtype))
+
+
+def _seg_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
+             params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
+    return segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights,
+                         shifts, kind, params, unbiased, grad_x, grad_y, grad_xw, grad_yw,
+                         compute_dtype(x.dtype))
+
+
 def availability(device_type: str) -> Optional[str]:
     """The reference runs wherever torch does."""
     return None
@@ -244,4 +258,6 @@ define_backend_ops(
     prior_bwd=_prior_bwd,
     kernel_matmul_fwd=_kmm_fwd,
     kernel_matmul_bwd=_kmm_bwd,
+    mmd_segments_fwd=_seg_fwd,
+    mmd_segments_bwd=_seg_bwd,
 )

@@ -352,6 +352,35 @@ at::Tensor reparam_bwd_cuda(const at::Tensor& gz_, const at::Tensor& logvar_, in
   return g;
 }
 
+// mmd_segments: the row pass of every task in one launch (segments_kernels.cu); the task tables
+// and the per-set reductions are Python's (wae_fast.segment_sums.rows_fwd / rows_bwd), which
+// registers the ops with this function as the row pass.
+std::tuple<at::Tensor, at::Tensor> seg_row_pass(const at::Tensor& a, const at::Tensor& c, const at::Tensor& cw,
+                                                const at::Tensor& shifts, std::vector<double> params,
+                                                const at::Tensor& tasks, int64_t n_out, int64_t kind, bool self_pass,
+                                                bool excl, bool grad) {
+  TORCH_CHECK(WAE_ON_DEVICE(a) && c.device() == a.device() && shifts.device() == a.device() &&
+                  tasks.device() == a.device(),
+              WAE_MSG "segment operands must be " WAE_DEVICE_NAME " tensors on one device");
+  const auto ct = a.scalar_type();
+  TORCH_CHECK(ct == at::kFloat || ct == at::kDouble, WAE_MSG "segment operands must be float32 or float64");
+  TORCH_CHECK(a.dim() == 2 && c.dim() == 2 && a.size(1) == c.size(1) && c.scalar_type() == ct &&
+                  shifts.scalar_type() == ct && tasks.scalar_type() == at::kLong && tasks.dim() == 2 &&
+                  tasks.size(1) == 6 && (cw.numel() == 0 || (cw.numel() == c.size(0) && cw.scalar_type() == ct)),
+              WAE_MSG "bad segment operands");
+  DeviceScope scope(a);
+  at::Tensor A = a.contiguous(), C = c.contiguous(), CW = cw.contiguous(), SH = shifts.contiguous();
+  at::Tensor T = tasks.contiguous();
+  at::Tensor s = at::zeros({n_out}, a.options().dtype(at::kDouble));
+  at::Tensor g = grad ? at::zeros({n_out, a.size(1)}, a.options()) : at::empty({0}, a.options());
+  check_rc(wae_seg_rows(dtype_code(ct), A.data_ptr(), C.data_ptr(), CW.numel() ? CW.data_ptr() : nullptr,
+                        SH.data_ptr(), T.data_ptr<int64_t>(), T.size(0), A.size(1), int(kind), params.data(),
+                        int(params.size()), self_pass, excl, grad, s.data_ptr<double>(),
+                        grad ? g.data_ptr() : nullptr, scope.stream()),
+           "segment row pass launch");
+  return {s, g};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wae_fast, WAE_DISPATCH_KEY, m) {
@@ -369,6 +398,7 @@ TORCH_LIBRARY_IMPL(wae_fast, WAE_DISPATCH_KEY, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "wae_fast CUDA kernels (registers wae_fast::*_" WAE_BACKEND " for the " WAE_DEVICE_NAME " dispatch key)";
+  m.def("seg_row_pass", &seg_row_pass, "mmd_segments row pass over a task table (segments_kernels.cu)");
 #if defined(WAE_CUDA_EMU)
   m.def("checks", [] {
     const unsigned c = wae_emu::checks_from_env();

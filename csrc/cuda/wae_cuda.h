@@ -65,6 +65,16 @@ int wae_kmm_fwd(int ct, const void* A, const void* B, const void* V, int64_t nA,
 int wae_kmm_grad(int ct, const void* A, const void* B, const void* U, const void* V, int64_t nA, int64_t nB, int64_t d,
                  int64_t pv, int kind, const double* params, int nparams, void* out, cudaStream_t stream);
 
+//! mmd_segments row pass (segments_kernels.cu), operands contiguous in the compute dtype ct:
+//! for each task t of the int64 (ntasks, 6) DEVICE table [set, r0, r1, c0, c1, o0] (rows of A
+//! against the set's columns of C, both shifted by SH[set] (B, d); CW: column weights or null),
+//! s_out[o0 + i - r0] = sum_j v_j k(a_i, c_j) (double) and, with grad, g_out (rows, d) =
+//! sum_j v_j W_ij (a_i - c_j) (polynomial: -sum_j v_j W_ij c_j); r_ii = 0 with self_pass, the
+//! j == i terms dropped with excl.  d <= 256; row tiles of at most 64 rows.
+int wae_seg_rows(int ct, const void* A, const void* C, const void* CW, const void* SH, const int64_t* tasks,
+                 int64_t ntasks, int64_t d, int kind, const double* params, int nparams, int self_pass, int excl,
+                 int grad, double* s_out, void* g_out, cudaStream_t stream);
+
 //! z = mu + exp(logvar / 2) * eps, eps[i] = tl.randn(seed, i) (flat int64 index), input dtype.
 int wae_reparam_fwd(int dtype, const void* mu, const void* logvar, void* z, int64_t numel, uint64_t seed,
                     cudaStream_t stream);

@@ -1,0 +1,161 @@
+"""Many MMDs in one call (mmd_batched / mmd_varlen, weighted or not) against a Python loop of
+single ``mmd`` calls and the dense batched formula in plain PyTorch (``torch.cdist`` on (B, N, d)).
+
+    python -m benchmarks.bench_segments [--device cpu|cuda] [--backend auto] [--reps 5] [--tiny]
+                                        [--threads T] [--clock wall|cpu]
+
+Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
+
+* ``batched``: B = 256 sets of N = M = 64 points, d in {8, 64};
+* ``ragged``: B = 64 sets of 16 to 512 points (x and y sizes drawn independently, seed 0), d in {8, 64};
+* ``single``: one N = M = 4096 ``mmd`` call at the same d (the per-pair cost to compare with).
+
+Methods: ``wae_fast`` (one call), ``wae_fast_w`` (the same with random weights in [0.5, 1.5] on
+x and y), ``loop`` (one ``mmd`` call per set), ``dense`` (the (B, N, N) kernel matrices from
+``torch.cdist``, equal-size sets only).  Time: median of ``--reps`` calls after one warm-up, all
+methods of a row interleaved in one process (the load of a shared machine moves between rows).
+``ns/pair``: time over the pairs of the estimator, counted as ordered pairs sum_b (N_b^2 + M_b^2 +
+N_b M_b), the same count for every method and the single call.  Output: a markdown table on stdout.
+``--clock cpu`` times the process CPU time (``time.process_time``) instead of the wall clock: with
+``--threads 1`` on a shared, overloaded machine it is the steadier measure of the work done.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import wae_fast
+
+
+def _imq_dense(x, y):
+    """Dense batched unbiased 7-scale IMQ MMD (what users write today)."""
+    d = x.shape[-1]
+    cb = 2.0 * d
+    scales = wae_fast.WAE_SCALES
+
+    def k(a, b):
+        r = torch.cdist(a, b).square()
+        return sum(s * cb / (s * cb + r) for s in scales)
+
+    n, m = x.shape[1], y.shape[1]
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    txx = (kxx.sum((1, 2)) - kxx.diagonal(dim1=1, dim2=2).sum(1)) / (n * (n - 1))
+    tyy = (kyy.sum((1, 2)) - kyy.diagonal(dim1=1, dim2=2).sum(1)) / (m * (m - 1))
+    return txx + tyy - 2 * kxy.mean((1, 2))
+
+
+def _time(fn, reps):
+    fn()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+_CLOCK = time.perf_counter
+
+
+def _run(methods, reps, grad):
+    """Interleaved: each rep runs every method once; median seconds per method."""
+    for f in methods.values():
+        f(grad)  # warm-up
+    times = {k: [] for k in methods}
+    for _ in range(reps):
+        for k, f in methods.items():
+            t0 = _CLOCK()
+            f(grad)
+            times[k].append(_CLOCK() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _call(fn, x, grad):
+    if grad:
+        x.grad = None
+        fn().sum().backward()
+    else:
+        with torch.no_grad():
+            fn()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tiny", action="store_true", help="small shapes (a smoke run)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    a = ap.parse_args(argv)
+    global _CLOCK
+    _CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev, be = a.device, a.backend
+    g = torch.Generator().manual_seed(0)
+    B, N, single = (8, 16, 256) if a.tiny else (256, 64, 4096)
+    lo, hi = (4, 32) if a.tiny else (16, 512)
+    rb = 8 if a.tiny else 64
+    print(f"# mmd_segments benchmark: device {dev}, backend {be} "
+          f"({wae_fast.which_backend(dev, be, family='mmd_segments')}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, reps {a.reps}, clock {a.clock}\n")
+    print("| row | d | pass | method | median s | ns/pair | vs loop |")
+    print("|---|---|---|---|---|---|---|")
+    for d in (8, 64):
+        # equal-size sets
+        x = torch.randn(B, N, d, generator=g).to(dev).requires_grad_(True)
+        y = torch.randn(B, N, d, generator=g).to(dev)
+        xw = (torch.rand(B, N, generator=g) + 0.5).to(dev)
+        yw = (torch.rand(B, N, generator=g) + 0.5).to(dev)
+        pairs = B * 3 * N * N
+        methods = {
+            "wae_fast": lambda gr: _call(lambda: wae_fast.mmd_batched(x, y, backend=be), x, gr),
+            "wae_fast_w": lambda gr: _call(lambda: wae_fast.mmd_batched(x, y, backend=be, x_weights=xw,
+                                                                         y_weights=yw), x, gr),
+            "loop": lambda gr: _call(lambda: torch.stack([wae_fast.mmd(x[b], y[b], backend=be)
+                                                         for b in range(B)]), x, gr),
+            "dense": lambda gr: _call(lambda: _imq_dense(x, y), x, gr),
+        }
+        for grad in (False, True):
+            res = _run(methods, a.reps, grad)
+            for k, s in res.items():
+                print(f"| batched B={B} N=M={N} | {d} | {'fwd+bwd' if grad else 'fwd'} | {k} | {s:.4g} | "
+                      f"{s / pairs * 1e9:.3g} | {res['loop'] / s:.2f}x |")
+        # ragged sets
+        nx = torch.randint(lo, hi + 1, (rb,), generator=g).tolist()
+        ny = torch.randint(lo, hi + 1, (rb,), generator=g).tolist()
+        xo = [0] + torch.tensor(nx).cumsum(0).tolist()
+        yo = [0] + torch.tensor(ny).cumsum(0).tolist()
+        xr = torch.randn(xo[-1], d, generator=g).to(dev).requires_grad_(True)
+        yr = torch.randn(yo[-1], d, generator=g).to(dev)
+        xrw = (torch.rand(xo[-1], generator=g) + 0.5).to(dev)
+        yrw = (torch.rand(yo[-1], generator=g) + 0.5).to(dev)
+        pairs = sum(n * n + m * m + n * m for n, m in zip(nx, ny))
+        methods = {
+            "wae_fast": lambda gr: _call(lambda: wae_fast.mmd_varlen(xr, yr, xo, yo, backend=be), xr, gr),
+            "wae_fast_w": lambda gr: _call(lambda: wae_fast.mmd_varlen(xr, yr, xo, yo, backend=be,
+                                                                        x_weights=xrw, y_weights=yrw), xr, gr),
+            "loop": lambda gr: _call(lambda: torch.stack([
+                wae_fast.mmd(xr[xo[b]:xo[b + 1]], yr[yo[b]:yo[b + 1]], backend=be) for b in range(rb)]), xr, gr),
+        }
+        for grad in (False, True):
+            res = _run(methods, a.reps, grad)
+            for k, s in res.items():
+                print(f"| ragged B={rb} N,M in [{lo},{hi}] | {d} | {'fwd+bwd' if grad else 'fwd'} | {k} | {s:.4g} | "
+                      f"{s / pairs * 1e9:.3g} | {res['loop'] / s:.2f}x |")
+        # one large call: the per-pair cost to compare with
+        xs = torch.randn(single, d, generator=g).to(dev).requires_grad_(True)
+        ys = torch.randn(single, d, generator=g).to(dev)
+        pairs = 3 * single * single
+        for grad in (False, True):
+            res = _run({"mmd": lambda gr: _call(lambda: wae_fast.mmd(xs, ys, backend=be), xs, gr)}, a.reps, grad)
+            print(f"| single N=M={single} | {d} | {'fwd+bwd' if grad else 'fwd'} | mmd | {res['mmd']:.4g} | "
+                  f"{res['mmd'] / pairs * 1e9:.3g} | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Many MMDs in one call (mmd_batched, mmd_terms_batched, mmd_varlen) and weighted samples
+(x_weights / y_weights), on every backend implementing the ``mmd_segments`` family, against the
+dense float64 weighted oracle (tests/oracle.py, written independently of wae_fast.segment_sums).
+
+Tolerances: values against the scale sum(terms) + terms[2] (DESIGN.md 5b), gradients against
+their norm: fp64 1e-12 / 1e-10, fp32 5e-6 / 5e-5 (as tests/test_backends.py); fp16/bf16 inputs
+are rounded before the oracle sees them, so only the compute (fp32) error remains.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import wae_fast
+from wae_fast import contract
+
+from . import oracle
+
+KERNELS = {"imq7": wae_fast.IMQ(), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0)),
+           "poly3": wae_fast.Polynomial()}
+VAL_TOL = {torch.float64: 1e-12, torch.float32: 5e-6, torch.float16: 5e-6, torch.bfloat16: 5e-6}
+GRAD_TOL = {torch.float64: 1e-10, torch.float32: 5e-5, torch.float16: 5e-5, torch.bfloat16: 5e-5}
+X_OFF = [0, 2, 9, 40, 43, 113]      # ragged: 2, 7, 31, 3, 70 points
+Y_OFF = [0, 5, 7, 19, 85, 88]       # 5, 2, 12, 66, 3 points
+
+
+def _data(xo, yo, d, dtype, dev, seed, zero_frac=0.25, nan_pad=True):
+    """Points, and weights in [0.2, 2] with about ``zero_frac`` zeros (at least two positive
+    weights per set); rows with weight 0 hold NaN when ``nan_pad`` (they must never be read)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(xo[-1], d, generator=g, dtype=torch.float64) * 0.9 + 0.2
+    y = torch.randn(yo[-1], d, generator=g, dtype=torch.float64)
+    ws = []
+    for offs, n in ((xo, xo[-1]), (yo, yo[-1])):
+        w = torch.rand(n, generator=g, dtype=torch.float64) * 1.8 + 0.2
+        w[torch.rand(n, generator=g) < zero_frac] = 0.0
+        for s in offs[:-1]:  # keep two positive weights per set (the unbiased denominator)
+            w[s:s + 2] = torch.rand(2, generator=g, dtype=torch.float64) + 0.5
+        ws.append(w)
+    xw, yw = ws
+    x, y = x.to(dtype), y.to(dtype)
+    if nan_pad:
+        x[xw == 0] = float("nan")
+        y[yw == 0] = float("nan")
+    return [t.to(dev) for t in (x, y, xw.to(dtype), yw.to(dtype))]
+
+
+def _oracle(x, y, xw, yw, xo, yo, kind, params, unbiased, gt, drop_zero=True):
+    """Terms (B, 3) and the gradients of sum(gt * terms) to x, y, xw, yw from the dense oracle."""
+    xd, yd, xwd, ywd = [None if t is None else t.detach().cpu().double().requires_grad_(True)
+                        for t in (x, y, xw, yw)]
+    shared = len(yo) == 2 and len(xo) > 2
+    rows = []
+    for b in range(len(xo) - 1):
+        ys, ye = (yo[0], yo[1]) if shared else (yo[b], yo[b + 1])
+        rows.append(oracle.weighted_mmd_terms(
+            xd[xo[b]:xo[b + 1]], yd[ys:ye], kind, params, unbiased,
+            None if xwd is None else xwd[xo[b]:xo[b + 1]], None if ywd is None else ywd[ys:ye],
+            drop_zero=drop_zero))
+    terms = torch.stack(rows)
+    ins = [t for t in (xd, yd, xwd, ywd) if t is not None]
+    grads = torch.autograd.grad((terms * gt).sum(), ins, allow_unused=True)
+    return terms.detach(), grads
+
+
+def _terms_scale(t):
+    return (t[:, 0] + t[:, 1] + 2 * t[:, 2]).abs()
+
+
+def _compare_grads(grads_got, grads_want, dtype, what):
+    for name, a, b in zip(("x", "y", "x_weights", "y_weights"), grads_got, grads_want):
+        a = a.detach().cpu().double()
+        e = (a - b).norm().item()
+        assert e <= GRAD_TOL[dtype] * b.norm().item() + 1e-300, f"{what}: d{name} error {e:.3g} vs {b.norm():.3g}"
+
+
+@pytest.mark.parametrize("kname", ["imq7", "rbf3", "poly3"])
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_varlen_weighted_against_oracle(seg_backend, kname, estimator, dtype):
+    """Ragged sets, weights with zeros over NaN padding: terms and the gradients to x, y and
+    both weights (weight-0 rows: zero gradient to their coordinates)."""
+    name, dev = seg_backend
+    spec = KERNELS[kname]
+    x, y, xw, yw = _data(X_OFF, Y_OFF, 5, dtype, dev, seed=len(kname) + (estimator == "biased"))
+    for t in (x, y, xw, yw):
+        t.requires_grad_(True)
+    got = wae_fast.mmd_varlen(x, y, X_OFF, torch.tensor(Y_OFF), spec, x_weights=xw, y_weights=yw,
+                              estimator=estimator, backend=name)
+    assert got.shape == (5,) and torch.isfinite(got).all()
+    gt = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64) * torch.linspace(0.5, 1.5, 5, dtype=torch.float64)[:, None]
+    got_w = (got.double() * torch.linspace(0.5, 1.5, 5, dtype=torch.float64).to(dev)).sum()
+    gx, gy, gxw, gyw = torch.autograd.grad(got_w, (x, y, xw, yw))
+    kind, params = spec.lower(5)
+    want, gwant = _oracle(x, y, xw, yw, X_OFF, Y_OFF, kind, params, estimator == "unbiased", gt)
+    mmd_want = want @ torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
+    scale = _terms_scale(want)
+    assert bool(((got.cpu().double() - mmd_want).abs() <= VAL_TOL[dtype] * scale).all())
+    # gradients: weight-0 rows have zero coordinate gradients; their weight gradients read the
+    # (NaN) padding and are compared on the other rows only
+    assert bool((gx[xw.detach() == 0] == 0).all()) and bool((gy[yw.detach() == 0] == 0).all())
+    kx, ky = (xw.detach() != 0).cpu(), (yw.detach() != 0).cpu()
+    _compare_grads((gx, gy, gxw[kx], gyw[ky]), (gwant[0], gwant[1], gwant[2][kx], gwant[3][ky]),
+                   dtype, f"{name} {kname}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_dtypes(seg_backend, dtype):
+    name, dev = seg_backend
+    x, y, xw, yw = _data([0, 9, 20], [0, 6, 19], 4, dtype, dev, seed=3)
+    t = wae_fast.mmd_terms_batched(x[:18].view(2, 9, 4), y[:18].view(2, 9, 4), backend=name,
+                                   x_weights=xw[:18].view(2, 9), y_weights=yw[:18].view(2, 9))
+    kind, params = wae_fast.IMQ().lower(4)
+    want, _ = _oracle(x[:18], y[:18], xw[:18], yw[:18], [0, 9, 18], [0, 9, 18], kind, params, True,
+                      torch.ones(2, 3, dtype=torch.float64))
+    assert t.dtype == torch.float64 and t.shape == (2, 3)
+    assert bool(((t.cpu() - want).abs() <= VAL_TOL[dtype] * _terms_scale(want)[:, None]).all())
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_batched_and_equal_weights_equal_plain_mmd_fp64(seg_backend, estimator):
+    """Unit and equal weights give today's estimators within 4 ulp of the scale (fp64)."""
+    name, dev = seg_backend
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 13, 6, generator=g, dtype=torch.float64).to(dev)
+    y = torch.randn(4, 9, 6, generator=g, dtype=torch.float64).to(dev) + 0.3
+    plain = torch.stack([wae_fast.mmd_terms(x[b], y[b], estimator=estimator, backend=name)
+                         for b in range(4)])
+    scale = _terms_scale(plain.cpu())
+    ulp = 4 * torch.finfo(torch.float64).eps * scale
+    for xw, yw in [(None, None), (torch.ones(4, 13), None), (torch.full((4, 13), 3.0), torch.full((4, 9), 0.25))]:
+        kw = {} if xw is None else {"x_weights": xw.double().to(dev)}
+        if yw is not None:
+            kw["y_weights"] = yw.double().to(dev)
+        t = wae_fast.mmd_terms_batched(x, y, estimator=estimator, backend=name, **kw)
+        assert bool(((t - plain).abs().cpu() <= ulp[:, None]).all()), (t - plain).abs().max()
+        v = wae_fast.mmd_batched(x, y, estimator=estimator, backend=name, **kw)
+        assert v.shape == (4,) and v.dtype == torch.float64
+    for b in range(2):  # weighted plain mmd is the B = 1 case
+        w = torch.full((13,), 2.0, dtype=torch.float64, device=dev)
+        one = wae_fast.mmd(x[b], y[b], estimator=estimator, backend=name, x_weights=w)
+        ref = plain[b] @ torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64, device=plain.device)
+        assert abs(float(one - ref)) <= 3 * float(ulp[b])
+
+
+def test_shared_y_and_float32_batched(seg_backend):
+    """A 2-D y is shared by every set (its gradient sums over the sets); fp32 against the oracle."""
+    name, dev = seg_backend
+    x, y, xw, yw = _data([0, 17, 34, 51], [0, 23], 3, torch.float32, dev, seed=11)
+    x3 = x.view(3, 17, 3).requires_grad_(True)
+    yy = y.clone().requires_grad_(True)
+    ywr = yw.clone().requires_grad_(True)
+    t = wae_fast.mmd_terms_batched(x3, yy, backend=name, x_weights=xw.view(3, 17), y_weights=ywr)
+    gt = torch.tensor([[1.0, 2.0, -3.0], [0.5, 1.0, 1.0], [2.0, -1.0, 0.2]], dtype=torch.float64)
+    gx, gy, gyw = torch.autograd.grad((t * gt.to(dev)).sum(), (x3, yy, ywr))
+    kind, params = wae_fast.IMQ().lower(3)
+    want, gw = _oracle(x, y, xw, yw, [0, 17, 34, 51], [0, 23], kind, params, True, gt)
+    ky = (yw != 0).cpu()
+    _compare_grads((gx.reshape(-1, 3), gy, gyw[ky]), (gw[0], gw[1], gw[3][ky]), torch.float32,
+                   "shared y")
+    assert bool(((t.detach().cpu() - want).abs() <= 5e-6 * _terms_scale(want)[:, None]).all())
+
+
+def test_gradient_to_zero_weights_is_the_true_derivative(seg_backend):
+    """With finite padding, the gradient to a weight equal to 0 is the derivative at 0."""
+    name, dev = seg_backend
+    x, y, xw, yw = _data([0, 8, 19], [0, 6, 13], 3, torch.float64, dev, seed=2, nan_pad=False)
+    xw.requires_grad_(True)
+    yw.requires_grad_(True)
+    v = wae_fast.mmd_varlen(x, y, [0, 8, 19], [0, 6, 13], x_weights=xw, y_weights=yw, backend=name)
+    gxw, gyw = torch.autograd.grad(v.sum(), (xw, yw))
+    kind, params = wae_fast.IMQ().lower(3)
+    gt = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64).expand(2, 3)
+    _, gw = _oracle(x, y, xw, yw, [0, 8, 19], [0, 6, 13], kind, params, True,
+                    gt, drop_zero=False)
+    assert torch.allclose(gxw.cpu(), gw[2], rtol=0, atol=1e-10 * gw[2].norm().item())
+    assert torch.allclose(gyw.cpu(), gw[3], rtol=0, atol=1e-10 * gw[3].norm().item())
+
+
+@pytest.mark.parametrize("kname", ["imq7", "poly3"])
+def test_gradcheck_fp64(seg_backend, kname):
+    name, dev = seg_backend
+    x, y, xw, yw = _data([0, 4, 7], [0, 3, 8], 2, torch.float64, dev, seed=8, zero_frac=0.0,
+                         nan_pad=False)
+    ins = [t.requires_grad_(True) for t in (x, y, xw, yw)]
+
+    def f(a, b, c, e):
+        return wae_fast.mmd_varlen(a, b, [0, 4, 7], [0, 3, 8], KERNELS[kname], x_weights=c,
+                                   y_weights=e, backend=name)
+
+    # full Jacobians on the reference; a random projection (fast_mode) on the kernel backends,
+    # whose interpreted launches are slow
+    fast = name != "reference"
+    assert torch.autograd.gradcheck(f, ins, fast_mode=fast)
+    shared = y[:5].detach()  # a shared y, biased, batched
+
+    def g(a, c):
+        return wae_fast.mmd_batched(a[:6].view(2, 3, 2), shared, KERNELS[kname],
+                                    x_weights=c[:6].view(2, 3), estimator="biased", backend=name)
+
+    assert torch.autograd.gradcheck(g, (ins[0], ins[2]), fast_mode=fast)
+
+
+def test_weight_edge_cases_give_that_sets_nan(seg_backend):
+    """A negative or non-finite weight, or a zero denominator: that set is NaN, the others are
+    not; with check_finite=True a ValueError names the argument and the set."""
+    name, dev = seg_backend
+    x, y, xw, yw = _data([0, 6, 12, 18], [0, 5, 10, 15], 3, torch.float32, dev, seed=4,
+                         zero_frac=0.0)
+    xb, yb = x.view(3, 6, 3), y.view(3, 5, 3)
+    cases = [("x_weights", 1, -0.5, "unbiased"), ("y_weights", 2, float("inf"), "unbiased"),
+             ("x_weights", 0, float("nan"), "biased")]
+    for arg, b, val, est in cases:
+        w = (xw if arg == "x_weights" else yw).clone().view(3, -1)
+        w[b, 1] = val
+        kw = {arg: w}
+        out = wae_fast.mmd_batched(xb, yb, estimator=est, backend=name, **kw)
+        assert torch.isnan(out[b]) and torch.isfinite(out[[i for i in range(3) if i != b]]).all()
+        with pytest.raises(ValueError, match=rf"{arg}: set {b} has a negative or non-finite weight"):
+            wae_fast.mmd_batched(xb, yb, estimator=est, backend=name, check_finite=True, **kw)
+    # zero denominators: one positive weight (unbiased), all zero (biased)
+    for est, keep in (("unbiased", 1), ("biased", 0)):
+        w = xw.clone().view(3, 6)
+        w[1] = 0.0
+        w[1, :keep] = 1.0
+        out = wae_fast.mmd_batched(xb, yb, estimator=est, backend=name, x_weights=w)
+        assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+        with pytest.raises(ValueError, match=r"x_weights: set 1's weights leave a zero denominator"):
+            wae_fast.mmd_batched(xb, yb, estimator=est, backend=name, x_weights=w, check_finite=True)
+    # a non-finite coordinate of a weighted row: that set NaN, ValueError under check_finite
+    xn = xb.clone()
+    xn[2, 3, 0] = float("inf")
+    out = wae_fast.mmd_batched(xn, yb, backend=name, x_weights=xw.view(3, 6))
+    assert torch.isnan(out[2]) and torch.isfinite(out[:2]).all()
+    with pytest.raises(ValueError, match=r"x: set 2 contains non-finite"):
+        wae_fast.mmd_batched(xn, yb, backend=name, x_weights=xw.view(3, 6), check_finite=True)
+
+
+def test_opcheck_and_compile(seg_backend):
+    name, dev = seg_backend
+    x, y, xw, yw = _data([0, 5, 12], [0, 4, 9], 3, torch.float32, dev, seed=6, zero_frac=0.0,
+                         nan_pad=False)
+    op = contract.op(f"mmd_segments_fwd_{name}").default
+    xo = torch.tensor([0, 5, 12], device=dev)
+    yo = torch.tensor([0, 4, 9], device=dev)
+    shifts = torch.zeros(2, 3, device=dev)
+    for wx, wy in [(xw, yw), (x.new_empty((0,)), x.new_empty((0,)))]:
+        args = (x.clone().requires_grad_(True), y.clone().requires_grad_(True), xo, yo,
+                wx.clone().requires_grad_(wx.numel() > 0), wy.clone(), shifts, 0, [1.0, 3.0], True,
+                "ieee")
+        torch.library.opcheck(op, args)
+    xr = x.clone().requires_grad_(True)
+
+    def loss(a, b, c):
+        return (wae_fast.mmd_varlen(a, b, [0, 5, 12], [0, 4, 9], x_weights=c, backend=name).sum()
+                + wae_fast.mmd_batched(a[:10].view(2, 5, 3), b[:8].view(2, 4, 3), backend=name).sum()
+                + wae_fast.mmd(a, b, y_weights=c[:9], backend=name))
+
+    got = torch.compile(loss, fullgraph=True, backend="aot_eager")(xr, y, xw)
+    (g1,) = torch.autograd.grad(got, xr)
+    want = loss(xr, y, xw)
+    (g2,) = torch.autograd.grad(want, xr)
+    assert torch.allclose(got, want, rtol=0, atol=1e-6) and torch.allclose(g1, g2, rtol=1e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation (backend independent)
+
+
+def test_mmd_and_mmdloss_still_refuse_3d_and_take_weights():
+    x, y = torch.randn(2, 5, 3), torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        wae_fast.mmd(x, y)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        wae_fast.MMDLoss()(x, y)
+    loss = wae_fast.MMDLoss(backend="reference")
+    w = torch.rand(5) + 0.1
+    a = loss(x[0], y[0], x_weights=w)
+    b = wae_fast.mmd(x[0], y[0], backend="reference", x_weights=w)
+    assert torch.equal(a, b) and a.dtype == torch.float32 and a.dim() == 0
+
+
+def test_argument_errors_name_argument_and_set():
+    x, y = torch.randn(3, 5, 2), torch.randn(3, 4, 2)
+    bad = [
+        (lambda: wae_fast.mmd_batched(x, torch.randn(2, 4, 2)), "y has B=2 sets but x has B=3"),
+        (lambda: wae_fast.mmd_batched(x[0], y), "x must be 3-D"),
+        (lambda: wae_fast.mmd_batched(x, y, x_weights=torch.ones(3, 4)), r"x_weights must have shape \(3, 5\)"),
+        (lambda: wae_fast.mmd_batched(x, y[0], y_weights=torch.ones(3, 4)), r"y_weights must have shape \(4,\)"),
+        (lambda: wae_fast.mmd_batched(x, torch.randn(3, 4, 3)), "y has d=3 features but x has d=2"),
+        (lambda: wae_fast.mmd_batched(x[:, :1], y), "x: set 0 has 1 point"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], [1, 5], [0, 4]), "x_offsets must start at 0"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], [0, 3, 2, 5], [0, 1, 2, 4]), "x_offsets decreases at set 1"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], [0, 4], [0, 4]), "x_offsets must end at the number of rows 5"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], [0, 2, 5], [0, 4]), "y_offsets has B=1 sets but x_offsets has B=2"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], torch.tensor([0, 5], dtype=torch.int32), [0, 4]), "x_offsets must be int64"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], [0, 2, 5], [0, 3, 4]), "y: set 1 has 1 point"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], [0, 2, 2, 5], [0, 1, 2, 4], estimator="biased"), "x: set 1 has 0 point"),
+        (lambda: wae_fast.mmd_varlen(x[0], y[0], [0], [0, 4]), "x_offsets must have B \\+ 1 >= 2"),
+        (lambda: wae_fast.mmd(x[0], y[0], x_weights=torch.ones(5, dtype=torch.int64)), "x_weights has unsupported dtype"),
+        (lambda: wae_fast.mmd(x[0], y[0], y_weights=torch.ones(5)), r"y_weights must have shape \(4,\)"),
+    ]
+    for fn, msg in bad:
+        with pytest.raises((ValueError, TypeError), match=msg):
+            fn()
+
+
+def test_auto_routes_to_a_backend_that_implements_the_family(monkeypatch):
+    """"auto" never picks a backend without the family; naming one raises, naming the limit."""
+    import dataclasses
+
+    from wae_fast import dispatch
+    name = dispatch.resolve_backend("auto", "cpu", request=dispatch.Request("mmd_segments"))
+    assert "mmd_segments" in dispatch.BACKEND_TABLE[name].caps.families
+    entry = dispatch.BACKEND_TABLE[name]
+    fams = tuple(f for f in entry.caps.families if f != "mmd_segments")
+    monkeypatch.setitem(dispatch.BACKEND_TABLE, name, dataclasses.replace(
+        entry, caps=dataclasses.replace(entry.caps, families=fams)))
+    dispatch.clear_selection_cache()
+    other = dispatch.resolve_backend("auto", "cpu", request=dispatch.Request("mmd_segments"))
+    assert other != name and "mmd_segments" in dispatch.BACKEND_TABLE[other].caps.families
+    with pytest.raises(ValueError, match="does not implement the mmd_segments op family"):
+        wae_fast.mmd_batched(torch.randn(2, 3, 2), torch.randn(2, 3, 2), backend=name)
+    dispatch.clear_selection_cache()
+
+
+def test_bench_segments_tiny_runs(capsys):
+    """The benchmark script's smoke run (tiny shapes, one rep) prints every row."""
+    from benchmarks import bench_segments
+
+    bench_segments.main(["--tiny", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert out.count("| batched") == 16 and out.count("| ragged") == 12 and out.count("| single") == 4
