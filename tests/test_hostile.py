@@ -372,6 +372,46 @@ def test_kernel_constants_validated_after_derivation(mmd_backend, spec, arg, dty
         wae_fast.mmd(x.to(dev), y.to(dev), spec, backend=name)
 
 
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e13), (torch.float64, 1e110)])
+def test_polynomial_overflow_is_nan_or_raises(mmd_backend, dtype, big):
+    """(gamma a.b + coef0)^3 beyond the compute dtype gave inf (value +-inf or NaN, gradients
+    inf): outside the polynomial's range every backend now gives NaN, and with
+    check_finite=True a ValueError naming the argument; just inside it, the right answer."""
+    name, dev = mmd_backend
+    spec = wae_fast.Polynomial(degree=3)
+    x, y = _pts(5, 4, 2, dtype, seed=7)
+    x[0] = big
+    v, xa, ya = _run(name, dev, x, y, spec, "unbiased", False)
+    assert torch.isnan(v), v
+    # a gradient entry is NaN where it overflows, else right: a pair's derivative (gamma a.b +
+    # coef0)^2 may fit while its value (...)^3 does not
+    kind, params = spec.lower(2)
+    _, gx, gy, _ = oracle.mmd_and_grads(x, y, kind, params, True)
+    for t, want in ((xa.grad, gx), (ya.grad, gy)):
+        got = t.double().cpu()
+        assert not torch.isinf(got).any()
+        ok = torch.isfinite(got) & torch.isfinite(want)  # the oracle's diagonal mask is inf * 0
+        assert torch.allclose(got[ok], want[ok], rtol=1e-4, atol=0), (got, want)
+    with pytest.raises(ValueError, match="^x.*: the polynomial kernel .*overflows"):
+        _run(name, dev, x, y, spec, "unbiased", True)
+    x[0] = big ** 0.25  # inside: every power finite
+    v, xa, ya = _run(name, dev, x, y, spec, "unbiased", True)
+    want, gx, gy, scale = oracle.mmd_and_grads(x, y, kind, params, True)
+    assert abs(v.item() - want.item()) <= VAL_TOL[dtype] * scale
+    assert (xa.grad.double().cpu() - gx).norm().item() <= GRAD_TOL[dtype] * gx.norm().item()
+
+
+def test_kid_overflow_is_nan_or_raises():
+    """KID's cubic kernel on huge features: NaN (was +-inf or NaN), ValueError under check_finite."""
+    real, fake = _pts(6, 5, 4, torch.float32, seed=8)
+    real[1:] = 1e13  # every subset of 4 holds some
+    for subset in (None, 4):
+        mean, _std = wae_fast.kid(real, fake, subset_size=subset, num_subsets=2)
+        assert torch.isnan(mean)
+        with pytest.raises(ValueError, match="^real_features, fake_features: the polynomial kernel"):
+            wae_fast.kid(real, fake, subset_size=subset, num_subsets=2, check_finite=True)
+
+
 def test_check_finite_names_y_when_its_mean_overflows():
     y = torch.full((2, 2), 3e38, dtype=torch.float32)
     x = torch.zeros(2, 2, dtype=torch.float32)
@@ -399,6 +439,28 @@ def test_sampled_prior_follows_the_contract(backend, dtype, bad):
     want_nan = not math.isfinite(bad) or bad**2 > MAX_SQ_NORM[dtype]
     assert bool(torch.isnan(v)) == want_nan, v
     assert bool(torch.isnan(xa.grad).all()) == want_nan
+
+
+@pytest.mark.parametrize("backend", backend_params("prior"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampled_prior_cluster_far_from_the_prior_is_accurate(backend, dtype):
+    """Codes in a tight cluster (spread 1e-3) 1e3 from the prior mean: the Triton and CUDA
+    backward ran their self (xx) loop on the xy shift N/(N+M) mean(x), ~500 from the codes, so
+    the xx distances cancelled (fp32: wrong gradients); now the self loop uses mean(x)."""
+    name, dev = backend
+    n, m, d, seed = 7, 6, 3, 5
+    x = _clustered(n, d, 3, -3, torch.Generator().manual_seed(12)).to(dtype)
+    xa = x.to(dev).requires_grad_(True)
+    v = wae_fast.mmd_to_prior(xa, KERNELS["imq7"], estimator="sampled", num_samples=m, seed=seed,
+                              backend=name)
+    v.backward()
+    y = wae_fast.prior_samples(m, d, seed=seed, dtype=_ct(dtype))
+    kind, params = KERNELS["imq7"].lower(d)
+    want, gx, _gy, scale = oracle.mmd_and_grads(x, y, kind, params, True)
+    if name == "reference" or dtype == torch.float32:  # fp64: the kernels' draws differ by fp32 ulps
+        assert abs(v.item() - want.item()) <= VAL_TOL[dtype] * scale, (v.item(), want.item())
+    err = (xa.grad.double().cpu() - gx).norm().item()
+    assert err <= GRAD_TOL[dtype] * gx.norm().item(), (err, gx.norm().item())
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, 1e20])
