@@ -401,6 +401,28 @@ def test_polynomial_overflow_is_nan_or_raises(mmd_backend, dtype, big):
     assert (xa.grad.double().cpu() - gx).norm().item() <= GRAD_TOL[dtype] * gx.norm().item()
 
 
+@pytest.mark.parametrize("backend", backend_params("kernel_matmul"))
+@pytest.mark.parametrize("dtype,far", [(torch.float32, 3e9), (torch.float64, 1e80)])
+def test_kernel_matmul_follows_the_range_rule(backend, dtype, far):
+    """K(x, y) @ v: a point outside the range (|p - median(y)| > 2^30 in fp32 compute) gives NaN
+    in its rows (x) or in every row (y), on every backend (cpp did not apply the range);
+    check_finite=True raises naming the argument and the range."""
+    name, dev = backend
+    x, y = _pts(5, 4, 3, dtype, seed=9)
+    v = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    x[1, 0] = far
+    out = wae_fast.kernel_matmul(x.to(dev), y.to(dev), v.to(dev), backend=name).cpu()
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2, 3, 4]]).all()
+    with pytest.raises(ValueError, match=r"^x: .*outside the supported magnitude range \|point - median\(y\)\|"):
+        wae_fast.kernel_matmul(x.to(dev), y.to(dev), v.to(dev), backend=name, check_finite=True)
+    x[1, 0] = 0.5
+    y[2, 0] = far
+    out = wae_fast.kernel_matmul(x.to(dev), y.to(dev), v.to(dev), backend=name).cpu()
+    assert torch.isnan(out).all()
+    with pytest.raises(ValueError, match=r"^y: .*outside the supported magnitude range"):
+        wae_fast.kernel_matmul(x.to(dev), y.to(dev), v.to(dev), backend=name, check_finite=True)
+
+
 def test_kid_overflow_is_nan_or_raises():
     """KID's cubic kernel on huge features: NaN (was +-inf or NaN), ValueError under check_finite."""
     real, fake = _pts(6, 5, 4, torch.float32, seed=8)

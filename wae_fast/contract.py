@@ -79,7 +79,7 @@ Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul`
                                   str precision) -> (Tensor gx, Tensor gy)
 
 * ``x`` (N, d), ``y`` (M, d), ``v`` (M, P): one device, one floating dtype, contiguous; ``offset``
-  (d,) (the glue passes mean(y) for the translation-invariant kinds, zeros for the polynomial;
+  (d,) (the glue passes median(y) for the translation-invariant kinds, zeros for the polynomial;
   a (3, d) offset is read as the mmd op's, its xy row shifting both sets).  ``out`` (N, P) in the input dtype, accumulated in the compute dtype.
 * ``kernel_matmul_bwd_B`` returns the gradients to x and y of <grad_out, out> (or (0,) where the
   flag is off), in the input dtype: with U = grad_out and W_ij = w_ij (U_i . v_j), w the per-pair
@@ -498,11 +498,13 @@ def per_term(offset: torch.Tensor) -> torch.Tensor:
 
 
 def shift_for(kind: int, y: torch.Tensor) -> torch.Tensor:
-    """The offset the glue passes: mean(y) in the compute dtype for the translation-invariant
-    kinds (it avoids cancellation in ||a||^2 + ||b||^2 - 2 a.b), zeros for the polynomial."""
+    """The (d,) offset the glue passes to kernel_matmul: the coordinate-wise median of y in the
+    compute dtype for the translation-invariant kinds (it avoids cancellation in
+    ||a||^2 + ||b||^2 - 2 a.b, and unlike a mean is not dragged away from y's bulk by a few far
+    points), zeros for the polynomial."""
     ct = compute_dtype(y.dtype)
     if kind in TRANSLATION_INVARIANT:
-        return y.detach().to(ct).mean(0).contiguous()
+        return y.detach().to(ct).median(0).values.contiguous()
     return y.new_zeros((y.shape[1],), dtype=ct)
 
 
@@ -510,9 +512,10 @@ def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
                   params: list[float], precision: str = "ieee") -> torch.Tensor:
     """K(x, y) @ v through backend ``backend``'s op (differentiable in x, y and v); v is 2-D.
     Inputs are assumed validated (one device and dtype)."""
-    return op(f"kernel_matmul_fwd_{backend}")(x.contiguous(), y.contiguous(), v.contiguous(),
-                                              shift_for(kind, y), int(kind), [float(p) for p in params],
-                                              precision)
+    out = op(f"kernel_matmul_fwd_{backend}")(x.contiguous(), y.contiguous(), v.contiguous(),
+                                             shift_for(kind, y), int(kind), [float(p) for p in params],
+                                             precision)
+    return inf_to_nan(out) if kind == KIND_POLY else out  # an overflowed sum reads NaN
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
