@@ -3,7 +3,7 @@
 Forward (``_mmd_fwd_kernel``): one launch per term (xx, yy, xy).  A program owns one row block
 of ``A`` and streams column blocks of ``B``; for every tile it forms r = |a|^2 + |b|^2 - 2 a.b
 with ``tl.dot`` over d-chunks of 16/32 (points shifted by the term's row of ``offset`` on load:
-xx by median(x), yy by median(y), xy by the pooled median: the contract; K >= 16 as the GPU
+xx by median(x), yy by median(y), xy by their size-weighted mean: the contract; K >= 16 as the GPU
 compiler requires; nothing of size BLOCK x d stays resident, which keeps sm_90 register use
 below 255 without spills), clamps r at 0, sets r_ii to exactly 0 on the diagonal tile,
 evaluates every kernel scale from that one r in registers, sums the tile

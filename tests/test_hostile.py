@@ -4,7 +4,8 @@
    (with one point in a pair term, every row) NaN; ``check_finite=True`` raises a ValueError
    naming the argument.
 2. Inside the magnitude range (|p - shift|^2 <= MAX_SQ_NORM of the compute dtype, with each
-   term's shift: median(x) for xx, median(y) for yy, the pooled median for xy) the result matches the
+   term's shift: median(x) for xx, median(y) for yy, (N median(x) + M median(y)) / (N + M)
+   for xy) the result matches the
    float64 oracle; outside it the result is NaN (and the gradient rows paired with the point in
    that term), or, with ``check_finite=True``, a ValueError naming the argument and the range.
 3. Kernel constants are validated after derivation (ValueError naming the user's argument).
@@ -56,12 +57,14 @@ def _ct(dtype):
 
 def _term_coords(x, y):
     """The shifted coordinates (fp64) each term computes with, by the contract's shifts (the
-    coordinate-wise medians of x, of y and of both, in the compute dtype; written out here, not
-    taken from the glue, so that the error model holds the backends to the documented shifts):
-    x in the xx shift, y in the yy shift, x and y in the xy shift; and the shifts."""
+    coordinate-wise medians of x and of y, and their size-weighted mean, in the compute dtype;
+    written out here, not taken from the glue, so that the error model holds the backends to the
+    documented shifts): x in the xx shift, y in the yy shift, x and y in the xy shift; and the
+    shifts."""
     xc, yc = x.to(_ct(x.dtype)), y.to(_ct(x.dtype))
-    off = torch.stack([xc.median(0).values, yc.median(0).values,
-                       torch.cat([xc, yc]).median(0).values]).double()
+    mx, my = xc.median(0).values, yc.median(0).values
+    w = y.shape[0] / (x.shape[0] + y.shape[0])
+    off = torch.stack([mx, my, mx + w * (my - mx)]).double()
     return x.double() - off[0], y.double() - off[1], x.double() - off[2], y.double() - off[2], off
 
 
@@ -344,7 +347,7 @@ def test_tight_cluster_far_from_the_other_set_is_accurate(mmd_backend, dtype, kn
 
 def test_range_boundary_is_sharp(mmd_backend):
     """Just inside the fp32 range: finite; just outside: NaN (the per-row check of every backend).
-    x = (c, 0.5, -0.5): the point c lies ~c from median(x) = 0.5 and from the pooled median 0."""
+    x = (c, 0.5, -0.5): the point c lies ~c from median(x) = 0.5 and from the xy shift 0.25."""
     name, dev = mmd_backend
     y = torch.zeros(3, 1, dtype=torch.float32)
     y[0, 0], y[1, 0] = 1.0, -1.0

@@ -23,9 +23,10 @@ Meaning:
   avoids the cancellation in ||a||^2 + ||b||^2 - 2 a.b, which loses ~u (|a|^2 + |b|^2) of r).
   Either (3, d), one shift per term: row 0 for the xx term, row 1 for the yy term, row 2 for the
   xy term (both sets) and the cross part of the gradients; or (d,), one shift for all three.
-  The glue passes (3, d) = the coordinate-wise medians of x, of y and of x and y pooled
-  (:func:`term_shifts`), so a set clustered far from the other keeps its own distances exact,
-  and a few far points do not drag a shift away from the bulk of their set.
+  The glue passes (3, d) = the coordinate-wise medians of x and of y, and their size-weighted
+  mean (N median(x) + M median(y)) / (N + M) (:func:`term_shifts`), so a set clustered far from
+  the other keeps its own distances exact, and a few far points do not drag a shift away from
+  the bulk of their set.
 * ``kind``/``params``: the kernel lowered by :mod:`wae_fast.kernel_specs` (IMQ: the C_s; RBF: the
   gamma_s = 1/(2 bw^2)); the kernel is the unweighted sum over params.  Polynomial
   (``KIND_POLY``): params = [gamma, coef0, degree], k = (gamma a.b + coef0)^degree from the dot
@@ -80,7 +81,8 @@ Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul`
 
 * ``x`` (N, d), ``y`` (M, d), ``v`` (M, P): one device, one floating dtype, contiguous; ``offset``
   (d,) (the glue passes median(y) for the translation-invariant kinds, zeros for the polynomial;
-  a (3, d) offset is read as the mmd op's, its xy row shifting both sets).  ``out`` (N, P) in the input dtype, accumulated in the compute dtype.
+  a (3, d) offset is read as the mmd op's, its xy row shifting both sets).  ``out`` (N, P) in
+  the input dtype, accumulated in the compute dtype.
 * ``kernel_matmul_bwd_B`` returns the gradients to x and y of <grad_out, out> (or (0,) where the
   flag is off), in the input dtype: with U = grad_out and W_ij = w_ij (U_i . v_j), w the per-pair
   weight of the kernel (dk/dr for IMQ/RBF; -(gamma/2) dk/dt for the polynomial, tile_math.h
@@ -475,9 +477,10 @@ def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], s
 
 
 def term_shifts(kind: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The (3, d) ``offset`` the glue passes to the mmd ops, in the compute dtype: the
-    coordinate-wise medians of x (xx term), of y (yy term) and of x and y pooled (xy term), for
-    the translation-invariant kinds; zeros for the polynomial.
+    """The (3, d) ``offset`` the glue passes to the mmd ops, in the compute dtype, for the
+    translation-invariant kinds: the coordinate-wise medians of x (xx term) and of y (yy term),
+    and for the xy term their size-weighted mean (N median(x) + M median(y)) / (N + M), a cheap
+    stand-in for the pooled median; zeros for the polynomial.
 
     Each term gets its own shift near its points: a set clustered far from the other keeps its
     distances exact (one shared shift cancels them away in |a|^2 + |b|^2 - 2 a.b), and a median,
@@ -487,9 +490,13 @@ def term_shifts(kind: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     ct = compute_dtype(x.dtype)
     if kind not in TRANSLATION_INVARIANT:
         return x.new_zeros((3, x.shape[1]), dtype=ct)
+    n, m = x.shape[0], y.shape[0]
     xc, yc = x.detach().to(ct), y.detach().to(ct)
-    return torch.stack([xc.median(0).values, yc.median(0).values,
-                        torch.cat([xc, yc]).median(0).values])
+    if n == m:  # one median call for both sets (the common WAE case: codes vs as many samples)
+        med = torch.stack([xc, yc]).median(1).values
+    else:
+        med = torch.stack([xc.median(0).values, yc.median(0).values])
+    return torch.cat([med, torch.lerp(med[0], med[1], m / (n + m)).unsqueeze(0)])
 
 
 def per_term(offset: torch.Tensor) -> torch.Tensor:

@@ -102,8 +102,8 @@ def mmd(
         check_finite: raise ``ValueError`` naming the argument on NaN/Inf inputs and on points
             outside the supported magnitude range (IMQ, RBF: ``|p - shift| <= 2^30`` for fp32
             compute, ``2^248`` for fp64, :data:`wae_fast.kernel_specs.MAX_SQ_NORM`, with the
-            shifts median(x) and median(y) of the xx and yy terms and the pooled median of x
-            and y of the xy term; Polynomial: every power finite in the compute dtype); syncs
+            shifts median(x) and median(y) of the xx and yy terms and their size-weighted mean
+            of the xy term; Polynomial: every power finite in the compute dtype); syncs
             with the
             device. When off, such inputs give NaN (value and the gradient rows paired with
             them) on every backend, never a finite wrong value.

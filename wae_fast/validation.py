@@ -101,11 +101,11 @@ def check_rows_in_range(name: str, t: torch.Tensor, offset: torch.Tensor, shift:
 
 def check_in_range(x: torch.Tensor, y: torch.Tensor) -> None:
     """:func:`check_rows_in_range` for ``mmd`` (IMQ, RBF), on the coordinates every backend
-    computes with: x shifted by median(x) (xx term) and y by median(y) (yy term), both by the
-    pooled median of x and y (xy term), the shifts computed as the glue does
+    computes with: x shifted by median(x) (xx term) and y by median(y) (yy term), both by
+    (N median(x) + M median(y)) / (N + M) (xy term), the shifts computed as the glue does
     (:func:`wae_fast.contract.term_shifts`, in the compute dtype)."""
     off = term_shifts(KIND_IMQ, x, y)
-    pooled = "the pooled median of x and y"
+    pooled = "(N median(x) + M median(y)) / (N + M)"
     for name, t, row, shift in (("x", x, 0, "median(x)"), ("y", y, 1, "median(y)"),
                                 ("x", x, 2, pooled), ("y", y, 2, pooled)):
         check_rows_in_range(name, t, off[row], shift)

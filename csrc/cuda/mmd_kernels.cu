@@ -9,7 +9,8 @@
 //  * mmd_grad_rows<LoadSrc>: gx = self(x) + cross(x vs y), gy = self(y) + cross(y vs x), one
 //    launch per side, fp64 register accumulation across the column loop, direct output (or
 //    bounded per-split fp64 slices + grad_combine for small N).
-// Memory: the shifted copies of x and y (compute dtype), the partials
+// Memory: the shifted copies of x and y (compute dtype; the backward one more copy of a side, its
+// rows in the self term's shift), the partials
 // (ceil(n / 64) * splits doubles) and, for small N only, the split buffers (<= 1 GiB).
 #include "mmd_tiles.cuh"
 
