@@ -485,15 +485,15 @@ def bwd_body(A, B, seed, sig, OFF, OFFX, P, COEF, G, NA, NB, D,
     rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij of the self term
     rs, acc = _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D, KIND,
                              NUM_SCALES, PRECISION, CT, BLOCK, BK, EVEN_A, EVEN_D, EVEN_K, UNBIASED)
-    g = rs[:, None] * load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
+    # fold the self part into acc (no second (BLOCK, DC) tile alive across the cross loop)
+    acc -= rs[:, None] * load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
     na = row_norms(A, OFFX, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
     off = load_off(OFFX, dims, D, CT, EVEN_D)
     rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij of the cross term
     rs, acc = _bwd_cross_loop(A, B, seed, sig, OFFX, P, rows, dims, off, na, c_cross, rs, acc,
                               NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK, GEN_B,
                               EVEN_A, EVEN_B, EVEN_D, EVEN_K)
-    g += rs[:, None] * load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-    g = g - acc
+    g = rs[:, None] * load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D) - acc
     gp = G + rows.to(tl.int64)[:, None] * D + dims[None, :]
     g = g.to(G.dtype.element_ty)
     if EVEN_A and EVEN_D:
