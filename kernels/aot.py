@@ -88,7 +88,8 @@ def mmd_variants(which: str = "core"):
         scales = scales or (7 if kind == M.KIND_IMQ else 3)
         cts, ct = _sig_and_tl_dtype(dtype)
         dp = M.padded_dim(d)
-        sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "P": "*" + cts, "COEF": "*" + cts,
+        sig = {"A": _PTR[dtype], "B": _PTR[dtype], "OFF": "*" + cts, "OFFX": "*" + cts, "P": "*" + cts,
+               "COEF": "*" + cts,
                "G": _PTR[dtype], "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32"}
         dp = M.grad_chunk(d)
         cx = dict(KIND=kind, NUM_SCALES=scales, UNBIASED=unb, PRECISION=prec, CT=ct, BLOCK=block, DC=dp,
@@ -202,7 +203,7 @@ def prior_variants(which: str = "core"):
         c, ct = cts(dtype)
         scales = 7 if kind == M.KIND_IMQ else 3
         dc = M.grad_chunk(d)
-        sig = {"A": ptr[dtype], "OFF": "*" + c, "P": "*" + c, "SIG": "*" + c, "COEF": "*" + c,
+        sig = {"A": ptr[dtype], "OFF": "*" + c, "OFFX": "*" + c, "P": "*" + c, "SIG": "*" + c, "COEF": "*" + c,
                "G": ptr[dtype], "NA": "i32", "NB": "i32", "D": "i32", "SIZE_BUCKET": "i32",
                "seed": "i64"}
         cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct, BLOCK=block, DC=dc,

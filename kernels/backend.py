@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from wae_fast.contract import compute_dtype, define_backend_ops, PRECISIONS
+from wae_fast.contract import compute_dtype, define_backend_ops, per_term, PRECISIONS
 from wae_fast import segment_sums
 from wae_fast.pairsum import pair_count
 
@@ -107,15 +107,15 @@ def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
     n, d = x.shape
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
-    off = offset.to(ct).contiguous()
+    off = per_term(offset).to(ct).contiguous()  # rows: the xx, yy and xy shifts
     p = params_tensor(params, ct, x.device)
     prec = dot_precision(x.dtype, precision)
     tct = tl_compute_dtype(x.dtype)
     bucket = _mmd.size_bucket(max(n, m))
     with device_guard(x):
-        sxx = _mmd.launch_fwd(x, x, off, p, True, bool(unbiased), kind, prec, tct, bucket)
-        syy = _mmd.launch_fwd(y, y, off, p, True, bool(unbiased), kind, prec, tct, bucket)
-        sxy = _mmd.launch_fwd(x, y, off, p, False, bool(unbiased), kind, prec, tct, bucket)
+        sxx = _mmd.launch_fwd(x, x, off[0], p, True, bool(unbiased), kind, prec, tct, bucket)
+        syy = _mmd.launch_fwd(y, y, off[1], p, True, bool(unbiased), kind, prec, tct, bucket)
+        sxy = _mmd.launch_fwd(x, y, off[2], p, False, bool(unbiased), kind, prec, tct, bucket)
     nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
     terms = torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
     empty = x.new_empty((0,), dtype=ct)
@@ -132,7 +132,7 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     n, d = x.shape
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
-    off = offset.to(ct).contiguous()
+    off = per_term(offset).to(ct).contiguous()
     p = params_tensor(params, ct, x.device)
     prec = dot_precision(x.dtype, precision)
     tct = tl_compute_dtype(x.dtype)
@@ -144,10 +144,10 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     with device_guard(x):
         if grad_x:
             cx = torch.stack([gt[0] * (4.0 / nxx), gt[2] * (2.0 / (n * m))]).to(ct)
-            gx = _mmd.launch_bwd(x, y, off, p, cx, kind, prec, tct, bucket, unbiased)
+            gx = _mmd.launch_bwd(x, y, off[0], p, cx, kind, prec, tct, bucket, unbiased, off[2])
         if grad_y:
             cy = torch.stack([gt[1] * (4.0 / nyy), gt[2] * (2.0 / (n * m))]).to(ct)
-            gy = _mmd.launch_bwd(y, x, off, p, cy, kind, prec, tct, bucket, unbiased)
+            gy = _mmd.launch_bwd(y, x, off[1], p, cy, kind, prec, tct, bucket, unbiased, off[2])
     if gx is None:
         gx = x.new_empty((0,))
     if gy is None:
@@ -213,7 +213,7 @@ def kernel_matmul_fwd(x, y, v, offset, kind, params, precision):
     ct = compute_dtype(x.dtype)
     x, y, v = x.contiguous(), y.contiguous(), v.contiguous()
     with device_guard(x):
-        return _kmm.launch_fwd(x, y, v, offset.to(ct).contiguous(), params_tensor(params, ct, x.device),
+        return _kmm.launch_fwd(x, y, v, per_term(offset)[2].to(ct).contiguous(), params_tensor(params, ct, x.device),
                                kind, dot_precision(x.dtype, precision), tl_compute_dtype(x.dtype))
 
 
@@ -222,7 +222,7 @@ def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, p
     _check_mmd_args(x, y, offset, kind, params, precision)
     ct = compute_dtype(x.dtype)
     x, y, v, g = x.contiguous(), y.contiguous(), v.contiguous(), grad_out.contiguous()
-    off = offset.to(ct).contiguous()
+    off = per_term(offset)[2].to(ct).contiguous()  # K(x, y) is a cross term
     p = params_tensor(params, ct, x.device)
     prec, tct = dot_precision(x.dtype, precision), tl_compute_dtype(x.dtype)
     gx, gy = x.new_empty((0,)), y.new_empty((0,))

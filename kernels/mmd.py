@@ -2,7 +2,8 @@
 
 Forward (``_mmd_fwd_kernel``): one launch per term (xx, yy, xy).  A program owns one row block
 of ``A`` and streams column blocks of ``B``; for every tile it forms r = |a|^2 + |b|^2 - 2 a.b
-with ``tl.dot`` over d-chunks of 16/32 (points shifted by ``offset`` on load; K >= 16 as the GPU
+with ``tl.dot`` over d-chunks of 16/32 (points shifted by the term's row of ``offset`` on load:
+xx by median(x), yy by median(y), xy by their size-weighted mean: the contract; K >= 16 as the GPU
 compiler requires; nothing of size BLOCK x d stays resident, which keeps sm_90 register use
 below 255 without spills), clamps r at 0, sets r_ii to exactly 0 on the diagonal tile,
 evaluates every kernel scale from that one r in registers, sums the tile
@@ -316,7 +317,7 @@ def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.co
 @triton.jit
 def poly_sum(t, P, NEED_W: tl.constexpr):
     """Polynomial kernel from the dot products t of unshifted points, P = [gamma, coef0, degree]:
-    k = (gamma t + coef0)^p (p - 1 multiplications; overflow gives inf) and, if NEED_W,
+    k = (gamma t + coef0)^p (p - 1 multiplications; overflow gives NaN) and, if NEED_W,
     w = -(gamma p / 2) (gamma t + coef0)^(p - 1): the weight whose -sum_j w_ij b_j is half the
     row gradient (the r-kernels' sum_j w_ij (a_i - b_j) without the a_i term)."""
     g = tl.load(P).to(t.dtype)
@@ -327,9 +328,11 @@ def poly_sum(t, P, NEED_W: tl.constexpr):
     for _e in range(1, deg):
         pm1 = pm1 * base
     k = pm1 * base
+    k = k + (k - k)  # an overflowed power reads NaN, not inf (tile_math.h poly_eval)
     w = tl.zeros_like(t)
     if NEED_W:
         w = -(0.5 * g * deg.to(t.dtype)) * pm1
+        w = w + (w - w)
     return k, w
 
 
@@ -466,31 +469,36 @@ def _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, a
 
 
 @triton.jit
-def bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
+def bwd_body(A, B, seed, sig, OFF, OFFX, P, COEF, G, NA, NB, D,
               KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
               CT: tl.constexpr, BLOCK: tl.constexpr, DC: tl.constexpr, BK: tl.constexpr,
               GEN_B: tl.constexpr, EVEN_A: tl.constexpr, EVEN_B: tl.constexpr,
               EVEN_D: tl.constexpr, EVEN_K: tl.constexpr, UNBIASED: tl.constexpr):
     """The whole recompute backward of one program (``_mmd_bwd_kernel``; with GEN_B the cross
-    term's B rows are generated: ``_prior_bwd_kernel``): row norms, shift, coefficients, self
-    and cross loops, then G[rows, dims] = rs a - acc."""
+    term's B rows are generated: ``_prior_bwd_kernel``): row norms, shifts (``OFF`` of the self
+    term, ``OFFX`` of the cross term: each term on its own shifted coordinates), coefficients,
+    self and cross loops, then G[rows, dims] = rs_self a_self + rs_cross a_cross - acc."""
     pid = tl.program_id(0)
     idx = tl.arange(0, BLOCK)
     dims = tl.program_id(1) * DC + tl.arange(0, DC)
     rows = pid * BLOCK + idx
-    na = row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
-    off = load_off(OFF, dims, D, CT, EVEN_D)
     c_self = tl.load(COEF).to(CT)
     c_cross = tl.load(COEF + 1).to(CT)
-    rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij
-    acc = tl.zeros((BLOCK, DC), dtype=CT)      # sum_j c W_ij b_j
+    acc = tl.zeros((BLOCK, DC), dtype=CT)      # sum_j c W_ij b_j (each term's b in its shift)
+    na = row_norms(A, OFF, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
+    off = load_off(OFF, dims, D, CT, EVEN_D)
+    rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij of the self term
     rs, acc = _bwd_self_loop(A, OFF, P, rows, dims, off, na, c_self, rs, acc, NA, D, KIND,
                              NUM_SCALES, PRECISION, CT, BLOCK, BK, EVEN_A, EVEN_D, EVEN_K, UNBIASED)
-    rs, acc = _bwd_cross_loop(A, B, seed, sig, OFF, P, rows, dims, off, na, c_cross, rs, acc,
+    # fold the self part into acc (no second (BLOCK, DC) tile alive across the cross loop)
+    acc -= rs[:, None] * load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
+    na = row_norms(A, OFFX, rows, NA, D, CT, BLOCK, BK, EVEN_A, EVEN_K)
+    off = load_off(OFFX, dims, D, CT, EVEN_D)
+    rs = tl.zeros((BLOCK,), dtype=CT)          # sum_j c W_ij of the cross term
+    rs, acc = _bwd_cross_loop(A, B, seed, sig, OFFX, P, rows, dims, off, na, c_cross, rs, acc,
                               NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK, BK, GEN_B,
                               EVEN_A, EVEN_B, EVEN_D, EVEN_K)
-    a = load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D)
-    g = rs[:, None] * a - acc
+    g = rs[:, None] * load_rows(A, rows, dims, NA, D, off, CT, EVEN_A, EVEN_D) - acc
     gp = G + rows.to(tl.int64)[:, None] * D + dims[None, :]
     g = g.to(G.dtype.element_ty)
     if EVEN_A and EVEN_D:
@@ -504,7 +512,7 @@ def bwd_body(A, B, seed, sig, OFF, P, COEF, G, NA, NB, D,
 @triton.heuristics(HEURISTICS_BWD)
 @triton.jit
 def _mmd_bwd_kernel(
-    A, B, OFF, P, COEF, G,
+    A, B, OFF, OFFX, P, COEF, G,
     NA, NB, D, SIZE_BUCKET,
     KIND: tl.constexpr, NUM_SCALES: tl.constexpr, UNBIASED: tl.constexpr,
     PRECISION: tl.constexpr, CT: tl.constexpr,
@@ -512,8 +520,9 @@ def _mmd_bwd_kernel(
     EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,b_j) (a_i - b_j),
-    for the columns [pid1 * DC, pid1 * DC + DC) of G (DC here is the gradient chunk width)."""
-    bwd_body(A, B, 0, 1.0, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
+    for the columns [pid1 * DC, pid1 * DC + DC) of G (DC here is the gradient chunk width); the
+    self term's points shifted by OFF, the cross term's by OFFX."""
+    bwd_body(A, B, 0, 1.0, OFF, OFFX, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
               DC, BK, False, EVEN_A, EVEN_B, EVEN_D, EVEN_K, UNBIASED)
 
 
@@ -533,13 +542,14 @@ def launch_fwd(a, b, off, p, sym, unbiased, kind, prec, ct, bucket):
     return part.sum()
 
 
-def launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket, unbiased=True):
-    """One backward launch: the gradient rows of a (self term against a, cross term against b)."""
+def launch_bwd(a, b, off, p, coef, kind, prec, ct, bucket, unbiased=True, off_cross=None):
+    """One backward launch: the gradient rows of a (self term against a with the shift ``off``,
+    cross term against b with the shift ``off_cross``, default ``off``)."""
     rows_a, d = a.shape
     rows_b = b.shape[0]
     g = torch.empty_like(a)
     grid = lambda meta: (triton.cdiv(rows_a, meta["BLOCK"]), triton.cdiv(d, meta["DC"]))  # noqa: E731
     _mmd_bwd_kernel[grid](
-        a, b, off, p, coef, g, rows_a, rows_b, d, bucket,
+        a, b, off, off if off_cross is None else off_cross, p, coef, g, rows_a, rows_b, d, bucket,
         KIND=kind, NUM_SCALES=p.numel(), UNBIASED=bool(unbiased), PRECISION=prec, CT=ct)
     return g

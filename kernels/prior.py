@@ -37,9 +37,10 @@ Memory: the only tensors allocated are the (3,) terms, the per-program fp64 part
 (N, d) gradient: nothing of size M x d or N x M, by construction (no host code here allocates
 a tensor whose size depends on M other than the partial-sum buffer).
 
-Shifts (translation invariance, DESIGN.md 5b): each term uses its own shift: xx by mean(x),
-yy by 0 (the prior mean), xy and the backward by N / (N + M) * mean(x) (the expected pooled
-mean); each term is invariant, so only rounding depends on that choice.
+Shifts (translation invariance, DESIGN.md 5b): each term uses its own shift: xx by mean(x)
+(forward and the backward's self loop), yy by 0 (the prior mean), xy and the backward's cross
+loop by N / (N + M) * mean(x) (the expected pooled mean); each term is invariant, so only
+rounding depends on that choice.
 
 The reference backend draws the same samples in torch (:mod:`wae_fast.philox`, to an ulp of the
 fp32 log/cos per draw; ``wae_fast.prior_samples`` materialises them on any device).  For
@@ -140,7 +141,7 @@ def _prior_fwd_kernel(
 @triton.heuristics(HEURISTICS_BWD)
 @triton.jit
 def _prior_bwd_kernel(
-    A, OFF, P, SIG, COEF, G,
+    A, OFF, OFFX, P, SIG, COEF, G,
     NA, NB, D, SIZE_BUCKET, seed,
     KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
     PRECISION: tl.constexpr, CT: tl.constexpr,
@@ -148,9 +149,10 @@ def _prior_bwd_kernel(
     EVEN_A: tl.constexpr, EVEN_B: tl.constexpr, EVEN_D: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,y_j) (a_i - y_j)
-    with y_j generated (NB of them), for the columns [pid1 * DC, pid1 * DC + DC) of G."""
+    with y_j generated (NB of them), for the columns [pid1 * DC, pid1 * DC + DC) of G; the self
+    term shifted by OFF (mean(x)), the cross term by OFFX."""
     sig = tl.load(SIG).to(CT)
-    bwd_body(A, A, seed, sig, OFF, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
+    bwd_body(A, A, seed, sig, OFF, OFFX, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
               DC, BK, True, EVEN_A, EVEN_B, EVEN_D, EVEN_K, True)
 
 
@@ -223,6 +225,7 @@ def prior_terms_bwd(grad_terms, x, kind, params, sigma2, unbiased, m, seed, prec
     x = x.detach().contiguous()
     ct, p, sig, prec, tct = _setup(x, params, sigma2, precision)
     bucket = _mmd.size_bucket(max(n, m))
+    off_xx = x.to(ct).mean(0).contiguous()
     off = _cross_offset(x, m, ct)
     gt = grad_terms.to(device=x.device, dtype=torch.float64)
     nxx = pair_count(n, unbiased)
@@ -230,6 +233,6 @@ def prior_terms_bwd(grad_terms, x, kind, params, sigma2, unbiased, m, seed, prec
     g = torch.empty_like(x)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]), triton.cdiv(d, meta["DC"]))  # noqa: E731
     with device_guard(x):
-        _prior_bwd_kernel[grid](x, off, p, sig, coef, g, n, m, d, bucket, seed,
+        _prior_bwd_kernel[grid](x, off_xx, off, p, sig, coef, g, n, m, d, bucket, seed,
                                 KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=tct)
     return g

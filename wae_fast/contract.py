@@ -18,14 +18,20 @@ MMD: every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides
 Meaning:
 
 * ``x`` (N, d), ``y`` (M, d): same device, same floating dtype (fp16/bf16/fp32/fp64), contiguous.
-  ``offset`` (d,) in the compute dtype (fp64 for fp64 inputs, fp32 otherwise): a shared shift
-  subtracted from every point before distances (MMD is translation invariant; the shift avoids
-  cancellation in ||a||^2 + ||b||^2 - 2 a.b). The glue passes mean(y).
+  ``offset`` in the compute dtype (fp64 for fp64 inputs, fp32 otherwise): the shifts subtracted
+  from the points before distances (each term is translation invariant; a shift near the points
+  avoids the cancellation in ||a||^2 + ||b||^2 - 2 a.b, which loses ~u (|a|^2 + |b|^2) of r).
+  Either (3, d), one shift per term: row 0 for the xx term, row 1 for the yy term, row 2 for the
+  xy term (both sets) and the cross part of the gradients; or (d,), one shift for all three.
+  The glue passes (3, d) = the coordinate-wise medians of x and of y, and their size-weighted
+  mean (N median(x) + M median(y)) / (N + M) (:func:`term_shifts`), so a set clustered far from
+  the other keeps its own distances exact, and a few far points do not drag a shift away from
+  the bulk of their set.
 * ``kind``/``params``: the kernel lowered by :mod:`wae_fast.kernel_specs` (IMQ: the C_s; RBF: the
   gamma_s = 1/(2 bw^2)); the kernel is the unweighted sum over params.  Polynomial
   (``KIND_POLY``): params = [gamma, coef0, degree], k = (gamma a.b + coef0)^degree from the dot
-  products of the shifted points; it is not translation invariant, so the glue passes a zero
-  offset for it.
+  products of the shifted points; it is not translation invariant, so the glue passes zero
+  offsets for it.
 * ``unbiased``: U-statistic (i == j pairs excluded from the xx and yy sums, which are divided
   by N(N-1) and M(M-1)) or V-statistic (full means).
 * ``terms``: float64 tensor of shape (3,) = (mean k(x,x'), mean k(y,y'), mean k(x,y)) under the
@@ -62,8 +68,9 @@ MMD to the prior N(0, sigma2 I_d) with the prior samples generated inside the ke
   included, draws exactly these samples, so they agree to rounding (an ulp per draw).
 * ``terms`` as for mmd_fwd (float64 (3,)); gradients flow to x only (the samples are not inputs);
   ``prior_bwd_B`` returns d/dx sum_t grad_terms[t] terms[t] in x's dtype, recomputing the tiles.
-* shifts are internal (each term is translation invariant): xx by mean(x), yy by 0, xy and the
-  backward by N / (N + M) * mean(x) (the pooled mean's expectation).
+* shifts are internal (each term is translation invariant): xx (and the backward's self part) by
+  mean(x), yy by 0, xy and the backward's cross part by N / (N + M) * mean(x) (the pooled mean's
+  expectation).
 
 Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul``)::
 
@@ -74,8 +81,9 @@ Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul`
                                   str precision) -> (Tensor gx, Tensor gy)
 
 * ``x`` (N, d), ``y`` (M, d), ``v`` (M, P): one device, one floating dtype, contiguous; ``offset``
-  as for mmd (the glue passes mean(y) for the translation-invariant kinds, zeros for the
-  polynomial).  ``out`` (N, P) in the input dtype, accumulated in the compute dtype.
+  (d,) (the glue passes median(y) for the translation-invariant kinds, zeros for the polynomial;
+  a (3, d) offset is read as the mmd op's, its xy row shifting both sets).  ``out`` (N, P) in
+  the input dtype, accumulated in the compute dtype.
 * ``kernel_matmul_bwd_B`` returns the gradients to x and y of <grad_out, out> (or (0,) where the
   flag is off), in the input dtype: with U = grad_out and W_ij = w_ij (U_i . v_j), w the per-pair
   weight of the kernel (dk/dr for IMQ/RBF; -(gamma/2) dk/dt for the polynomial, tile_math.h
@@ -116,12 +124,19 @@ backend of the shared fixtures):
 
 * A non-finite coordinate makes ``terms`` NaN and every gradient row paired with that point NaN;
   ``reparam_fwd`` returns NaN where mu or logvar is not finite, ``reparam_bwd`` where logvar is not.
-* Supported magnitude range: every shifted point has |p - shift|^2 <= ``MAX_SQ_NORM`` of the
-  compute dtype (:data:`wae_fast.kernel_specs.MAX_SQ_NORM`: 2^60 for fp32, 2^496 for fp64;
-  ``tile_math.h`` holds the same numbers).  A backend turns the squared norm of a row outside it
-  (or NaN) into NaN, once per row, so its pairs are NaN from the arithmetic itself (no host
-  synchronisation); the distance clamp at 0 must keep NaN, and r = inf or huge must give k = 0 and
-  dk/dr = 0 (never inf * 0).  Inside the range results are accurate (far pairs included).
+* Supported magnitude range (IMQ, RBF): every point, shifted by the shift of each term it is in
+  (mmd: x by offset[0] and offset[2], y by offset[1] and offset[2]; prior: the shifts above;
+  kernel_matmul: its offset), has |p - shift|^2 <= ``MAX_SQ_NORM`` of the compute dtype
+  (:data:`wae_fast.kernel_specs.MAX_SQ_NORM`: 2^60 for fp32, 2^496 for fp64, i.e. |p - shift| <=
+  2^30 ~ 1.07e9 or 2^248 ~ 4.5e74, on every backend; ``tile_math.h`` holds the same numbers).  A
+  backend turns the squared norm of a row outside it (or NaN) into NaN, once per row and term,
+  so its pairs in that term are NaN from the arithmetic itself (no host synchronisation); the
+  distance clamp at 0 must keep NaN, and r = inf or huge must give k = 0 and dk/dr = 0 (never
+  inf * 0).  Inside the range results are accurate (far pairs, and a set clustered far from the
+  other, included: each term has its own shift).
+* Polynomial: no shift; the range is that of its values: a power (gamma a.b + coef0)^degree that
+  overflows the compute dtype is NaN (never inf) in every backend's pair math, and
+  :func:`mmd_terms` and the op's backward turn an overflowed (inf) term or gradient into NaN.
 * ``params`` arrive validated (finite, > 0, inside ``kernel_specs.PARAM_RANGE`` of the compute
   dtype); data-dependent checks (``check_finite=True``) are the public API's, never the ops'.
 * New kernels and estimators follow the same rules: e.g. a polynomial kernel whose powers
@@ -154,7 +169,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .kernel_specs import TRANSLATION_INVARIANT
+from .kernel_specs import KIND_POLY, TRANSLATION_INVARIANT
 
 NAMESPACE = "wae_fast"
 
@@ -275,6 +290,9 @@ def _define_mmd(backend: str) -> None:
                 gx = bx
             if ry:
                 gy = by
+        if kind == KIND_POLY:  # an overflowed power or row sum reads NaN, not inf
+            gx = inf_to_nan(gx) if gx is not None else None
+            gy = inf_to_nan(gy) if gy is not None else None
         return gx, gy, None, None, None, None, None, None, None
 
     torch.library.register_autograd(qf, backward, setup_context=setup_context)
@@ -506,13 +524,24 @@ def mmd_terms(
     Inputs are assumed validated (same device/dtype, 2-D, matching d)."""
     x = x.contiguous()
     y = y.contiguous()
-    offset = shift_for(kind, y)  # zeros for the polynomial (not translation invariant)
+    offset = term_shifts(kind, x, y)  # zeros for the polynomial (not translation invariant)
     grad_on = torch.is_grad_enabled()
     gx, gy = grad_on and x.requires_grad, grad_on and y.requires_grad
     args = (x, y, offset, kind, [float(p) for p in params], unbiased, gx, gy, precision)
     if torch.compiler.is_compiling():
-        return op(f"mmd_fwd_{backend}")(*args)[0]
-    return _EAGER_MMD[backend].apply(*args)[0]
+        terms = op(f"mmd_fwd_{backend}")(*args)[0]
+    else:
+        terms = _EAGER_MMD[backend].apply(*args)[0]
+    if kind == KIND_POLY:
+        terms = inf_to_nan(terms)  # an fp32 tile sum of finite powers may still overflow
+    return terms
+
+
+def inf_to_nan(t: torch.Tensor) -> torch.Tensor:
+    """t with +-inf turned into NaN, finite values and the gradient unchanged (t - t is 0
+    where t is finite, NaN where it is not): an overflowed polynomial kernel sum is outside the
+    supported range, and must read NaN, not inf (the hostile-input contract)."""
+    return t + (t - t)
 
 
 def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], sigma2: float,
@@ -524,12 +553,42 @@ def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], s
                                       precision)
 
 
+def term_shifts(kind: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The (3, d) ``offset`` the glue passes to the mmd ops, in the compute dtype, for the
+    translation-invariant kinds: the coordinate-wise medians of x (xx term) and of y (yy term),
+    and for the xy term their size-weighted mean (N median(x) + M median(y)) / (N + M), a cheap
+    stand-in for the pooled median; zeros for the polynomial.
+
+    Each term gets its own shift near its points: a set clustered far from the other keeps its
+    distances exact (one shared shift cancels them away in |a|^2 + |b|^2 - 2 a.b), and a median,
+    unlike a mean, is not dragged away from the bulk of a set by a few far points (a NaN
+    coordinate makes its column's shift NaN: every row of those terms NaN, as the contract
+    asks)."""
+    ct = compute_dtype(x.dtype)
+    if kind not in TRANSLATION_INVARIANT:
+        return x.new_zeros((3, x.shape[1]), dtype=ct)
+    n, m = x.shape[0], y.shape[0]
+    xc, yc = x.detach().to(ct), y.detach().to(ct)
+    if n == m:  # one median call for both sets (the common WAE case: codes vs as many samples)
+        med = torch.stack([xc, yc]).median(1).values
+    else:
+        med = torch.stack([xc.median(0).values, yc.median(0).values])
+    return torch.cat([med, torch.lerp(med[0], med[1], m / (n + m)).unsqueeze(0)])
+
+
+def per_term(offset: torch.Tensor) -> torch.Tensor:
+    """``offset`` as (3, d) rows (xx, yy, xy shift): a (d,) offset is one shift for all terms."""
+    return offset.expand(3, offset.shape[-1]) if offset.dim() == 1 else offset
+
+
 def shift_for(kind: int, y: torch.Tensor) -> torch.Tensor:
-    """The offset the glue passes: mean(y) in the compute dtype for the translation-invariant
-    kinds (it avoids cancellation in ||a||^2 + ||b||^2 - 2 a.b), zeros for the polynomial."""
+    """The (d,) offset the glue passes to kernel_matmul: the coordinate-wise median of y in the
+    compute dtype for the translation-invariant kinds (it avoids cancellation in
+    ||a||^2 + ||b||^2 - 2 a.b, and unlike a mean is not dragged away from y's bulk by a few far
+    points), zeros for the polynomial."""
     ct = compute_dtype(y.dtype)
     if kind in TRANSLATION_INVARIANT:
-        return y.detach().to(ct).mean(0).contiguous()
+        return y.detach().to(ct).median(0).values.contiguous()
     return y.new_zeros((y.shape[1],), dtype=ct)
 
 
@@ -537,9 +596,10 @@ def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
                   params: list[float], precision: str = "ieee") -> torch.Tensor:
     """K(x, y) @ v through backend ``backend``'s op (differentiable in x, y and v); v is 2-D.
     Inputs are assumed validated (one device and dtype)."""
-    return op(f"kernel_matmul_fwd_{backend}")(x.contiguous(), y.contiguous(), v.contiguous(),
-                                              shift_for(kind, y), int(kind), [float(p) for p in params],
-                                              precision)
+    out = op(f"kernel_matmul_fwd_{backend}")(x.contiguous(), y.contiguous(), v.contiguous(),
+                                             shift_for(kind, y), int(kind), [float(p) for p in params],
+                                             precision)
+    return inf_to_nan(out) if kind == KIND_POLY else out  # an overflowed sum reads NaN
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:

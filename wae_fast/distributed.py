@@ -39,7 +39,7 @@ from typing import Optional, Union
 import torch
 import torch.distributed as dist
 
-from .contract import compute_dtype
+from .contract import compute_dtype, term_shifts
 from .kernel_specs import IMQ, KernelSpec, resolve_shift_invariant_kernel
 from .pairsum import BLOCK_SIZE, block_pairs, cross_sum, pair_count, self_sum
 from .prior.closed_form import QUADRATURES, closed_form_cross, quadrature_rule
@@ -159,15 +159,19 @@ class _PartialSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, Y, kind, params, unbiased, block, bxx, byy, bxy, need_x, need_y):
         ct = compute_dtype(X.dtype)
-        off = (Y if Y.shape[0] else X).detach().to(ct).mean(0)
-        xs, ys = X.detach().to(ct) - off, Y.detach().to(ct) - off
-        gxx = torch.zeros(xs.shape, dtype=_F64, device=X.device) if need_x and bxx else None
-        gyy = torch.zeros(ys.shape, dtype=_F64, device=Y.device) if need_y and byy else None
-        gxy_x = torch.zeros(xs.shape, dtype=_F64, device=X.device) if need_x and bxy else None
-        gxy_y = torch.zeros(ys.shape, dtype=_F64, device=Y.device) if need_y and bxy else None
-        sxx, _ = self_sum(xs, kind, params, unbiased, block, bxx, gxx)
-        syy, _ = self_sum(ys, kind, params, unbiased, block, byy, gyy)
-        sxy, _ = cross_sum(xs, ys, kind, params, block, bxy, gxy_x, gxy_y)
+        # each term its own shift, as the mmd ops (the same on every rank: global X and Y)
+        if X.shape[0] and Y.shape[0]:
+            off = term_shifts(kind, X, Y)
+        else:
+            off = (Y if Y.shape[0] else X).detach().to(ct).median(0).values.expand(3, -1)
+        xc, yc = X.detach().to(ct), Y.detach().to(ct)
+        gxx = torch.zeros(xc.shape, dtype=_F64, device=X.device) if need_x and bxx else None
+        gyy = torch.zeros(yc.shape, dtype=_F64, device=Y.device) if need_y and byy else None
+        gxy_x = torch.zeros(xc.shape, dtype=_F64, device=X.device) if need_x and bxy else None
+        gxy_y = torch.zeros(yc.shape, dtype=_F64, device=Y.device) if need_y and bxy else None
+        sxx, _ = self_sum(xc - off[0], kind, params, unbiased, block, bxx, gxx)
+        syy, _ = self_sum(yc - off[1], kind, params, unbiased, block, byy, gyy)
+        sxy, _ = cross_sum(xc - off[2], yc - off[2], kind, params, block, bxy, gxy_x, gxy_y)
         ctx.parts = (gxx, gxy_x, gyy, gxy_y)
         ctx.shapes = ((X.shape, X.device), (Y.shape, Y.device))
         ctx.dtypes = (X.dtype, Y.dtype)

@@ -8,11 +8,11 @@ import torch
 
 from . import contract
 from .dispatch import Request, select_backend
-from .kernel_specs import IMQ, KernelSpec, check_compute_range, resolve_kernel
+from .kernel_specs import IMQ, KIND_POLY, KernelSpec, check_compute_range, resolve_kernel
 from .philox import resolve_seed
 from .segments import weighted_terms
 from .validation import check_finite as _check_finite
-from .validation import check_in_range, check_points, check_tensor
+from .validation import check_in_range, check_points, check_poly_in_range, check_tensor
 
 _DEFAULT_KERNEL = IMQ()
 _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
@@ -70,8 +70,12 @@ def mmd_terms(
     if check_finite:
         _check_finite("x", x)
         _check_finite("y", y)
-        check_in_range(x, y)
-    return contract.mmd_terms(name, x, y, kind, params, estimator == "unbiased", precision)
+        if kind != KIND_POLY:
+            check_in_range(x, y)
+    terms = contract.mmd_terms(name, x, y, kind, params, estimator == "unbiased", precision)
+    if check_finite and kind == KIND_POLY:
+        check_poly_in_range(terms, x.dtype)
+    return terms
 
 
 def mmd(
@@ -104,8 +108,11 @@ def mmd(
         backend: ``"auto"`` (fastest available, see :func:`wae_fast.which_backend`),
             ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
         check_finite: raise ``ValueError`` naming the argument on NaN/Inf inputs and on points
-            outside the supported magnitude range (``|p - mean(y)| <= 2^30`` for fp32 compute,
-            ``2^248`` for fp64; :data:`wae_fast.kernel_specs.MAX_SQ_NORM`); syncs with the
+            outside the supported magnitude range (IMQ, RBF: ``|p - shift| <= 2^30`` for fp32
+            compute, ``2^248`` for fp64, :data:`wae_fast.kernel_specs.MAX_SQ_NORM`, with the
+            shifts median(x) and median(y) of the xx and yy terms and their size-weighted mean
+            of the xy term; Polynomial: every power finite in the compute dtype); syncs
+            with the
             device. When off, such inputs give NaN (value and the gradient rows paired with
             them) on every backend, never a finite wrong value.
         precision: fp32 dot-product precision for backends that use tensor cores

@@ -7,9 +7,9 @@ import torch
 
 from . import contract
 from .dispatch import Request, select_backend
-from .kernel_specs import IMQ, KernelSpec, check_compute_range, resolve_kernel
+from .kernel_specs import IMQ, TRANSLATION_INVARIANT, KernelSpec, check_compute_range, resolve_kernel
 from .validation import check_finite as _check_finite
-from .validation import check_tensor
+from .validation import check_rows_in_range, check_tensor
 
 _DEFAULT_KERNEL = IMQ()
 
@@ -38,8 +38,10 @@ def kernel_matmul(
             :class:`~wae_fast.Polynomial` or their names.
         backend: ``"auto"``, ``"reference"``, ``"cpp"``, ``"triton"`` (see
             :func:`wae_fast.available_backends` with ``family="kernel_matmul"``).
-        check_finite: raise ``ValueError`` on NaN/Inf inputs (syncs with the device); when off,
-            non-finite inputs give non-finite outputs in their rows/columns.
+        check_finite: raise ``ValueError`` on NaN/Inf inputs, on points outside the supported
+            magnitude range (IMQ, RBF: ``|p - median(y)| <= 2^30`` for fp32 compute, ``2^248``
+            for fp64) and on an overflowed polynomial kernel (syncs with the device); when off,
+            such inputs give NaN in the rows/columns paired with them.
         precision: fp32 dot-product precision for tensor-core backends ("ieee" exact, the
             default, "tf32x3", "tf32"); exact backends ignore it.
 
@@ -77,6 +79,15 @@ def kernel_matmul(
         for n_, t in (("x", x), ("y", y), ("v", v)):
             _check_finite(n_, t)
     check_compute_range(kind, params, x.dtype)
+    if check_finite:
+        if kind in TRANSLATION_INVARIANT:  # the range on the coordinates the backends use
+            off = contract.shift_for(kind, y)
+            check_rows_in_range("x", x, off, "median(y)")
+            check_rows_in_range("y", y, off, "median(y)")
     vec = v.dim() == 1
     out = contract.kernel_matmul(name, x, y, v[:, None] if vec else v, kind, params, precision)
+    if check_finite and kind not in TRANSLATION_INVARIANT and not bool(torch.isfinite(out).all()):
+        raise ValueError("x, y: the polynomial kernel (gamma a.b + coef0)^degree (or a sum of it "
+                         f"times v) overflows {str(contract.compute_dtype(x.dtype))[6:]} compute, "
+                         "outside the supported range (the result would be NaN); rescale the inputs")
     return out[:, 0] if vec else out

@@ -157,8 +157,9 @@ class Polynomial:
         gamma: the dot-product scale; None means ``1 / d`` for points of dimension ``d``.
         coef0: the additive constant (finite).
 
-    Not translation invariant, so the backends never shift the points for it; large dot
-    products overflow the compute dtype to inf (never to a finite wrong value).
+    Not translation invariant, so the backends never shift the points for it; a power that
+    overflows the compute dtype is NaN on every backend (never inf, never a finite wrong value);
+    ``check_finite=True`` raises a ValueError instead.
     """
 
     degree: int = 3
@@ -218,7 +219,8 @@ PARAM_RANGE: dict[torch.dtype, tuple[float, float]] = {
 }
 
 #: Supported magnitude range of the points, per compute dtype (fp32 also for fp16/bf16 inputs):
-#: every shifted point a - offset (the glue shifts by mean(y)) must have a squared norm
+#: every shifted point a - offset (each term its own shift: mmd's xx term by median(x), yy by
+#: median(y), xy by their size-weighted mean, ``wae_fast.contract.term_shifts``) must have a squared norm
 #: <= MAX_SQ_NORM, i.e. |a - offset| <= 2^30 ~ 1.07e9 (fp32) or 2^248 ~ 4.5e74 (fp64).  Every
 #: backend (reference, cpp, triton, cuda; csrc/include/wae_fast/tile_math.h holds the same
 #: numbers) makes the pairs of a point outside it NaN; ``check_finite=True`` raises instead.

@@ -58,7 +58,8 @@ def kid(
         generator: torch.Generator for the permutations (None: the global CPU generator).
         degree, gamma, coef0: the polynomial kernel (gamma None: 1 / d).
         backend: as for :func:`wae_fast.mmd`.
-        check_finite: raise ValueError on NaN/Inf features (otherwise NaN propagates).
+        check_finite: raise ValueError on NaN/Inf features, and on features whose kernel
+            powers overflow the compute dtype (otherwise both give NaN).
 
     Returns:
         (mean, std): 0-dim tensors, float64 for float64 features, float32 otherwise.  No
@@ -97,6 +98,8 @@ def kid(
     with torch.no_grad():
         if subset_size is None:
             value = mmd(real_features, fake_features, spec, estimator="unbiased", backend=backend)
+            if check_finite:
+                _check_kid_range(value, out_dtype)
             return value.to(out_dtype), torch.zeros((), dtype=out_dtype, device=value.device)
         gdev = generator.device if generator is not None else torch.device("cpu")
         dev = real_features.device
@@ -107,4 +110,15 @@ def kid(
             scores.append(mmd(real_features[pr], fake_features[pf], spec, estimator="unbiased",
                               backend=backend).to(torch.float64))
         s = torch.stack(scores)
+        if check_finite:
+            _check_kid_range(s, out_dtype)
         return s.mean().to(out_dtype), s.std(unbiased=False).to(out_dtype)
+
+
+def _check_kid_range(scores: torch.Tensor, dtype: torch.dtype) -> None:
+    """check_finite on finite features: a NaN score means a power of the polynomial kernel
+    overflowed the compute dtype (outside its range, the hostile-input contract)."""
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"real_features, fake_features: the polynomial kernel (gamma a.b + coef0)^degree "
+                         f"overflows {str(dtype)[6:]} compute for a pair of features, outside the "
+                         "supported range (the result would be NaN); rescale the features")

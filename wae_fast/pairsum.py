@@ -63,14 +63,18 @@ def poly_and_derivative(t: torch.Tensor, params: list[float], need_deriv: bool):
     """Polynomial kernel from the dot products t = a.b: k = (gamma t + c)^p and (optionally)
     w = -(gamma / 2) dk/dt = -(gamma p / 2) (gamma t + c)^(p-1), the weight that makes the
     gradient machinery's sum_j W_ij (a_i - b_j) with the a_i term dropped, -sum_j W_ij b_j,
-    half the derivative (the r-kernels' dr/da = 2 (a - b) convention)."""
+    half the derivative (the r-kernels' dr/da = 2 (a - b) convention).  A power that overflows
+    the dtype is NaN (not inf), as on every backend."""
     gamma, c, deg = float(params[0]), float(params[1]), int(params[2])
     base = t.mul(gamma).add_(c)
     pm1 = torch.ones_like(base)
     for _ in range(deg - 1):
         pm1.mul_(base)
     k = pm1 * base
+    k += k - k  # an overflowed power reads NaN, not inf (outside the range: the contract)
     w = pm1.mul_(-0.5 * gamma * deg) if need_deriv else None
+    if w is not None:
+        w += w - w
     return k, w
 
 

@@ -9,7 +9,8 @@ computed in the forward and only scaled in backward), with W = dk/dr:
 
     d/dx_i sum_j k(x_i, y_j) = 2 (rowsum(W)_i x_i - (W y)_i)          (one matmul per block)
 
-Points are shifted by the shared offset first, r is clamped at 0 and r_ii is set to exactly 0.
+Each term's points are shifted by its row of the offset first (xx, yy, xy: the contract), r is
+clamped at 0 and r_ii is set to exactly 0.
 The block walk is :mod:`wae_fast.pairsum`'s.
 
 Prior ops (``prior_fwd/bwd_reference``): the M prior samples are the contract's Philox stream
@@ -25,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .contract import compute_dtype, define_backend_ops
+from .contract import compute_dtype, define_backend_ops, per_term
 from .pairsum import (BLOCK_SIZE, acc_cols, acc_rows, cross_blocks, cross_sum,
                       kernel_and_derivative, pair_block, pair_count, self_sum, sq_dist, sq_norms,
                       sym_block)
@@ -43,16 +44,17 @@ def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y
     plus one block."""
     ct = compute_dtype(x.dtype)
     n, m = x.shape[0], y.shape[0]
-    xs = x.to(ct) - offset.to(ct)
-    ys = y.to(ct) - offset.to(ct)
-    gx = torch.zeros((2,) + tuple(xs.shape), dtype=ct, device=x.device) if grad_x else None
-    gy = torch.zeros((2,) + tuple(ys.shape), dtype=ct, device=y.device) if grad_y else None
+    off = per_term(offset).to(ct)  # rows: xx, yy, xy shifts
+    gx = torch.zeros((2,) + tuple(x.shape), dtype=ct, device=x.device) if grad_x else None
+    gy = torch.zeros((2,) + tuple(y.shape), dtype=ct, device=y.device) if grad_y else None
 
     nxx, nyy = pair_count(n, unbiased), pair_count(m, unbiased)
-    sxx, _ = self_sum(xs, kind, params, unbiased, block_size, g_acc=gx[0] if grad_x else None)
-    syy, _ = self_sum(ys, kind, params, unbiased, block_size, g_acc=gy[0] if grad_y else None)
-    sxy, _ = cross_sum(xs, ys, kind, params, block_size, gx_acc=gx[1] if grad_x else None,
-                       gy_acc=gy[1] if grad_y else None)
+    sxx, _ = self_sum(x.to(ct) - off[0], kind, params, unbiased, block_size,
+                      g_acc=gx[0] if grad_x else None)
+    syy, _ = self_sum(y.to(ct) - off[1], kind, params, unbiased, block_size,
+                      g_acc=gy[0] if grad_y else None)
+    sxy, _ = cross_sum(x.to(ct) - off[2], y.to(ct) - off[2], kind, params, block_size,
+                       gx_acc=gx[1] if grad_x else None, gy_acc=gy[1] if grad_y else None)
     terms = torch.stack([sxx / nxx, syy / nyy, sxy / (n * m)])
 
     # d r_ij / d a_i = 2 (a_i - b_j); each unordered xx pair appears twice in the sum.
@@ -88,7 +90,8 @@ def kmm_blocked(x, y, v, offset, kind, params, block_size: int = BLOCK_SIZE):
     """Contract ``kernel_matmul_fwd``: K(x, y) @ v one (block x block) tile of K at a time,
     accumulated in the compute dtype, returned in the input dtype."""
     ct = compute_dtype(x.dtype)
-    xs, ys, vs = x.to(ct) - offset.to(ct), y.to(ct) - offset.to(ct), v.to(ct)
+    off = per_term(offset)[2].to(ct)  # the cross shift
+    xs, ys, vs = x.to(ct) - off, y.to(ct) - off, v.to(ct)
     sx, sy = sq_norms(xs), sq_norms(ys)
     out = torch.zeros((x.shape[0], v.shape[1]), dtype=ct, device=x.device)
     for i0, j0 in cross_blocks(x.shape[0], y.shape[0], block_size):
@@ -103,7 +106,8 @@ def kmm_grads_blocked(grad_out, x, y, v, offset, kind, params, grad_x, grad_y,
     """Contract ``kernel_matmul_bwd``: with W_ij = w_ij (g_i . v_j), gx = 2 sum_j W_ij (x_i - y_j)
     and gy = 2 sum_i W_ij (y_j - x_i) (the polynomial without the x_i / y_j terms)."""
     ct = compute_dtype(x.dtype)
-    xs, ys = x.to(ct) - offset.to(ct), y.to(ct) - offset.to(ct)
+    off = per_term(offset)[2].to(ct)
+    xs, ys = x.to(ct) - off, y.to(ct) - off
     vs, gs = v.to(ct), grad_out.to(ct)
     sx, sy = sq_norms(xs), sq_norms(ys)
     gx = torch.zeros_like(xs) if grad_x else None

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from .kernel_specs import max_sq_norm
+from .contract import term_shifts
+from .kernel_specs import KIND_IMQ, max_sq_norm
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ESTIMATORS = ("unbiased", "biased")
@@ -99,11 +100,28 @@ def check_rows_in_range(name: str, t: torch.Tensor, offset: torch.Tensor, shift:
 
 
 def check_in_range(x: torch.Tensor, y: torch.Tensor) -> None:
-    """:func:`check_rows_in_range` for ``mmd``: x and y shifted by mean(y), computed as the
-    backends' glue does (in the compute dtype)."""
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    offset = y.detach().to(ct).mean(0)
-    if not bool(torch.isfinite(offset).all()):
-        check_rows_in_range("y", y, offset, "mean(y)")
-    for name, t in (("x", x), ("y", y)):
-        check_rows_in_range(name, t, offset, "mean(y)")
+    """:func:`check_rows_in_range` for ``mmd`` (IMQ, RBF), on the coordinates every backend
+    computes with: x shifted by median(x) (xx term) and y by median(y) (yy term), both by
+    (N median(x) + M median(y)) / (N + M) (xy term), the shifts computed as the glue does
+    (:func:`wae_fast.contract.term_shifts`, in the compute dtype)."""
+    off = term_shifts(KIND_IMQ, x, y)
+    pooled = "(N median(x) + M median(y)) / (N + M)"
+    for name, t, row, shift in (("x", x, 0, "median(x)"), ("y", y, 1, "median(y)"),
+                                ("x", x, 2, pooled), ("y", y, 2, pooled)):
+        check_rows_in_range(name, t, off[row], shift)
+
+
+def check_poly_in_range(terms: torch.Tensor, dtype: torch.dtype) -> None:
+    """``check_finite`` for the polynomial kernel (finite inputs): ValueError naming the argument
+    when a term overflowed the compute dtype (its value would be NaN).  The kernel is not a
+    function of shifted distances, so its range is that of the values it computes:
+    |gamma a.b + coef0|^degree (and the row sums) finite in the compute dtype."""
+    ok = torch.isfinite(terms).tolist()
+    if all(ok):
+        return
+    ct = "float64" if dtype == torch.float64 else "float32"
+    name = "x" if not ok[0] else "y" if not ok[1] else "x and y"
+    raise ValueError(f"{name}: the polynomial kernel (gamma a.b + coef0)^degree overflows {ct} "
+                     f"compute (max {torch.finfo(getattr(torch, ct)).max:.4g}) for a pair of these "
+                     "points, outside the supported range (the result would be NaN); rescale the "
+                     "inputs or lower gamma" + ("" if ct == "float64" else " or pass float64 inputs"))

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "wae_fast/tile_math.h"
@@ -42,7 +43,9 @@ void check_kmm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& v, co
   auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
               "wae_fast cpp backend: dtype must be float16, bfloat16, float32 or float64, got ", dt);
-  TORCH_CHECK(offset.numel() == x.size(1), "wae_fast cpp backend: offset must have d elements");
+  TORCH_CHECK((offset.dim() == 1 && offset.size(0) == x.size(1)) ||
+                  (offset.dim() == 2 && offset.size(0) == 3 && offset.size(1) == x.size(1)),
+              "wae_fast cpp backend: offset must be (d,) or (3, d)");
   TORCH_CHECK(kind == wae_fast::KIND_IMQ || kind == wae_fast::KIND_RBF || kind == wae_fast::KIND_POLY,
               "wae_fast cpp backend: unknown kernel kind ", kind);
   if (kind == wae_fast::KIND_POLY) {
@@ -69,10 +72,12 @@ std::pair<at::Tensor, at::Tensor> eval_block(const at::Tensor& a, const at::Tens
     const double gamma = P[0], c = P[1];
     const int64_t deg = int64_t(P[2]);
     at::Tensor base = at::mm(a, b.t()).mul_(gamma).add_(c);
-    if (!need_w) return {deg == 1 ? base : base.pow(deg), at::Tensor()};
+    // an overflowed power reads NaN, not inf (v + (v - v), as tile_math.h poly_eval)
+    auto nan_if_inf = [](at::Tensor v) { return v.add_(v - v); };
+    if (!need_w) return {nan_if_inf(deg == 1 ? base : base.pow(deg)), at::Tensor()};
     at::Tensor pm1 = deg == 1 ? at::ones_like(base) : base.pow(deg - 1);
-    at::Tensor k = pm1 * base;
-    return {k, pm1.mul_(-0.5 * gamma * double(deg))};
+    at::Tensor k = nan_if_inf(pm1 * base);
+    return {k, nan_if_inf(pm1.mul_(-0.5 * gamma * double(deg)))};
   }
   at::Tensor r = at::mm(a, b.t()).clamp_min_(0.0);
   if (P.size() == 1) {
@@ -100,6 +105,15 @@ std::pair<at::Tensor, at::Tensor> eval_block(const at::Tensor& a, const at::Tens
   return {k, w};
 }
 
+//! Squared row norms accumulated in fp64, rounded once (as the MMD tiles); NaN for a row outside
+//! the supported magnitude range (or NaN/Inf), so its pairs are NaN (tile_math.h MaxSqNorm).
+template <class T>
+at::Tensor in_range_norms(const at::Tensor& A) {
+  at::Tensor n64 = A.to(at::kDouble).pow(2).sum(1);
+  const double lim = double(wae_fast::MaxSqNorm<T>::value);
+  return at::where(n64 <= lim, n64, std::numeric_limits<double>::quiet_NaN()).to(A.scalar_type()).contiguous();
+}
+
 //! FWD (U undefined): out = K(A, B) @ V, (nA, P).  GRAD: out = 2 sum_j W_ij (A_i - B_j) with
 //! W_ij = w_ij (U_i . V_j), (nA, d) (polynomial: -2 sum_j W_ij B_j).  Compute dtype T.
 template <class T>
@@ -109,8 +123,7 @@ at::Tensor kmm_pass(const at::Tensor& A, const at::Tensor& B, const at::Tensor& 
   const int64_t nA = A.size(0), nB = B.size(0), d = A.size(1), P = V.size(1);
   const bool poly = kind == wae_fast::KIND_POLY;
   // squared norms accumulated in fp64, rounded once (as the MMD tiles)
-  at::Tensor na = A.to(at::kDouble).pow(2).sum(1).to(A.scalar_type()).contiguous();
-  at::Tensor nb = B.to(at::kDouble).pow(2).sum(1).to(A.scalar_type()).contiguous();
+  at::Tensor na = in_range_norms<T>(A), nb = in_range_norms<T>(B);
   at::Tensor out = at::empty({nA, grad ? d : P}, A.options());
   // r-kernels: augmented operands for the one-GEMM squared distances (see eval_block)
   at::Tensor Ae = A, Be = B;
@@ -151,7 +164,8 @@ at::Tensor kmm_pass(const at::Tensor& A, const at::Tensor& B, const at::Tensor& 
 
 at::Tensor compute_operand(const at::Tensor& t, const at::Tensor& offset, at::ScalarType ct, bool shift) {
   at::Tensor c = t.to(ct);
-  if (shift) c = c - offset.to(ct);
+  // a (3, d) offset holds the mmd op's per-term shifts: K(x, y) is a cross term (row 2)
+  if (shift) c = c - (offset.dim() == 2 ? offset.select(0, 2) : offset).to(ct);
   return c.contiguous();
 }
 

@@ -60,12 +60,15 @@ struct Prepared {
   int64_t n = 0, n_pad = 0, dp = 0;
 };
 
+//! Rows of a prepared operand: n rounded up to whole tiles (at least one).
+int64_t padded_rows(int64_t n) { return std::max<int64_t>(kTile, (n + kTile - 1) / kTile * kTile); }
+
 template <class T>
 Prepared<T> prepare(const at::Tensor& pts, const at::Tensor& offset, int64_t dp) {
   constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
   Prepared<T> p;
   p.n = pts.size(0);
-  p.n_pad = std::max<int64_t>(kTile, (p.n + kTile - 1) / kTile * kTile);
+  p.n_pad = padded_rows(p.n);
   p.dp = dp;
   const int64_t d = pts.size(1);
   at::Tensor rows = at::zeros({p.n_pad, dp}, pts.options().dtype(st));
@@ -237,9 +240,14 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& of
   auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
               "wae_fast cpp backend: dtype must be float16, bfloat16, float32 or float64, got ", dt);
-  TORCH_CHECK(offset.numel() == x.size(1), "wae_fast cpp backend: offset must have d elements");
+  TORCH_CHECK((offset.dim() == 1 && offset.size(0) == x.size(1)) ||
+                  (offset.dim() == 2 && offset.size(0) == 3 && offset.size(1) == x.size(1)),
+              "wae_fast cpp backend: offset must be (d,) or (3, d)");
   check_kernel(kind, params);
 }
+
+//! Row t of the (3, d) per-term shifts (xx, yy, xy); a (d,) offset is one shift for every term.
+at::Tensor term_shift(const at::Tensor& offset, int64_t t) { return offset.dim() == 1 ? offset : offset.select(0, t); }
 
 template <class T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x_, const at::Tensor& y_,
@@ -251,22 +259,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x_, co
   at::Tensor x = x_.contiguous(), y = y_.contiguous();
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   const int64_t dp = std::max<int64_t>(L, (d + L - 1) / L * L);
-  Prepared<T> px = prepare<T>(x, offset, dp);
-  Prepared<T> py = prepare<T>(y, offset, dp);
   auto f64 = at::TensorOptions().dtype(at::kDouble);
   at::Tensor gxx, gxy_x, gyy, gxy_y;
   if (grad_x) {
-    gxx = at::zeros({px.n_pad, dp}, f64);
-    gxy_x = at::zeros({px.n_pad, dp}, f64);
+    gxx = at::zeros({padded_rows(n), dp}, f64);
+    gxy_x = at::zeros({padded_rows(n), dp}, f64);
   }
   if (grad_y) {
-    gyy = at::zeros({py.n_pad, dp}, f64);
-    gxy_y = at::zeros({py.n_pad, dp}, f64);
+    gyy = at::zeros({padded_rows(m), dp}, f64);
+    gxy_y = at::zeros({padded_rows(m), dp}, f64);
   }
   auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<double>() : nullptr; };
-  double sxx = n > 0 ? run_term<T>(px, px, true, int(kind), params, unbiased, ptr(gxx), nullptr) : 0.0;
-  double syy = m > 0 ? run_term<T>(py, py, true, int(kind), params, unbiased, ptr(gyy), nullptr) : 0.0;
-  double sxy = 0.0;
+  // Each term on its own shifted copies (contract: xx by offset[0], yy by offset[1], xy by
+  // offset[2]), prepared one term at a time: at most two copies alive, as with one shift.
+  double sxx = 0.0, syy = 0.0, sxy = 0.0;
+  if (n > 0) {
+    Prepared<T> p = prepare<T>(x, term_shift(offset, 0), dp);
+    sxx = run_term<T>(p, p, true, int(kind), params, unbiased, ptr(gxx), nullptr);
+  }
+  if (m > 0) {
+    Prepared<T> p = prepare<T>(y, term_shift(offset, 1), dp);
+    syy = run_term<T>(p, p, true, int(kind), params, unbiased, ptr(gyy), nullptr);
+  }
+  Prepared<T> px = prepare<T>(x, term_shift(offset, 2), dp);
+  Prepared<T> py = prepare<T>(y, term_shift(offset, 2), dp);
   if (n > 0 && m > 0) {
     if (grad_y && !grad_x)  // rows = y: its gradient needs no per-stripe copies
       sxy = run_term<T>(py, px, false, int(kind), params, unbiased, ptr(gxy_y), nullptr);

@@ -139,7 +139,9 @@ void check_mmd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& offse
   TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(1) == y.size(1),
               WAE_MSG "x (N, d) and y (M, d) must be 2-D with the same d");
   TORCH_CHECK(x.scalar_type() == y.scalar_type(), WAE_MSG "x and y must have the same dtype");
-  TORCH_CHECK(offset.numel() == x.size(1), WAE_MSG "offset must have d elements");
+  TORCH_CHECK((offset.dim() == 1 && offset.size(0) == x.size(1)) ||
+                  (offset.dim() == 2 && offset.size(0) == 3 && offset.size(1) == x.size(1)),
+              WAE_MSG "offset must be (d,) or (3, d)");
   TORCH_CHECK(kind == 0 || kind == 1 || kind == 2, WAE_MSG "unknown kernel kind ", kind);
   if (kind == 2) {
     TORCH_CHECK(params.size() == 3 && params[2] >= 1 && params[2] <= 64 && params[2] == double(int64_t(params[2])),
@@ -147,6 +149,13 @@ void check_mmd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& offse
     return;
   }
   TORCH_CHECK(!params.empty() && params.size() <= 16, WAE_MSG "between 1 and 16 kernel scales supported");
+}
+
+//! The (3, d) per-term shifts (xx, yy, xy rows; a (d,) offset is one shift for every term),
+//! contiguous in the compute dtype: the launchers read row t at offset + t * d.
+at::Tensor term_shifts(const at::Tensor& offset, at::ScalarType ct) {
+  at::Tensor o = offset.to(ct);
+  return (o.dim() == 1 ? o.unsqueeze(0).expand({3, o.size(0)}) : o).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_,
@@ -157,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_
   DeviceScope scope(x_);
   at::Tensor x = x_.contiguous(), y = y_.contiguous();
   const auto ct = compute_type(x.scalar_type());
-  at::Tensor offset = offset_.to(ct).contiguous();
+  at::Tensor offset = term_shifts(offset_, ct);
   const int dt = dtype_code(x.scalar_type());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   std::vector<double> P(params.begin(), params.end());
@@ -182,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> mmd_bwd_cuda(const at::Tensor& grad_terms, co
   DeviceScope scope(x_);
   at::Tensor x = x_.contiguous(), y = y_.contiguous();
   const auto ct = compute_type(x.scalar_type());
-  at::Tensor offset = offset_.to(ct).contiguous();
+  at::Tensor offset = term_shifts(offset_, ct);
   at::Tensor gt = grad_terms.to(x.device(), at::kDouble).contiguous();
   TORCH_CHECK(gt.numel() == 3, WAE_MSG "grad_terms must have 3 elements");
   const int dt = dtype_code(x.scalar_type());
@@ -266,11 +275,11 @@ at::Tensor prior_bwd_cuda(const at::Tensor& grad_terms, const at::Tensor& x_, in
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const size_t wsb = wae_prior_workspace_bytes(dt, n, m, d, 1);
   at::Tensor ws = workspace(wsb, x);
-  WAE_DEVICE_MEMORY({"x", x, true}, {"off_xy", offs.second, true}, {"grad_terms", gt, true}, {"gx", gx, false},
-                    {"workspace", ws, false});
-  check_rc(wae_prior_bwd(dt, x.data_ptr(), offs.second.data_ptr(), n, m, d, int(kind), P.data(), int(P.size()), sigma2,
-                         unbiased ? 1 : 0, uint64_t(seed), pc, gt.data_ptr<double>(), gx.data_ptr(), ws.data_ptr(), wsb,
-                         scope.stream()),
+  WAE_DEVICE_MEMORY({"x", x, true}, {"off_xx", offs.first, true}, {"off_xy", offs.second, true},
+                    {"grad_terms", gt, true}, {"gx", gx, false}, {"workspace", ws, false});
+  check_rc(wae_prior_bwd(dt, x.data_ptr(), offs.first.data_ptr(), offs.second.data_ptr(), n, m, d, int(kind), P.data(),
+                         int(P.size()), sigma2, unbiased ? 1 : 0, uint64_t(seed), pc, gt.data_ptr<double>(), gx.data_ptr(),
+                         ws.data_ptr(), wsb, scope.stream()),
            "prior backward launch");
   return gx;
 }
@@ -285,7 +294,7 @@ at::Tensor kmm_fwd_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tens
               "wae_fast cuda backend: v must be an (M, P) CUDA tensor on the device of x");
   DeviceScope scope(x);
   const auto ct = compute_type(x.scalar_type());
-  at::Tensor off = offset.to(ct);
+  at::Tensor off = term_shifts(offset, ct).select(0, 2);  // K(x, y) is a cross term
   at::Tensor A = (x.to(ct) - off).contiguous(), B = (y.to(ct) - off).contiguous(), V = v.to(ct).contiguous();
   at::Tensor out = at::empty({x.size(0), v.size(1)}, A.options());
   std::vector<double> P(params.begin(), params.end());
@@ -302,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor> kmm_bwd_cuda(const at::Tensor& grad_out, cons
   check_mmd(x, y, offset, kind, params);
   DeviceScope scope(x);
   const auto ct = compute_type(x.scalar_type());
-  at::Tensor off = offset.to(ct);
+  at::Tensor off = term_shifts(offset, ct).select(0, 2);  // K(x, y) is a cross term
   at::Tensor A = (x.to(ct) - off).contiguous(), B = (y.to(ct) - off).contiguous(), V = v.to(ct).contiguous();
   at::Tensor G = grad_out.to(ct).contiguous();
   std::vector<double> P(params.begin(), params.end());

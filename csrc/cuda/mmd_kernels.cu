@@ -1,13 +1,16 @@
 // wae_fast CUDA kernels: fused, memory-flat squared MMD between two stored point sets
 // (forward terms and input gradients).  No torch headers; extern "C" launchers in wae_cuda.h.
 // The tile kernels, source policies and launch helpers are in mmd_tiles.cuh (design notes there):
-//  * shift_kernel: p - offset in the compute dtype (fp16/bf16/fp32 -> fp32, fp64 -> fp64);
+//  * shift_kernel: p - offset in the compute dtype (fp16/bf16/fp32 -> fp32, fp64 -> fp64), each
+//    term with its own row of the (3, d) offset (xx, yy, xy; the contract), the shifted copies
+//    rewritten between terms in stream order;
 //  * mmd_fwd_tiles<LoadSrc, LoadSrc>: xx, yy (symmetric: J >= I tiles only) and xy terms, one
 //    fp64 partial per (row block, column split), reduce_partials in a fixed order;
 //  * mmd_grad_rows<LoadSrc>: gx = self(x) + cross(x vs y), gy = self(y) + cross(y vs x), one
 //    launch per side, fp64 register accumulation across the column loop, direct output (or
 //    bounded per-split fp64 slices + grad_combine for small N).
-// Memory: the shifted copies of x and y (compute dtype), the partials
+// Memory: the shifted copies of x and y (compute dtype; the backward one more copy of a side, its
+// rows in the self term's shift), the partials
 // (ceil(n / 64) * splits doubles) and, for small N only, the split buffers (<= 1 GiB).
 #include "mmd_tiles.cuh"
 
@@ -30,16 +33,19 @@ int fwd_impl(const void* x, const void* y, const void* offset, int64_t n, int64_
   T* xs = reinterpret_cast<T*>(ws);
   T* ys = reinterpret_cast<T*>(ws + L.xs);
   double* part = reinterpret_cast<double*>(ws + L.xs + L.ys);
-  cudaError_t e = shift_into<TI, T>(x, offset, n, d, xs, st);
-  if (e == cudaSuccess) e = shift_into<TI, T>(y, offset, m, d, ys, st);
-  if (e != cudaSuccess) return int(e);
+  const T* off = static_cast<const T*>(offset);  // (3, d): xx, yy, xy shifts
   const KParams<T> P = make_params<T>(params, nparams);
   const int pr = effective_prec(kF64, prec, d);
   const double nxx = wae_fast::pair_count_self(n, unbiased), nyy = wae_fast::pair_count_self(m, unbiased);
   const LoadSrc<T> sx{xs}, sy{ys};
-  // the three terms run one after the other on the stream, sharing the partials buffer
-  e = launch_fwd_term<T>(sx, sx, n, n, d, kind, pr, P, 1, unbiased, part, 1.0 / nxx, terms + 0, st);
+  // the three terms run one after the other on the stream, sharing the partials buffer; xs and
+  // ys are rewritten with the xy shift after the self terms have read them (stream order)
+  cudaError_t e = shift_into<TI, T>(x, off, n, d, xs, st);
+  if (e == cudaSuccess) e = launch_fwd_term<T>(sx, sx, n, n, d, kind, pr, P, 1, unbiased, part, 1.0 / nxx, terms + 0, st);
+  if (e == cudaSuccess) e = shift_into<TI, T>(y, off + d, m, d, ys, st);
   if (e == cudaSuccess) e = launch_fwd_term<T>(sy, sy, m, m, d, kind, pr, P, 1, unbiased, part, 1.0 / nyy, terms + 1, st);
+  if (e == cudaSuccess) e = shift_into<TI, T>(x, off + 2 * d, n, d, xs, st);
+  if (e == cudaSuccess) e = shift_into<TI, T>(y, off + 2 * d, m, d, ys, st);
   if (e == cudaSuccess)
     e = launch_fwd_term<T>(sx, sy, n, m, d, kind, pr, P, 0, unbiased, part, 1.0 / (double(n) * double(m)), terms + 2, st);
   return int(e);
@@ -55,9 +61,12 @@ int bwd_impl(int dtype, const void* x, const void* y, const void* offset, int64_
   char* ws = static_cast<char*>(workspace);
   T* xs = reinterpret_cast<T*>(ws);
   T* ys = reinterpret_cast<T*>(ws + L.xs);
-  double* gacc = L.gacc ? reinterpret_cast<double*>(ws + L.xs + L.ys) : nullptr;
-  cudaError_t e = shift_into<TI, T>(x, offset, n, d, xs, st);
-  if (e == cudaSuccess) e = shift_into<TI, T>(y, offset, m, d, ys, st);
+  T* self = reinterpret_cast<T*>(ws + L.xs + L.ys);
+  double* gacc = L.gacc ? reinterpret_cast<double*>(ws + L.xs + L.ys + L.self) : nullptr;
+  const T* off = static_cast<const T*>(offset);  // (3, d): xx, yy, xy shifts
+  // xs, ys: both sets in the xy shift (the cross parts); self: the side's rows in its own shift
+  cudaError_t e = shift_into<TI, T>(x, off + 2 * d, n, d, xs, st);
+  if (e == cudaSuccess) e = shift_into<TI, T>(y, off + 2 * d, m, d, ys, st);
   if (e != cudaSuccess) return int(e);
   const KParams<T> P = make_params<T>(params, nparams);
   const int pr = effective_prec(kF64, prec, d);
@@ -67,12 +76,14 @@ int bwd_impl(int dtype, const void* x, const void* y, const void* offset, int64_
   for (int side = 0; side < 2 && e == cudaSuccess; ++side) {
     void* out = side == 0 ? gx : gy;
     if (out == nullptr) continue;
-    const T* A = side == 0 ? xs : ys;
+    const T* AX = side == 0 ? xs : ys;
     const LoadSrc<T> sb{side == 0 ? ys : xs};
+    e = shift_into<TI, T>(side == 0 ? x : y, off + side * d, side == 0 ? n : m, d, self, st);  // after the last reader (stream order)
+    if (e != cudaSuccess) break;
     const int64_t nA = side == 0 ? n : m, nB = side == 0 ? m : n;
     const double cself = 4.0 / (side == 0 ? nxx : nyy);  // times grad_terms[side]
     const double cx = 2.0 / nxy;                          // times grad_terms[2]
-    e = launch_grad<T>(A, sb, nA, nB, d, kind, pr, P, gt, side, cself, cx, gacc, out, dtype, st, unbiased);
+    e = launch_grad<T>(self, AX, sb, nA, nB, d, kind, pr, P, gt, side, cself, cx, gacc, out, dtype, st, unbiased);
   }
   return int(e);
 }

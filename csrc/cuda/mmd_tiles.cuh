@@ -27,7 +27,8 @@
 // a fixed order.  S is a function of the sizes only: bit-identical reruns.
 //
 // Backward (mmd_grad_rows): block (I, chunk c of KC gradient columns, split s) walks its column
-// tiles of the self term (A vs A) and then of the cross term (A vs the B source), builds
+// tiles of the self term (A vs A) and then of the cross term (AX vs the B source; AX holds A's
+// rows in the cross term's shift, A in the self term's: each term on its own coordinates), builds
 // W = dk/dr in shared memory and accumulates sum_j W_ij (a_ik - b_jk) (direct differences: no
 // rowsum(W) a - W b cancellation) in fp32 per tile, then coef * (that) into fp64 accumulators in
 // SHARED memory (64 x KC, each entry owned by one thread) across the whole column loop
@@ -489,11 +490,13 @@ __device__ __forceinline__ void grad_pass(const T* __restrict__ A, const SB& sb,
   }
 }
 
-// Gradient rows of A: self term (A vs A, coefficient c_self * gt[side]) + cross term (A vs the
-// B source, c_cross * gt[2]).  blockIdx.x = row block, blockIdx.y = split * nchunk + chunk.
+// Gradient rows of A: self term (A vs A, coefficient c_self * gt[side]) + cross term (AX vs the
+// B source, c_cross * gt[2]); A and AX hold the same points, shifted by the self and the cross
+// term's shift (each term on its own coordinates).  blockIdx.x = row block, blockIdx.y =
+// split * nchunk + chunk.
 template <class T, int KIND, int PREC, class SB>
 __global__ void __launch_bounds__(kThreads, 2)
-    mmd_grad_rows(const T* __restrict__ A, SB sb, int64_t nA, int64_t nB, int64_t d, KParams<T> P,
+    mmd_grad_rows(const T* __restrict__ A, const T* __restrict__ AX, SB sb, int64_t nA, int64_t nB, int64_t d, KParams<T> P,
                   const double* __restrict__ gt, int side, double c_self, double c_cross, unsigned nchunk,
                   double* __restrict__ gacc, void* __restrict__ out, int out_dt, int unbiased) {
   using L = GradLayout<T>;
@@ -520,7 +523,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int t = 0; t < NR; ++t) gs[(tid / KC + kRowStep * t) * KC + tid % KC] = 0.0;  // own entries
   grad_pass<T, KIND, PREC, LoadSrc<T>>(A, LoadSrc<T>{A}, nA, nA, d, P, true, unbiased != 0, cs, I, split, nsplit,
                                        kc0, sm);
-  if (nB > 0) grad_pass<T, KIND, PREC, SB>(A, sb, nA, nB, d, P, false, unbiased != 0, cx, I, split, nsplit, kc0, sm);
+  if (nB > 0) grad_pass<T, KIND, PREC, SB>(AX, sb, nA, nB, d, P, false, unbiased != 0, cx, I, split, nsplit, kc0, sm);
   const int64_t gk = kc0 + tid % KC;
   if (gk >= d) return;
 #pragma unroll 1
@@ -596,10 +599,12 @@ inline size_t gacc_bytes(int dtype, int64_t nA, int64_t d) {
 }
 
 //! Workspace of one op (256-byte aligned pieces): shifted copies xs (n d) and ys (m d, mmd only)
-//! in the compute dtype, fp64 partials of the forward (one per row block and split, shared by
-//! the three terms), fp64 split buffers of the backward (0 unless bwd_nsplit > 1).
+//! in the compute dtype, reshifted between terms (stream order), and in the backward one more
+//! copy self (max(n, m) d: the gradient rows in the self term's shift, while xs / ys hold the
+//! cross term's), fp64 partials of the forward (one per row block and split, shared by the three
+//! terms), fp64 split buffers of the backward (0 unless bwd_nsplit > 1).
 struct WsLayout {
-  size_t xs, ys, part, gacc, total;
+  size_t xs, ys, self, part, gacc, total;
 };
 
 inline size_t partial_bytes(int64_t n, int64_t m) {
@@ -615,9 +620,13 @@ inline WsLayout mmd_layout(int dtype, int64_t n, int64_t m, int64_t d, int for_b
   WsLayout L{};
   L.xs = align256(es * size_t(n) * size_t(d));
   L.ys = align256(es * size_t(m) * size_t(d));
-  if (!for_backward) L.part = partial_bytes(n, m);
-  else L.gacc = std::max(gacc_bytes(ct, n, d), gacc_bytes(ct, m, d));
-  L.total = L.xs + L.ys + L.part + L.gacc;
+  if (!for_backward) {
+    L.part = partial_bytes(n, m);
+  } else {
+    L.self = align256(es * size_t(std::max(n, m)) * size_t(d));
+    L.gacc = std::max(gacc_bytes(ct, n, d), gacc_bytes(ct, m, d));
+  }
+  L.total = L.xs + L.ys + L.self + L.part + L.gacc;
   return L;
 }
 
@@ -627,9 +636,13 @@ inline WsLayout prior_layout(int dtype, int64_t n, int64_t m, int64_t d, int for
   const size_t es = ct == WAE_F64 ? 8 : 4;
   WsLayout L{};
   L.xs = align256(es * size_t(n) * size_t(d));
-  if (!for_backward) L.part = partial_bytes(n, m);
-  else L.gacc = gacc_bytes(ct, n, d);
-  L.total = L.xs + L.part + L.gacc;
+  if (!for_backward) {
+    L.part = partial_bytes(n, m);
+  } else {
+    L.self = L.xs;  // x in the xx shift (xs holds it in the xy shift)
+    L.gacc = gacc_bytes(ct, n, d);
+  }
+  L.total = L.xs + L.self + L.part + L.gacc;
   return L;
 }
 
@@ -700,14 +713,14 @@ cudaError_t launch_fwd_term(const SA& sa, const SB& sb, int64_t nA, int64_t nB, 
 }
 
 template <class T, int KIND, int PREC, class SB>
-void launch_grad_k(const T* A, const SB& sb, int64_t nA, int64_t nB, int64_t d, const KParams<T>& P, const double* gt,
+void launch_grad_k(const T* A, const T* AX, const SB& sb, int64_t nA, int64_t nB, int64_t d, const KParams<T>& P, const double* gt,
                    int side, double c_self, double c_cross, double* gacc, int64_t nsplit, int64_t nchunk, void* out,
                    int out_dt, cudaStream_t st, int unbiased) {
   dim3 grid(unsigned(ceil_div(nA, kBM)), unsigned(nsplit * nchunk));
   constexpr size_t smem = GradLayout<T>::bytes;
   auto kern = mmd_grad_rows<T, KIND, PREC, SB>;
   if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess) return;
-  WAE_LAUNCH((kern), grid, kThreads, smem, st, A, sb, nA, nB, d, P, gt, side, c_self, c_cross, unsigned(nchunk),
+  WAE_LAUNCH((kern), grid, kThreads, smem, st, A, AX, sb, nA, nB, d, P, gt, side, c_self, c_cross, unsigned(nchunk),
              nsplit > 1 ? gacc : nullptr, out, out_dt, unbiased);
 }
 
@@ -716,10 +729,11 @@ void launch_combine(const double* gacc, int64_t nsplit, int64_t count, void* out
   WAE_LAUNCH((grad_combine<O>), unsigned(ceil_div(count, 256)), 256, 0, st, gacc, nsplit, count, static_cast<O*>(out));
 }
 
-//! Gradient of nA rows of A (out, dtype code out_dt, (nA, d)): self term + cross term vs sb.
+//! Gradient of nA rows of A (out, dtype code out_dt, (nA, d)): self term (A, the rows in the
+//! self term's shift) + cross term (AX, the same rows in the cross term's shift) vs sb.
 //! gacc: gacc_bytes(ct_code, nA, d) bytes (may be null when that is 0).
 template <class T, class SB>
-cudaError_t launch_grad(const T* A, const SB& sb, int64_t nA, int64_t nB, int64_t d, int kind, int prec,
+cudaError_t launch_grad(const T* A, const T* AX, const SB& sb, int64_t nA, int64_t nB, int64_t d, int kind, int prec,
                         const KParams<T>& P, const double* gt, int side, double c_self, double c_cross, double* gacc,
                         void* out, int out_dt, cudaStream_t st, int unbiased = 1) {
   constexpr bool kF32 = std::is_same<T, float>::value;
@@ -729,12 +743,12 @@ cudaError_t launch_grad(const T* A, const SB& sb, int64_t nA, int64_t nB, int64_
   if (!grid_ok(nA, nsplit * nchunk)) return cudaErrorInvalidConfiguration;
   const bool imq = kind == wae_fast::KIND_IMQ;
   if (kind == wae_fast::KIND_POLY) {  // exact FMA dot products only (KID needs "ieee", see README)
-    launch_grad_k<T, wae_fast::KIND_POLY, PREC_IEEE, SB>(A, sb, nA, nB, d, P, gt, side, c_self, c_cross, gacc, nsplit,
+    launch_grad_k<T, wae_fast::KIND_POLY, PREC_IEEE, SB>(A, AX, sb, nA, nB, d, P, gt, side, c_self, c_cross, gacc, nsplit,
                                                          nchunk, out, out_dt, st, unbiased);
     prec = -1;  // skip the r-kernel dispatch below
   }
 #define WAE_GRAD(KD, PR) \
-  launch_grad_k<T, KD, PR, SB>(A, sb, nA, nB, d, P, gt, side, c_self, c_cross, gacc, nsplit, nchunk, out, out_dt, st, \
+  launch_grad_k<T, KD, PR, SB>(A, AX, sb, nA, nB, d, P, gt, side, c_self, c_cross, gacc, nsplit, nchunk, out, out_dt, st, \
                                unbiased)
   if (prec < 0) {
   } else if (kF32 && prec == PREC_TF32) {

@@ -9,8 +9,8 @@
 //  * xx term: the self term of mmd_kernels.cu on x shifted by mean(x) (wae_detail_fwd_self);
 //  * yy term: mmd_fwd_tiles<GenSrc, GenSrc>, symmetric (J >= I tiles), shift 0;
 //  * xy term: mmd_fwd_tiles<LoadSrc, GenSrc>, x and y shifted by n / (n + m) * mean(x);
-//  * backward: mmd_grad_rows<GenSrc>: self (x vs x) + cross (x vs generated y) in one launch,
-//    both with the shift n / (n + m) * mean(x).
+//  * backward: mmd_grad_rows<GenSrc>: self (x vs x, x shifted by mean(x)) + cross (x vs
+//    generated y, both shifted by n / (n + m) * mean(x)) in one launch.
 // Workspace: the shifted x (n * d, compute dtype), ceil(max(n, m) / 64) * splits fp64 partials,
 // and for small n only the split buffers of the backward; nothing of size m * d or n * m.
 #include <cmath>
@@ -66,7 +66,7 @@ int prior_fwd_impl(const void* x, const void* off_xx, const void* off_xy, int64_
 }
 
 template <class TI, class T>
-int prior_bwd_impl(int dtype, const void* x, const void* off_xy, int64_t n, int64_t m, int64_t d, int kind,
+int prior_bwd_impl(int dtype, const void* x, const void* off_xx, const void* off_xy, int64_t n, int64_t m, int64_t d, int kind,
                    const double* params, int nparams, double sigma2, int unbiased, uint64_t seed, int prec,
                    const double* gt, void* gx, void* workspace, size_t wsb, cudaStream_t st) {
   constexpr bool kF64 = std::is_same<T, double>::value;
@@ -75,16 +75,18 @@ int prior_bwd_impl(int dtype, const void* x, const void* off_xy, int64_t n, int6
   if (wsb < L.total) return int(cudaErrorInvalidValue);
   char* ws = static_cast<char*>(workspace);
   T* xs = reinterpret_cast<T*>(ws);
-  double* gacc = L.gacc ? reinterpret_cast<double*>(ws + L.xs) : nullptr;
+  T* xself = reinterpret_cast<T*>(ws + L.xs);
+  double* gacc = L.gacc ? reinterpret_cast<double*>(ws + L.xs + L.self) : nullptr;
   const KParams<T> P = make_params<T>(params, nparams);
   const int pr = effective_prec(kF64, prec, d);
   const T sig = T(std::sqrt(sigma2));
   cudaError_t e = shift_into<TI, T>(x, off_xy, n, d, xs, st);
+  if (e == cudaSuccess) e = shift_into<TI, T>(x, off_xx, n, d, xself, st);
   if (e != cudaSuccess) return int(e);
   const double nxx = wae_fast::pair_count_self(n, unbiased);
   const GenSrc<T> gy{static_cast<const T*>(off_xy), (unsigned long long)seed, sig};
   // d terms[0] / dx_i = 4 / nxx sum_j W_ij (x_i - x_j); d terms[2] / dx_i = 2 / (n m) sum_j W_ij (x_i - y_j)
-  e = launch_grad<T>(xs, gy, n, m, d, kind, pr, P, gt, 0, 4.0 / nxx, 2.0 / (double(n) * double(m)), gacc, gx, dtype,
+  e = launch_grad<T>(xself, xs, gy, n, m, d, kind, pr, P, gt, 0, 4.0 / nxx, 2.0 / (double(n) * double(m)), gacc, gx, dtype,
                      st);
   return int(e);
 }
@@ -109,16 +111,16 @@ extern "C" int wae_prior_fwd(int dtype, const void* x, const void* off_xx, const
   return int(cudaErrorInvalidValue);
 }
 
-extern "C" int wae_prior_bwd(int dtype, const void* x, const void* off_xy, int64_t n, int64_t m, int64_t d, int kind,
+extern "C" int wae_prior_bwd(int dtype, const void* x, const void* off_xx, const void* off_xy, int64_t n, int64_t m, int64_t d, int kind,
                              const double* params, int nparams, double sigma2, int unbiased, uint64_t seed,
                              int precision, const double* grad_terms, void* gx, void* workspace, size_t wsb,
                              cudaStream_t st) {
   if (bad_args(n, m, d, nparams, sigma2, unbiased, seed)) return int(cudaErrorInvalidValue);
   switch (dtype) {
-    case WAE_F32: return prior_bwd_impl<float, float>(dtype, x, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
-    case WAE_F64: return prior_bwd_impl<double, double>(dtype, x, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
-    case WAE_F16: return prior_bwd_impl<__half, float>(dtype, x, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
-    case WAE_BF16: return prior_bwd_impl<__nv_bfloat16, float>(dtype, x, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
+    case WAE_F32: return prior_bwd_impl<float, float>(dtype, x, off_xx, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
+    case WAE_F64: return prior_bwd_impl<double, double>(dtype, x, off_xx, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
+    case WAE_F16: return prior_bwd_impl<__half, float>(dtype, x, off_xx, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
+    case WAE_BF16: return prior_bwd_impl<__nv_bfloat16, float>(dtype, x, off_xx, off_xy, n, m, d, kind, params, nparams, sigma2, unbiased, seed, precision, grad_terms, gx, workspace, wsb, st);
   }
   return int(cudaErrorInvalidValue);
 }

@@ -26,7 +26,9 @@ enum { WAE_PREC_IEEE = 0, WAE_PREC_TF32 = 1, WAE_PREC_TF32X3 = 2 };
 size_t wae_mmd_workspace_bytes(int dtype, int64_t n, int64_t m, int64_t d, int for_backward);
 
 //! terms (device, float64, 3) = (mean k(x,x'), mean k(y,y'), mean k(x,y)) under the estimator.
-//! offset: device, compute dtype, d elements.  params: HOST array of nparams (<= 16) doubles.
+//! offset: device, compute dtype, (3, d) contiguous: the shifts of the xx, yy and xy terms (rows
+//! 0, 1, 2; the xy row also shifts the cross part of the gradients).  params: HOST array of
+//! nparams (<= 16) doubles.
 int wae_mmd_fwd(int dtype, const void* x, const void* y, const void* offset, int64_t n, int64_t m, int64_t d,
                 int kind, const double* params, int nparams, int unbiased, int precision, double* terms,
                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
@@ -50,9 +52,9 @@ int wae_prior_fwd(int dtype, const void* x, const void* off_xx, const void* off_
                   int precision, double* terms, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 //! gx (n, d, input dtype) = d/dx sum_t grad_terms[t] terms[t] (grad_terms: DEVICE, 3 doubles);
-//! one shift off_xy (n / (n + m) * mean(x)) for the self and the cross part.
-int wae_prior_bwd(int dtype, const void* x, const void* off_xy, int64_t n, int64_t m, int64_t d, int kind,
-                  const double* params, int nparams, double sigma2, int unbiased, uint64_t seed, int precision,
+//! the self part shifted by off_xx (mean(x)), the cross part by off_xy (n / (n + m) * mean(x)).
+int wae_prior_bwd(int dtype, const void* x, const void* off_xx, const void* off_xy, int64_t n, int64_t m, int64_t d,
+                  int kind, const double* params, int nparams, double sigma2, int unbiased, uint64_t seed, int precision,
                   const double* grad_terms, void* gx, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 //! kernel_matmul (kmm_kernels.cu), operands already shifted, contiguous, in the compute dtype

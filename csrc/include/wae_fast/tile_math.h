@@ -200,8 +200,9 @@ WAE_HD void rbf_eval(V r, const S* G, int nscales, V& k, V& w, Exp expf_) {
 //! (gamma t + c)^(p - 1), with P = [gamma, c, p] (p an integer >= 1 stored as a float).  w is
 //! the weight the tile gradients use in place of dk/dr: for the r-kernels the row gradient is
 //! 2 sum_j W_ij (a_i - b_j); for the polynomial it is -2 sum_j W_ij b_j = gamma sum_j dk/dt b_j
-//! (no a_i term).  The power is a product of p - 1 multiplications (overflow gives inf, never a
-//! finite wrong value); the loop bound is the runtime degree (at most kMaxPolyDegree).
+//! (no a_i term).  The power is a product of p - 1 multiplications; one that overflows gives NaN
+//! (outside the supported range: never inf, never a finite wrong value); the loop bound is the
+//! runtime degree (at most kMaxPolyDegree).
 template <class V, class S>
 WAE_HD void poly_eval(V t, const S* P, V& k, V& w) {
   const S gamma = P[0], c = P[1];
@@ -209,8 +210,9 @@ WAE_HD void poly_eval(V t, const S* P, V& k, V& w) {
   const V base = gamma * t + c;
   V pm1 = base * S(0) + S(1);
   for (int e = 1; e < p; ++e) pm1 = pm1 * base;
-  k += pm1 * base;
-  w -= (S(0.5) * gamma * S(p)) * pm1;
+  const V kp = pm1 * base, wp = (S(0.5) * gamma * S(p)) * pm1;
+  k += kp + (kp - kp);  // v - v: 0 if finite, NaN if inf: an overflowed power reads NaN
+  w -= wp + (wp - wp);
 }
 
 //! Reference single-pair evaluation in any scalar type (used by host tests).
