@@ -1,9 +1,12 @@
 // Fused, memory-flat MMD tile kernels for the CPU backend.
 //
-// This file is included several times by mmd_cpu.cpp, once per instruction set, inside a
-// namespace named WAE_CPU_NS and (for the SIMD variants) under `#pragma GCC target(...)`, so
-// the same portable code (GCC vector extensions, 32-byte vectors) is compiled for the baseline
-// x86-64 ISA and for AVX2+FMA; mmd_cpu.cpp picks one at run time (no -march flags needed).
+// This file is compiled once per instruction set, inside a namespace named WAE_CPU_NS with
+// vectors of WAE_CPU_VBYTES bytes: by mmd_cpu.cpp for the baseline x86-64 ISA (32-byte GCC
+// vectors, lowered to SSE pairs), and as its own translation unit by tiles_avx2.cpp (AVX2+FMA,
+// 32 bytes) and tiles_avx512.cpp (AVX-512 F/BW/VL/DQ, 64 bytes), whose target options cover the
+// whole file; mmd_cpu.cpp picks one at run time (cpu_isa(): CPU and OS support, or
+// WAE_FAST_CPU_ISA).  With WAE_CPU_DECL_ONLY defined only the types and the declarations of
+// run_block / run_stripe are emitted (mmd_cpu.cpp calls the variants compiled elsewhere).
 //
 // Layout (prepared by mmd_cpu.cpp):
 //   A  (nA_pad x dp) row-major shifted points, rows padded to a multiple of kTile, columns
@@ -27,27 +30,67 @@
 #ifndef WAE_CPU_NS
 #error "define WAE_CPU_NS before including mmd_cpu_kernel.h"
 #endif
+#ifndef WAE_CPU_VBYTES
+#define WAE_CPU_VBYTES 32
+#endif
 
 namespace WAE_CPU_NS {
 
 using wae_fast::kMaxScales;
 constexpr int64_t kTile = 64;  // rows and columns of a pair tile
 
+//! Vectors of WAE_CPU_VBYTES bytes: L lanes of T, and the same-width integer vector.
 template <class T> struct Vec;
 template <> struct Vec<float> {
-  typedef float V __attribute__((vector_size(32)));
-  typedef int32_t I __attribute__((vector_size(32)));
+  typedef float V __attribute__((vector_size(WAE_CPU_VBYTES)));
+  typedef int32_t I __attribute__((vector_size(WAE_CPU_VBYTES)));
   typedef int32_t IS;
-  static constexpr int L = 8;
-  static I iota() { return I{0, 1, 2, 3, 4, 5, 6, 7}; }
+  static constexpr int L = WAE_CPU_VBYTES / 4;
+  static I iota() {
+    I v;
+    for (int l = 0; l < L; ++l) v[l] = l;
+    return v;
+  }
 };
 template <> struct Vec<double> {
-  typedef double V __attribute__((vector_size(32)));
-  typedef int64_t I __attribute__((vector_size(32)));
+  typedef double V __attribute__((vector_size(WAE_CPU_VBYTES)));
+  typedef int64_t I __attribute__((vector_size(WAE_CPU_VBYTES)));
   typedef int64_t IS;
-  static constexpr int L = 4;
-  static I iota() { return I{0, 1, 2, 3}; }
+  static constexpr int L = WAE_CPU_VBYTES / 8;
+  static I iota() {
+    I v;
+    for (int l = 0; l < L; ++l) v[l] = l;
+    return v;
+  }
 };
+
+template <class T>
+struct Operand {
+  const T* rows;   // (n_pad x dp)
+  const T* cols;   // (n_pad / kTile, dp, kTile): transposed per tile
+  const T* nrm;    // (n_pad)
+  int64_t n;       // valid points
+  int64_t n_pad;   // multiple of kTile
+};
+
+template <class T>
+struct Problem {
+  Operand<T> a, b;  // rows from a, columns from b (a == b for a self term)
+  int64_t dp;
+  int kind;
+  int S;
+  T P[kMaxScales];
+  bool symmetric;
+  bool unbiased;
+};
+
+template <class T>
+double run_block(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri, double* g_rows,
+                 double* g_cols);
+template <class T>
+double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_rows, double* g_cols);
+
+#ifndef WAE_CPU_DECL_ONLY
 
 template <class V, class T>
 static inline __attribute__((always_inline)) V vload(const T* p) {
@@ -92,7 +135,7 @@ static inline __attribute__((always_inline)) Vec<float>::V vexp_neg(Vec<float>::
 }
 static inline __attribute__((always_inline)) Vec<double>::V vexp_neg(Vec<double>::V x) {
   Vec<double>::V y;
-  for (int l = 0; l < 4; ++l) y[l] = std::exp(x[l]);
+  for (int l = 0; l < Vec<double>::L; ++l) y[l] = std::exp(x[l]);
   return y;
 }
 
@@ -103,26 +146,6 @@ static inline __attribute__((always_inline)) Vec<double>::V vexp_neg(Vec<double>
 template <class V>
 struct VExpNeg {
   V operator()(V x) const { return vexp_neg(x); }
-};
-
-template <class T>
-struct Operand {
-  const T* rows;   // (n_pad x dp)
-  const T* cols;   // (n_pad / kTile, dp, kTile): transposed per tile
-  const T* nrm;    // (n_pad)
-  int64_t n;       // valid points
-  int64_t n_pad;   // multiple of kTile
-};
-
-template <class T>
-struct Problem {
-  Operand<T> a, b;  // rows from a, columns from b (a == b for a self term)
-  int64_t dp;
-  int kind;
-  int S;
-  T P[kMaxScales];
-  bool symmetric;
-  bool unbiased;
 };
 
 // One kTile x kTile tile: returns the kernel sum over valid pairs (in fp64, from a compute-type
@@ -421,5 +444,7 @@ double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_r
 
 template double run_stripe<float>(const Problem<float>&, int64_t, int64_t, double*, double*);
 template double run_stripe<double>(const Problem<double>&, int64_t, int64_t, double*, double*);
+
+#endif  // WAE_CPU_DECL_ONLY
 
 }  // namespace WAE_CPU_NS
