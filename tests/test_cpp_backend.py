@@ -35,6 +35,8 @@ KERNELS = {
     "imq_odd3": IMQ(scales=(0.3, 1.0, 4.0)),
     "rbf1": RBF(),
     "rbf3": RBF(scales=(0.2, 1.0, 5.0)),
+    "rbf_pow2": RBF(bandwidth=(0.5, 1.0, 2.0)),  # gamma ratios 4: one exp, the rest by squaring
+    "rbf_ratio2": RBF(scales=(4.0, 2.0, 1.0, 0.3)),  # ratios 2, 2 and one exp more
 }
 
 

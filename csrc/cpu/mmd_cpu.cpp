@@ -122,7 +122,7 @@ std::vector<std::string> isa_list() {
 template <class T>
 struct Prepared {
   at::Tensor rows, cols, nrm;
-  int64_t n = 0, n_pad = 0, dp = 0;
+  int64_t n = 0, n_pad = 0, dp = 0, d = 0;
 };
 
 template <class T>
@@ -133,6 +133,7 @@ Prepared<T> prepare(const at::Tensor& pts, const at::Tensor& offset, int64_t dp)
   p.n_pad = std::max<int64_t>(kTile, (p.n + kTile - 1) / kTile * kTile);
   p.dp = dp;
   const int64_t d = pts.size(1);
+  p.d = d;
   at::Tensor rows = at::zeros({p.n_pad, dp}, pts.options().dtype(st));
   rows.narrow(0, 0, p.n).narrow(1, 0, d).copy_(pts.to(st) - offset.to(st));
   p.rows = rows;
@@ -223,9 +224,13 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
   pb.a = as_operand(a);
   pb.b = as_operand(b);
   pb.dp = a.dp;
+  pb.d = a.d;
   pb.kind = kind;
   pb.S = static_cast<int>(P.size());
   for (int s = 0; s < pb.S; ++s) pb.P[s] = static_cast<T>(P[s]);
+  // RBF: gammas ascending, so that ratios of 2 or 4 become squarings (tile_math.h rbf_eval); the
+  // sum over scales is the same
+  if (kind == wae_fast::KIND_RBF) std::sort(pb.P, pb.P + pb.S);
   pb.symmetric = symmetric;
   pb.unbiased = unbiased;
   const int64_t nbi = (a.n + kTile - 1) / kTile;

@@ -77,6 +77,7 @@ template <class T>
 struct Problem {
   Operand<T> a, b;  // rows from a, columns from b (a == b for a self term)
   int64_t dp;
+  int64_t d;        // true dimension: the dot products stop there (the padding columns are 0)
   int kind;
   int S;
   T P[kMaxScales];
@@ -141,12 +142,33 @@ static inline __attribute__((always_inline)) Vec<double>::V vexp_neg(Vec<double>
 
 // The per-pair kernel math is wae_fast::imq_eval / rbf_eval (csrc/include/wae_fast/tile_math.h,
 // shared with the CUDA tiles and the host tests) evaluated on vectors of L pairs: IMQ with one
-// IEEE division per pair of scales (a vrcpps + Newton variant was measured: no faster here, and
-// it biased the fp32 sums by ~1e-8 relative); RBF with the vectorised exp below.
+// IEEE division per pair of scales (a vrcpps + Newton variant was measured on AVX2: no faster,
+// and its 12-bit estimate biased the fp32 sums by ~1e-8 relative), except fp32 on AVX-512
+// (WAE_CPU_RCP14, tiles_avx512.cpp): imq_eval_rcp with vrcp14ps + one Newton step per scale,
+// measured faster (benchmarks/cpu_peak.cpp imq_forms); RBF with the vectorised exp above, one
+// per pair where the gamma ratios are 2 or 4 (run_term sorts the gammas ascending).
 template <class V>
 struct VExpNeg {
   V operator()(V x) const { return vexp_neg(x); }
 };
+
+#ifdef WAE_CPU_RCP14
+//! 1/x from vrcp14ps (relative error < 2^-14) and one Newton step (~2^-28 + rounding: ~1 ulp).
+//! A result below the normal range is flushed to 0 by the estimate: the Newton step keeps 0
+//! (1 - x * 0 = 1), so x = FLT_MAX (imq_eval_rcp's r = inf) gives 0.
+struct VRcp14 {
+  Vec<float>::V operator()(Vec<float>::V x) const {
+    typedef Vec<float>::V V;
+    static_assert(sizeof(V) == sizeof(__m512), "64-byte vectors");
+    __m512 xm;
+    __builtin_memcpy(&xm, &x, sizeof(V));
+    const __m512 ym = _mm512_rcp14_ps(xm);
+    V y;
+    __builtin_memcpy(&y, &ym, sizeof(V));
+    return y + y * (1.0f - x * y);
+  }
+};
+#endif
 
 // One kTile x kTile tile: returns the kernel sum over valid pairs (in fp64, from a compute-type
 // vector accumulator); with GRAD, stores W (kTile x kTile), row sums RS and column sums CS.
@@ -190,7 +212,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
       for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
       const T* a0 = A + ibase * dp;
       const T* bp = Bt + jb;
-      for (int64_t k = 0; k < dp; ++k) {
+      for (int64_t k = 0; k < pb.d; ++k) {
         V b0 = vload<V>(bp + k * ldb), b1 = vload<V>(bp + k * ldb + L);
         for (int r = 0; r < 4; ++r) {
           T av = a0[r * dp + k];
@@ -217,7 +239,12 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           }
           V kv = zero, wv = zero;
           if (KIND == wae_fast::KIND_IMQ) {
-            wae_fast::imq_eval<V, T>(rr, P, S, kv, wv);
+#ifdef WAE_CPU_RCP14
+            if constexpr (std::is_same<T, float>::value)
+              wae_fast::imq_eval_rcp<V, T>(rr, P, S, kv, wv, VRcp14());
+            else
+#endif
+              wae_fast::imq_eval<V, T>(rr, P, S, kv, wv);
           } else if (KIND == wae_fast::KIND_RBF) {
             wae_fast::rbf_eval<V, T>(rr, P, S, kv, wv, VExpNeg<V>());
           } else {  // polynomial: from the dot product (unshifted points), no row-sum term

@@ -11,6 +11,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "wae_fast/tile_math.h"
 
@@ -18,5 +23,6 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
 #define WAE_CPU_NS wae_cpu_avx512
 #define WAE_CPU_VBYTES 64
+#define WAE_CPU_RCP14 1  // fp32 IMQ: vrcp14ps + Newton (mmd_cpu_kernel.h VRcp14)
 #include "mmd_cpu_kernel.h"
 #endif
