@@ -426,7 +426,7 @@ def rbf_exp_plan(gammas: Sequence[float]) -> list[int]:
     return plan
 
 
-def kernel_eval_ops(kind: str, params: Sequence[float], want_w: bool) -> dict:
+def kernel_eval_ops(kind: str, params: Sequence[float], want_w: bool, imq_form: str = "pairdiv") -> dict:
     """Lane-ops of one pair's kernel evaluation from r (as the cpp backend evaluates it):
     ``{"ops": FP-pipe ops, "div": divisions, "exp": exps}``.
 
@@ -434,9 +434,14 @@ def kernel_eval_ops(kind: str, params: Sequence[float], want_w: bool) -> dict:
       b = r + C2, inv = 1/(a b), t1 = b inv, t2 = a inv, k1 = C1 t1, k2 = C2 t2, k += k1 + k2
       (9 ops, 1 div) and w -= k1 t1 + k2 t2 (2 FMAs); an odd last scale: t = 1/(r + C),
       k += C t (3 ops, 1 div), w -= (C t) t (1 FMA); 1 op to map r = inf to the largest float.
+      ``imq_form="rcp"`` (the fp32 AVX-512 tiles, tile_math.h imq_eval_rcp): per scale
+      t = rcp14(r + C) refined by one Newton step y + y (1 - x y), k += C t (6 ops: add, rcp,
+      2 FMAs, mul, add) and w -= (C t) t (1 FMA); no division.
     * RBF per scale: e = exp(-g r) (1 mul + 1 exp), or e = e_prev^2 / ^4 (1 or 2 muls) where
       the gamma ratio is 2 or 4 (:func:`rbf_exp_plan`); k += e (1 add); w -= g e (1 FMA).
     """
+    if kind == "imq" and imq_form == "rcp":
+        return {"ops": 1 + len(params) * (6 + (1 if want_w else 0)), "div": 0, "exp": 0}
     if kind == "imq":
         s = len(params)
         pairs, odd = divmod(s, 2)
@@ -449,12 +454,12 @@ def kernel_eval_ops(kind: str, params: Sequence[float], want_w: bool) -> dict:
     raise ValueError(f"kind must be 'imq' or 'rbf', got {kind!r}")
 
 
-def cpu_pair_ops(kind: str, params: Sequence[float], d: int, grad_sides: int) -> dict:
+def cpu_pair_ops(kind: str, params: Sequence[float], d: int, grad_sides: int, imq_form: str = "pairdiv") -> dict:
     """Minimum lane-ops of one pair: dot product (d FMAs), distance from the norms and clamp
     (r = na + nb - 2 dot, max(r, 0): 3), the kernel evaluation (:func:`kernel_eval_ops`, with
     dk/dr when a gradient is wanted), the kernel-sum accumulation (1 add) and, per gradient side
     (0, 1 or 2 rows receiving it), the W b product (d FMAs) and the row sum of W (1 add)."""
-    ev = kernel_eval_ops(kind, params, grad_sides > 0)
+    ev = kernel_eval_ops(kind, params, grad_sides > 0, imq_form)
     ops = d + 3 + ev["ops"] + 1 + grad_sides * (d + 1)
     return {"ops": ops, "div": ev["div"], "exp": ev["exp"]}
 
@@ -462,12 +467,15 @@ def cpu_pair_ops(kind: str, params: Sequence[float], d: int, grad_sides: int) ->
 def cpu_floor(n: int, m: int, d: int, kind: str, params: Sequence[float], passes: str, peak: CpuPeak,
               dtype_bytes: int = 4) -> dict:
     """The honest CPU floor of one MMD row (fwd, or fwd+bwd with x requiring grad): per-term pair
-    counts (with symmetry) times :func:`cpu_pair_ops`, priced at ``peak``'s rates."""
+    counts (with symmetry) times :func:`cpu_pair_ops` (the IMQ form of the tiles for ``peak.isa``:
+    per-scale reciprocal estimates on AVX-512 in fp32, paired divisions otherwise), priced at
+    ``peak``'s rates."""
     p = pair_counts(n, m)
     g = passes == "fwdbwd"
-    per = {"xx": cpu_pair_ops(kind, params, d, 2 if g else 0),
-           "yy": cpu_pair_ops(kind, params, d, 0),
-           "xy": cpu_pair_ops(kind, params, d, 1 if g else 0)}
+    form = "rcp" if peak.isa == "avx512" and dtype_bytes <= 4 else "pairdiv"  # what the cpp tiles use
+    per = {"xx": cpu_pair_ops(kind, params, d, 2 if g else 0, form),
+           "yy": cpu_pair_ops(kind, params, d, 0, form),
+           "xy": cpu_pair_ops(kind, params, d, 1 if g else 0, form)}
     tot = {k: sum(p[t] * per[t][k] for t in per) for k in ("ops", "div", "exp")}
     nbytes = (n + m) * d * dtype_bytes + (n * d * dtype_bytes if g else 0)
     t_pipe = tot["ops"] / peak.fma_rate + tot["exp"] / peak.exp_rate

@@ -220,6 +220,9 @@ def test_cpu_pair_ops_by_hand():
     assert floor.kernel_eval_ops("imq", [1.0] * 7, False) == {"ops": 1 + 27 + 3, "div": 4, "exp": 0}
     assert floor.kernel_eval_ops("imq", [1.0] * 7, True) == {"ops": 1 + 33 + 4, "div": 4, "exp": 0}
     assert floor.cpu_pair_ops("imq", [1.0] * 7, 8, 2) == {"ops": 8 + 3 + 38 + 1 + 18, "div": 4, "exp": 0}
+    # AVX-512 fp32: per scale add, rcp14, 2 Newton FMAs, mul, add (+ 1 FMA for dk/dr), no division
+    assert floor.kernel_eval_ops("imq", [1.0] * 7, True, "rcp") == {"ops": 1 + 7 * 7, "div": 0, "exp": 0}
+    assert floor.kernel_eval_ops("imq", [1.0] * 7, False, "rcp") == {"ops": 1 + 7 * 6, "div": 0, "exp": 0}
     # RBF: gamma ratios 4 and 4 (bandwidths 0.5, 1, 2): one exp and 2 + 2 squarings
     assert floor.rbf_exp_plan([2.0, 0.5, 0.125]) == [0, 2, 2]
     assert floor.rbf_exp_plan([5.5, 0.5, 0.0365]) == [0, 0, 0]

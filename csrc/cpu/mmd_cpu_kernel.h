@@ -380,6 +380,61 @@ static void tile_grad_cols(const Problem<T>& pb, int64_t i0, int64_t j0, const T
   }
 }
 
+// Small d (2 d <= L: most lanes of a vector over the coordinates would be padding): the same two
+// products vectorised over the tile's 64 columns j instead.  Row side: (W b)_ik is the dot
+// product of row i of W with row k of the per-tile transposed column operand Bt (both
+// j-contiguous); column side: (W^T a)_jk accumulates W[i, j..] * a_ik over the rows i.  W is 0
+// at padding rows and columns, and the padding points are 0, so no masks are needed.
+template <class T>
+static inline bool small_d_grad(const Problem<T>& pb) {
+  return 2 * pb.d <= Vec<T>::L;
+}
+
+template <class T>
+static void tile_grad_rows_small(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                                 const T* __restrict RS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  constexpr int L = Vec<T>::L;
+  const int64_t dp = pb.dp, d = pb.d;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict Bt = pb.b.cols + (j0 / kTile) * dp * kTile;
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  for (int64_t i = 0; i < in; ++i) {
+    const T* wr = W + i * kTile;
+    for (int64_t k = 0; k < d; ++k) {
+      V acc = V{};
+      for (int jb = 0; jb < kTile; jb += L) acc += vload<V>(wr + jb) * vload<V>(Bt + k * kTile + jb);
+      T wb = T(0);
+      for (int l = 0; l < L; ++l) wb += acc[l];
+      g[(i0 + i) * dp + k] += double(RS[i] * A[(i0 + i) * dp + k] - wb);
+    }
+  }
+}
+
+template <class T>
+static void tile_grad_cols_small(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                                 const T* __restrict CS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  constexpr int L = Vec<T>::L;
+  constexpr int NV = kTile / L;
+  const int64_t dp = pb.dp, d = pb.d;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict B = pb.b.rows;
+  const int64_t jn = std::min<int64_t>(kTile, pb.b.n - j0);
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  for (int64_t k = 0; k < d; ++k) {
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = V{};
+    for (int64_t i = 0; i < in; ++i) {
+      const T av = A[(i0 + i) * dp + k];
+      for (int v = 0; v < NV; ++v) acc[v] += av * vload<V>(W + i * kTile + v * L);
+    }
+    alignas(64) T wa[kTile];
+    for (int v = 0; v < NV; ++v) vstore(wa + v * L, acc[v]);
+    for (int64_t j = 0; j < jn; ++j) g[(j0 + j) * dp + k] += double(CS[j] * B[(j0 + j) * dp + k] - wa[j]);
+  }
+}
+
 // Runs stripe `s` of `nstripes`: row blocks I = s, s + nstripes, ...; returns the stripe's
 // kernel sum (off-diagonal tiles of a symmetric term doubled).  g_rows / g_cols (fp64, may be
 // null) receive the row-side / column-side gradient sums.
@@ -399,7 +454,10 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
       const bool diag = pb.symmetric && I == J;
       double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
-      if (GRAD) {
+      if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
+        if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
+      } else if (GRAD) {
         if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
       }
@@ -428,7 +486,10 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
       const bool diag = pb.symmetric && I == J;
       double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
-      if (GRAD) {
+      if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
+        if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
+      } else if (GRAD) {
         if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
       }
