@@ -1,7 +1,7 @@
 """The cpp backend against the honest CPU floor, before vs after a change, in one run.
 
     python -m benchmarks.bench_cpu_floor --before PATH [--n 16384] [--ds 2,8,16,64] [--reps 3]
-                                         [--out benchmarks/results/cpu-floor-<date>.md]
+                                         [--threads T] [--bf16] [--out benchmarks/results/cpu-floor-<date>.md]
 
 PATH is a source tree of the package to compare with (its ``wae_fast`` with its built ``_C.so``,
 e.g. main's checkout); the "after" side is this checkout.  Rows: N = M = ``--n``, forward +
@@ -54,6 +54,8 @@ def worker(spec: dict) -> dict:
     import wae_fast
     from wae_fast.kernel_specs import IMQ, RBF  # noqa: F401  (the constructor source uses them)
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     n, d = spec["n"], spec["d"]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
     g = torch.Generator().manual_seed(1234 + d)
@@ -80,6 +82,8 @@ def worker(spec: dict) -> dict:
 
 def _run(tree: Path, spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
     env.pop("WAE_FAST_CPU_ISA", None)
     # run as a script from a neutral directory: the package comes from PYTHONPATH, not the cwd
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
@@ -108,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", default=",".join(KERNELS))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time bf16 inputs (after side)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch/OpenMP threads of the rows and of the floor's rates (default: torch's)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     if a.worker:
@@ -118,7 +124,7 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     load0 = _loadavg()
-    peak = floor.measure_cpu_peak()
+    peak = floor.measure_cpu_peak(threads=a.threads or None)
     lines = []
     head = ("| kernel | d | before ms (min / med) | after ms (min / med) | GEMM GFLOP/s before / after | "
             "speed-up, raw (min) | speed-up, GEMM-normalised | floor ms (bound) | % of floor before / after |"
@@ -128,7 +134,7 @@ def main(argv=None) -> int:
     pairs = floor.pair_counts(a.n, a.n)["total"]
     for kname in a.kernels.split(","):
         for d in (int(v) for v in a.ds.split(",")):
-            spec = {"n": a.n, "d": d, "kernel": kname, "dtype": "fp32", "reps": a.reps}
+            spec = {"n": a.n, "d": d, "kernel": kname, "dtype": "fp32", "reps": a.reps, "threads": a.threads}
             b = _run(a.before, spec) if a.before else {"error": ["no --before"]}
             f = _run(ROOT, spec)
             from wae_fast.kernel_specs import IMQ, RBF  # noqa: F401
@@ -161,7 +167,7 @@ def main(argv=None) -> int:
         f"Command: `python -m benchmarks.bench_cpu_floor {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         f"- N = M = {a.n}, forward + backward (x requires grad), unbiased, fp32; {a.reps} timed calls per row after "
-        "one warm-up, each row in fresh processes, before and after back to back",
+        f"one warm-up, each row in fresh processes, before and after back to back; threads: {a.threads or 'torch default'}",
         f"- before: {a.before} ; after: {ROOT} (tiles: {isa})",
         f"- floor rates: {peak.source}",
         f"- load average (1, 5, 15 min) at the start: {load0}; at the end: {_loadavg()}; wall {time.time() - t_start:.0f} s",
