@@ -437,8 +437,9 @@ def kernel_eval_ops(kind: str, params: Sequence[float], want_w: bool, imq_form: 
       ``imq_form="rcp"`` (the fp32 AVX-512 tiles, tile_math.h imq_eval_rcp): per scale
       t = rcp14(r + C) refined by one Newton step y + y (1 - x y), k += C t (6 ops: add, rcp,
       2 FMAs, mul, add) and w -= (C t) t (1 FMA); no division.
-    * RBF per scale: e = exp(-g r) (1 mul + 1 exp), or e = e_prev^2 / ^4 (1 or 2 muls) where
-      the gamma ratio is 2 or 4 (:func:`rbf_exp_plan`); k += e (1 add); w -= g e (1 FMA).
+    * RBF per scale: e = exp(-g r) (1 mul + 1 exp), or e = e_prev^2 / ^4 where the gamma ratio
+      is 2 or 4 (:func:`rbf_exp_plan`): per squaring 1 mul and a compare + select that flushes a
+      value whose square would be subnormal (3 ops); k += e (1 add); w -= g e (1 FMA).
     """
     if kind == "imq" and imq_form == "rcp":
         return {"ops": 1 + len(params) * (6 + (1 if want_w else 0)), "div": 0, "exp": 0}
@@ -449,7 +450,7 @@ def kernel_eval_ops(kind: str, params: Sequence[float], want_w: bool, imq_form: 
         return {"ops": ops, "div": pairs + odd, "exp": 0}
     if kind == "rbf":
         plan = rbf_exp_plan(params)
-        ops = sum(1 if q == 0 else q for q in plan) + len(plan) * (1 + (1 if want_w else 0))
+        ops = sum(1 if q == 0 else 3 * q for q in plan) + len(plan) * (1 + (1 if want_w else 0))
         return {"ops": ops, "div": 0, "exp": sum(1 for q in plan if q == 0)}
     raise ValueError(f"kind must be 'imq' or 'rbf', got {kind!r}")
 

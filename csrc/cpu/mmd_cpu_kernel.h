@@ -380,14 +380,28 @@ static void tile_grad_cols(const Problem<T>& pb, int64_t i0, int64_t j0, const T
   }
 }
 
-// Small d (2 d <= L: most lanes of a vector over the coordinates would be padding): the same two
+// Small d (4 d <= L: most lanes of a vector over the coordinates would be padding): the same two
 // products vectorised over the tile's 64 columns j instead.  Row side: (W b)_ik is the dot
 // product of row i of W with row k of the per-tile transposed column operand Bt (both
 // j-contiguous); column side: (W^T a)_jk accumulates W[i, j..] * a_ik over the rows i.  W is 0
 // at padding rows and columns, and the padding points are 0, so no masks are needed.
+// (The row side pays one horizontal sum per row and coordinate per tile: by op count that costs
+// about what the saved lanes gain once 4 d > L, and the one d = 8 AVX-512 row measured with
+// 2 d <= L on the shared machine showed no clear gain.)
 template <class T>
 static inline bool small_d_grad(const Problem<T>& pb) {
-  return 2 * pb.d <= Vec<T>::L;
+  return 4 * pb.d <= Vec<T>::L;
+}
+
+//! Sum of the lanes of v, as a tree (depth log2 L instead of a chain of L - 1 adds).
+template <class T, class V>
+static inline __attribute__((always_inline)) T hsum_tree(V v) {
+  constexpr int L = Vec<T>::L;
+  alignas(64) T t[L];
+  vstore(t, v);
+  for (int w = L / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) t[l] += t[l + w];
+  return t[0];
 }
 
 template <class T>
@@ -404,8 +418,7 @@ static void tile_grad_rows_small(const Problem<T>& pb, int64_t i0, int64_t j0, c
     for (int64_t k = 0; k < d; ++k) {
       V acc = V{};
       for (int jb = 0; jb < kTile; jb += L) acc += vload<V>(wr + jb) * vload<V>(Bt + k * kTile + jb);
-      T wb = T(0);
-      for (int l = 0; l < L; ++l) wb += acc[l];
+      const T wb = hsum_tree<T>(acc);
       g[(i0 + i) * dp + k] += double(RS[i] * A[(i0 + i) * dp + k] - wb);
     }
   }

@@ -193,6 +193,11 @@ WAE_HD void imq_eval_rcp(V r, const S* C, int nscales, V& k, V& w, Rcp rcp) {
   }
 }
 
+//! Below this a value's square is not a normal number (2^-63 in fp32, 2^-511 in fp64).
+template <class T> struct SqrtMinNormal;
+template <> struct SqrtMinNormal<float> { static constexpr float value = 1.08420217248550443401e-19f; };
+template <> struct SqrtMinNormal<double> { static constexpr double value = 1.49166814624004134866e-154; };
+
 //! Squarings that give exp(-g r) from the previous scale's exp(-gprev r): 1 where g = 2 gprev,
 //! 2 where g = 4 gprev (exactly: a power-of-two ratio of the constants), else 0 (an exp).
 template <class S>
@@ -204,10 +209,14 @@ WAE_HD int rbf_squarings(S gprev, S g) { return g == S(2) * gprev ? 1 : g == S(4
 //! (exp(-4 g r) = exp(-g r)^4; the hosts sort the gammas ascending so that ratios show up; any
 //! order is correct).  The argument's rounding is the same as a direct exp's; the exp's own error
 //! is multiplied by the ratio (4 ulp of a ~1 ulp exp for a ratio of 4, 16 for two steps).
-//! r = inf gives 0 and NaN stays NaN, as a direct exp.
+//! r = inf gives 0 and NaN stays NaN, as a direct exp.  A value whose square would leave the
+//! normal range is flushed to 0 first (a direct exp of the CPU tiles flushes below ~FLT_MIN too):
+//! products that underflow to subnormals cost a microcode assist each on x86 (measured: the
+//! d = 16, 64 rows of bench_cpu_floor lost the squarings' gain without the flush).
 template <class V, class S, class Exp>
 WAE_HD void rbf_eval(V r, const S* G, int nscales, V& k, V& w, Exp expf_) {
-  V e = V{};
+  const V zero = V{};
+  V e = zero;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -217,8 +226,12 @@ WAE_HD void rbf_eval(V r, const S* G, int nscales, V& k, V& w, Exp expf_) {
       if (sq == 0) {
         e = expf_(-(G[s] * r));
       } else {
+        e = e < SqrtMinNormal<S>::value ? zero : e;
         e = e * e;
-        if (sq == 2) e = e * e;
+        if (sq == 2) {
+          e = e < SqrtMinNormal<S>::value ? zero : e;
+          e = e * e;
+        }
       }
       k += e;
       w -= G[s] * e;
