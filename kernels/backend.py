@@ -108,7 +108,7 @@ def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
     off = per_term(offset).to(ct).contiguous()  # rows: the xx, yy and xy shifts
-    p = params_tensor(params, ct, x.device)
+    p = params_tensor(params, ct, x.device, kind)
     prec = dot_precision(x.dtype, precision)
     tct = tl_compute_dtype(x.dtype)
     bucket = _mmd.size_bucket(max(n, m))
@@ -133,7 +133,7 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
     off = per_term(offset).to(ct).contiguous()
-    p = params_tensor(params, ct, x.device)
+    p = params_tensor(params, ct, x.device, kind)
     prec = dot_precision(x.dtype, precision)
     tct = tl_compute_dtype(x.dtype)
     bucket = _mmd.size_bucket(max(n, m))
@@ -213,7 +213,7 @@ def kernel_matmul_fwd(x, y, v, offset, kind, params, precision):
     ct = compute_dtype(x.dtype)
     x, y, v = x.contiguous(), y.contiguous(), v.contiguous()
     with device_guard(x):
-        return _kmm.launch_fwd(x, y, v, per_term(offset)[2].to(ct).contiguous(), params_tensor(params, ct, x.device),
+        return _kmm.launch_fwd(x, y, v, per_term(offset)[2].to(ct).contiguous(), params_tensor(params, ct, x.device, kind),
                                kind, dot_precision(x.dtype, precision), tl_compute_dtype(x.dtype))
 
 
@@ -223,7 +223,7 @@ def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, p
     ct = compute_dtype(x.dtype)
     x, y, v, g = x.contiguous(), y.contiguous(), v.contiguous(), grad_out.contiguous()
     off = per_term(offset)[2].to(ct).contiguous()  # K(x, y) is a cross term
-    p = params_tensor(params, ct, x.device)
+    p = params_tensor(params, ct, x.device, kind)
     prec, tct = dot_precision(x.dtype, precision), tl_compute_dtype(x.dtype)
     gx, gy = x.new_empty((0,)), y.new_empty((0,))
     with device_guard(x):

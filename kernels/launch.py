@@ -22,9 +22,14 @@ def dot_precision(dtype: torch.dtype, precision: str) -> str:
 _PARAM_CACHE: dict = {}
 
 
-def params_tensor(params, dtype, device) -> torch.Tensor:
-    """The kernel parameters as a small device tensor (cached: no H2D copy per call)."""
-    key = (tuple(float(p) for p in params), dtype, str(device))
+def params_tensor(params, dtype, device, kind=None) -> torch.Tensor:
+    """The kernel parameters as a small device tensor (cached: no H2D copy per call).  RBF
+    (``kind`` 1, KIND_RBF) gammas are sorted ascending, so that ratios of 2 or 4 between
+    neighbours become squarings in ``mmd.kernel_sum`` (the sum over scales is the same)."""
+    vals = tuple(float(p) for p in params)
+    if kind == 1:
+        vals = tuple(sorted(vals))
+    key = (vals, dtype, str(device))
     t = _PARAM_CACHE.get(key)
     if t is None:
         if len(_PARAM_CACHE) > 64:

@@ -275,7 +275,8 @@ def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.co
     t = 1/(u1 u2), k_s = C_s / u_s and dk_s/dr = -k_s / u_s, so no intermediate exceeds
     C / u^2 (the former (C1 u2^2 + C2 u1^2) t t overflowed to inf * 0 = NaN for r ~ 1e20).  The
     pairs see an infinite r as the largest finite value: t = 0, k = dk/dr = 0.
-    RBF: k_s = exp(-g r), dk_s/dr = -g exp(-g r) (one exp per scale)."""
+    RBF: k_s = exp(-g r), dk_s/dr = -g exp(-g r): one exp per scale, except where a gamma is 2x
+    or 4x the previous one (ascending, params_tensor sorts them): the previous value squared."""
     k = tl.zeros_like(r)
     w = tl.zeros_like(r)
     if KIND == 0:
@@ -305,9 +306,20 @@ def kernel_sum(r, P, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, NEED_W: tl.co
             if NEED_W:
                 w -= ct * t
     else:
+        e = tl.exp(-tl.load(P).to(r.dtype) * r)
         for s in tl.static_range(NUM_SCALES):
             g = tl.load(P + s).to(r.dtype)
-            e = tl.exp(-g * r)
+            if s > 0:
+                # one exp per pair where the bandwidths allow (as tile_math.h rbf_eval): gammas
+                # sorted ascending by params_tensor, exp(-4 g r) = exp(-g r)^4
+                gp = tl.load(P + (s - 1)).to(r.dtype)
+                if g == 2.0 * gp:
+                    e = e * e
+                elif g == 4.0 * gp:
+                    e = e * e
+                    e = e * e
+                else:
+                    e = tl.exp(-g * r)
             k += e
             if NEED_W:
                 w -= g * e

@@ -189,9 +189,9 @@ def _launch_fwd_gen(a, rows_a, rows_b, d, off, p, sig, seed, sym, unbiased, kind
     return part.sum()
 
 
-def _setup(x, params, sigma2, precision):
+def _setup(x, kind, params, sigma2, precision):
     ct = compute_dtype(x.dtype)
-    p = params_tensor(params, ct, x.device)
+    p = params_tensor(params, ct, x.device, kind)
     sig = sigma_tensor(sigma2, ct, x.device)
     return ct, p, sig, dot_precision(x.dtype, precision), tl_compute_dtype(x.dtype)
 
@@ -205,7 +205,7 @@ def prior_terms_fwd(x, kind, params, sigma2, unbiased, m, seed, precision="ieee"
     """float64 (3,) terms (mean k(x,x'), mean k(y,y'), mean k(x,y)) with y generated in-kernel."""
     n, d = x.shape
     x = x.detach().contiguous()
-    ct, p, sig, prec, tct = _setup(x, params, sigma2, precision)
+    ct, p, sig, prec, tct = _setup(x, kind, params, sigma2, precision)
     bucket = _mmd.size_bucket(max(n, m))
     off_xx = x.to(ct).mean(0).contiguous()
     off_yy = torch.zeros(d, dtype=ct, device=x.device)
@@ -223,7 +223,7 @@ def prior_terms_bwd(grad_terms, x, kind, params, sigma2, unbiased, m, seed, prec
     """d/dx of sum_t grad_terms[t] terms[t] (x dtype): one launch of ``_prior_bwd_kernel``."""
     n, d = x.shape
     x = x.detach().contiguous()
-    ct, p, sig, prec, tct = _setup(x, params, sigma2, precision)
+    ct, p, sig, prec, tct = _setup(x, kind, params, sigma2, precision)
     bucket = _mmd.size_bucket(max(n, m))
     off_xx = x.to(ct).mean(0).contiguous()
     off = _cross_offset(x, m, ct)

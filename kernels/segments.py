@@ -117,7 +117,7 @@ def row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, exclude_di
     (:func:`wae_fast.segment_sums.task_table`): returns s (n_out,) float64 and G (n_out, d) in ct
     (or None).  a, c: (rows, d) in ct; cw: column weights (ct) or an empty tensor; params: the
     kernel's params (host floats)."""
-    p = params_tensor(params, ct, a.device)
+    p = params_tensor(params, ct, a.device, kind)
     d = a.shape[1]
     s = torch.zeros((n_out,), dtype=torch.float64, device=a.device)
     g = torch.zeros((n_out, d), dtype=ct, device=a.device) if need_grad else s

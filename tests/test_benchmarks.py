@@ -209,3 +209,41 @@ def test_train_step_dense_peer_is_the_wae_formula_and_benchmarks_run_tiny(capsys
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "ratio" in out and "| digits (mlp) | 100 | 8 |" in out
+
+
+# ---- the honest CPU floor (benchmarks/floor.py cpu_floor) -----------------------------------
+
+def test_cpu_pair_ops_by_hand():
+    # IMQ 7 scales: 3 pairs (9 ops + 1 div each, 11 with dk/dr) + 1 single (3 ops + 1 div, 4 with
+    # dk/dr) + 1 (r = inf map); the pair adds d (dot) + 3 (distance, clamp) + 1 (kernel sum) and
+    # d + 1 per gradient side
+    assert floor.kernel_eval_ops("imq", [1.0] * 7, False) == {"ops": 1 + 27 + 3, "div": 4, "exp": 0}
+    assert floor.kernel_eval_ops("imq", [1.0] * 7, True) == {"ops": 1 + 33 + 4, "div": 4, "exp": 0}
+    assert floor.cpu_pair_ops("imq", [1.0] * 7, 8, 2) == {"ops": 8 + 3 + 38 + 1 + 18, "div": 4, "exp": 0}
+    # AVX-512 fp32: per scale add, rcp14, 2 Newton FMAs, mul, add (+ 1 FMA for dk/dr), no division
+    assert floor.kernel_eval_ops("imq", [1.0] * 7, True, "rcp") == {"ops": 1 + 7 * 7, "div": 0, "exp": 0}
+    assert floor.kernel_eval_ops("imq", [1.0] * 7, False, "rcp") == {"ops": 1 + 7 * 6, "div": 0, "exp": 0}
+    # RBF: gamma ratios 4 and 4 (bandwidths 0.5, 1, 2): one exp and 2 + 2 squarings (mul, and a
+    # compare + select flushing what would square to a subnormal)
+    assert floor.rbf_exp_plan([2.0, 0.5, 0.125]) == [0, 2, 2]
+    assert floor.rbf_exp_plan([5.5, 0.5, 0.0365]) == [0, 0, 0]
+    assert floor.kernel_eval_ops("rbf", [2.0, 0.5, 0.125], True) == {"ops": 1 + 6 + 6 + 3 * 2, "div": 0, "exp": 1}
+    assert floor.kernel_eval_ops("rbf", [5.5, 0.5, 0.0365], False) == {"ops": 3 + 3, "div": 0, "exp": 3}
+
+
+def test_cpu_floor_toy_peak():
+    pk = floor.CpuPeak(isa="toy", lanes=16, threads=1, fma_rate=1e11, div_rate=1e10, exp_rate=5e9, mem_bw=1e13)
+    f = floor.cpu_floor(4, 4, 2, "imq", [1.0, 2.0], "fwdbwd", pk)
+    # xx pair: 2 + 3 + (1 + 11) + 1 + 2 * 3 = 24; yy: 2 + 3 + (1 + 9) + 1 = 16; xy: 2 + 3 + 12 + 1 + 3 = 21
+    assert [f["per_pair"][t]["ops"] for t in ("xx", "yy", "xy")] == [24, 16, 21]
+    assert f["ops"] == 10 * 24 + 10 * 16 + 16 * 21 and f["div"] == 36
+    assert f["t_pipe"] == pytest.approx(f["ops"] / 1e11) and f["t_div"] == pytest.approx(36 / 1e10)
+    assert f["bound"] == "pipe" and f["floor_s"] == f["t_pipe"]
+
+
+def test_cpu_peak_microbenchmark_runs():
+    import shutil
+    if shutil.which("g++") is None:
+        pytest.skip("no g++")
+    pk = floor.measure_cpu_peak(threads=1, seconds=0.01)
+    assert pk.lanes in (4, 8, 16) and pk.fma_rate > 1e8 and pk.div_rate > 1e7 and pk.exp_rate > 1e7

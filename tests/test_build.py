@@ -117,7 +117,7 @@ def test_two_processes_one_compiles_the_other_waits_and_reuses(first_use):
         assert r["before"].startswith("available: needs a build on first use"), r["before"]
         assert "WAE_FAST_FORCE_JIT" in r["before"]
         assert r["err"] < 1e-11 and r["gerr"] < 1e-10, r
-        assert r["isa"] in ("avx2+fma", "generic")
+        assert r["isa"] in ("avx512", "avx2", "baseline")
     builds = list((cache / "cpp").glob("*/wae_fast_C*.so"))
     assert len(builds) == 1, builds
     print(f"first-use build shared by two processes: {wall:.1f} s wall")

@@ -35,7 +35,24 @@ KERNELS = {
     "imq_odd3": IMQ(scales=(0.3, 1.0, 4.0)),
     "rbf1": RBF(),
     "rbf3": RBF(scales=(0.2, 1.0, 5.0)),
+    "rbf_pow2": RBF(bandwidth=(0.5, 1.0, 2.0)),  # gamma ratios 4: one exp, the rest by squaring
+    "rbf_ratio2": RBF(scales=(4.0, 2.0, 1.0, 0.3)),  # ratios 2, 2 and one exp more
 }
+
+
+ISAS = ["baseline", "avx2", "avx512"]  # the tile-kernel variants (csrc/cpu: mmd_cpu.cpp, tiles_*.cpp)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    """Runs the test on one variant of the tile kernels (WAE_FAST_CPU_ISA), skipped where this
+    machine cannot run it."""
+    runs = wae_fast.cpp_backend.extension().isas()
+    if request.param not in runs:
+        pytest.skip(f"this CPU/OS runs {runs}, not {request.param}")
+    monkeypatch.setenv("WAE_FAST_CPU_ISA", request.param)
+    assert wae_fast.cpp_backend.isa() == request.param
+    return request.param
 
 
 def _points(n, m, d, dtype, seed=0, shift=0.1):
@@ -71,7 +88,7 @@ SHAPES = [(2, 2, 1), (5, 7, 3), (64, 64, 8), (65, 63, 17), (130, 70, 64), (37, 1
 
 @pytest.mark.parametrize("n,m,d", SHAPES)
 @pytest.mark.parametrize("estimator", ["unbiased", "biased"])
-def test_shapes_fp32_fp64(n, m, d, estimator):
+def test_shapes_fp32_fp64(n, m, d, estimator, isa):
     for dtype in (torch.float32, torch.float64):
         x, y = _points(n, m, d, dtype, seed=n + m + d)
         _check(x, y, KERNELS["imq7"], estimator)
@@ -80,25 +97,25 @@ def test_shapes_fp32_fp64(n, m, d, estimator):
 @pytest.mark.parametrize("kname", list(KERNELS))
 @pytest.mark.parametrize("estimator", ["unbiased", "biased"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernels(kname, estimator, dtype):
+def test_kernels(kname, estimator, dtype, isa):
     x, y = _points(97, 66, 5, dtype, seed=3)
     _check(x, y, KERNELS[kname], estimator)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kname", ["imq7", "rbf3"])
-def test_half_dtypes(dtype, kname):
+def test_half_dtypes(dtype, kname, isa):
     x, y = _points(70, 81, 9, dtype, seed=5)  # the oracle sees the same rounded values
     _check(x, y, KERNELS[kname], "unbiased")
 
 
 @pytest.mark.parametrize("which", ["x", "y", "none"])
-def test_partial_grads_and_grad_out(which):
+def test_partial_grads_and_grad_out(which, isa):
     x, y = _points(66, 90, 6, torch.float32, seed=7)
     _check(x, y, KERNELS["imq7"], "unbiased", grad_x=which == "x", grad_y=which == "y", grad_out=-3.5)
 
 
-def test_translation_far_from_origin():
+def test_translation_far_from_origin(isa):
     # the shared shift (offset = mean(y)) removes the |a|^2 + |b|^2 - 2ab cancellation
     x, y = _points(80, 80, 8, torch.float32, seed=11)
     _check(x + 1000.0, y + 1000.0, KERNELS["imq7"], "unbiased")
@@ -168,19 +185,31 @@ def test_grouped_schedule_bit_identical_thread_counts(n, m, d):
             assert torch.equal(u, v)
 
 
-def test_generic_isa_matches(monkeypatch):
-    """The baseline-ISA build of the tile kernels (selected with WAE_FAST_CPU_ISA=generic) agrees
-    with the run-time selected one (AVX2+FMA here) to fp32 rounding."""
+def test_isa_variants_match(monkeypatch):
+    """Every tile-kernel variant this machine runs agrees with the one picked at run time (the
+    widest) to fp32 rounding; the pick is the widest supported one."""
+    runs = wae_fast.cpp_backend.extension().isas()
+    monkeypatch.delenv("WAE_FAST_CPU_ISA", raising=False)
+    assert runs[0] == "baseline" and wae_fast.cpp_backend.isa() == runs[-1]
     x, y = _points(90, 70, 10, torch.float32, seed=17)
     a = _run(x, y, IMQ())
-    monkeypatch.setenv("WAE_FAST_CPU_ISA", "generic")
-    b = _run(x, y, IMQ())
-    _check(x, y, KERNELS["rbf3"], "biased")
-    monkeypatch.delenv("WAE_FAST_CPU_ISA")
     scale = 7.0 * 4
-    assert abs(a[0].item() - b[0].item()) <= 2e-6 * scale
-    for u, v in zip(a[1:], b[1:]):
-        assert (u - v).norm() <= 1e-4 * v.norm()
+    for name in runs:
+        monkeypatch.setenv("WAE_FAST_CPU_ISA", name)
+        b = _run(x, y, IMQ())
+        assert abs(a[0].item() - b[0].item()) <= 2e-6 * scale
+        for u, v in zip(a[1:], b[1:]):
+            assert (u - v).norm() <= 1e-4 * v.norm()
+
+
+@pytest.mark.parametrize("value", ["avx", "AVX512", "sse2", "1"])
+def test_cpu_isa_env_invalid(monkeypatch, value):
+    monkeypatch.setenv("WAE_FAST_CPU_ISA", value)
+    x, y = _points(10, 10, 3, torch.float32)
+    with pytest.raises(ValueError, match="WAE_FAST_CPU_ISA must be one of avx512, avx2, baseline"):
+        wae_fast.mmd(x, y, IMQ(), backend="cpp")
+    with pytest.raises(ValueError, match="WAE_FAST_CPU_ISA"):
+        wae_fast.cpp_backend.isa()
 
 
 def test_direct_bwd_op_matches_fused_parts():

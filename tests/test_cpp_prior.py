@@ -54,11 +54,22 @@ def _sampled(x, spec, unbiased, m, seed, sigma2=1.0, backend="cpp"):
                         num_samples=m, seed=seed, backend=backend)
 
 
+@pytest.fixture(params=["baseline", "avx2", "avx512"])
+def isa(request, monkeypatch):
+    """One variant of the tile kernels (WAE_FAST_CPU_ISA), skipped where this machine cannot run it."""
+    from wae_fast import cpp_backend
+    runs = cpp_backend.extension().isas()
+    if request.param not in runs:
+        pytest.skip(f"this CPU/OS runs {runs}, not {request.param}")
+    monkeypatch.setenv("WAE_FAST_CPU_ISA", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("n,m,d", [(37, 70, 3), (100, 67, 17), (70, 45, 64)])
 @pytest.mark.parametrize("kname", ["imq7", "rbf3"])
 @pytest.mark.parametrize("unbiased", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_oracle_on_the_drawn_samples(n, m, d, kname, unbiased, dtype):
+def test_matches_oracle_on_the_drawn_samples(n, m, d, kname, unbiased, dtype, isa):
     spec = KERNELS[kname]
     x = _x(n, d, dtype, seed=n + m + d)
     val = _sampled(x, spec, unbiased, m, SEED, sigma2=1.7)
@@ -92,7 +103,7 @@ def test_several_sample_chunks(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_codes(dtype):
+def test_half_codes(dtype, isa):
     x = _x(33, 9, dtype, seed=4)
     val = _sampled(x, KERNELS["imq7"], True, 50, SEED)
     assert val.dtype == torch.float32

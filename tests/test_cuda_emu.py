@@ -35,7 +35,9 @@ BE = "cuda_emu"
 _REASON = unavailable_reason(BE, "cpu", "prior")
 pytestmark = [pytest.mark.cuda_emu, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
-KERNELS = {"imq7": wae_fast.IMQ(), "imq1": wae_fast.IMQ(C=0.8), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0))}
+KERNELS = {"imq7": wae_fast.IMQ(), "imq1": wae_fast.IMQ(C=0.8), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0)),
+           # gamma ratios 4 (the binding sorts them ascending): one exp per pair, then squarings
+           "rbf_pow2": wae_fast.RBF(bandwidth=(0.5, 1.0, 2.0))}
 VAL_TOL = {torch.float64: 1e-12, torch.float32: 5e-6, torch.float16: 5e-6, torch.bfloat16: 5e-6}
 GRAD_TOL = {torch.float64: 1e-10, torch.float32: 5e-5, torch.float16: 2 * 2.0**-11, torch.bfloat16: 2 * 2.0**-8}
 SEED = 2**40 + 12345   # > 2^32: the 64-bit seed path
@@ -137,6 +139,8 @@ MMD_CASES = [
     (65, 129, 64, F32, "tf32", "rbf3", "biased"),
     (19, 21, 129, F32, "tf32x3", "rbf3", "unbiased"),   # 3 gradient-column chunks
     (33, 70, 64, F32, "ieee", "rbf3", "unbiased"),
+    (41, 70, 6, F32, "ieee", "rbf_pow2", "unbiased"),
+    (41, 30, 6, F64, "ieee", "rbf_pow2", "biased"),
     (200, 150, 33, F32, "ieee", "imq7", "biased"),      # 4 x 3 row blocks
     (67, 45, 129, F64, "ieee", "imq7", "unbiased"),     # fp64: 9 chunks of 16 gradient columns
     (64, 64, 16, F64, "tf32", "rbf3", "biased"),        # fp64 ignores the precision; exact tile

@@ -143,6 +143,28 @@ def test_kernel_value_and_derivative(kind, nscales):
 
 
 @needs_ext
+@pytest.mark.parametrize("gammas", [[0.125, 0.5, 2.0], [0.05, 0.1, 0.4, 0.5, 1.0, 4.0, 16.0], [2.0, 0.5, 0.125]])
+def test_rbf_squarings_keep_the_accuracy(gammas):
+    """Gamma ratios of 2 or 4 (ascending) are evaluated by squaring the previous scale's exp
+    (rbf_eval): same bounds as the direct exps of test_kernel_value_and_derivative."""
+    for r in RS + [0.0, 1e-30, 50.0, 200.0, 2000.0]:
+        k_ref, w_ref = _ref(KIND_RBF, gammas, r)
+        k64, w64 = _ext().tile_math_eval(KIND_RBF, gammas, r, False)
+        assert k64 == pytest.approx(k_ref, rel=1e-14, abs=1e-300)
+        assert w64 == pytest.approx(w_ref, rel=1e-14, abs=1e-300)
+        p32 = [float(torch.tensor(p, dtype=torch.float32)) for p in gammas]
+        r32 = float(torch.tensor(r, dtype=torch.float32))
+        k_ref32, w_ref32 = _ref(KIND_RBF, p32, r32)
+        k32, w32 = _ext().tile_math_eval(KIND_RBF, gammas, r, True)
+        assert k32 == pytest.approx(k_ref32, rel=2e-6 * len(gammas), abs=1e-37)
+        assert w32 == pytest.approx(w_ref32, rel=2e-6 * len(gammas), abs=1e-37)
+    for r, want in ((math.inf, 0.0), (math.nan, math.nan)):
+        for fp32 in (True, False):
+            k, w = _ext().tile_math_eval(KIND_RBF, gammas, r, fp32)
+            assert (math.isnan(k) and math.isnan(w)) if math.isnan(want) else (k == 0.0 and w == 0.0)
+
+
+@needs_ext
 @pytest.mark.parametrize("fp32", [True, False])
 @pytest.mark.parametrize("kind", [KIND_IMQ, KIND_RBF])
 def test_infinite_or_huge_r_gives_zero_and_nan_stays_nan(kind, fp32):

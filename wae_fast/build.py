@@ -83,8 +83,9 @@ class ExtSpec:
 CUDA_EMU_SANITIZE = ("-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-g1")
 
 SPECS: dict[str, ExtSpec] = {
-    # No -march flags: mmd_cpu.cpp compiles its tiles for baseline x86-64 and AVX2+FMA
-    # (#pragma GCC target) and picks at run time, so one build runs on any x86-64 machine.
+    # No -march flags: the tiles are compiled for baseline x86-64 (mmd_cpu.cpp), AVX2+FMA
+    # (tiles_avx2.cpp) and AVX-512 (tiles_avx512.cpp), each file's target options written in it
+    # (#pragma GCC target), and picked at run time, so one build runs on any x86-64 machine.
     "cpp": ExtSpec(
         backend="cpp", module="wae_fast._C", jit_name="wae_fast_C", device_type="cpu",
         sources=("cpu/*.cpp",), hashed=("cpu/*.cpp", "cpu/*.h", "include/wae_fast/*.h"),

@@ -64,7 +64,8 @@ def extension():
 
 
 def isa() -> Optional[str]:
-    """Instruction set of the tile kernels chosen at run time ("avx2+fma" or "generic"), or
-    None while the extension is not loaded."""
+    """Instruction set of the tile kernels a call uses now ("avx512", "avx2" or "baseline": the
+    widest this CPU and OS support, or the one ``WAE_FAST_CPU_ISA`` forces; an unknown or
+    unsupported value raises ValueError), or None while the extension is not loaded."""
     ext = build.loaded("cpp")
     return None if ext is None else ext.isa()

@@ -3,8 +3,9 @@
 // Schemas are defined in Python (wae_fast/contract.py, define_backend_ops("cpp", fuses_grad=True));
 // this file only registers CPU implementations of wae_fast::mmd_fwd_cpp / mmd_bwd_cpp,
 // reparam_fwd_cpp / reparam_bwd_cpp and prior_fwd_cpp / prior_bwd_cpp.
-// The tile kernels (mmd_cpu_kernel.h) are compiled twice: for the baseline ISA and for AVX2+FMA,
-// selected at run time with __builtin_cpu_supports (override: WAE_FAST_CPU_ISA=generic|avx2).
+// The tile kernels (mmd_cpu_kernel.h) are compiled three times: here for the baseline ISA, and in
+// tiles_avx2.cpp (AVX2+FMA) and tiles_avx512.cpp (AVX-512, 64-byte vectors); cpu_isa() picks the
+// widest one the CPU and the OS support (override: WAE_FAST_CPU_ISA=avx512|avx2|baseline).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -20,19 +21,30 @@
 
 #include "wae_fast/tile_math.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <cpuid.h>
+#define WAE_HAVE_X86_VARIANTS 1
+#endif
 
 #define WAE_CPU_NS wae_cpu_generic
+#define WAE_CPU_VBYTES 32
 #include "mmd_cpu_kernel.h"
 #undef WAE_CPU_NS
+#undef WAE_CPU_VBYTES
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define WAE_HAVE_AVX2_VARIANT 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#ifdef WAE_HAVE_X86_VARIANTS  // compiled in tiles_avx2.cpp / tiles_avx512.cpp; declarations only
+#define WAE_CPU_DECL_ONLY 1
 #define WAE_CPU_NS wae_cpu_avx2
+#define WAE_CPU_VBYTES 32
 #include "mmd_cpu_kernel.h"
 #undef WAE_CPU_NS
-#pragma GCC pop_options
+#undef WAE_CPU_VBYTES
+#define WAE_CPU_NS wae_cpu_avx512
+#define WAE_CPU_VBYTES 64
+#include "mmd_cpu_kernel.h"
+#undef WAE_CPU_NS
+#undef WAE_CPU_VBYTES
+#undef WAE_CPU_DECL_ONLY
 #endif
 
 namespace {
@@ -40,24 +52,77 @@ namespace {
 using wae_fast::kMaxScales;
 constexpr int64_t kTile = wae_cpu_generic::kTile;
 
-bool use_avx2() {
-#ifdef WAE_HAVE_AVX2_VARIANT
-  const char* env = std::getenv("WAE_FAST_CPU_ISA");
-  if (env && std::string(env) == "generic") return false;
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+// ---------------------------------------------------------------------------------------------
+// Instruction set of the tile kernels: the widest variant the CPU and the OS support, or the one
+// WAE_FAST_CPU_ISA names (read on every call, so tests can switch; an unknown name or a variant
+// this machine cannot run is a ValueError, never a silent fallback).
+// ---------------------------------------------------------------------------------------------
+enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* isa_str(Isa i) { return i == Isa::kAvx512 ? "avx512" : i == Isa::kAvx2 ? "avx2" : "baseline"; }
+
+//! Vector bytes of a variant's tiles (the column padding dp is a multiple of its lanes).
+int64_t isa_vbytes(Isa i) { return i == Isa::kAvx512 ? 64 : 32; }
+
+#ifdef WAE_HAVE_X86_VARIANTS
+//! XCR0 (the register state the OS saves on context switches), 0 without OSXSAVE.
+uint64_t os_xcr0() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return 0;
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t(hi) << 32) | lo;
+}
+#endif
+
+//! Whether this CPU and OS run a variant: the instructions (__builtin_cpu_supports) and the
+//! saved state (XCR0: SSE+AVX bits 1-2, and for AVX-512 the opmask and ZMM bits 5-7).
+bool isa_supported(Isa i) {
+  if (i == Isa::kBaseline) return true;
+#ifdef WAE_HAVE_X86_VARIANTS
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           (os_xcr0() & 0x6) == 0x6;
+  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                             (os_xcr0() & 0xe6) == 0xe6;
+  return i == Isa::kAvx2 ? avx2 : avx512;
 #else
   return false;
 #endif
 }
 
-std::string isa_name() { return use_avx2() ? "avx2+fma" : "generic"; }
+Isa cpu_isa() {
+  const char* env = std::getenv("WAE_FAST_CPU_ISA");
+  if (env == nullptr || env[0] == '\0')
+    return isa_supported(Isa::kAvx512) ? Isa::kAvx512 : isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kBaseline;
+  const std::string v(env);
+  Isa want;
+  if (v == "avx512") want = Isa::kAvx512;
+  else if (v == "avx2") want = Isa::kAvx2;
+  else if (v == "baseline" || v == "generic") want = Isa::kBaseline;  // "generic": the former name
+  else
+    TORCH_CHECK_VALUE(false, "wae_fast cpp backend: WAE_FAST_CPU_ISA must be one of avx512, avx2, baseline "
+                      "(or unset: the widest this CPU runs), got '", v, "'");
+  TORCH_CHECK_VALUE(isa_supported(want), "wae_fast cpp backend: WAE_FAST_CPU_ISA=", v,
+                    " but this CPU or OS does not support it (or this build lacks it: x86-64 GCC only)");
+  return want;
+}
+
+std::string isa_name() { return isa_str(cpu_isa()); }
+
+//! The variants this machine runs, baseline first (tests parametrise over them).
+std::vector<std::string> isa_list() {
+  std::vector<std::string> out;
+  for (Isa i : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512})
+    if (isa_supported(i)) out.push_back(isa_str(i));
+  return out;
+}
 
 // Shifted, padded copies of one point set.
 template <class T>
 struct Prepared {
   at::Tensor rows, cols, nrm;
-  int64_t n = 0, n_pad = 0, dp = 0;
+  int64_t n = 0, n_pad = 0, dp = 0, d = 0;
 };
 
 //! Rows of a prepared operand: n rounded up to whole tiles (at least one).
@@ -71,6 +136,7 @@ Prepared<T> prepare(const at::Tensor& pts, const at::Tensor& offset, int64_t dp)
   p.n_pad = padded_rows(p.n);
   p.dp = dp;
   const int64_t d = pts.size(1);
+  p.d = d;
   at::Tensor rows = at::zeros({p.n_pad, dp}, pts.options().dtype(st));
   rows.narrow(0, 0, p.n).narrow(1, 0, d).copy_(pts.to(st) - offset.to(st));
   p.rows = rows;
@@ -90,32 +156,44 @@ wae_cpu_generic::Operand<T> as_operand(const Prepared<T>& p) {
           p.n_pad};
 }
 
+//! The same problem description in another variant's namespace (layout-identical structs).
+template <class Q, class P>
+Q as_variant(const P& pb) {
+  static_assert(sizeof(Q) == sizeof(P), "layout");
+  Q q;
+  std::memcpy(static_cast<void*>(&q), static_cast<const void*>(&pb), sizeof(q));
+  return q;
+}
+
 template <class T>
 double run_stripe_dispatch(const wae_cpu_generic::Problem<T>& pb, int64_t s, int64_t ns, double* gr, double* gc,
-                           bool avx2) {
-#ifdef WAE_HAVE_AVX2_VARIANT
-  if (avx2) {
-    // The two namespaces hold layout-identical structs; reinterpret the problem description.
-    static_assert(sizeof(wae_cpu_generic::Problem<T>) == sizeof(wae_cpu_avx2::Problem<T>), "layout");
-    wae_cpu_avx2::Problem<T> q;
-    std::memcpy(static_cast<void*>(&q), static_cast<const void*>(&pb), sizeof(q));
-    return wae_cpu_avx2::run_stripe<T>(q, s, ns, gr, gc);
-  }
+                           Isa isa) {
+#ifdef WAE_HAVE_X86_VARIANTS
+  if (isa == Isa::kAvx512)
+    return wae_cpu_avx512::run_stripe<T>(as_variant<wae_cpu_avx512::Problem<T>>(pb), s, ns, gr, gc);
+  if (isa == Isa::kAvx2)
+    return wae_cpu_avx2::run_stripe<T>(as_variant<wae_cpu_avx2::Problem<T>>(pb), s, ns, gr, gc);
 #endif
   return wae_cpu_generic::run_stripe<T>(pb, s, ns, gr, gc);
 }
 
 template <class T>
 double run_block_dispatch(const wae_cpu_generic::Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1,
-                          bool tri, double* gr, double* gc, bool avx2) {
-#ifdef WAE_HAVE_AVX2_VARIANT
-  if (avx2) {
-    wae_cpu_avx2::Problem<T> q;
-    std::memcpy(static_cast<void*>(&q), static_cast<const void*>(&pb), sizeof(q));
-    return wae_cpu_avx2::run_block<T>(q, I0, I1, J0, J1, tri, gr, gc);
-  }
+                          bool tri, double* gr, double* gc, Isa isa) {
+#ifdef WAE_HAVE_X86_VARIANTS
+  if (isa == Isa::kAvx512)
+    return wae_cpu_avx512::run_block<T>(as_variant<wae_cpu_avx512::Problem<T>>(pb), I0, I1, J0, J1, tri, gr, gc);
+  if (isa == Isa::kAvx2)
+    return wae_cpu_avx2::run_block<T>(as_variant<wae_cpu_avx2::Problem<T>>(pb), I0, I1, J0, J1, tri, gr, gc);
 #endif
   return wae_cpu_generic::run_block<T>(pb, I0, I1, J0, J1, tri, gr, gc);
+}
+
+//! Column padding: d rounded up to a whole number of the variant's vectors.
+template <class T>
+int64_t padded_dim(int64_t d, Isa isa) {
+  const int64_t L = isa_vbytes(isa) / int64_t(sizeof(T));
+  return std::max<int64_t>(L, (d + L - 1) / L * L);
 }
 
 // Number of row stripes / block groups: functions of the problem size only (never of the thread
@@ -144,25 +222,28 @@ inline int64_t group_begin(int64_t g, int64_t nb, int64_t G) { return g * nb / G
 // tasks are combined in a fixed order.
 template <class T>
 double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int kind, const std::vector<double>& P,
-                bool unbiased, double* g_a, double* g_b) {
+                bool unbiased, double* g_a, double* g_b, Isa isa) {
   wae_cpu_generic::Problem<T> pb;
   pb.a = as_operand(a);
   pb.b = as_operand(b);
   pb.dp = a.dp;
+  pb.d = a.d;
   pb.kind = kind;
   pb.S = static_cast<int>(P.size());
   for (int s = 0; s < pb.S; ++s) pb.P[s] = static_cast<T>(P[s]);
+  // RBF: gammas ascending, so that ratios of 2 or 4 become squarings (tile_math.h rbf_eval); the
+  // sum over scales is the same
+  if (kind == wae_fast::KIND_RBF) std::sort(pb.P, pb.P + pb.S);
   pb.symmetric = symmetric;
   pb.unbiased = unbiased;
   const int64_t nbi = (a.n + kTile - 1) / kTile;
   const int64_t nbj = (b.n + kTile - 1) / kTile;
-  const bool avx2 = use_avx2();  // decided once, outside the parallel region
   const bool cols_needed = symmetric ? (g_a != nullptr) : (g_b != nullptr);
   if (!cols_needed) {  // row stripes: rows of a are owned by exactly one stripe
     const int64_t ns = num_stripes(nbi);
     std::vector<double> sums(ns, 0.0);
     at::parallel_for(0, ns, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t s = begin; s < end; ++s) sums[s] = run_stripe_dispatch<T>(pb, s, ns, g_a, nullptr, avx2);
+      for (int64_t s = begin; s < end; ++s) sums[s] = run_stripe_dispatch<T>(pb, s, ns, g_a, nullptr, isa);
     });
     double total = 0.0;
     for (int64_t s = 0; s < ns; ++s) total += sums[s];  // fixed order
@@ -182,7 +263,7 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
     G += G & 1;  // even number of groups (one may be empty)
     run_round(G, [&](int64_t p) {
       const int64_t b0 = group_begin(p, nbi, G), b1 = group_begin(p + 1, nbi, G);
-      return run_block_dispatch<T>(pb, b0, b1, b0, b1, true, g, g, avx2);
+      return run_block_dispatch<T>(pb, b0, b1, b0, b1, true, g, g, isa);
     });
     for (int64_t r = 0; r + 1 < G; ++r) {
       run_round(G / 2, [&](int64_t t) {
@@ -196,7 +277,7 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
         }
         if (p > q) std::swap(p, q);
         return run_block_dispatch<T>(pb, group_begin(p, nbi, G), group_begin(p + 1, nbi, G),
-                                     group_begin(q, nbi, G), group_begin(q + 1, nbi, G), false, g, g, avx2);
+                                     group_begin(q, nbi, G), group_begin(q + 1, nbi, G), false, g, g, isa);
       });
     }
   } else {
@@ -208,7 +289,7 @@ double run_term(const Prepared<T>& a, const Prepared<T>& b, bool symmetric, int 
         const int64_t gi = Gi <= Gj ? t : l, gj = Gi <= Gj ? l : t;
         return run_block_dispatch<T>(pb, group_begin(gi, nbi, Gi), group_begin(gi + 1, nbi, Gi),
                                      group_begin(gj, nbj, Gj), group_begin(gj + 1, nbj, Gj), false, g_a, g_b,
-                                     avx2);
+                                     isa);
       });
     }
   }
@@ -255,10 +336,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x_, co
                                                         const std::vector<double>& params, bool unbiased,
                                                         bool grad_x, bool grad_y) {
   constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
-  constexpr int64_t L = 32 / sizeof(T);
   at::Tensor x = x_.contiguous(), y = y_.contiguous();
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
-  const int64_t dp = std::max<int64_t>(L, (d + L - 1) / L * L);
+  const Isa isa = cpu_isa();  // decided once per call, outside the parallel regions
+  const int64_t dp = padded_dim<T>(d, isa);
   auto f64 = at::TensorOptions().dtype(at::kDouble);
   at::Tensor gxx, gxy_x, gyy, gxy_y;
   if (grad_x) {
@@ -275,19 +356,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x_, co
   double sxx = 0.0, syy = 0.0, sxy = 0.0;
   if (n > 0) {
     Prepared<T> p = prepare<T>(x, term_shift(offset, 0), dp);
-    sxx = run_term<T>(p, p, true, int(kind), params, unbiased, ptr(gxx), nullptr);
+    sxx = run_term<T>(p, p, true, int(kind), params, unbiased, ptr(gxx), nullptr, isa);
   }
   if (m > 0) {
     Prepared<T> p = prepare<T>(y, term_shift(offset, 1), dp);
-    syy = run_term<T>(p, p, true, int(kind), params, unbiased, ptr(gyy), nullptr);
+    syy = run_term<T>(p, p, true, int(kind), params, unbiased, ptr(gyy), nullptr, isa);
   }
   Prepared<T> px = prepare<T>(x, term_shift(offset, 2), dp);
   Prepared<T> py = prepare<T>(y, term_shift(offset, 2), dp);
   if (n > 0 && m > 0) {
     if (grad_y && !grad_x)  // rows = y: its gradient needs no per-stripe copies
-      sxy = run_term<T>(py, px, false, int(kind), params, unbiased, ptr(gxy_y), nullptr);
+      sxy = run_term<T>(py, px, false, int(kind), params, unbiased, ptr(gxy_y), nullptr, isa);
     else
-      sxy = run_term<T>(px, py, false, int(kind), params, unbiased, ptr(gxy_x), ptr(gxy_y));
+      sxy = run_term<T>(px, py, false, int(kind), params, unbiased, ptr(gxy_x), ptr(gxy_y), isa);
   }
   const double nxx = wae_fast::pair_count_self(n, unbiased);
   const double nyy = wae_fast::pair_count_self(m, unbiased);
@@ -410,9 +491,9 @@ struct PriorSums {
 template <class T>
 PriorSums prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_grad) {
   constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
-  constexpr int64_t L = 32 / sizeof(T);
   const int64_t n = x.size(0), d = x.size(1), m = a.m;
-  const int64_t dp = std::max<int64_t>(L, (d + L - 1) / L * L);
+  const Isa isa = cpu_isa();
+  const int64_t dp = padded_dim<T>(d, isa);
   const T sig = T(std::sqrt(a.sigma2));
   at::Tensor xm = x.to(st).mean(0);
   PriorSums r;
@@ -428,7 +509,7 @@ PriorSums prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_grad) {
       g_xx = r.g_xx.data_ptr<double>();
       g_xy = r.g_xy.data_ptr<double>();
     }
-    s[0] = run_term<T>(px, px, true, a.kind, a.P, a.unbiased, g_xx, nullptr);
+    s[0] = run_term<T>(px, px, true, a.kind, a.P, a.unbiased, g_xx, nullptr, isa);
   }
   const int64_t nch = (m + kPriorChunk - 1) / kPriorChunk;
   auto rows_of = [&](int64_t c) { return std::min(kPriorChunk, m - c * kPriorChunk); };
@@ -436,10 +517,10 @@ PriorSums prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_grad) {
     at::Tensor zero = at::zeros({d}, at::TensorOptions().dtype(st));
     for (int64_t ca = 0; ca < nch; ++ca) {
       Prepared<T> pa = prepare<T>(prior_chunk<T>(ca * kPriorChunk, rows_of(ca), d, a.seed, sig), zero, dp);
-      s[1] += run_term<T>(pa, pa, true, a.kind, a.P, a.unbiased, nullptr, nullptr);
+      s[1] += run_term<T>(pa, pa, true, a.kind, a.P, a.unbiased, nullptr, nullptr, isa);
       for (int64_t cb = ca + 1; cb < nch; ++cb) {
         Prepared<T> pb = prepare<T>(prior_chunk<T>(cb * kPriorChunk, rows_of(cb), d, a.seed, sig), zero, dp);
-        s[1] += 2.0 * run_term<T>(pa, pb, false, a.kind, a.P, a.unbiased, nullptr, nullptr);
+        s[1] += 2.0 * run_term<T>(pa, pb, false, a.kind, a.P, a.unbiased, nullptr, nullptr, isa);
       }
     }
   }
@@ -448,7 +529,7 @@ PriorSums prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_grad) {
     Prepared<T> px = prepare<T>(x, off, dp);
     for (int64_t cb = 0; cb < nch; ++cb) {
       Prepared<T> pb = prepare<T>(prior_chunk<T>(cb * kPriorChunk, rows_of(cb), d, a.seed, sig), off, dp);
-      s[2] += run_term<T>(px, pb, false, a.kind, a.P, a.unbiased, g_xy, nullptr);
+      s[2] += run_term<T>(px, pb, false, a.kind, a.P, a.unbiased, g_xy, nullptr, isa);
     }
   }
   return r;
@@ -577,7 +658,8 @@ TORCH_LIBRARY_IMPL(wae_fast, CPU, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "wae_fast C++ CPU backend (registers wae_fast::mmd_fwd_cpp / mmd_bwd_cpp for CPU)";
-  m.def("isa", &isa_name, "instruction set of the tile kernels selected at run time");
+  m.def("isa", &isa_name, "instruction set of the tile kernels used now: avx512, avx2 or baseline (WAE_FAST_CPU_ISA)");
+  m.def("isas", &isa_list, "the tile-kernel variants this machine runs, baseline first");
   m.def("tile_math_eval", &tile_math_eval, "test hook: (k, dk/dr) of one pair via csrc/include tile math");
   m.def("philox_randn_host", &philox_randn_host, "test hook: Triton-compatible tl.randn(seed, offsets) on the host");
 }

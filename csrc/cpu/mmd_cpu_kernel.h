@@ -1,9 +1,12 @@
 // Fused, memory-flat MMD tile kernels for the CPU backend.
 //
-// This file is included several times by mmd_cpu.cpp, once per instruction set, inside a
-// namespace named WAE_CPU_NS and (for the SIMD variants) under `#pragma GCC target(...)`, so
-// the same portable code (GCC vector extensions, 32-byte vectors) is compiled for the baseline
-// x86-64 ISA and for AVX2+FMA; mmd_cpu.cpp picks one at run time (no -march flags needed).
+// This file is compiled once per instruction set, inside a namespace named WAE_CPU_NS with
+// vectors of WAE_CPU_VBYTES bytes: by mmd_cpu.cpp for the baseline x86-64 ISA (32-byte GCC
+// vectors, lowered to SSE pairs), and as its own translation unit by tiles_avx2.cpp (AVX2+FMA,
+// 32 bytes) and tiles_avx512.cpp (AVX-512 F/BW/VL/DQ, 64 bytes), whose target options cover the
+// whole file; mmd_cpu.cpp picks one at run time (cpu_isa(): CPU and OS support, or
+// WAE_FAST_CPU_ISA).  With WAE_CPU_DECL_ONLY defined only the types and the declarations of
+// run_block / run_stripe are emitted (mmd_cpu.cpp calls the variants compiled elsewhere).
 //
 // Layout (prepared by mmd_cpu.cpp):
 //   A  (nA_pad x dp) row-major shifted points, rows padded to a multiple of kTile, columns
@@ -27,27 +30,68 @@
 #ifndef WAE_CPU_NS
 #error "define WAE_CPU_NS before including mmd_cpu_kernel.h"
 #endif
+#ifndef WAE_CPU_VBYTES
+#define WAE_CPU_VBYTES 32
+#endif
 
 namespace WAE_CPU_NS {
 
 using wae_fast::kMaxScales;
 constexpr int64_t kTile = 64;  // rows and columns of a pair tile
 
+//! Vectors of WAE_CPU_VBYTES bytes: L lanes of T, and the same-width integer vector.
 template <class T> struct Vec;
 template <> struct Vec<float> {
-  typedef float V __attribute__((vector_size(32)));
-  typedef int32_t I __attribute__((vector_size(32)));
+  typedef float V __attribute__((vector_size(WAE_CPU_VBYTES)));
+  typedef int32_t I __attribute__((vector_size(WAE_CPU_VBYTES)));
   typedef int32_t IS;
-  static constexpr int L = 8;
-  static I iota() { return I{0, 1, 2, 3, 4, 5, 6, 7}; }
+  static constexpr int L = WAE_CPU_VBYTES / 4;
+  static I iota() {
+    I v;
+    for (int l = 0; l < L; ++l) v[l] = l;
+    return v;
+  }
 };
 template <> struct Vec<double> {
-  typedef double V __attribute__((vector_size(32)));
-  typedef int64_t I __attribute__((vector_size(32)));
+  typedef double V __attribute__((vector_size(WAE_CPU_VBYTES)));
+  typedef int64_t I __attribute__((vector_size(WAE_CPU_VBYTES)));
   typedef int64_t IS;
-  static constexpr int L = 4;
-  static I iota() { return I{0, 1, 2, 3}; }
+  static constexpr int L = WAE_CPU_VBYTES / 8;
+  static I iota() {
+    I v;
+    for (int l = 0; l < L; ++l) v[l] = l;
+    return v;
+  }
 };
+
+template <class T>
+struct Operand {
+  const T* rows;   // (n_pad x dp)
+  const T* cols;   // (n_pad / kTile, dp, kTile): transposed per tile
+  const T* nrm;    // (n_pad)
+  int64_t n;       // valid points
+  int64_t n_pad;   // multiple of kTile
+};
+
+template <class T>
+struct Problem {
+  Operand<T> a, b;  // rows from a, columns from b (a == b for a self term)
+  int64_t dp;
+  int64_t d;        // true dimension: the dot products stop there (the padding columns are 0)
+  int kind;
+  int S;
+  T P[kMaxScales];
+  bool symmetric;
+  bool unbiased;
+};
+
+template <class T>
+double run_block(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri, double* g_rows,
+                 double* g_cols);
+template <class T>
+double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_rows, double* g_cols);
+
+#ifndef WAE_CPU_DECL_ONLY
 
 template <class V, class T>
 static inline __attribute__((always_inline)) V vload(const T* p) {
@@ -92,38 +136,39 @@ static inline __attribute__((always_inline)) Vec<float>::V vexp_neg(Vec<float>::
 }
 static inline __attribute__((always_inline)) Vec<double>::V vexp_neg(Vec<double>::V x) {
   Vec<double>::V y;
-  for (int l = 0; l < 4; ++l) y[l] = std::exp(x[l]);
+  for (int l = 0; l < Vec<double>::L; ++l) y[l] = std::exp(x[l]);
   return y;
 }
 
 // The per-pair kernel math is wae_fast::imq_eval / rbf_eval (csrc/include/wae_fast/tile_math.h,
 // shared with the CUDA tiles and the host tests) evaluated on vectors of L pairs: IMQ with one
-// IEEE division per pair of scales (a vrcpps + Newton variant was measured: no faster here, and
-// it biased the fp32 sums by ~1e-8 relative); RBF with the vectorised exp below.
+// IEEE division per pair of scales (a vrcpps + Newton variant was measured on AVX2: no faster,
+// and its 12-bit estimate biased the fp32 sums by ~1e-8 relative), except fp32 on AVX-512
+// (WAE_CPU_RCP14, tiles_avx512.cpp): imq_eval_rcp with vrcp14ps + one Newton step per scale,
+// measured faster (benchmarks/cpu_peak.cpp imq_forms); RBF with the vectorised exp above, one
+// per pair where the gamma ratios are 2 or 4 (run_term sorts the gammas ascending).
 template <class V>
 struct VExpNeg {
   V operator()(V x) const { return vexp_neg(x); }
 };
 
-template <class T>
-struct Operand {
-  const T* rows;   // (n_pad x dp)
-  const T* cols;   // (n_pad / kTile, dp, kTile): transposed per tile
-  const T* nrm;    // (n_pad)
-  int64_t n;       // valid points
-  int64_t n_pad;   // multiple of kTile
+#ifdef WAE_CPU_RCP14
+//! 1/x from vrcp14ps (relative error < 2^-14) and one Newton step (~2^-28 + rounding: ~1 ulp).
+//! A result below the normal range is flushed to 0 by the estimate: the Newton step keeps 0
+//! (1 - x * 0 = 1), so x = FLT_MAX (imq_eval_rcp's r = inf) gives 0.
+struct VRcp14 {
+  Vec<float>::V operator()(Vec<float>::V x) const {
+    typedef Vec<float>::V V;
+    static_assert(sizeof(V) == sizeof(__m512), "64-byte vectors");
+    __m512 xm;
+    __builtin_memcpy(&xm, &x, sizeof(V));
+    const __m512 ym = _mm512_rcp14_ps(xm);
+    V y;
+    __builtin_memcpy(&y, &ym, sizeof(V));
+    return y + y * (1.0f - x * y);
+  }
 };
-
-template <class T>
-struct Problem {
-  Operand<T> a, b;  // rows from a, columns from b (a == b for a self term)
-  int64_t dp;
-  int kind;
-  int S;
-  T P[kMaxScales];
-  bool symmetric;
-  bool unbiased;
-};
+#endif
 
 // One kTile x kTile tile: returns the kernel sum over valid pairs (in fp64, from a compute-type
 // vector accumulator); with GRAD, stores W (kTile x kTile), row sums RS and column sums CS.
@@ -167,7 +212,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
       for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
       const T* a0 = A + ibase * dp;
       const T* bp = Bt + jb;
-      for (int64_t k = 0; k < dp; ++k) {
+      for (int64_t k = 0; k < pb.d; ++k) {
         V b0 = vload<V>(bp + k * ldb), b1 = vload<V>(bp + k * ldb + L);
         for (int r = 0; r < 4; ++r) {
           T av = a0[r * dp + k];
@@ -194,7 +239,12 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           }
           V kv = zero, wv = zero;
           if (KIND == wae_fast::KIND_IMQ) {
-            wae_fast::imq_eval<V, T>(rr, P, S, kv, wv);
+#ifdef WAE_CPU_RCP14
+            if constexpr (std::is_same<T, float>::value)
+              wae_fast::imq_eval_rcp<V, T>(rr, P, S, kv, wv, VRcp14());
+            else
+#endif
+              wae_fast::imq_eval<V, T>(rr, P, S, kv, wv);
           } else if (KIND == wae_fast::KIND_RBF) {
             wae_fast::rbf_eval<V, T>(rr, P, S, kv, wv, VExpNeg<V>());
           } else {  // polynomial: from the dot product (unshifted points), no row-sum term
@@ -330,6 +380,74 @@ static void tile_grad_cols(const Problem<T>& pb, int64_t i0, int64_t j0, const T
   }
 }
 
+// Small d (4 d <= L: most lanes of a vector over the coordinates would be padding): the same two
+// products vectorised over the tile's 64 columns j instead.  Row side: (W b)_ik is the dot
+// product of row i of W with row k of the per-tile transposed column operand Bt (both
+// j-contiguous); column side: (W^T a)_jk accumulates W[i, j..] * a_ik over the rows i.  W is 0
+// at padding rows and columns, and the padding points are 0, so no masks are needed.
+// (The row side pays one horizontal sum per row and coordinate per tile: by op count that costs
+// about what the saved lanes gain once 4 d > L, and the one d = 8 AVX-512 row measured with
+// 2 d <= L on the shared machine showed no clear gain.)
+template <class T>
+static inline bool small_d_grad(const Problem<T>& pb) {
+  return 4 * pb.d <= Vec<T>::L;
+}
+
+//! Sum of the lanes of v, as a tree (depth log2 L instead of a chain of L - 1 adds).
+template <class T, class V>
+static inline __attribute__((always_inline)) T hsum_tree(V v) {
+  constexpr int L = Vec<T>::L;
+  alignas(64) T t[L];
+  vstore(t, v);
+  for (int w = L / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) t[l] += t[l + w];
+  return t[0];
+}
+
+template <class T>
+static void tile_grad_rows_small(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                                 const T* __restrict RS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  constexpr int L = Vec<T>::L;
+  const int64_t dp = pb.dp, d = pb.d;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict Bt = pb.b.cols + (j0 / kTile) * dp * kTile;
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  for (int64_t i = 0; i < in; ++i) {
+    const T* wr = W + i * kTile;
+    for (int64_t k = 0; k < d; ++k) {
+      V acc = V{};
+      for (int jb = 0; jb < kTile; jb += L) acc += vload<V>(wr + jb) * vload<V>(Bt + k * kTile + jb);
+      const T wb = hsum_tree<T>(acc);
+      g[(i0 + i) * dp + k] += double(RS[i] * A[(i0 + i) * dp + k] - wb);
+    }
+  }
+}
+
+template <class T>
+static void tile_grad_cols_small(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                                 const T* __restrict CS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  constexpr int L = Vec<T>::L;
+  constexpr int NV = kTile / L;
+  const int64_t dp = pb.dp, d = pb.d;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict B = pb.b.rows;
+  const int64_t jn = std::min<int64_t>(kTile, pb.b.n - j0);
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  for (int64_t k = 0; k < d; ++k) {
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = V{};
+    for (int64_t i = 0; i < in; ++i) {
+      const T av = A[(i0 + i) * dp + k];
+      for (int v = 0; v < NV; ++v) acc[v] += av * vload<V>(W + i * kTile + v * L);
+    }
+    alignas(64) T wa[kTile];
+    for (int v = 0; v < NV; ++v) vstore(wa + v * L, acc[v]);
+    for (int64_t j = 0; j < jn; ++j) g[(j0 + j) * dp + k] += double(CS[j] * B[(j0 + j) * dp + k] - wa[j]);
+  }
+}
+
 // Runs stripe `s` of `nstripes`: row blocks I = s, s + nstripes, ...; returns the stripe's
 // kernel sum (off-diagonal tiles of a symmetric term doubled).  g_rows / g_cols (fp64, may be
 // null) receive the row-side / column-side gradient sums.
@@ -349,7 +467,10 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
       const bool diag = pb.symmetric && I == J;
       double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
-      if (GRAD) {
+      if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
+        if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
+      } else if (GRAD) {
         if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
       }
@@ -378,7 +499,10 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
       const bool diag = pb.symmetric && I == J;
       double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
-      if (GRAD) {
+      if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
+        if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
+      } else if (GRAD) {
         if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
       }
@@ -421,5 +545,7 @@ double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_r
 
 template double run_stripe<float>(const Problem<float>&, int64_t, int64_t, double*, double*);
 template double run_stripe<double>(const Problem<double>&, int64_t, int64_t, double*, double*);
+
+#endif  // WAE_CPU_DECL_ONLY
 
 }  // namespace WAE_CPU_NS

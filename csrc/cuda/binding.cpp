@@ -11,6 +11,7 @@
 // The emulated build (WAE_CUDA_EMU, extension wae_fast._C_cuda_emu, csrc/cuda_emu) compiles THIS
 // file with g++ against the emulator's runtime shim: the same host code registers
 // wae_fast::*_cuda_emu for the CPU dispatch key and drives the same launchers on CPU tensors.
+#include <algorithm>
 #include <torch/extension.h>
 
 #include <cmath>
@@ -132,6 +133,14 @@ int prec_code(c10::string_view precision) {
 
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+//! The kernel params as the tiles take them: RBF gammas ascending, so that ratios of 2 or 4 become
+//! squarings instead of exps (tile_math.h rbf_eval; the sum over scales is the same).
+std::vector<double> kernel_params(int64_t kind, at::ArrayRef<double> params) {
+  std::vector<double> P(params.begin(), params.end());
+  if (kind == 1) std::sort(P.begin(), P.end());
+  return P;
+}
+
 void check_mmd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& offset, int64_t kind,
                at::ArrayRef<double> params) {
   TORCH_CHECK(WAE_ON_DEVICE(x) && offset.device() == x.device() && y.device() == x.device(),
@@ -169,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_
   at::Tensor offset = term_shifts(offset_, ct);
   const int dt = dtype_code(x.scalar_type());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
-  std::vector<double> P(params.begin(), params.end());
+  const std::vector<double> P = kernel_params(kind, params);
   const int pc = prec_code(precision);
   const size_t wsb = wae_mmd_workspace_bytes(dt, n, m, d, 0);
   at::Tensor ws = workspace(wsb, x);
@@ -196,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> mmd_bwd_cuda(const at::Tensor& grad_terms, co
   TORCH_CHECK(gt.numel() == 3, WAE_MSG "grad_terms must have 3 elements");
   const int dt = dtype_code(x.scalar_type());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
-  std::vector<double> P(params.begin(), params.end());
+  const std::vector<double> P = kernel_params(kind, params);
   at::Tensor gx = grad_x ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor gy = grad_y ? at::empty_like(y) : at::empty({0}, y.options());
   if (!grad_x && !grad_y) return {gx, gy};
@@ -246,7 +255,7 @@ at::Tensor prior_fwd_cuda(const at::Tensor& x_, int64_t kind, at::ArrayRef<doubl
   const int dt = dtype_code(x.scalar_type());
   const int pc = prec_code(precision);
   const int64_t n = x.size(0), d = x.size(1), m = num_samples;
-  std::vector<double> P(params.begin(), params.end());
+  const std::vector<double> P = kernel_params(kind, params);
   auto offs = prior_offsets(x, m);
   const size_t wsb = wae_prior_workspace_bytes(dt, n, m, d, 0);
   at::Tensor ws = workspace(wsb, x);
@@ -270,7 +279,7 @@ at::Tensor prior_bwd_cuda(const at::Tensor& grad_terms, const at::Tensor& x_, in
   const int dt = dtype_code(x.scalar_type());
   const int pc = prec_code(precision);
   const int64_t n = x.size(0), d = x.size(1), m = num_samples;
-  std::vector<double> P(params.begin(), params.end());
+  const std::vector<double> P = kernel_params(kind, params);
   auto offs = prior_offsets(x, m);
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const size_t wsb = wae_prior_workspace_bytes(dt, n, m, d, 1);
@@ -297,7 +306,7 @@ at::Tensor kmm_fwd_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tens
   at::Tensor off = term_shifts(offset, ct).select(0, 2);  // K(x, y) is a cross term
   at::Tensor A = (x.to(ct) - off).contiguous(), B = (y.to(ct) - off).contiguous(), V = v.to(ct).contiguous();
   at::Tensor out = at::empty({x.size(0), v.size(1)}, A.options());
-  std::vector<double> P(params.begin(), params.end());
+  const std::vector<double> P = kernel_params(kind, params);
   check_rc(wae_kmm_fwd(dtype_code(ct), A.data_ptr(), B.data_ptr(), V.data_ptr(), A.size(0), B.size(0), A.size(1),
                        V.size(1), int(kind), P.data(), int(P.size()), out.data_ptr(), scope.stream()),
            "kernel_matmul forward launch");
@@ -314,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor> kmm_bwd_cuda(const at::Tensor& grad_out, cons
   at::Tensor off = term_shifts(offset, ct).select(0, 2);  // K(x, y) is a cross term
   at::Tensor A = (x.to(ct) - off).contiguous(), B = (y.to(ct) - off).contiguous(), V = v.to(ct).contiguous();
   at::Tensor G = grad_out.to(ct).contiguous();
-  std::vector<double> P(params.begin(), params.end());
+  const std::vector<double> P = kernel_params(kind, params);
   at::Tensor gx = at::empty({0}, x.options()), gy = at::empty({0}, y.options());
   if (grad_x) {
     at::Tensor o = at::empty_like(A);

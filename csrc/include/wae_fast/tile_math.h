@@ -175,16 +175,64 @@ WAE_HD void imq_eval(V r, const S* C, int nscales, V& k, V& w) {
   }
 }
 
+//! Multi-scale IMQ with one reciprocal per scale from a functor rcp(x) ~ 1/x, ADDED to k and w:
+//! t = rcp(r + C_s), k += C_s t, w -= (C_s t) t.  For instruction sets with a fast reciprocal
+//! estimate whose Newton step costs less than a division (the AVX-512 CPU tiles: vrcp14ps and
+//! one Newton step, ~1 ulp; measured against imq_eval in benchmarks/cpu_peak.cpp imq_forms).
+//! r = inf is mapped to the largest finite value as in imq_eval: rcp must give 0 (or a tiny
+//! value) for it, never inf * 0.
+template <class V, class S, class Rcp>
+WAE_HD void imq_eval_rcp(V r, const S* C, int nscales, V& k, V& w, Rcp rcp) {
+  const V rmax = V{} + Finite<S>::max;
+  const V rp = r > rmax ? rmax : r;
+  for (int s = 0; s < nscales; ++s) {
+    const V t = rcp(rp + C[s]);
+    const V kk = C[s] * t;
+    k += kk;
+    w -= kk * t;
+  }
+}
+
+//! Below this a value's square is not a normal number (2^-63 in fp32, 2^-511 in fp64).
+template <class T> struct SqrtMinNormal;
+template <> struct SqrtMinNormal<float> { static constexpr float value = 1.08420217248550443401e-19f; };
+template <> struct SqrtMinNormal<double> { static constexpr double value = 1.49166814624004134866e-154; };
+
+//! Squarings that give exp(-g r) from the previous scale's exp(-gprev r): 1 where g = 2 gprev,
+//! 2 where g = 4 gprev (exactly: a power-of-two ratio of the constants), else 0 (an exp).
+template <class S>
+WAE_HD int rbf_squarings(S gprev, S g) { return g == S(2) * gprev ? 1 : g == S(4) * gprev ? 2 : 0; }
+
 //! Multi-scale RBF given an exp functor: k += sum exp(-g r), w -= sum g exp(-g r) (unrolled
-//! without a break on the GPU, as imq_eval).
+//! without a break on the GPU, as imq_eval).  One exp per pair where the bandwidths allow: a
+//! scale whose gamma is 2x or 4x the previous one's is the previous value squared once or twice
+//! (exp(-4 g r) = exp(-g r)^4; the hosts sort the gammas ascending so that ratios show up; any
+//! order is correct).  The argument's rounding is the same as a direct exp's; the exp's own error
+//! is multiplied by the ratio (4 ulp of a ~1 ulp exp for a ratio of 4, 16 for two steps).
+//! r = inf gives 0 and NaN stays NaN, as a direct exp.  A value whose square would leave the
+//! normal range is flushed to 0 first (a direct exp of the CPU tiles flushes below ~FLT_MIN too):
+//! products that underflow to subnormals cost a microcode assist each on x86 (measured: the
+//! d = 16, 64 rows of bench_cpu_floor lost the squarings' gain without the flush).
 template <class V, class S, class Exp>
 WAE_HD void rbf_eval(V r, const S* G, int nscales, V& k, V& w, Exp expf_) {
+  const V zero = V{};
+  V e = zero;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int s = 0; s < kMaxScales; ++s) {
     if (s < nscales) {
-      V e = expf_(-(G[s] * r));
+      const int sq = s == 0 ? 0 : rbf_squarings(G[s - 1], G[s]);
+      if (sq == 0) {
+        e = expf_(-(G[s] * r));
+      } else {
+        e = e < SqrtMinNormal<S>::value ? zero : e;
+        e = e * e;
+        if (sq == 2) {
+          e = e < SqrtMinNormal<S>::value ? zero : e;
+          e = e * e;
+        }
+      }
       k += e;
       w -= G[s] * e;
     }
