@@ -37,10 +37,10 @@ Memory: the only tensors allocated are the (3,) terms, the per-program fp64 part
 (N, d) gradient: nothing of size M x d or N x M, by construction (no host code here allocates
 a tensor whose size depends on M other than the partial-sum buffer).
 
-Shifts (translation invariance, DESIGN.md 5b): each term uses its own shift: xx by mean(x)
-(forward and the backward's self loop), yy by 0 (the prior mean), xy and the backward's cross
-loop by N / (N + M) * mean(x) (the expected pooled mean); each term is invariant, so only
-rounding depends on that choice.
+Shifts (translation invariance, DESIGN.md 5b): each term uses its own shift: xx by median(x)
+(coordinate-wise; forward and the backward's self loop), yy by 0 (the prior mean), xy and the
+backward's cross loop by N / (N + M) * median(x); each term is invariant, so only rounding
+depends on that choice (a median: one outlier code cannot pull it off the others).
 
 The reference backend draws the same samples in torch (:mod:`wae_fast.philox`, to an ulp of the
 fp32 log/cos per draw; ``wae_fast.prior_samples`` materialises them on any device).  For
@@ -150,7 +150,7 @@ def _prior_bwd_kernel(
 ):
     """G[i] = c_self * sum_j W(a_i,a_j) (a_i - a_j) + c_cross * sum_j W(a_i,y_j) (a_i - y_j)
     with y_j generated (NB of them), for the columns [pid1 * DC, pid1 * DC + DC) of G; the self
-    term shifted by OFF (mean(x)), the cross term by OFFX."""
+    term shifted by OFF (median(x)), the cross term by OFFX."""
     sig = tl.load(SIG).to(CT)
     bwd_body(A, A, seed, sig, OFF, OFFX, P, COEF, G, NA, NB, D, KIND, NUM_SCALES, PRECISION, CT, BLOCK,
               DC, BK, True, EVEN_A, EVEN_B, EVEN_D, EVEN_K, True)
@@ -198,7 +198,7 @@ def _setup(x, kind, params, sigma2, precision):
 
 def _cross_offset(x, m, ct):
     n = x.shape[0]
-    return (x.detach().to(ct).mean(0) * (n / (n + m))).contiguous()
+    return (x.detach().to(ct).median(0).values * (n / (n + m))).contiguous()
 
 
 def prior_terms_fwd(x, kind, params, sigma2, unbiased, m, seed, precision="ieee"):
@@ -207,7 +207,7 @@ def prior_terms_fwd(x, kind, params, sigma2, unbiased, m, seed, precision="ieee"
     x = x.detach().contiguous()
     ct, p, sig, prec, tct = _setup(x, kind, params, sigma2, precision)
     bucket = _mmd.size_bucket(max(n, m))
-    off_xx = x.to(ct).mean(0).contiguous()
+    off_xx = x.to(ct).median(0).values.contiguous()  # a median: one outlier code cannot move it
     off_yy = torch.zeros(d, dtype=ct, device=x.device)
     off_xy = _cross_offset(x, m, ct)
     ub = bool(unbiased)
@@ -225,7 +225,7 @@ def prior_terms_bwd(grad_terms, x, kind, params, sigma2, unbiased, m, seed, prec
     x = x.detach().contiguous()
     ct, p, sig, prec, tct = _setup(x, kind, params, sigma2, precision)
     bucket = _mmd.size_bucket(max(n, m))
-    off_xx = x.to(ct).mean(0).contiguous()
+    off_xx = x.to(ct).median(0).values.contiguous()  # a median: one outlier code cannot move it
     off = _cross_offset(x, m, ct)
     gt = grad_terms.to(device=x.device, dtype=torch.float64)
     nxx = pair_count(n, unbiased)

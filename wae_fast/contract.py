@@ -69,8 +69,9 @@ MMD to the prior N(0, sigma2 I_d) with the prior samples generated inside the ke
 * ``terms`` as for mmd_fwd (float64 (3,)); gradients flow to x only (the samples are not inputs);
   ``prior_bwd_B`` returns d/dx sum_t grad_terms[t] terms[t] in x's dtype, recomputing the tiles.
 * shifts are internal (each term is translation invariant): xx (and the backward's self part) by
-  mean(x), yy by 0, xy and the backward's cross part by N / (N + M) * mean(x) (the pooled mean's
-  expectation).
+  the coordinate-wise median(x), yy by 0, xy and the backward's cross part by
+  N / (N + M) * median(x) (the pooled centre's expectation); medians, as for mmd, so that one
+  outlier code does not pull the shift off the other codes.
 
 Kernel-matrix products ``out = K(x, y) @ v`` without forming K (``kernel_matmul``)::
 

@@ -202,8 +202,8 @@ def _prior_setup(x, m, sigma2, seed):
         raise ValueError(f"num_samples must be >= 1, got {m}")
     ct = compute_dtype(x.dtype)
     xs = x.detach().to(ct)
-    mean = xs.mean(0)
-    return xs, mean, mean * (x.shape[0] / (x.shape[0] + m))  # shifts: xx, then xy (contract)
+    med = xs.median(0).values  # a median: one outlier code cannot pull the shift off the cluster
+    return xs, med, med * (x.shape[0] / (x.shape[0] + m))  # shifts: xx, then xy (contract)
 
 
 def _prior_fwd(x, kind, params, sigma2, unbiased, num_samples, seed, precision):

@@ -440,7 +440,7 @@ std::tuple<at::Tensor, at::Tensor> mmd_bwd_cpp(const at::Tensor& grad_terms, con
 // The samples are generated in chunks of kPriorChunk rows, shifted and padded like any operand,
 // used and dropped: the yy term visits chunk pairs (a <= b, the chunk b regenerated for every a),
 // the xy term streams the chunks past x.  Nothing of size M * d is allocated.
-// Shifts: xx by mean(x), yy by 0, xy by n / (n + m) * mean(x) (as kernels/prior.py).
+// Shifts: xx by median(x), yy by 0, xy by n / (n + m) * median(x) (as kernels/prior.py).
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kPriorChunk = 4096;  // rows of generated samples live at a time (a multiple of kTile)
 
@@ -495,7 +495,7 @@ PriorSums prior_sums(const at::Tensor& x, const PriorArgs& a, bool want_grad) {
   const Isa isa = cpu_isa();
   const int64_t dp = padded_dim<T>(d, isa);
   const T sig = T(std::sqrt(a.sigma2));
-  at::Tensor xm = x.to(st).mean(0);
+  at::Tensor xm = std::get<0>(x.to(st).median(0));  // the contract's prior shift: median(x)
   PriorSums r;
   std::array<double, 3>& s = r.s;
   double* g_xx = nullptr;

@@ -239,10 +239,10 @@ void check_prior(const at::Tensor& x, int64_t kind, at::ArrayRef<double> params,
               x.size(0));
 }
 
-//! (mean(x), n / (n + m) * mean(x)) in the compute dtype (the shifts of kernels/prior.py).
+//! (median(x), n / (n + m) * median(x)) in the compute dtype (the shifts of kernels/prior.py).
 std::pair<at::Tensor, at::Tensor> prior_offsets(const at::Tensor& x, int64_t m) {
   const int64_t n = x.size(0);
-  at::Tensor xm = x.to(compute_type(x.scalar_type())).mean(0).contiguous();
+  at::Tensor xm = std::get<0>(x.to(compute_type(x.scalar_type())).median(0)).contiguous();
   at::Tensor xy = (xm * (double(n) / double(n + m))).contiguous();
   return {xm, xy};
 }

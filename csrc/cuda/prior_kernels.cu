@@ -6,11 +6,11 @@
 // tile_math.h; T = fp32, or fp64 for fp64 codes: the fp32 draw cast to fp64, then the fp64
 // product).  The samples are regenerated wherever a tile needs them (GenSrc policy), never
 // stored; their squared norms are computed in the tile routine from the staged chunks.
-//  * xx term: the self term of mmd_kernels.cu on x shifted by mean(x) (wae_detail_fwd_self);
+//  * xx term: the self term of mmd_kernels.cu on x shifted by median(x) (wae_detail_fwd_self);
 //  * yy term: mmd_fwd_tiles<GenSrc, GenSrc>, symmetric (J >= I tiles), shift 0;
-//  * xy term: mmd_fwd_tiles<LoadSrc, GenSrc>, x and y shifted by n / (n + m) * mean(x);
-//  * backward: mmd_grad_rows<GenSrc>: self (x vs x, x shifted by mean(x)) + cross (x vs
-//    generated y, both shifted by n / (n + m) * mean(x)) in one launch.
+//  * xy term: mmd_fwd_tiles<LoadSrc, GenSrc>, x and y shifted by n / (n + m) * median(x);
+//  * backward: mmd_grad_rows<GenSrc>: self (x vs x, x shifted by median(x)) + cross (x vs
+//    generated y, both shifted by n / (n + m) * median(x)) in one launch.
 // Workspace: the shifted x (n * d, compute dtype), ceil(max(n, m) / 64) * splits fp64 partials,
 // and for small n only the split buffers of the backward; nothing of size m * d or n * m.
 #include <cmath>
@@ -47,7 +47,7 @@ int prior_fwd_impl(const void* x, const void* off_xx, const void* off_xy, int64_
   const int pr = effective_prec(kF64, prec, d);
   const T sig = T(std::sqrt(sigma2));
   const double nxx = wae_fast::pair_count_self(n, unbiased), nyy = wae_fast::pair_count_self(m, unbiased);
-  // xx: x - mean(x)
+  // xx: x - median(x)
   cudaError_t e = shift_into<TI, T>(x, off_xx, n, d, xs, st);
   if (e != cudaSuccess) return int(e);
   int rc = wae_detail_fwd_self(ct, xs, n, d, kind, pr, params, nparams, unbiased, part, 1.0 / nxx, terms + 0, st);
@@ -56,7 +56,7 @@ int prior_fwd_impl(const void* x, const void* off_xx, const void* off_xy, int64_
   const GenSrc<T> gy{nullptr, (unsigned long long)seed, sig};
   e = launch_fwd_term<T>(gy, gy, m, m, d, kind, pr, P, 1, unbiased, part, 1.0 / nyy, terms + 1, st);
   if (e != cudaSuccess) return int(e);
-  // xy: x and y shifted by n / (n + m) * mean(x) (xs is rewritten after the xx term, stream order)
+  // xy: x and y shifted by n / (n + m) * median(x) (xs is rewritten after the xx term, stream order)
   e = shift_into<TI, T>(x, off_xy, n, d, xs, st);
   if (e != cudaSuccess) return int(e);
   const LoadSrc<T> sx{xs};

@@ -87,12 +87,12 @@ _F64 = torch.float64
 
 
 def _check_range(x: torch.Tensor, m: Optional[int]) -> None:
-    """check_finite's range check for the shifts the backends use: xx by mean(x), and (sampled,
-    m prior samples) xy by n/(n+m) mean(x), as in the contract."""
-    xm = x.detach().to(compute_dtype(x.dtype)).mean(0)
-    check_rows_in_range("x", x, xm, "mean(x)")
+    """check_finite's range check for the shifts the backends use: xx by median(x), and (sampled,
+    m prior samples) xy by n/(n+m) median(x), as in the contract."""
+    xm = x.detach().to(compute_dtype(x.dtype)).median(0).values
+    check_rows_in_range("x", x, xm, "median(x)")
     if m is not None:
-        check_rows_in_range("x", x, xm * (x.shape[0] / (x.shape[0] + m)), "n/(n+m) mean(x)")
+        check_rows_in_range("x", x, xm * (x.shape[0] / (x.shape[0] + m)), "n/(n+m) median(x)")
 
 
 def mmd_to_prior_terms(x: torch.Tensor, kernel: Union[KernelSpec, str, None] = _DEFAULT_KERNEL,

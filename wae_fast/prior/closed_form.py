@@ -118,10 +118,11 @@ def gauss_expectations(s: torch.Tensor, kind: int, params, sigma2: float, d: int
 
 
 def xx_term(x, kind, params, unbiased, block, need_grad):
-    """(sum over xx pairs float64, d sum / dx float64 or None): shifted by the mean of x."""
+    """(sum over xx pairs float64, d sum / dx float64 or None): shifted by the coordinate-wise
+    median of x (one outlier code cannot pull it off the cluster, as it pulls a mean)."""
     ct = compute_dtype(x.dtype)
     xs = x.detach().to(ct)
-    xs = xs - xs.mean(0)
+    xs = xs - xs.median(0).values
     g = torch.zeros(xs.shape, dtype=_F64, device=x.device) if need_grad else None
     s, _ = self_sum(xs, kind, params, unbiased, block, g_acc=g)
     return s, (4.0 * g if need_grad else None)
