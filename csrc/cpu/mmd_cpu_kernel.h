@@ -448,7 +448,7 @@ static void tile_grad_cols_small(const Problem<T>& pb, int64_t i0, int64_t j0, c
   }
 }
 
-// Middle d (fp32, 4 d > L >= 2 d: d = 5..8 with 16 lanes, 3..4 with 8): a vector over the
+// Middle d (fp32, 4 d > L >= 2 d: d = 5..8 with 16 lanes, 3..4 with 8 on AVX2): a vector over the
 // coordinates would be half padding, and the small-d path's horizontal sums cost about what the
 // saved lanes gain.  Instead each vector holds TWO points' coordinates, interleaved (lane 2k + e:
 // coordinate k of point e), and W is read two adjacent entries at a time (one 64-bit broadcast):
@@ -456,9 +456,16 @@ static void tile_grad_cols_small(const Problem<T>& pb, int64_t i0, int64_t j0, c
 // interleaved points are columns 2q, 2q + 1 (both partial sums of row i; one swap + add at the
 // end); column side: they are the output columns 2q, 2q + 1 against row i's coordinates
 // duplicated.  W is 0 at padding rows and columns and the padding points are 0.
+// Only where the vectors are native (WAE_CPU_PAIR_GRAD: tiles_avx2.cpp, tiles_avx512.cpp): the
+// baseline's 32-byte vectors are SSE pairs, whose two-source shuffles made it ~20% slower at d = 4.
 template <class T>
 static inline bool pair_d_grad(const Problem<T>& pb) {
+#ifdef WAE_CPU_PAIR_GRAD
   return std::is_same<T, float>::value && 2 * pb.d <= Vec<T>::L && !small_d_grad(pb);
+#else
+  (void)pb;
+  return false;
+#endif
 }
 
 //! (W[p], W[p + 1]) repeated over the vector: one 64-bit broadcast (integer lanes: the bits are
