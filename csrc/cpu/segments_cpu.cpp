@@ -235,30 +235,40 @@ Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const
     for (int64_t s = s0; s < s1; ++s) {
       const T* sh = SH + sh_row[s] * d;
       int64_t p = pk.row0(s);
-      {  // the set's tiles, cleared here (cache-hot for the writes below): padding stays 0
-        const int64_t r1p = (pk.tile0[s] + pk.blocks(s)) * kTile;
-        std::fill(pk.rows.data() + p * dp, pk.rows.data() + r1p * dp, T(0));
-        std::fill(pk.cols.data() + p * dp, pk.cols.data() + r1p * dp, T(0));
-        std::fill(pk.nrm.data() + p, pk.nrm.data() + r1p, T(0));
-        std::fill(pk.w.data() + p, pk.w.data() + r1p, T(0));
-        std::fill(pk.src.data() + p, pk.src.data() + r1p, int64_t(-1));
+      {  // the padding of the set's tiles (every other element is written below)
+        const int64_t r1v = p + pk.n[s], r1p = (pk.tile0[s] + pk.blocks(s)) * kTile;
+        std::fill(pk.rows.data() + r1v * dp, pk.rows.data() + r1p * dp, T(0));
+        std::fill(pk.nrm.data() + r1v, pk.nrm.data() + r1p, T(0));
+        std::fill(pk.w.data() + r1v, pk.w.data() + r1p, T(0));
+        std::fill(pk.src.data() + r1v, pk.src.data() + r1p, int64_t(-1));
       }
       for (int64_t i = r0[s]; i < r1[s]; ++i) {
         const bool zero = W != nullptr && W[i] == T(0);
         if (!(keep == Keep::kAll || (keep == Keep::kZero) == zero)) continue;
         T* row = pk.rows.data() + p * dp;
-        double nr = 0;
-        for (int64_t k = 0; k < d; ++k) {
-          row[k] = P[i * d + k] - sh[k];
-          nr += double(row[k]) * double(row[k]);
-        }
+        for (int64_t k = 0; k < d; ++k) row[k] = P[i * d + k] - sh[k];
+        for (int64_t k = d; k < dp; ++k) row[k] = T(0);
+        // squared norm in fp64 with 8 partial sums (one chain of d dependent adds cost as much
+        // as the tiles at d = 64, N = 64)
+        double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k = 0;
+        for (; k + 8 <= d; k += 8)
+          for (int u = 0; u < 8; ++u) part[u] += double(row[k + u]) * double(row[k + u]);
+        for (; k < d; ++k) part[k & 7] += double(row[k]) * double(row[k]);
+        const double nr = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
         pk.nrm[p] = nr <= lim ? T(nr) : std::numeric_limits<T>::quiet_NaN();
         pk.w[p] = (W == nullptr || keep == Keep::kZero) ? T(1) : W[i];
         pk.src[p] = i;
-        T* ct = pk.cols.data() + (p / kTile) * dp * kTile + (p % kTile);
-        for (int64_t k = 0; k < d; ++k) ct[k * kTile] = row[k];
         ++p;
+      }
+      // per-tile transpose (mmd_cpu_kernel.h Operand::cols): contiguous writes along a tile's columns
+      for (int64_t t = pk.tile0[s]; t < pk.tile0[s] + pk.blocks(s); ++t) {
+        const T* rt = pk.rows.data() + t * kTile * dp;
+        T* ctile = pk.cols.data() + t * dp * kTile;
+        for (int64_t k = 0; k < d; ++k)
+          for (int64_t c = 0; c < kTile; ++c) ctile[k * kTile + c] = rt[c * dp + k];
+        std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
       }
     }
   });
