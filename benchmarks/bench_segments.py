@@ -25,6 +25,7 @@ dense formula over one call (>= 3x) and the loop over one call.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -64,15 +65,25 @@ _CLOCK = time.perf_counter
 
 
 def _run(methods, reps, grad):
-    """Interleaved: each rep runs every method once; median seconds per method."""
+    """Interleaved: each rep runs every method once; median seconds per method.  Python's
+    garbage collector is off while timing (as in timeit) and run before each call: the loop and
+    dense methods create many objects, and a collection landing inside another method's call
+    was measured adding 10-20 ms to a 8 ms call."""
     for f in methods.values():
         f(grad)  # warm-up
     times = {k: [] for k in methods}
-    for _ in range(reps):
-        for k, f in methods.items():
-            t0 = _CLOCK()
-            f(grad)
-            times[k].append(_CLOCK() - t0)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            for k, f in methods.items():
+                gc.collect()
+                t0 = _CLOCK()
+                f(grad)
+                times[k].append(_CLOCK() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return {k: statistics.median(v) for k, v in times.items()}
 
 
