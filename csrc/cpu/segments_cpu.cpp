@@ -113,13 +113,13 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw
 
 // Grow-only scratch buffers reused by the later calls of the same thread: fresh pages (faults,
 // the kernel's zeroing, then ours) cost more than the tiles of sets of 64 points at small d
-// (measured: 17 ms of 25 ms for 1024 sets of 64 points at d = 8).  Buffers over kKeepBytes, and
-// those beyond kKeepBuffers per element type, are freed when released.  Not cleared: every user
-// writes what it reads (zero=true clears).
+// (measured: 17 ms of 25 ms for 1024 sets of 64 points at d = 8).  A thread keeps at most
+// kKeepBuffers buffers of kKeepBytes in all per element type; the others are freed when
+// released.  Not cleared: every user writes what it reads (zero=true clears).
 template <class E>
 class Scratch {
  public:
-  static constexpr size_t kKeepBytes = size_t(256) << 20;
+  static constexpr size_t kKeepBytes = size_t(128) << 20;
   static constexpr size_t kKeepBuffers = 24;
   Scratch() = default;
   Scratch(const Scratch&) = delete;
@@ -150,6 +150,7 @@ class Scratch {
     if (best < pool.size()) {
       v_ = std::move(pool[best]);
       pool.erase(pool.begin() + best);
+      kept_bytes() -= v_.size() * sizeof(E);
     }
     if (v_.size() < n) {
       v_.clear();
@@ -172,9 +173,16 @@ class Scratch {
     static thread_local std::vector<std::vector<E>> pool;
     return pool;
   }
+  static size_t& kept_bytes() {
+    static thread_local size_t bytes = 0;
+    return bytes;
+  }
   void release() {
-    if (!v_.empty() && v_.size() * sizeof(E) <= kKeepBytes && free_list().size() < kKeepBuffers)
+    const size_t b = v_.size() * sizeof(E);
+    if (b > 0 && kept_bytes() + b <= kKeepBytes && free_list().size() < kKeepBuffers) {
+      kept_bytes() += b;
       free_list().push_back(std::move(v_));
+    }
     v_ = std::vector<E>();
     n_ = 0;
   }
