@@ -2,7 +2,7 @@
 single ``mmd`` calls and the dense batched formula in plain PyTorch (``torch.cdist`` on (B, N, d)).
 
     python -m benchmarks.bench_segments [--device cpu|cuda] [--backend auto] [--reps 5] [--tiny]
-                                        [--threads T] [--clock wall|cpu]
+                                        [--quick] [--threads T] [--clock wall|cpu]
 
 Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
 
@@ -18,10 +18,14 @@ methods of a row interleaved in one process (the load of a shared machine moves 
 N_b M_b), the same count for every method and the single call.  Output: a markdown table on stdout.
 ``--clock cpu`` times the process CPU time (``time.process_time``) instead of the wall clock: with
 ``--threads 1`` on a shared, overloaded machine it is the steadier measure of the work done.
+``--quick``: the same rows with 3 reps (about a minute on one CPU thread of a quiet machine).  After the table, a summary per d and pass: cost per pair
+against the single call (target <= 1.25x on the CPU), weighted over unweighted (<= 1.2x), the
+dense formula over one call (>= 3x) and the loop over one call.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -61,15 +65,25 @@ _CLOCK = time.perf_counter
 
 
 def _run(methods, reps, grad):
-    """Interleaved: each rep runs every method once; median seconds per method."""
+    """Interleaved: each rep runs every method once; median seconds per method.  Python's
+    garbage collector is off while timing (as in timeit) and run before each call: the loop and
+    dense methods create many objects, and a collection landing inside another method's call
+    was measured adding 10-20 ms to a 8 ms call."""
     for f in methods.values():
         f(grad)  # warm-up
     times = {k: [] for k in methods}
-    for _ in range(reps):
-        for k, f in methods.items():
-            t0 = _CLOCK()
-            f(grad)
-            times[k].append(_CLOCK() - t0)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            for k, f in methods.items():
+                gc.collect()
+                t0 = _CLOCK()
+                f(grad)
+                times[k].append(_CLOCK() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -90,7 +104,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tiny", action="store_true", help="small shapes (a smoke run)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--quick", action="store_true", help="3 reps (unless --reps is given): under 3 minutes")
     a = ap.parse_args(argv)
+    if a.quick and "--reps" not in (argv if argv is not None else __import__("sys").argv[1:]):
+        a.reps = 3
     global _CLOCK
     _CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
     if a.threads:
@@ -105,6 +122,7 @@ def main(argv=None) -> None:
           f"threads {torch.get_num_threads()}, reps {a.reps}, clock {a.clock}\n")
     print("| row | d | pass | method | median s | ns/pair | vs loop |")
     print("|---|---|---|---|---|---|---|")
+    per_pair = {}  # (row, d, pass, method) -> ns/pair
     for d in (8, 64):
         # equal-size sets
         x = torch.randn(B, N, d, generator=g).to(dev).requires_grad_(True)
@@ -123,6 +141,7 @@ def main(argv=None) -> None:
         for grad in (False, True):
             res = _run(methods, a.reps, grad)
             for k, s in res.items():
+                per_pair[("batched", d, grad, k)] = s / pairs * 1e9
                 print(f"| batched B={B} N=M={N} | {d} | {'fwd+bwd' if grad else 'fwd'} | {k} | {s:.4g} | "
                       f"{s / pairs * 1e9:.3g} | {res['loop'] / s:.2f}x |")
         # ragged sets
@@ -145,6 +164,7 @@ def main(argv=None) -> None:
         for grad in (False, True):
             res = _run(methods, a.reps, grad)
             for k, s in res.items():
+                per_pair[("ragged", d, grad, k)] = s / pairs * 1e9
                 print(f"| ragged B={rb} N,M in [{lo},{hi}] | {d} | {'fwd+bwd' if grad else 'fwd'} | {k} | {s:.4g} | "
                       f"{s / pairs * 1e9:.3g} | {res['loop'] / s:.2f}x |")
         # one large call: the per-pair cost to compare with
@@ -153,8 +173,29 @@ def main(argv=None) -> None:
         pairs = 3 * single * single
         for grad in (False, True):
             res = _run({"mmd": lambda gr: _call(lambda: wae_fast.mmd(xs, ys, backend=be), xs, gr)}, a.reps, grad)
+            per_pair[("single", d, grad, "mmd")] = res["mmd"] / pairs * 1e9
             print(f"| single N=M={single} | {d} | {'fwd+bwd' if grad else 'fwd'} | mmd | {res['mmd']:.4g} | "
                   f"{res['mmd'] / pairs * 1e9:.3g} | |")
+    _summary(per_pair, B, N, rb, lo, hi, single)
+
+
+def _summary(pp, B, N, rb, lo, hi, single) -> None:
+    """Ratios of the per-pair costs of one run (the issue's targets)."""
+    print("\n| rows | d | pass | per pair vs single | weighted / unweighted | dense / one call | loop / one call |")
+    print("|---|---|---|---|---|---|---|")
+    for row, label in (("batched", f"B={B} N=M={N}"), ("ragged", f"B={rb} N,M in [{lo},{hi}]")):
+        for d in (8, 64):
+            for grad in (False, True):
+                one = pp.get((row, d, grad, "wae_fast"))
+                if one is None:
+                    continue
+                ref = pp.get(("single", d, grad, "mmd"))
+                w = pp.get((row, d, grad, "wae_fast_w"))
+                dense = pp.get((row, d, grad, "dense"))
+                loop = pp.get((row, d, grad, "loop"))
+                cell = (lambda v: f"{v / one:.2f}x" if v is not None else "-")
+                print(f"| {label} ({row}) vs single N=M={single} | {d} | {'fwd+bwd' if grad else 'fwd'} | "
+                      f"{one / ref:.2f}x | {cell(w)} | {cell(dense)} | {cell(loop)} |")
 
 
 if __name__ == "__main__":

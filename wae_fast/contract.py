@@ -627,6 +627,10 @@ def segment_shifts(kind: int, y: torch.Tensor, y_offsets: list[int], y_weights: 
         keep = (y_weights.detach() != 0)
         yd = torch.where(keep[:, None], yd, torch.zeros((), dtype=ct, device=y.device))
         ones = keep.to(ct)
+        if len(set(counts)) == 1:  # equal sets: views, no index_add (0.4 ms of a 3 ms call at B=256)
+            b, m = len(counts), counts[0]
+            mean = yd.view(b, m, d).sum(1) / ones.view(b, m).sum(1).clamp(min=1)[:, None]
+            return (mean.expand(num_sets, d) if b == 1 else mean).contiguous()
     else:
         ones = torch.ones((y.shape[0],), dtype=ct, device=y.device)
     seg = torch.repeat_interleave(torch.arange(len(counts), device=y.device),

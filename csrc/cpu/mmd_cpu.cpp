@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "wae_fast/tile_math.h"
+#include "tile_dispatch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <cpuid.h>
@@ -646,6 +647,21 @@ at::Tensor reparam_bwd_cpp(const at::Tensor& grad_z, const at::Tensor& logvar, i
 }
 
 }  // namespace
+
+// The tile engine for the other translation units of this backend (tile_dispatch.h).
+namespace wae_cpu_tiles {
+int current_isa() { return int(cpu_isa()); }
+int64_t isa_vector_bytes(int isa) { return isa_vbytes(Isa(isa)); }
+template <class T>
+double run_block(const wae_cpu_generic::Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri,
+                 double* g_rows, double* g_cols, int isa) {
+  return run_block_dispatch<T>(pb, I0, I1, J0, J1, tri, g_rows, g_cols, Isa(isa));
+}
+template double run_block<float>(const wae_cpu_generic::Problem<float>&, int64_t, int64_t, int64_t, int64_t, bool,
+                                 double*, double*, int);
+template double run_block<double>(const wae_cpu_generic::Problem<double>&, int64_t, int64_t, int64_t, int64_t, bool,
+                                  double*, double*, int);
+}  // namespace wae_cpu_tiles
 
 TORCH_LIBRARY_IMPL(wae_fast, CPU, m) {
   m.impl("mmd_fwd_cpp", &mmd_fwd_cpp);

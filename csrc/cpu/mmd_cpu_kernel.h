@@ -83,6 +83,16 @@ struct Problem {
   T P[kMaxScales];
   bool symmetric;
   bool unbiased;
+  // Optional weights (the mmd_segments family, segments_cpu.cpp): with wa (row weights, n_pad of
+  // a) and wb (column weights, n_pad of b, 0 on padding) every pair counts w_i v_j k_ij and its
+  // gradient weight is w_i v_j W_ij; null: the unweighted tiles (the code compiled before them).
+  // ks_rows / ks_cols (fp64, rows of a / of b, may be null; weighted only) receive the per-row
+  // sums sum_j v_j k_ij and per-column sums sum_i w_i k_ij (the weights' gradients), written by
+  // the task that owns those rows as g_rows / g_cols.
+  const T* wa = nullptr;
+  const T* wb = nullptr;
+  double* ks_rows = nullptr;
+  double* ks_cols = nullptr;
 };
 
 template <class T>
@@ -172,9 +182,12 @@ struct VRcp14 {
 
 // One kTile x kTile tile: returns the kernel sum over valid pairs (in fp64, from a compute-type
 // vector accumulator); with GRAD, stores W (kTile x kTile), row sums RS and column sums CS.
-template <class T, int KIND, bool GRAD>
+// WT (weighted, pb.wa / pb.wb): pairs count w_i v_j k_ij, W holds w_i v_j W_ij, and with
+// KR != nullptr, KR / KC receive the tile's sum_j v_j k_ij per row and sum_i w_i k_ij per column.
+template <class T, int KIND, bool GRAD, bool WT = false>
 static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool diag, T* __restrict W,
-                           T* __restrict RS, T* __restrict CS) {
+                           T* __restrict RS, T* __restrict CS, T* __restrict KR = nullptr,
+                           T* __restrict KC = nullptr) {
   typedef typename Vec<T>::V V;
   typedef typename Vec<T>::I I;
   constexpr int L = Vec<T>::L;
@@ -195,6 +208,9 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   V ksum = zero;
   if (GRAD)
     for (int j = 0; j < kTile; ++j) CS[j] = T(0);
+  const bool want_ks = WT && KR != nullptr;
+  if (want_ks)
+    for (int j = 0; j < kTile; ++j) KR[j] = KC[j] = T(0);
   for (int ib = 0; ib < kTile; ib += 4) {
     const int64_t ibase = i0 + ib;
     if (ibase >= pb.a.n) {  // whole group of rows is padding
@@ -207,6 +223,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
       break;
     }
     V rs[4] = {zero, zero, zero, zero};
+    V rk[4] = {zero, zero, zero, zero};  // WT: per-row sum_j v_j k_ij
     for (int jb = 0; jb < kTile; jb += 2 * L) {
       V acc[4][2];
       for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
@@ -221,10 +238,12 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         }
       }
       V csacc[2] = {zero, zero};  // column sums of these 4 rows (one RMW of CS per vector)
+      V ckacc[2] = {zero, zero};  // WT: column sums of w_i k_ij
       for (int r = 0; r < 4; ++r) {
         const int64_t i = ibase + r;
         const I rowvalid = izero + (i < pb.a.n ? -1 : 0);
         const T nai = na[i];
+        const T wi = WT ? pb.wa[i] : T(1);
         for (int h = 0; h < 2; ++h) {
           const int64_t jbase = j0 + jb + h * L;
           V nbv = vload<V>(nb + jbase);
@@ -251,11 +270,24 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
             wae_fast::poly_eval<V, T>(acc[r][h], P, kv, wv);
           }
           I kmask = pb.unbiased ? (valid & ~dmask) : valid;
-          ksum += kmask ? kv : zero;
+          V vw = zero;
+          if (WT) {
+            vw = vload<V>(pb.wb + jbase);
+            const V km = kmask ? kv : zero;
+            const V kmv = km * vw;
+            ksum += wi * kmv;
+            if (want_ks) {
+              rk[r] += kmv;
+              ckacc[h] += wi * km;
+            }
+          } else {
+            ksum += kmask ? kv : zero;
+          }
           if (GRAD) {
             // r-kernels: W_ii multiplies a_i - a_i = 0; the polynomial's k(a_i, a_i) counts
             // unless the estimator excludes it
             wv = (KIND == wae_fast::KIND_POLY ? kmask : (valid & ~dmask)) ? wv : zero;
+            if (WT) wv = wv * (vw * wi);
             vstore(W + (ib + r) * kTile + jb + h * L, wv);
             if (KIND != wae_fast::KIND_POLY) {
               rs[r] += wv;
@@ -268,12 +300,22 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         vstore(CS + jb, vload<V>(CS + jb) + csacc[0]);
         vstore(CS + jb + L, vload<V>(CS + jb + L) + csacc[1]);
       }
+      if (want_ks) {
+        vstore(KC + jb, vload<V>(KC + jb) + ckacc[0]);
+        vstore(KC + jb + L, vload<V>(KC + jb + L) + ckacc[1]);
+      }
     }
     if (GRAD)
       for (int r = 0; r < 4; ++r) {
         T s = T(0);
         for (int l = 0; l < L; ++l) s += rs[r][l];
         RS[ib + r] = s;
+      }
+    if (want_ks)
+      for (int r = 0; r < 4; ++r) {
+        T s = T(0);
+        for (int l = 0; l < L; ++l) s += rk[r][l];
+        KR[ib + r] = s;
       }
   }
   return hsum<T>(ksum);
@@ -604,12 +646,17 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
 // kernel sum (off-diagonal tiles of a symmetric term doubled).  Row-side gradient sums go to
 // g_rows (rows of block I), column-side sums to g_cols (rows of block J; skipped on diagonal
 // tiles).  The caller guarantees that no other concurrent task writes the same gradient rows.
-template <class T, int KIND, bool GRAD>
+// WT: weighted pairs (Problem::wa / wb); pb.ks_rows / ks_cols receive the per-row / per-column
+// kernel sums alongside g_rows / g_cols (ks_cols skipped on diagonal tiles, as g_cols).
+template <class T, int KIND, bool GRAD, bool WT = false>
 static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri,
                           double* g_rows, double* g_cols) {
   alignas(64) T W[kTile * kTile];
   alignas(64) T RS[kTile];
   alignas(64) T CS[kTile];
+  alignas(64) T KR[kTile];
+  alignas(64) T KC[kTile];
+  const bool want_ks = WT && (pb.ks_rows != nullptr || pb.ks_cols != nullptr);
   double total = 0.0;
   for (int64_t I = I0; I < I1; ++I) {
     const int64_t i0 = I * kTile;
@@ -617,8 +664,16 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
     for (int64_t J = tri ? std::max(I, J0) : J0; J < J1; ++J) {
       const int64_t j0 = J * kTile;
       const bool diag = pb.symmetric && I == J;
-      double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
+      double ks = tile_forward<T, KIND, GRAD, WT>(pb, i0, j0, diag, W, RS, CS, want_ks ? KR : nullptr,
+                                                  want_ks ? KC : nullptr);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
+      if (want_ks) {
+        const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0), jn = std::min<int64_t>(kTile, pb.b.n - j0);
+        if (pb.ks_rows != nullptr)
+          for (int64_t r = 0; r < in; ++r) pb.ks_rows[i0 + r] += double(KR[r]);
+        if (pb.ks_cols != nullptr && !diag)
+          for (int64_t c = 0; c < jn; ++c) pb.ks_cols[j0 + c] += double(KC[c]);
+      }
       if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
         if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
@@ -635,10 +690,23 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
   return total;
 }
 
+template <class T, bool GRAD, bool WT>
+static double run_block_w(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri,
+                          double* g_rows, double* g_cols) {
+  if (pb.kind == wae_fast::KIND_IMQ)
+    return run_block_k<T, wae_fast::KIND_IMQ, GRAD, WT>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
+  if (pb.kind == wae_fast::KIND_POLY)
+    return run_block_k<T, wae_fast::KIND_POLY, GRAD, WT>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
+  return run_block_k<T, wae_fast::KIND_RBF, GRAD, WT>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
+}
+
 template <class T>
 double run_block(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t J0, int64_t J1, bool tri, double* g_rows,
                  double* g_cols) {
   const bool grad = g_rows != nullptr || g_cols != nullptr;
+  if (pb.wa != nullptr)  // weighted (mmd_segments): its own instantiation, the unweighted one unchanged
+    return grad ? run_block_w<T, true, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols)
+                : run_block_w<T, false, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
   if (pb.kind == wae_fast::KIND_IMQ)
     return grad ? run_block_k<T, wae_fast::KIND_IMQ, true>(pb, I0, I1, J0, J1, tri, g_rows, g_cols)
                 : run_block_k<T, wae_fast::KIND_IMQ, false>(pb, I0, I1, J0, J1, tri, g_rows, g_cols);
@@ -653,6 +721,7 @@ template double run_block<float>(const Problem<float>&, int64_t, int64_t, int64_
 template double run_block<double>(const Problem<double>&, int64_t, int64_t, int64_t, int64_t, bool, double*,
                                   double*);
 
+// Unweighted only (Problem::wa / wb are read by run_block alone).
 template <class T>
 double run_stripe(const Problem<T>& pb, int64_t s, int64_t nstripes, double* g_rows, double* g_cols) {
   const bool grad = g_rows != nullptr || g_cols != nullptr;

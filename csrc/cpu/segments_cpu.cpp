@@ -1,124 +1,59 @@
 // CPU backend ("cpp") of the mmd_segments family (wae_fast/contract.py: mmd_segments_fwd/bwd):
-// many (weighted) MMDs in one call, every set with its own shift.  The formulas are those of
-// wae_fast/segment_sums.py (the reference): per set, row passes
-//   s_i = sum_j v_j k(a_i, b_j),  G_i = sum_j v_j W_ij (a_i - b_j)
-// over its xx, yy and xy pair matrices (segments_cpu_kernel.h), then float64 reductions per set.
+// many (weighted) MMDs in one call, every set with its own shift, every set run through the
+// tile engine of the single mmd call (mmd_cpu_kernel.h run_block, the ISA variant that
+// mmd_cpu.cpp picks: tile_dispatch.h): 4 x 2L register micro-kernel, symmetric xx / yy tiles
+// (J >= I, off-diagonal tiles counted twice) with the diagonal excluded per set under the
+// U-statistic, weights multiplied into the tiles (Problem::wa / wb: pairs count w_i v_j k_ij,
+// gradient weights w_i v_j W_ij; per-row sums sum_j v_j k_ij for the weights' gradients).
+// Formulas: wae_fast/segment_sums.py (the reference).
 //
-// One parallel pass over all sets: the sets' operands are packed first (shifted by the set's
-// shift, columns transposed and padded, weight-0 columns zeroed: their coordinates never reach a
-// sum), then at::parallel_for runs over (set, row tile) tasks of every term at once; each task
-// writes its own rows of s / G (no races), and the per-set sums are reduced in a fixed order
-// (results do not depend on the thread count).  A y shared by every set (y_offsets = [0, M]) with
-// one shift for all sets is packed once and its yy pass runs once.  Memory: O((sum of points) d).
+// Layout: every set of a side is packed into whole tiles of one buffer (shifted by the set's
+// shift, columns padded to dp, the per-tile transpose and squared norms as mmd_cpu.cpp's
+// prepare()), so a set is an Operand at its first tile.  Weighted: only the rows with a non-zero
+// weight are packed, so a weight-0 row's coordinates never reach a tile (padding may hold NaN);
+// the weights' gradient at such a row (the true derivative, which reads it) comes from a separate
+// row pass of those rows only, when that gradient is asked for.  A y shared by every set is
+// packed once (one shift for all sets: the glue's) and its yy term runs once.
+//
+// Scheduling: one list of (set, term, row/column block range) tasks over all sets, run by
+// at::parallel_for (small sets grouped by the loop's chunking, big sets split into row blocks).
+// Without a column-side output (the forward) every task is one row block of one set and term.
+// With one (gradients, and the weights' per-column sums), a set's blocks are grouped and run in
+// rounds as mmd_cpu.cpp run_term does (diagonal groups, then a round-robin tournament for a
+// self term; a Latin square for the cross term), round r of every set in one parallel phase, so
+// that no two concurrent tasks write one row.  The per-task sums are combined in a fixed order:
+// results do not depend on the thread count.  Memory: O((total points) dp).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
 
 #include "wae_fast/tile_math.h"
 
-#define WAE_SEG_NS wae_seg_generic
-#include "segments_cpu_kernel.h"
-#undef WAE_SEG_NS
-
-#if defined(__x86_64__) || defined(__i386__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define WAE_SEG_NS wae_seg_avx2
-#include "segments_cpu_kernel.h"
-#undef WAE_SEG_NS
-#pragma GCC pop_options
-#define WAE_SEG_HAVE_AVX2 1
-#endif
+// the engine's types (the kernels are compiled in mmd_cpu.cpp / tiles_avx2.cpp / tiles_avx512.cpp)
+#define WAE_CPU_DECL_ONLY 1
+#define WAE_CPU_NS wae_cpu_generic
+#define WAE_CPU_VBYTES 32
+#include "mmd_cpu_kernel.h"
+#undef WAE_CPU_NS
+#undef WAE_CPU_VBYTES
+#undef WAE_CPU_DECL_ONLY
+#include "tile_dispatch.h"
 
 namespace {
 
-constexpr int64_t kRowTile = 64;
-
-bool seg_avx2() {
-#ifdef WAE_SEG_HAVE_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
+using wae_cpu_generic::kTile;
 template <class T>
-using Cols = wae_seg_generic::SegCols<T>;
-
+using TileProblem = wae_cpu_generic::Problem<T>;
 template <class T>
-void seg_row_pass(const T* A, const T* na, int64_t i0, int64_t i1, const Cols<T>& C, int kind, const T* P, int S,
-                  bool self_pass, bool exclude_diag, double* s, T* G, T* wbuf) {
-#ifdef WAE_SEG_HAVE_AVX2
-  if (seg_avx2()) {
-    wae_seg_avx2::SegCols<T> c2{C.bt, C.nb, C.v, C.m, C.mp, C.d};
-    wae_seg_avx2::row_pass<T>(A, na, i0, i1, c2, kind, P, S, self_pass, exclude_diag, s, G, wbuf);
-    return;
-  }
-#endif
-  wae_seg_generic::row_pass<T>(A, na, i0, i1, C, kind, P, S, self_pass, exclude_diag, s, G, wbuf);
-}
+using Operand = wae_cpu_generic::Operand<T>;
 
-// One side (x or y) of one set, packed: rows (n x d, shifted, unmasked), their norms, and the
-// column operand (transposed, padded to mp, weight-0 columns zeroed), the column weights.
-template <class T>
-struct Side {
-  std::vector<T> rows, na, bt, nb, v;
-  int64_t n = 0, mp = 0, d = 0;
-  Cols<T> cols() const { return Cols<T>{bt.data(), nb.data(), v.data(), n, mp, d}; }
-};
-
-template <class T>
-void pack(Side<T>& s, const T* p, const T* w, int64_t n, int64_t d, const T* shift) {
-  constexpr int64_t L = 32 / sizeof(T);
-  s.n = n;
-  s.d = d;
-  s.mp = (n + L - 1) / L * L;
-  s.rows.assign(n * d, T(0));
-  s.na.assign(n, T(0));
-  s.bt.assign(d * s.mp, T(0));
-  s.nb.assign(s.mp, T(0));
-  s.v.assign(s.mp, T(0));
-  for (int64_t i = 0; i < n; ++i) {
-    const T wi = w == nullptr ? T(1) : w[i];
-    double nrm = 0;
-    for (int64_t k = 0; k < d; ++k) {
-      const T a = p[i * d + k] - shift[k];
-      s.rows[i * d + k] = a;
-      nrm += double(a) * double(a);
-    }
-    // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
-    s.na[i] = nrm <= double(wae_fast::MaxSqNorm<T>::value) ? T(nrm) : std::numeric_limits<T>::quiet_NaN();
-    s.v[i] = wi;
-    if (wi != T(0)) {  // a weight-0 column is never read: zero coordinates, norm 0, weight 0
-      for (int64_t k = 0; k < d; ++k) s.bt[k * s.mp + i] = s.rows[i * d + k];
-      s.nb[i] = s.na[i];
-    }
-  }
-}
-
-struct Denoms {
-  double sum, D;  // sum w and the self-term denominator (NaN for an invalid weight)
-};
-
-template <class T>
-Denoms denoms(const T* w, int64_t n, bool unbiased) {
-  double total = 0, pairs = 0;
-  bool bad = false;
-  for (int64_t i = 0; i < n; ++i) {
-    const double wi = w == nullptr ? 1.0 : double(w[i]);
-    if (!(wi >= 0) || !std::isfinite(wi)) bad = true;
-    pairs += wi * total;  // sum_i w_i sum_{j<i} w_j: exact for tiny weights
-    total += wi;
-  }
-  if (bad) return {NAN, NAN};
-  return {total, unbiased ? 2.0 * pairs : total * total};
-}
+constexpr int64_t kMaxGroups = 32;  // as mmd_cpu.cpp: groups of row blocks per set in the rounds
 
 struct Problem {
   int64_t B;
@@ -176,105 +111,385 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw
   }
 }
 
-// Everything a pass over all sets needs, packed once.
-template <class T>
-struct Packed {
-  std::vector<Side<T>> xs, ys;  // per set (ys[b] empty when set b reuses ys[yop[b]])
-  std::vector<Denoms> dx, dy;
+// Grow-only scratch buffers reused by the later calls of the same thread: fresh pages (faults,
+// the kernel's zeroing, then ours) cost more than the tiles of sets of 64 points at small d
+// (measured: 17 ms of 25 ms for 1024 sets of 64 points at d = 8).  A thread keeps at most
+// kKeepBuffers buffers of kKeepBytes in all per element type; the others are freed when
+// released.  Not cleared: every user writes what it reads (zero=true clears).
+template <class E>
+class Scratch {
+ public:
+  static constexpr size_t kKeepBytes = size_t(128) << 20;
+  static constexpr size_t kKeepBuffers = 24;
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  Scratch(Scratch&& o) noexcept : v_(std::move(o.v_)), n_(o.n_) { o.n_ = 0; }
+  Scratch& operator=(Scratch&& o) noexcept {
+    release();
+    v_ = std::move(o.v_);
+    n_ = o.n_;
+    o.n_ = 0;
+    return *this;
+  }
+  ~Scratch() { release(); }
+  //! n elements (zeroed when `zero`).
+  void reset(size_t n, bool zero) {
+    release();
+    std::vector<std::vector<E>>& pool = free_list();
+    size_t best = pool.size();
+    for (size_t i = 0; i < pool.size(); ++i) {  // the smallest that fits, else the largest
+      if (best == pool.size()) {
+        best = i;
+        continue;
+      }
+      const bool fits = pool[i].size() >= n, bfits = pool[best].size() >= n;
+      if (fits ? (!bfits || pool[i].size() < pool[best].size()) : (!bfits && pool[i].size() > pool[best].size()))
+        best = i;
+    }
+    if (best < pool.size()) {
+      v_ = std::move(pool[best]);
+      pool.erase(pool.begin() + best);
+      kept_bytes() -= v_.size() * sizeof(E);
+    }
+    if (v_.size() < n) {
+      v_.clear();
+      v_.shrink_to_fit();
+      v_.resize(n);
+    } else if (zero) {
+      std::fill(v_.begin(), v_.begin() + n, E(0));
+    }
+    n_ = n;
+  }
+  E* data() { return v_.data(); }
+  const E* data() const { return v_.data(); }
+  E& operator[](size_t i) { return v_[i]; }
+  const E& operator[](size_t i) const { return v_[i]; }
+  bool empty() const { return n_ == 0; }
+  size_t size() const { return n_; }
+
+ private:
+  static std::vector<std::vector<E>>& free_list() {
+    static thread_local std::vector<std::vector<E>> pool;
+    return pool;
+  }
+  static size_t& kept_bytes() {
+    static thread_local size_t bytes = 0;
+    return bytes;
+  }
+  void release() {
+    const size_t b = v_.size() * sizeof(E);
+    if (b > 0 && kept_bytes() + b <= kKeepBytes && free_list().size() < kKeepBuffers) {
+      kept_bytes() += b;
+      free_list().push_back(std::move(v_));
+    }
+    v_ = std::vector<E>();
+    n_ = 0;
+  }
+  std::vector<E> v_;
+  size_t n_ = 0;
 };
 
+// One side (x or y) of every set, packed into whole tiles (see the file comment).
 template <class T>
-Packed<T> pack_all(const Problem& pb, const T* X, const T* Y, const T* XW, const T* YW, const T* SH, int64_t d,
-                   bool unbiased) {
-  Packed<T> pk;
-  pk.xs.resize(pb.B);
-  pk.ys.resize(pb.B);
-  pk.dx.resize(pb.B);
-  pk.dy.resize(pb.B);
-  at::parallel_for(0, pb.B, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t xs = pb.xo[b], nx = pb.xo[b + 1] - xs, ys = pb.yo[2 * b], ny = pb.yo[2 * b + 1] - ys;
-      const T* xw = XW == nullptr ? nullptr : XW + xs;
-      const T* yw = YW == nullptr ? nullptr : YW + ys;
-      pack(pk.xs[b], X + xs * d, xw, nx, d, SH + b * d);
-      if (pb.yop[b] == b) pack(pk.ys[b], Y + ys * d, yw, ny, d, SH + b * d);
-      pk.dx[b] = denoms(xw, nx, unbiased);
-      pk.dy[b] = denoms(yw, ny, unbiased);
+struct Pack {
+  int64_t dp = 0, ntiles = 0;
+  std::vector<int64_t> tile0, n;  // per set: first tile, packed rows
+  Scratch<int64_t> src;  // packed row -> input row (-1 on padding)
+  Scratch<T> rows, cols, nrm, w;
+  int64_t blocks(int64_t s) const { return (n[s] + kTile - 1) / kTile; }
+  int64_t row0(int64_t s) const { return tile0[s] * kTile; }
+  //! Set s as an operand; from its block I on when I > 0 (one block: a sub-operand of rows).
+  Operand<T> operand(int64_t s, int64_t I = -1) const {
+    const int64_t r0 = row0(s) + (I > 0 ? I * kTile : 0);
+    const int64_t nn = I >= 0 ? std::min<int64_t>(kTile, n[s] - I * kTile) : n[s];
+    const int64_t np = I >= 0 ? kTile : std::max<int64_t>(1, blocks(s)) * kTile;
+    return {rows.data() + r0 * dp, cols.data() + (r0 / kTile) * dp * kTile, nrm.data() + r0, nn, np};
+  }
+  const T* weights(int64_t s, int64_t I = -1) const { return w.data() + row0(s) + (I > 0 ? I * kTile : 0); }
+};
+
+enum class Keep { kAll, kNonZero, kZero };
+
+//! Packs rows [r0[s], r1[s]) of P (compute type, (rows, d)) of every set s, shifted by
+//! SH + sh_row[s] * d: all rows, or those whose weight is (non-)zero.  Packed weights: the row's
+//! weight (1 when W is null or keep == kZero: the rows of a weight-gradient pass), 0 on padding.
+template <class T>
+Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
+                   const T* SH, const std::vector<int64_t>& sh_row, int64_t d, int64_t dp, Keep keep) {
+  Pack<T> pk;
+  const int64_t ns = int64_t(r0.size());
+  pk.dp = dp;
+  pk.tile0.resize(ns);
+  pk.n.resize(ns);
+  for (int64_t s = 0; s < ns; ++s) {
+    int64_t c = 0;
+    for (int64_t i = r0[s]; i < r1[s]; ++i) {
+      const bool zero = W != nullptr && W[i] == T(0);
+      c += keep == Keep::kAll || (keep == Keep::kZero) == zero;
+    }
+    pk.tile0[s] = pk.ntiles;
+    pk.n[s] = c;
+    pk.ntiles += (c + kTile - 1) / kTile;
+  }
+  const int64_t nrows = pk.ntiles * kTile;
+  pk.src.reset(nrows, false);
+  pk.rows.reset(nrows * dp, false);
+  pk.cols.reset(nrows * dp, false);
+  pk.nrm.reset(nrows, false);
+  pk.w.reset(nrows, false);
+  const double lim = double(wae_fast::MaxSqNorm<T>::value);
+  at::parallel_for(0, ns, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const T* sh = SH + sh_row[s] * d;
+      int64_t p = pk.row0(s);
+      {  // the padding of the set's tiles (every other element is written below)
+        const int64_t r1v = p + pk.n[s], r1p = (pk.tile0[s] + pk.blocks(s)) * kTile;
+        std::fill(pk.rows.data() + r1v * dp, pk.rows.data() + r1p * dp, T(0));
+        std::fill(pk.nrm.data() + r1v, pk.nrm.data() + r1p, T(0));
+        std::fill(pk.w.data() + r1v, pk.w.data() + r1p, T(0));
+        std::fill(pk.src.data() + r1v, pk.src.data() + r1p, int64_t(-1));
+      }
+      for (int64_t i = r0[s]; i < r1[s]; ++i) {
+        const bool zero = W != nullptr && W[i] == T(0);
+        if (!(keep == Keep::kAll || (keep == Keep::kZero) == zero)) continue;
+        T* row = pk.rows.data() + p * dp;
+        for (int64_t k = 0; k < d; ++k) row[k] = P[i * d + k] - sh[k];
+        for (int64_t k = d; k < dp; ++k) row[k] = T(0);
+        // squared norm in fp64 with 8 partial sums (one chain of d dependent adds cost as much
+        // as the tiles at d = 64, N = 64)
+        double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k = 0;
+        for (; k + 8 <= d; k += 8)
+          for (int u = 0; u < 8; ++u) part[u] += double(row[k + u]) * double(row[k + u]);
+        for (; k < d; ++k) part[k & 7] += double(row[k]) * double(row[k]);
+        const double nr = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
+        pk.nrm[p] = nr <= lim ? T(nr) : std::numeric_limits<T>::quiet_NaN();
+        pk.w[p] = (W == nullptr || keep == Keep::kZero) ? T(1) : W[i];
+        pk.src[p] = i;
+        ++p;
+      }
+      // per-tile transpose (mmd_cpu_kernel.h Operand::cols): contiguous writes along a tile's columns
+      for (int64_t t = pk.tile0[s]; t < pk.tile0[s] + pk.blocks(s); ++t) {
+        const T* rt = pk.rows.data() + t * kTile * dp;
+        T* ctile = pk.cols.data() + t * dp * kTile;
+        for (int64_t k = 0; k < d; ++k)
+          for (int64_t c = 0; c < kTile; ++c) ctile[k * kTile + c] = rt[c * dp + k];
+        std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
+      }
     }
   });
   return pk;
 }
 
-// A task: rows [i0, i1) of one side of one set against one column operand.
-struct Task {
-  int64_t set, i0, i1;
-  int term;  // 0: xx, 1: yy, 2: xy (x rows vs y columns), 3: yx
+//! sum w and the self-term denominator of one set, in fp64; NaN for a negative or non-finite
+//! weight.  Unbiased: sum_{i != j} w_i w_j = 2 sum_i w_i (sum_{j<i} w_j), a sum of non-negative
+//! terms (no cancellation, unlike (sum w)^2 - sum w^2 when one weight dominates), each running
+//! sum compensated (Neumaier), so the relative error stays a few ulp whatever the weights.
+struct Denoms {
+  double sum, D;
 };
 
-std::vector<Task> make_tasks(const Problem& pb, const std::vector<int64_t>& nx, const std::vector<int64_t>& ny,
-                             bool x_side, bool y_side, bool y_each_set) {
-  std::vector<Task> t;
-  for (int64_t b = 0; b < pb.B; ++b) {
-    if (x_side)
-      for (int64_t i0 = 0; i0 < nx[b]; i0 += kRowTile) {
-        t.push_back({b, i0, std::min(nx[b], i0 + kRowTile), 0});
-        t.push_back({b, i0, std::min(nx[b], i0 + kRowTile), 2});
-      }
-    if (y_side && (y_each_set || pb.yop[b] == b))
-      for (int64_t i0 = 0; i0 < ny[b]; i0 += kRowTile) t.push_back({b, i0, std::min(ny[b], i0 + kRowTile), 1});
+struct Compensated {
+  double s = 0, c = 0;
+  void add(double v) {
+    const double t = s + v;
+    c += std::fabs(s) >= std::fabs(v) ? (s - t) + v : (v - t) + s;
+    s = t;
   }
-  return t;
+  double value() const { return s + c; }
+};
+
+template <class T>
+Denoms denoms(const T* w, int64_t n, bool unbiased) {
+  Compensated total, pairs;
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const double wi = w == nullptr ? 1.0 : double(w[i]);
+    if (!(wi >= 0) || !std::isfinite(wi)) bad = true;
+    pairs.add(wi * total.value());
+    total.add(wi);
+  }
+  if (bad) return {NAN, NAN};
+  const double sw = total.value();
+  return {sw, unbiased ? 2.0 * pairs.value() : sw * sw};
+}
+
+// A task: tiles (I in [I0, I1), J in [J0, J1), J >= I when tri) of one term of one set.
+enum Term : int { kXX = 0, kYY = 1, kXY = 2 };
+struct Task {
+  int term;
+  int64_t set;  // x set (kXX, kXY) or y pack set (kYY)
+  int64_t I0, I1, J0, J1;
+  bool tri;
+};
+
+inline int64_t group_begin(int64_t g, int64_t nb, int64_t G) { return g * nb / G; }
+
+//! Appends the tasks of one term of one set (nbi x nbj blocks) to phases[round]: row blocks
+//! when no column-side output is written, else mmd_cpu.cpp run_term's rounds.
+void schedule(std::vector<std::vector<Task>>& phases, int term, int64_t set, int64_t nbi, int64_t nbj,
+              bool symmetric, bool cols) {
+  auto add = [&](size_t ph, const Task& t) {
+    if (phases.size() <= ph) phases.resize(ph + 1);
+    phases[ph].push_back(t);
+  };
+  if (nbi == 0 || nbj == 0) return;
+  if (!cols) {
+    for (int64_t I = 0; I < nbi; ++I) add(0, {term, set, I, I + 1, symmetric ? I : 0, nbj, symmetric});
+    return;
+  }
+  if (symmetric) {
+    int64_t G = std::min<int64_t>(kMaxGroups, nbi);
+    G += G & 1;
+    for (int64_t p = 0; p < G; ++p) {
+      const int64_t b0 = group_begin(p, nbi, G), b1 = group_begin(p + 1, nbi, G);
+      if (b1 > b0) add(0, {term, set, b0, b1, b0, b1, true});
+    }
+    for (int64_t r = 0; r + 1 < G; ++r)
+      for (int64_t t = 0; t < G / 2; ++t) {
+        int64_t p = t == 0 ? r : (r + t) % (G - 1), q = t == 0 ? G - 1 : (r - t + (G - 1)) % (G - 1);
+        if (p > q) std::swap(p, q);
+        const int64_t i0 = group_begin(p, nbi, G), i1 = group_begin(p + 1, nbi, G);
+        const int64_t j0 = group_begin(q, nbi, G), j1 = group_begin(q + 1, nbi, G);
+        if (i1 > i0 && j1 > j0) add(size_t(r + 1), {term, set, i0, i1, j0, j1, false});
+      }
+    return;
+  }
+  const int64_t Gi = std::min<int64_t>(kMaxGroups, nbi), Gj = std::min<int64_t>(kMaxGroups, nbj);
+  const int64_t Gs = std::min(Gi, Gj), Gl = std::max(Gi, Gj);
+  for (int64_t r = 0; r < Gl; ++r)
+    for (int64_t t = 0; t < Gs; ++t) {
+      const int64_t l = (t + r) % Gl;
+      const int64_t gi = Gi <= Gj ? t : l, gj = Gi <= Gj ? l : t;
+      add(size_t(r), {term, set, group_begin(gi, nbi, Gi), group_begin(gi + 1, nbi, Gi), group_begin(gj, nbj, Gj),
+                      group_begin(gj + 1, nbj, Gj), false});
+    }
+}
+
+// Everything both passes share: the packed sides, the y pack set of every x set, the kernel.
+template <class T>
+struct Setup {
+  int64_t B = 0, d = 0, dp = 0;
+  int isa = 0;
+  bool weighted = false, shared = false;
+  Pack<T> px, py;
+  std::vector<int64_t> ysi;    // x set b -> y pack set
+  std::vector<int64_t> yset;   // y pack set -> the first x set using it
+  std::vector<int64_t> yr0, yr1;
+  std::vector<Denoms> dx, dy;  // per x set / per y pack set
+  int kind = 0, S = 0;
+  T P[wae_fast::kMaxScales];
+  bool unbiased = false;
+
+  TileProblem<T> problem(const Operand<T>& a, const T* wa, const Operand<T>& b, const T* wb, bool sym) const {
+    TileProblem<T> pb;
+    pb.a = a;
+    pb.b = b;
+    pb.dp = dp;
+    pb.d = d;
+    pb.kind = kind;
+    pb.S = S;
+    for (int s = 0; s < S; ++s) pb.P[s] = P[s];
+    pb.symmetric = sym;
+    pb.unbiased = unbiased;
+    if (weighted) {
+      pb.wa = wa;
+      pb.wb = wb;
+    }
+    return pb;
+  }
+  //! Term `term` of x set / y pack set `s` (kXY: x set s against its y pack set).
+  TileProblem<T> term_problem(int term, int64_t s) const {
+    if (term == kXX) return problem(px.operand(s), px.weights(s), px.operand(s), px.weights(s), true);
+    if (term == kYY) return problem(py.operand(s), py.weights(s), py.operand(s), py.weights(s), true);
+    const int64_t t = ysi[s];
+    return problem(px.operand(s), px.weights(s), py.operand(t), py.weights(t), false);
+  }
+};
+
+template <class T>
+Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y, const at::Tensor& XW,
+                    const at::Tensor& YW, const at::Tensor& SH, int kind, const std::vector<double>& params,
+                    bool unbiased) {
+  Setup<T> st;
+  st.B = pb.B;
+  st.d = X.size(1);
+  st.isa = wae_cpu_tiles::current_isa();  // once per call, outside the parallel regions
+  const int64_t L = wae_cpu_tiles::isa_vector_bytes(st.isa) / int64_t(sizeof(T));
+  st.dp = std::max<int64_t>(L, (st.d + L - 1) / L * L);
+  st.weighted = XW.numel() > 0 || YW.numel() > 0;
+  st.shared = pb.shared;
+  st.kind = kind;
+  st.S = int(params.size());
+  for (int s = 0; s < st.S; ++s) st.P[s] = T(params[s]);
+  // RBF: gammas ascending (tile_math.h rbf_eval squarings), as mmd_cpu.cpp run_term
+  if (kind == wae_fast::KIND_RBF) std::sort(st.P, st.P + st.S);
+  st.unbiased = unbiased;
+  const T* xw = XW.numel() ? XW.data_ptr<T>() : nullptr;
+  const T* yw = YW.numel() ? YW.data_ptr<T>() : nullptr;
+  std::vector<int64_t> xr0(pb.B), xr1(pb.B), xsh(pb.B);
+  st.ysi.resize(pb.B);
+  for (int64_t b = 0; b < pb.B; ++b) {
+    xr0[b] = pb.xo[b];
+    xr1[b] = pb.xo[b + 1];
+    xsh[b] = b;
+    if (pb.yop[b] == b) {
+      st.ysi[b] = int64_t(st.yset.size());
+      st.yset.push_back(b);
+      st.yr0.push_back(pb.yo[2 * b]);
+      st.yr1.push_back(pb.yo[2 * b + 1]);
+    } else {
+      st.ysi[b] = st.ysi[pb.yop[b]];
+    }
+  }
+  const Keep keep = st.weighted ? Keep::kNonZero : Keep::kAll;
+  st.px = build_pack<T>(X.data_ptr<T>(), xw, xr0, xr1, SH.data_ptr<T>(), xsh, st.d, st.dp, keep);
+  st.py = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, keep);
+  for (int64_t b = 0; b < pb.B; ++b) st.dx.push_back(denoms(xw ? xw + xr0[b] : nullptr, xr1[b] - xr0[b], unbiased));
+  for (size_t s = 0; s < st.yset.size(); ++s)
+    st.dy.push_back(denoms(yw ? yw + st.yr0[s] : nullptr, st.yr1[s] - st.yr0[s], unbiased));
+  return st;
 }
 
 template <class T>
-at::Tensor seg_fwd_t(const at::Tensor& x, const at::Tensor& y, const Problem& pb, const at::Tensor& xw,
-                     const at::Tensor& yw, const at::Tensor& shifts, int kind, const std::vector<T>& P, bool unbiased) {
-  const int64_t d = x.size(1);
-  const int S = int(P.size());
-  Packed<T> pk = pack_all<T>(pb, x.data_ptr<T>(), y.data_ptr<T>(), xw.numel() ? xw.data_ptr<T>() : nullptr,
-                             yw.numel() ? yw.data_ptr<T>() : nullptr, shifts.data_ptr<T>(), d, unbiased);
-  std::vector<int64_t> nx(pb.B), ny(pb.B), xbase(pb.B + 1, 0), ybase(pb.B + 1, 0);
-  for (int64_t b = 0; b < pb.B; ++b) {
-    nx[b] = pk.xs[b].n;
-    ny[b] = pb.yo[2 * b + 1] - pb.yo[2 * b];
-    xbase[b + 1] = xbase[b] + nx[b];
-    ybase[b + 1] = ybase[b] + ny[b];
+at::Tensor seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, const Problem& pb, const at::Tensor& XW,
+                     const at::Tensor& YW, const at::Tensor& SH, int kind, const std::vector<double>& params,
+                     bool unbiased) {
+  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased);
+  std::vector<std::vector<Task>> phases;
+  for (int64_t b = 0; b < st.B; ++b) {
+    const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(st.ysi[b]);
+    schedule(phases, kXX, b, nbx, nbx, true, false);
+    schedule(phases, kXY, b, nbx, nby, false, false);
   }
-  std::vector<double> sxx(xbase[pb.B]), sxy(xbase[pb.B]), syy(ybase[pb.B]);
-  std::vector<Task> tasks = make_tasks(pb, nx, ny, true, true, false);
+  for (size_t s = 0; s < st.yset.size(); ++s) {
+    const int64_t nby = st.py.blocks(int64_t(s));
+    schedule(phases, kYY, int64_t(s), nby, nby, true, false);
+  }
+  const std::vector<Task> none;
+  const std::vector<Task>& tasks = phases.empty() ? none : phases[0];
+  std::vector<double> sums(tasks.size(), 0.0);
   at::parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const Task& k = tasks[t];
-      const Side<T>& X = pk.xs[k.set];
-      const Side<T>& Yc = pk.ys[pb.yop[k.set]];
-      if (k.term == 0)
-        seg_row_pass<T>(X.rows.data(), X.na.data(), k.i0, k.i1, X.cols(), kind, P.data(), S, true, unbiased,
-                    sxx.data() + xbase[k.set] + k.i0, nullptr, nullptr);
-      else if (k.term == 2)
-        seg_row_pass<T>(X.rows.data(), X.na.data(), k.i0, k.i1, Yc.cols(), kind, P.data(), S, false, false,
-                    sxy.data() + xbase[k.set] + k.i0, nullptr, nullptr);
-      else
-        seg_row_pass<T>(Yc.rows.data(), Yc.na.data(), k.i0, k.i1, Yc.cols(), kind, P.data(), S, true, unbiased,
-                    syy.data() + ybase[k.set] + k.i0, nullptr, nullptr);
+      const TileProblem<T> tp = st.term_problem(k.term, k.set);
+      sums[t] = wae_cpu_tiles::run_block<T>(tp, k.I0, k.I1, k.J0, k.J1, k.tri, nullptr, nullptr, st.isa);
     }
   });
-  at::Tensor terms = at::empty({pb.B, 3}, x.options().dtype(at::kDouble));
+  std::vector<double> sxx(st.B, 0.0), sxy(st.B, 0.0), syy(st.yset.size(), 0.0);
+  for (size_t t = 0; t < tasks.size(); ++t) {  // fixed order
+    const Task& k = tasks[t];
+    (k.term == kXX ? sxx : k.term == kXY ? sxy : syy)[k.set] += sums[t];
+  }
+  at::Tensor terms = at::empty({st.B, 3}, X.options().dtype(at::kDouble));
   double* out = terms.data_ptr<double>();
-  for (int64_t b = 0; b < pb.B; ++b) {  // fixed-order float64 reductions per set
-    const Side<T>& X = pk.xs[b];
-    const Side<T>& Yc = pk.ys[pb.yop[b]];
-    const int64_t yb = pb.yop[b];
-    double txx = 0, txy = 0, tyy = 0;
-    for (int64_t i = 0; i < nx[b]; ++i)
-      if (X.v[i] != T(0)) {
-        txx += double(X.v[i]) * sxx[xbase[b] + i];
-        txy += double(X.v[i]) * sxy[xbase[b] + i];
-      }
-    for (int64_t i = 0; i < ny[b]; ++i)
-      if (Yc.v[i] != T(0)) tyy += double(Yc.v[i]) * syy[ybase[yb] + i];
-    out[3 * b] = txx / pk.dx[b].D;
-    out[3 * b + 1] = tyy / pk.dy[b].D;
-    out[3 * b + 2] = txy / (pk.dx[b].sum * pk.dy[b].sum);
+  for (int64_t b = 0; b < st.B; ++b) {
+    const int64_t s = st.ysi[b];
+    out[3 * b] = sxx[b] / st.dx[b].D;
+    out[3 * b + 1] = syy[s] / st.dy[s].D;
+    out[3 * b + 2] = sxy[b] / (st.dx[b].sum * st.dy[s].sum);
   }
   return terms;
 }
@@ -294,90 +509,221 @@ at::Tensor seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tenso
   if (ct == at::kDouble)
     return seg_fwd_t<double>(X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()),
                              unbiased);
-  return seg_fwd_t<float>(X, Y, pb, XW, YW, SH, int(kind), std::vector<float>(params.begin(), params.end()), unbiased);
+  return seg_fwd_t<float>(X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()), unbiased);
 }
 
-// Gradients of sum_b grad_terms[b] . terms[b] (wae_fast/segment_sums.py):
-//   d/dx_i = 4 g_xx w_i G^xx_i / D_x + 2 g_xy w_i G^xy_i / (sum w sum v)
+// Gradients of sum_b grad_terms[b] . terms[b] (wae_fast/segment_sums.py), with the engine's
+// weighted row-side sums g_i = w_i sum_j v_j W_ij (a_i - b_j) and s_i = sum_j v_j k_ij:
+//   d/dx_i = 4 g_xx g^xx_i / D_x + 2 g_xy g^xy_i / (sum w sum v)
 //   d/dw_i = g_xx (2 s^xx_i - t_xx dD_x/dw_i) / D_x + g_xy (s^xy_i / sum v - t_xy) / sum w
-// y alike.  Tasks: x rows of every set; y rows per set (a shared y: per row tile, looping over
-// the sets, so that no two tasks write one row).
+// y alike.  One tile pass per term gives both sides (symmetric tiles: row and column side of the
+// same buffer; the cross term: x rows and y columns), scheduled in rounds (schedule()).  A y shared
+// by every set: its xy-side sums come from y row blocks looping over the sets (each set's
+// contribution scaled as it is added), so no two tasks write one y row.  Weight-0 rows (only for
+// the weights' gradient): a row pass of those rows against the set's packed columns.
 template <class T>
-std::vector<at::Tensor> seg_bwd_t(const at::Tensor& gt, const at::Tensor& terms, const at::Tensor& x,
-                                  const at::Tensor& y, const Problem& pb, const at::Tensor& xw, const at::Tensor& yw,
-                                  const at::Tensor& shifts, int kind, const std::vector<T>& P, bool unbiased,
+std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, const at::Tensor& X,
+                                  const at::Tensor& Y, const Problem& pb, const at::Tensor& XW, const at::Tensor& YW,
+                                  const at::Tensor& SH, int kind, const std::vector<double>& params, bool unbiased,
                                   bool grad_x, bool grad_y, bool grad_xw, bool grad_yw) {
-  const int64_t d = x.size(1);
-  const int S = int(P.size());
-  Packed<T> pk = pack_all<T>(pb, x.data_ptr<T>(), y.data_ptr<T>(), xw.numel() ? xw.data_ptr<T>() : nullptr,
-                             yw.numel() ? yw.data_ptr<T>() : nullptr, shifts.data_ptr<T>(), d, unbiased);
-  const double* G = gt.data_ptr<double>();
-  const double* TT = terms.data_ptr<double>();
-  at::Tensor gx = at::zeros({grad_x ? x.size(0) : 0, d}, x.options());
-  at::Tensor gy = at::zeros({grad_y ? y.size(0) : 0, d}, y.options());
-  at::Tensor gxw = at::zeros({grad_xw ? x.size(0) : 0}, x.options().dtype(at::kDouble));
-  at::Tensor gyw = at::zeros({grad_yw ? y.size(0) : 0}, x.options().dtype(at::kDouble));
+  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased);
+  const double* G = GTt.data_ptr<double>();
+  const double* TT = TTt.data_ptr<double>();
+  const int64_t d = st.d, dp = st.dp, B = st.B, NY = int64_t(st.yset.size());
+  const int64_t nxr = st.px.ntiles * kTile, nyr = st.py.ntiles * kTile;
+  const bool need_x = grad_x || grad_xw, need_y = grad_y || grad_yw;
+  const bool ytrans = st.shared && B > 1;
+  Scratch<double> gxx, gxy_x, gyy, gxy_y, ksxx, ksxy_x, ksyy, ksxy_y;
+  if (grad_x) gxx.reset(nxr * dp, true), gxy_x.reset(nxr * dp, true);
+  if (grad_y) gyy.reset(nyr * dp, true), gxy_y.reset(ytrans ? 0 : nyr * dp, true);
+  if (grad_xw) ksxx.reset(nxr, true), ksxy_x.reset(nxr, true);
+  if (grad_yw) ksyy.reset(nyr, true), ksxy_y.reset(ytrans ? 0 : nyr, true);
+  auto ptr = [](Scratch<double>& v, int64_t off) -> double* { return v.empty() ? nullptr : v.data() + off; };
+
+  std::vector<std::vector<Task>> phases;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(st.ysi[b]);
+    if (need_x) schedule(phases, kXX, b, nbx, nbx, true, true);
+    const bool xy_cols = need_y && !ytrans;
+    if (need_x || xy_cols) schedule(phases, kXY, b, nbx, nby, false, xy_cols);
+  }
+  if (need_y)
+    for (int64_t s = 0; s < NY; ++s) schedule(phases, kYY, s, st.py.blocks(s), st.py.blocks(s), true, true);
+  for (const std::vector<Task>& tasks : phases) {
+    at::parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const Task& k = tasks[t];
+        TileProblem<T> tp = st.term_problem(k.term, k.set);
+        double *gr = nullptr, *gc = nullptr;
+        if (k.term == kXX) {
+          const int64_t o = st.px.row0(k.set);
+          gr = gc = ptr(gxx, o * dp);
+          tp.ks_rows = tp.ks_cols = ptr(ksxx, o);
+        } else if (k.term == kYY) {
+          const int64_t o = st.py.row0(k.set);
+          gr = gc = ptr(gyy, o * dp);
+          tp.ks_rows = tp.ks_cols = ptr(ksyy, o);
+        } else {
+          const int64_t ox = st.px.row0(k.set), oy = st.py.row0(st.ysi[k.set]);
+          gr = ptr(gxy_x, ox * dp);
+          gc = ptr(gxy_y, oy * dp);
+          tp.ks_rows = ptr(ksxy_x, ox);
+          tp.ks_cols = ptr(ksxy_y, oy);
+        }
+        wae_cpu_tiles::run_block<T>(tp, k.I0, k.I1, k.J0, k.J1, k.tri, gr, gc, st.isa);
+      }
+    });
+  }
+
+  // Rows of pack `rows` (set s, blocks) against the x sets b using y pack set s, one block per
+  // task, each set's row sums (into tg / tk: kTile rows) handed to `take(b, row, tg, tk)`.
+  struct RowBlock {
+    int64_t s, I;
+  };
+  auto cross_rows = [&](const Pack<T>& rows, bool with_g, bool with_k,
+                        const std::function<void(int64_t, int64_t, const double*, const double*)>& take) {
+    std::vector<RowBlock> blocks;
+    for (int64_t s = 0; s < NY; ++s)
+      for (int64_t I = 0; I < rows.blocks(s); ++I) blocks.push_back({s, I});
+    at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
+      std::vector<double> tg(with_g ? kTile * dp : 0), tk(with_k ? kTile : 0);
+      for (int64_t t = t0; t < t1; ++t) {
+        const RowBlock& rb = blocks[t];
+        for (int64_t b = 0; b < B; ++b) {
+          if (st.ysi[b] != rb.s || st.px.blocks(b) == 0) continue;
+          std::fill(tg.begin(), tg.end(), 0.0);
+          std::fill(tk.begin(), tk.end(), 0.0);
+          TileProblem<T> tp = st.problem(rows.operand(rb.s, rb.I), rows.weights(rb.s, rb.I), st.px.operand(b),
+                                         st.px.weights(b), false);
+          tp.ks_rows = with_k ? tk.data() : nullptr;
+          wae_cpu_tiles::run_block<T>(tp, 0, 1, 0, st.px.blocks(b), false, with_g ? tg.data() : nullptr, nullptr,
+                                      st.isa);
+          take(b, rows.row0(rb.s) + rb.I * kTile, tg.data(), tk.data());
+        }
+      }
+    });
+  };
+  // shared y: the xy term's y side, scaled per set as it is added
+  Scratch<double> gyacc, gywacc;
+  if (ytrans && need_y) {
+    if (grad_y) gyacc.reset(nyr * dp, true);
+    if (grad_yw) gywacc.reset(nyr, true);
+    cross_rows(st.py, grad_y, grad_yw, [&](int64_t b, int64_t r0, const double* tg, const double* tk) {
+      const int64_t s = st.ysi[b];
+      const int64_t nn = std::min<int64_t>(kTile, st.py.row0(s) + st.py.n[s] - r0);
+      const double cxy = 2.0 * G[3 * b + 2] / (st.dx[b].sum * st.dy[s].sum);
+      for (int64_t r = 0; r < nn; ++r) {
+        if (grad_y)
+          for (int64_t k = 0; k < d; ++k) gyacc[(r0 + r) * dp + k] += cxy * tg[r * dp + k];
+        if (grad_yw) gywacc[r0 + r] += G[3 * b + 2] * (tk[r] / st.dx[b].sum - TT[3 * b + 2]) / st.dy[s].sum;
+      }
+    });
+  }
+  // weight-0 rows: their weights' gradient (the row sums against the set's packed columns)
+  const T* xw = XW.numel() ? XW.data_ptr<T>() : nullptr;
+  const T* yw = YW.numel() ? YW.data_ptr<T>() : nullptr;
+  Pack<T> zx, zy;
+  std::vector<double> zxx, zxy, zyy, zyc;
+  if (grad_xw && xw != nullptr) {
+    std::vector<int64_t> r0(pb.xo.begin(), pb.xo.end() - 1), r1(pb.xo.begin() + 1, pb.xo.end()), sh(B);
+    for (int64_t b = 0; b < B; ++b) sh[b] = b;
+    zx = build_pack<T>(X.data_ptr<T>(), xw, r0, r1, SH.data_ptr<T>(), sh, d, dp, Keep::kZero);
+    zxx.assign(zx.ntiles * kTile, 0.0);
+    zxy.assign(zx.ntiles * kTile, 0.0);
+    std::vector<RowBlock> blocks;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t I = 0; I < zx.blocks(b); ++I) blocks.push_back({b, I});
+    at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = blocks[t].s, I = blocks[t].I, ys = st.ysi[b], o = zx.row0(b);
+        TileProblem<T> tp = st.problem(zx.operand(b), zx.weights(b), st.px.operand(b), st.px.weights(b), false);
+        tp.ks_rows = zxx.data() + o;
+        if (st.px.blocks(b) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.px.blocks(b), false, nullptr, nullptr, st.isa);
+        tp = st.problem(zx.operand(b), zx.weights(b), st.py.operand(ys), st.py.weights(ys), false);
+        tp.ks_rows = zxy.data() + o;
+        if (st.py.blocks(ys) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.py.blocks(ys), false, nullptr, nullptr, st.isa);
+      }
+    });
+  }
+  if (grad_yw && yw != nullptr) {
+    zy = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, d, dp, Keep::kZero);
+    zyy.assign(zy.ntiles * kTile, 0.0);
+    zyc.assign(zy.ntiles * kTile, 0.0);
+    std::vector<RowBlock> blocks;
+    for (int64_t s = 0; s < NY; ++s)
+      for (int64_t I = 0; I < zy.blocks(s); ++I) blocks.push_back({s, I});
+    at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t s = blocks[t].s, I = blocks[t].I;
+        TileProblem<T> tp = st.problem(zy.operand(s), zy.weights(s), st.py.operand(s), st.py.weights(s), false);
+        tp.ks_rows = zyy.data() + zy.row0(s);
+        if (st.py.blocks(s) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.py.blocks(s), false, nullptr, nullptr, st.isa);
+      }
+    });
+    cross_rows(zy, false, true, [&](int64_t b, int64_t r0, const double*, const double* tk) {
+      const int64_t s = st.ysi[b];
+      const int64_t nn = std::min<int64_t>(kTile, zy.row0(s) + zy.n[s] - r0);
+      for (int64_t r = 0; r < nn; ++r)
+        zyc[r0 + r] += G[3 * b + 2] * (tk[r] / st.dx[b].sum - TT[3 * b + 2]) / st.dy[s].sum;
+    });
+  }
+
+  // combine per row (fp64), rounded once to the compute type
+  at::Tensor gx = at::zeros({grad_x ? X.size(0) : 0, d}, X.options());
+  at::Tensor gy = at::zeros({grad_y ? Y.size(0) : 0, d}, Y.options());
+  at::Tensor gxw = at::zeros({grad_xw ? X.size(0) : 0}, X.options().dtype(at::kDouble));
+  at::Tensor gyw = at::zeros({grad_yw ? Y.size(0) : 0}, X.options().dtype(at::kDouble));
   T* GX = gx.data_ptr<T>();
   T* GY = gy.data_ptr<T>();
   double* GXW = gxw.data_ptr<double>();
   double* GYW = gyw.data_ptr<double>();
-  // one side's rows [i0, i1) of set b against its own columns (self) and the other side's
-  // (cross); out rows start at row0 of the input tensor
-  auto side = [&](const Side<T>& A, const Side<T>& Bc, const Denoms& da, const Denoms& db, double g_self,
-                  double g_cross, double t_self, double t_cross, int64_t i0, int64_t i1, bool need_p, bool need_w,
-                  T* gp, double* gw, int64_t row0) {
-    const int64_t n = i1 - i0;
-    std::vector<double> ss(n), sc(n);  // rows i0.. of this task only
-    std::vector<T> Gs(need_p ? n * d : 0), Gc(need_p ? n * d : 0), wbuf(4 * std::max(A.mp, Bc.mp));
-    seg_row_pass<T>(A.rows.data(), A.na.data(), i0, i1, A.cols(), kind, P.data(), S, true, unbiased, ss.data(),
-                need_p ? Gs.data() : nullptr, wbuf.data());
-    seg_row_pass<T>(A.rows.data(), A.na.data(), i0, i1, Bc.cols(), kind, P.data(), S, false, false, sc.data(),
-                need_p ? Gc.data() : nullptr, wbuf.data());
-    const double cs = 4.0 * g_self / da.D, cc = 2.0 * g_cross / (da.sum * db.sum);
-    for (int64_t l = 0; l < n; ++l) {
-      const int64_t i = i0 + l;
-      const double wi = double(A.v[i]);
-      if (need_p && wi != 0) {
-        const T a = T(cs * wi), c = T(cc * wi);
-        for (int64_t k = 0; k < d; ++k) gp[(row0 + i) * d + k] += a * Gs[l * d + k] + c * Gc[l * d + k];
-      }
-      if (need_w) {
-        const double dd = unbiased ? 2.0 * (da.sum - wi) : 2.0 * da.sum;
-        gw[row0 + i] += g_self * (2.0 * ss[l] - t_self * dd) / da.D + g_cross * (sc[l] / db.sum - t_cross) / da.sum;
-      }
-    }
-  };
-  if (grad_x || grad_xw) {
-    std::vector<Task> tasks;
-    for (int64_t b = 0; b < pb.B; ++b)
-      for (int64_t i0 = 0; i0 < pk.xs[b].n; i0 += kRowTile) tasks.push_back({b, i0, std::min(pk.xs[b].n, i0 + kRowTile), 0});
-    at::parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const Task& k = tasks[t];
-        const int64_t b = k.set;
-        side(pk.xs[b], pk.ys[pb.yop[b]], pk.dx[b], pk.dy[b], G[3 * b], G[3 * b + 2], TT[3 * b], TT[3 * b + 2], k.i0,
-             k.i1, grad_x, grad_xw, GX, GXW, pb.xo[b]);
+  if (need_x)
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t s = st.ysi[b];
+        const double sw = st.dx[b].sum, sv = st.dy[s].sum, D = st.dx[b].D;
+        const double cxx = 4.0 * G[3 * b] / D, cxy = 2.0 * G[3 * b + 2] / (sw * sv);
+        for (int64_t p = st.px.row0(b); p < st.px.row0(b) + st.px.n[b]; ++p) {
+          const int64_t i = st.px.src[p];
+          if (grad_x)
+            for (int64_t k = 0; k < d; ++k) GX[i * d + k] = T(cxx * gxx[p * dp + k] + cxy * gxy_x[p * dp + k]);
+          if (grad_xw) {
+            const double wi = double(st.px.w[p]), dD = unbiased ? 2.0 * (sw - wi) : 2.0 * sw;
+            GXW[i] = G[3 * b] * (2.0 * ksxx[p] - TT[3 * b] * dD) / D + G[3 * b + 2] * (ksxy_x[p] / sv - TT[3 * b + 2]) / sw;
+          }
+        }
+        if (!zxx.empty())
+          for (int64_t p = zx.row0(b); p < zx.row0(b) + zx.n[b]; ++p)
+            GXW[zx.src[p]] = G[3 * b] * (2.0 * zxx[p] - TT[3 * b] * 2.0 * sw) / D +
+                             G[3 * b + 2] * (zxy[p] / sv - TT[3 * b + 2]) / sw;
       }
     });
-  }
-  if (grad_y || grad_yw) {
-    // y rows: per set, or (shared y) per row tile over every set in order
-    const int64_t groups = pb.shared ? 1 : pb.B;
-    std::vector<Task> tasks;
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t ny = pb.yo[2 * g + 1] - pb.yo[2 * g];
-      for (int64_t i0 = 0; i0 < ny; i0 += kRowTile) tasks.push_back({g, i0, std::min(ny, i0 + kRowTile), 1});
-    }
-    at::parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const Task& k = tasks[t];
-        const int64_t b0 = pb.shared ? 0 : k.set, b1 = pb.shared ? pb.B : k.set + 1;
-        for (int64_t b = b0; b < b1; ++b)
-          side(pk.ys[pb.yop[b]], pk.xs[b], pk.dy[b], pk.dx[b], G[3 * b + 1], G[3 * b + 2], TT[3 * b + 1],
-               TT[3 * b + 2], k.i0, k.i1, grad_y, grad_yw, GY, GYW, pb.yo[2 * b]);
+  if (need_y)
+    for (int64_t s = 0; s < NY; ++s) {  // a shared y's pack sets may map to the same rows: serial
+      double A = 0, C = 0;              // sum_b g_yy and sum_b g_yy t_yy over the sets using s
+      for (int64_t b = 0; b < B; ++b)
+        if (st.ysi[b] == s) {
+          A += G[3 * b + 1];
+          C += G[3 * b + 1] * TT[3 * b + 1];
+        }
+      const int64_t b = st.yset[s];  // not shared: the one set using s
+      const double sv = st.dy[s].sum, D = st.dy[s].D;
+      const double cyy = 4.0 * A / D, cxy = ytrans ? 0.0 : 2.0 * G[3 * b + 2] / (st.dx[b].sum * sv);
+      for (int64_t p = st.py.row0(s); p < st.py.row0(s) + st.py.n[s]; ++p) {
+        const int64_t i = st.py.src[p];
+        if (grad_y)
+          for (int64_t k = 0; k < d; ++k)
+            GY[i * d + k] += T(cyy * gyy[p * dp + k] + (ytrans ? gyacc[p * dp + k] : cxy * gxy_y[p * dp + k]));
+        if (grad_yw) {
+          const double vi = double(st.py.w[p]), dD = unbiased ? 2.0 * (sv - vi) : 2.0 * sv;
+          GYW[i] += (2.0 * A * ksyy[p] - C * dD) / D +
+                    (ytrans ? gywacc[p] : G[3 * b + 2] * (ksxy_y[p] / st.dx[b].sum - TT[3 * b + 2]) / sv);
+        }
       }
-    });
-  }
+      if (!zyy.empty())
+        for (int64_t p = zy.row0(s); p < zy.row0(s) + zy.n[s]; ++p)
+          GYW[zy.src[p]] += (2.0 * A * zyy[p] - C * 2.0 * sv) / D + zyc[p];
+    }
   return {gx, gy, gxw, gyw};
 }
 
@@ -399,7 +745,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seg_bwd_cpp(
       ct == at::kDouble
           ? seg_bwd_t<double>(GT, TT, X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()),
                               unbiased, grad_x, grad_y, grad_xw, grad_yw)
-          : seg_bwd_t<float>(GT, TT, X, Y, pb, XW, YW, SH, int(kind), std::vector<float>(params.begin(), params.end()),
+          : seg_bwd_t<float>(GT, TT, X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()),
                              unbiased, grad_x, grad_y, grad_xw, grad_yw);
   auto empty = at::empty({0}, x.options());
   return {grad_x ? g[0].to(x.scalar_type()) : empty, grad_y ? g[1].to(y.scalar_type()) : empty,

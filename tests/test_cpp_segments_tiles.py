@@ -1,0 +1,99 @@
+"""The cpp backend's mmd_segments on the single-call tile engine (csrc/cpu/segments_cpu.cpp):
+sets of several 64-point tiles (the rounds that give race-free gradients on symmetric and cross
+tiles), a y shared by every set with multi-tile sets, weight-0 rows over NaN padding, on every
+tile-kernel variant this machine runs, against the float64 oracle; results independent of the
+thread count; the unbiased weighted denominator when one weight dominates."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+import wae_fast
+from wae_fast import contract
+from wae_fast.dispatch import unavailable_reason
+
+from . import oracle
+from .test_segments import GRAD_TOL, VAL_TOL, _data, _oracle, _terms_scale
+
+REASON = unavailable_reason("cpp", "cpu")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpp backend unavailable: {REASON}")
+
+ISAS = ["baseline", "avx2", "avx512"]
+X_OFF = [0, 2, 150, 281, 345, 475]      # 2, 148, 131, 64, 130 points: up to 3 row blocks
+Y_OFF = [0, 70, 72, 262, 267, 395]      # 70, 2, 190, 5, 128
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    runs = wae_fast.cpp_backend.extension().isas()
+    if request.param not in runs:
+        pytest.skip(f"this CPU/OS runs {runs}, not {request.param}")
+    monkeypatch.setenv("WAE_FAST_CPU_ISA", request.param)
+    return request.param
+
+
+def _run(x, y, xo, yo, xw, yw, kname, unbiased, d):
+    spec = {"imq": wae_fast.IMQ(), "rbf": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0)),
+            "poly": wae_fast.Polynomial()}[kname]
+    kind, params = spec.lower(d)
+    wae_fast.which_backend("cpu", "cpp", family="mmd_segments")  # the ops are registered
+    return contract.mmd_segments("cpp", x, y, xo, yo, xw, yw, kind, params, unbiased), kind, params
+
+
+@pytest.mark.parametrize("kname,unbiased,dtype,shared", [
+    ("imq", True, torch.float64, False), ("rbf", False, torch.float64, False),
+    ("poly", True, torch.float64, False), ("imq", True, torch.float32, False),
+    ("imq", True, torch.float64, True), ("rbf", False, torch.float32, True)])
+def test_multi_tile_sets_against_oracle(isa, kname, unbiased, dtype, shared):
+    yo = [0, 200] if shared else Y_OFF
+    x, y, xw, yw = _data(X_OFF, yo, 5, dtype, "cpu", seed=7 + shared)
+    ins = [t.requires_grad_(True) for t in (x, y, xw, yw)]
+    t, kind, params = _run(*ins[:2], X_OFF, yo, *ins[2:], kname, unbiased, 5)
+    gt = torch.linspace(-1.0, 2.0, 3 * (len(X_OFF) - 1), dtype=torch.float64).view(-1, 3)
+    got = torch.autograd.grad((t * gt).sum(), ins)
+    want, gw = _oracle(x, y, xw, yw, X_OFF, yo, kind, params, unbiased, gt)
+    assert bool(((t.detach() - want).abs() <= VAL_TOL[dtype] * _terms_scale(want)[:, None]).all())
+    kx, ky = xw.detach() != 0, yw.detach() != 0
+    assert bool((got[0][~kx] == 0).all()) and bool((got[1][~ky] == 0).all())
+    for a, b, name in ((got[0], gw[0], "x"), (got[1], gw[1], "y"), (got[2][kx], gw[2][kx], "xw"),
+                       (got[3][ky], gw[3][ky], "yw")):
+        e = (a.double() - b).norm().item()
+        assert e <= GRAD_TOL[dtype] * b.norm().item(), f"{isa} d{name}: {e:.3g} vs {b.norm():.3g}"
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    g = torch.Generator().manual_seed(3)
+    xo, yo = [0, 40, 300, 310], [0, 200, 210, 330]
+    x = torch.randn(310, 7, generator=g, requires_grad=True)
+    y = torch.randn(330, 7, generator=g, requires_grad=True)
+    xw = (torch.rand(310, generator=g) + 0.2).requires_grad_(True)
+    yw = (torch.rand(330, generator=g) + 0.2).requires_grad_(True)
+    old = torch.get_num_threads()
+    res = []
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            t, _, _ = _run(x, y, xo, yo, xw, yw, "imq", True, 7)
+            res.append((t, *torch.autograd.grad((t * torch.tensor([1.0, 2.0, -3.0])).sum(), (x, y, xw, yw))))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(*res))
+
+
+def test_unbiased_denominator_with_one_dominant_weight():
+    """sum_{i != j} w_i w_j without the cancellation of (sum w)^2 - sum w^2: one weight 1e12."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    w = torch.tensor([1e12, 1.0, 0.5, 2.0, 1.5], dtype=torch.float64)
+    t, kind, params = _run(x, y, [0, 5], [0, 4], w, y.new_empty((0,)), "imq", True, 3)
+    k = oracle.kernel_matrix(x, x, kind, params)  # translation invariant: no shift needed
+    off = ~torch.eye(5, dtype=torch.bool)
+    num = float((w[:, None] * w[None, :] * k)[off].sum())
+    ws = [Fraction(v) for v in w.tolist()]
+    exact = float(sum(a * b for i, a in enumerate(ws) for j, b in enumerate(ws) if i != j))
+    cancel = float(w.sum() ** 2 - (w ** 2).sum())
+    assert abs(float(t[0, 0]) - num / exact) <= 1e-12 * abs(num / exact)
+    assert abs(num / cancel - num / exact) > 1e-9 * abs(num / exact)  # what the naive form loses
