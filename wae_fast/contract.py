@@ -514,6 +514,19 @@ _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
 _PART_WEIGHTS: dict[tuple, torch.Tensor] = {}
 
 
+_NO_OFFSET: dict[tuple, torch.Tensor] = {}
+
+
+def _no_offset(x: torch.Tensor) -> torch.Tensor:
+    """The empty (0,) offset (compute dtype, x's device) that asks a ``computes_shifts`` backend
+    for the term shifts: made once per (dtype, device), never written (eager calls only)."""
+    key = (x.dtype, x.device)
+    e = _NO_OFFSET.get(key)
+    if e is None:
+        e = _NO_OFFSET[key] = x.new_empty((0,), dtype=compute_dtype(x.dtype))
+    return e
+
+
 def _part_weights(like: torch.Tensor) -> torch.Tensor:
     """(1, -2) as a (2, 1, 1) tensor of ``like``'s dtype and device, made once per pair."""
     key = (like.dtype, like.device)
@@ -596,7 +609,7 @@ def mmd_terms(
     x = x.contiguous()
     y = y.contiguous()
     if _SHIFTS_IN_BACKEND.get(backend, False):  # the backend computes term_shifts itself
-        offset = x.new_empty((0,), dtype=compute_dtype(x.dtype))
+        offset = x.new_empty((0,), dtype=compute_dtype(x.dtype))  # (traceable: no cache here)
     else:
         offset = term_shifts(kind, x, y)  # zeros for the polynomial (not translation invariant)
     grad_on = torch.is_grad_enabled()
@@ -632,7 +645,7 @@ def mmd_value(
     x = x.contiguous()
     y = y.contiguous()
     if _SHIFTS_IN_BACKEND.get(backend, False):
-        offset = x.new_empty((0,), dtype=compute_dtype(x.dtype))
+        offset = _no_offset(x)
     else:
         offset = term_shifts(kind, x, y)
     grad_on = torch.is_grad_enabled()

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 
 from . import contract
-from .dispatch import Request, select_backend
+from .dispatch import Request, select_backend, select_mmd_backend
 from .kernel_specs import IMQ, KIND_POLY, RBF, KernelSpec, check_compute_range, resolve_kernel
 from .philox import resolve_seed
 from .segments import weighted_terms
@@ -75,8 +75,7 @@ def _resolve(x: torch.Tensor, y: torch.Tensor, kernel, estimator: str, backend: 
     if precision not in contract.PRECISIONS:
         raise ValueError(f"precision: unknown precision {precision!r}; expected one of {contract.PRECISIONS}")
     kind, params, range_error = _lower(spec, x.shape[1], x.dtype)
-    name = select_backend(backend, x.device, Request("mmd", kind, len(params), x.dtype, estimator,
-                                                     precision))
+    name = select_mmd_backend(backend, x.device, kind, len(params), x.dtype, estimator, precision)
     if range_error is not None:
         raise ValueError(range_error)
     if check_finite:
