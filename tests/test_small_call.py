@@ -73,6 +73,27 @@ def test_shifts_in_the_op_nan_column_and_far_cluster():
 
 
 @needs_cpp
+@pytest.mark.parametrize("d", [2, 6, 16])  # one selection per column (d < 4) / bitonic network
+@pytest.mark.parametrize("n,m", [(5, 9), (64, 64), (33, 100)])
+def test_shift_medians_exact_with_ties_inf_and_nan(n, m, d):
+    """The op's medians are torch.median's lower medians exactly (ties, +-inf, a NaN column):
+    with them as the offset, the op gives the same bits as with the empty offset."""
+    g = torch.Generator().manual_seed(n * m + d)
+    x = torch.randint(-3, 4, (n, d), generator=g).float()  # many ties
+    y = torch.randint(-2, 3, (m, d), generator=g).float() * 0.5
+    x[0, 0] = float("inf")
+    y[-1, d - 1] = float("-inf")
+    x[n // 2, d // 2] = float("nan")
+    kind, params = IMQ().lower(d)
+    op = contract.op("mmd_fwd_cpp")
+    got = op(x, y, torch.empty(0), kind, params, False, True, True, "ieee")
+    want = op(x, y, contract.term_shifts(kind, x, y), kind, params, False, True, True, "ieee")
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@needs_cpp
 def test_offset_shape_is_checked():
     x, y = _points(6, 5, 3, torch.float32)
     kind, params = IMQ().lower(3)

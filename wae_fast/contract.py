@@ -1,9 +1,13 @@
 """The backend contract: every op family, defined once, that every backend implements.
 
 Public functions validate their arguments, ask :mod:`wae_fast.dispatch` for the backend, and
-call the op of that backend through this module (:func:`mmd_terms`, :func:`prior_terms`,
-:func:`reparam`); the schemas, fake implementations (torch.compile) and autograd of every op
-family live here (:data:`FAMILIES`), written once for every backend.
+call the op of that backend through this module (:func:`mmd_terms`, :func:`mmd_value`,
+:func:`prior_terms`, :func:`reparam`); the schemas, fake implementations (torch.compile) and
+autograd of every op family live here (:data:`FAMILIES`), written once for every backend.
+Eager mmd calls take a shorter road with the same numbers (the host cost dominates small sets):
+:func:`mmd_value` applies one ``autograd.Function`` per backend that calls the forward op below
+the Autograd keys, forms MMD^2 in its forward and scales the fused gradient parts in its
+backward; torch.compile traces the op and its registered autograd.
 
 MMD: every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides two ops in the
 ``wae_fast`` namespace, with exactly these schemas (:data:`MMD_FWD_SCHEMA`, :data:`MMD_BWD_SCHEMA`)::

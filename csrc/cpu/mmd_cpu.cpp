@@ -385,18 +385,67 @@ T column_median(const T* p, int64_t n, int64_t d, int64_t k, std::vector<T>& scr
   return *mid;
 }
 
+//! The lower medians of every column of the row-major (n x d) p into out (d values), NaN where a
+//! column holds a NaN.  For d >= 4 all columns at once: the rows padded to a power of two with
+//! +inf and sorted by a bitonic network whose compare-exchanges are min / max over the d
+//! coordinates of two rows (branch free, vectorised over the columns): O(n log^2 n d) without a
+//! branch misprediction, measured several times faster than one nth_element per column at
+//! n = 128..256, d = 64 (the medians then cost more than the pair tiles).
+template <class T>
+void column_medians(const T* p, int64_t n, int64_t d, T* out) {
+  if (d < 4) {  // too few lanes to vectorise over: one selection per column
+    std::vector<T> scratch;
+    for (int64_t k = 0; k < d; ++k) out[k] = column_median(p, n, d, k, scratch);
+    return;
+  }
+  int64_t np = 1;
+  while (np < n) np <<= 1;
+  const T inf = std::numeric_limits<T>::infinity();
+  std::vector<T> s(np * d, inf);
+  std::vector<unsigned char> nan(d, 0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; ++c) {
+      const T v = p[i * d + c];
+      const bool isn = v != v;
+      nan[c] |= isn;
+      s[i * d + c] = isn ? inf : v;  // NaN sorted as +inf; its column's median is NaN below
+    }
+  T* a = s.data();
+  for (int64_t k = 2; k <= np; k <<= 1)
+    for (int64_t j = k >> 1; j > 0; j >>= 1)
+      for (int64_t i = 0; i < np; ++i) {
+        const int64_t l = i ^ j;
+        if (l <= i) continue;
+        T* __restrict u = a + i * d;
+        T* __restrict w = a + l * d;
+        if ((i & k) == 0)  // ascending pair
+          for (int64_t c = 0; c < d; ++c) {
+            const T lo = std::min(u[c], w[c]), hi = std::max(u[c], w[c]);
+            u[c] = lo;
+            w[c] = hi;
+          }
+        else
+          for (int64_t c = 0; c < d; ++c) {
+            const T lo = std::min(u[c], w[c]), hi = std::max(u[c], w[c]);
+            u[c] = hi;
+            w[c] = lo;
+          }
+      }
+  const T* mid = a + (n - 1) / 2 * d;
+  for (int64_t c = 0; c < d; ++c) out[c] = nan[c] ? std::numeric_limits<T>::quiet_NaN() : mid[c];
+}
+
 //! The glue's per-term shifts (wae_fast.contract.term_shifts), computed here when the glue passes
 //! an empty offset: rows xx = median(x), yy = median(y), xy = lerp(median(x), median(y),
 //! m / (n + m)) (torch.lerp's formula, in the compute type), 3 x d values.
 template <class T>
 std::vector<T> host_term_shifts(const T* x, int64_t n, const T* y, int64_t m, int64_t d) {
   std::vector<T> sh(3 * d);
-  std::vector<T> scratch;
+  column_medians(x, n, d, sh.data());
+  column_medians(y, m, d, sh.data() + d);
   const T w = T(double(m) / double(n + m));
   for (int64_t k = 0; k < d; ++k) {
-    const T a = column_median(x, n, d, k, scratch), b = column_median(y, m, d, k, scratch);
-    sh[k] = a;
-    sh[d + k] = b;
+    const T a = sh[k], b = sh[d + k];
     sh[2 * d + k] = std::abs(w) < T(0.5) ? std::fma(w, b - a, a) : std::fma(-(b - a), T(1) - w, b);
   }
   return sh;
