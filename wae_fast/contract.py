@@ -512,12 +512,12 @@ def _define_segments(backend: str) -> None:
 
 
 _FUSES: dict[str, bool] = {}
+_SHIFTS_IN_BACKEND: dict[str, bool] = {}
+_EAGER_MMD: dict[str, type] = {}
 _EAGER_MMD_VALUE: dict[str, type] = {}
 # MMD^2 = terms . (1, 1, -2); the fused parts (xx or yy, xy) of one input enter it with (1, -2)
 _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
 _PART_WEIGHTS: dict[tuple, torch.Tensor] = {}
-
-
 _NO_OFFSET: dict[tuple, torch.Tensor] = {}
 
 
@@ -538,8 +538,6 @@ def _part_weights(like: torch.Tensor) -> torch.Tensor:
     if w is None:
         w = _PART_WEIGHTS[key] = torch.tensor([1.0, -2.0], dtype=like.dtype, device=like.device).view(2, 1, 1)
     return w
-_SHIFTS_IN_BACKEND: dict[str, bool] = {}
-_EAGER_MMD: dict[str, type] = {}
 
 
 @dataclass(frozen=True)

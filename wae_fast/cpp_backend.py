@@ -8,8 +8,9 @@ use and cached (:mod:`wae_fast.build`).
 
 The forward fuses the gradient parts (``fuses_grad=True``): with grad flags set it returns the
 (2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.  It computes the
-per-term median shifts itself from an empty offset (``computes_shifts=True``: nth_element per
-coordinate on the host, the same lower medians and lerp as ``contract.term_shifts``).  ``reparam_fwd_cpp`` /
+per-term median shifts itself from an empty offset (``computes_shifts=True``: the same lower
+medians and lerp as ``contract.term_shifts``, by a bitonic network over the rows vectorised over
+the coordinates).  ``reparam_fwd_cpp`` /
 ``reparam_bwd_cpp`` draw eps from the Philox stream of the Triton and CUDA kernels
 (``tl.randn(seed, flat index)``, csrc/include/wae_fast/tile_math.h), so a seed gives the same eps
 on every kernel backend.  ``prior_fwd_cpp`` / ``prior_bwd_cpp`` (MMD to N(0, sigma2 I) with the
