@@ -1,9 +1,13 @@
 """The backend contract: every op family, defined once, that every backend implements.
 
 Public functions validate their arguments, ask :mod:`wae_fast.dispatch` for the backend, and
-call the op of that backend through this module (:func:`mmd_terms`, :func:`prior_terms`,
-:func:`reparam`); the schemas, fake implementations (torch.compile) and autograd of every op
-family live here (:data:`FAMILIES`), written once for every backend.
+call the op of that backend through this module (:func:`mmd_terms`, :func:`mmd_value`,
+:func:`prior_terms`, :func:`reparam`); the schemas, fake implementations (torch.compile) and
+autograd of every op family live here (:data:`FAMILIES`), written once for every backend.
+Eager mmd calls take a shorter road with the same numbers (the host cost dominates small sets):
+:func:`mmd_value` applies one ``autograd.Function`` per backend that calls the forward op below
+the Autograd keys, forms MMD^2 in its forward and scales the fused gradient parts in its
+backward; torch.compile traces the op and its registered autograd.
 
 MMD: every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides two ops in the
 ``wae_fast`` namespace, with exactly these schemas (:data:`MMD_FWD_SCHEMA`, :data:`MMD_BWD_SCHEMA`)::
@@ -23,6 +27,8 @@ Meaning:
   avoids the cancellation in ||a||^2 + ||b||^2 - 2 a.b, which loses ~u (|a|^2 + |b|^2) of r).
   Either (3, d), one shift per term: row 0 for the xx term, row 1 for the yy term, row 2 for the
   xy term (both sets) and the cross part of the gradients; or (d,), one shift for all three.
+  Or (0,), only for a backend that declares ``computes_shifts`` (:func:`define_backend_ops`):
+  the backend computes the (3, d) shifts of :func:`term_shifts` below itself.
   The glue passes (3, d) = the coordinate-wise medians of x and of y, and their size-weighted
   mean (N median(x) + M median(y)) / (N + M) (:func:`term_shifts`), so a set clustered far from
   the other keeps its own distances exact, and a few far points do not drag a shift away from
@@ -277,13 +283,14 @@ def _define_mmd(backend: str) -> None:
         gx = gy = None
         fused_x = need_x and gx_parts.numel() > 0
         fused_y = need_y and gy_parts.numel() > 0
-        # one mv per input (parts (2, n*d)^T times the two coefficients): few small ops per call
+        # parts (2, n, d) times the two coefficients, summed: a broadcast multiply and a sum
+        # (measured cheaper than one mv at N = 64, d = 8: few small ops per call)
         if fused_x:
-            c = grad_terms[0::2].to(gx_parts.dtype)
-            gx = torch.mv(gx_parts.view(2, -1).t(), c).view(x.shape).to(ctx.xdtype)
+            c = grad_terms.to(gx_parts.dtype)[0::2].view(2, 1, 1)  # terms 0 (xx) and 2 (xy)
+            gx = (gx_parts * c).sum(0).to(ctx.xdtype)
         if fused_y:
-            c = grad_terms[1:].to(gy_parts.dtype)
-            gy = torch.mv(gy_parts.view(2, -1).t(), c).view(y.shape).to(ctx.ydtype)
+            c = grad_terms.to(gy_parts.dtype)[1:].view(2, 1, 1)  # terms 1 (yy) and 2 (xy)
+            gy = (gy_parts * c).sum(0).to(ctx.ydtype)
         rx, ry = need_x and not fused_x, need_y and not fused_y
         if rx or ry:
             bx, by = op(bwd)(grad_terms, x, y, offset, kind, params, unbiased, rx, ry, precision)
@@ -297,6 +304,7 @@ def _define_mmd(backend: str) -> None:
         return gx, gy, None, None, None, None, None, None, None
 
     torch.library.register_autograd(qf, backward, setup_context=setup_context)
+    fwd_overload = op(fwd).default
 
     class EagerMMD(torch.autograd.Function):
         """The same forward, setup and backward as the op's registered autograd, applied
@@ -306,7 +314,10 @@ def _define_mmd(backend: str) -> None:
 
         @staticmethod
         def forward(ctx, *inputs):
-            out = op(fwd)(*inputs)  # grad mode is off here: straight to the backend kernel
+            # Below the Autograd keys: straight to the backend kernel, not through the op's
+            # registered Python autograd kernel (a no-grad redispatch costing ~10 us a call).
+            with torch._C._AutoDispatchBelowAutograd():
+                out = fwd_overload(*inputs)
             setup_context(ctx, inputs, out)
             ctx.mark_non_differentiable(out[1], out[2])
             return out
@@ -316,6 +327,49 @@ def _define_mmd(backend: str) -> None:
             return backward(ctx, *grads)
 
     _EAGER_MMD[backend] = EagerMMD
+
+    class EagerMMDValue(torch.autograd.Function):
+        """MMD^2 = terms . (1, 1, -2) as one autograd node (eager calls of ``wae_fast.mmd``):
+        the same op call, the value formed inside the forward, the fused parts scaled by
+        grad * (1, -2) in backward -- the same numbers as the terms path (the weights are
+        exact), without its dot and cast nodes.  inputs: the op's, then the output dtype."""
+
+        @staticmethod
+        def forward(ctx, x, y, offset, meta):
+            # meta: the op's other arguments and the output dtype, one tuple (Function.apply
+            # walks every argument: fewer arguments, less per-call work)
+            kind, params, unbiased, grad_x, grad_y, precision, out_dtype = meta
+            with torch._C._AutoDispatchBelowAutograd():
+                terms, gx_parts, gy_parts = fwd_overload(x, y, offset, kind, params, unbiased, grad_x,
+                                                         grad_y, precision)
+            ctx.args = (kind, params, unbiased, precision)
+            ctx.xdtype, ctx.ydtype = x.dtype, y.dtype
+            ctx.save_for_backward(x, y, offset, gx_parts, gy_parts)
+            return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            if torch.is_grad_enabled():
+                raise RuntimeError(DOUBLE_BACKWARD_MSG)
+            x, y, offset, gx_parts, gy_parts = ctx.saved_tensors
+            need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            gx = gy = None
+            fused_x = need_x and gx_parts.numel() > 0
+            fused_y = need_y and gy_parts.numel() > 0
+            if fused_x:  # d/dx (t0 - 2 t2): parts (2, n, d) times grad * (1, -2), summed
+                gx = (gx_parts * (grad.to(gx_parts.dtype) * _part_weights(gx_parts))).sum(0).to(ctx.xdtype)
+            if fused_y:  # d/dy (t1 - 2 t2)
+                gy = (gy_parts * (grad.to(gy_parts.dtype) * _part_weights(gy_parts))).sum(0).to(ctx.ydtype)
+            rx, ry = need_x and not fused_x, need_y and not fused_y
+            if rx or ry:
+                kind, params, unbiased, precision = ctx.args
+                grad_terms = grad.to(torch.float64) * _MMD_WEIGHTS.to(grad.device)
+                bx, by = op(bwd)(grad_terms, x, y, offset, kind, params, unbiased, rx, ry, precision)
+                gx = bx if rx else gx
+                gy = by if ry else gy
+            return gx, gy, None, None
+
+    _EAGER_MMD_VALUE[backend] = EagerMMDValue
 
 
 def _define_reparam(backend: str) -> None:
@@ -458,7 +512,32 @@ def _define_segments(backend: str) -> None:
 
 
 _FUSES: dict[str, bool] = {}
+_SHIFTS_IN_BACKEND: dict[str, bool] = {}
 _EAGER_MMD: dict[str, type] = {}
+_EAGER_MMD_VALUE: dict[str, type] = {}
+# MMD^2 = terms . (1, 1, -2); the fused parts (xx or yy, xy) of one input enter it with (1, -2)
+_MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
+_PART_WEIGHTS: dict[tuple, torch.Tensor] = {}
+_NO_OFFSET: dict[tuple, torch.Tensor] = {}
+
+
+def _no_offset(x: torch.Tensor) -> torch.Tensor:
+    """The empty (0,) offset (compute dtype, x's device) that asks a ``computes_shifts`` backend
+    for the term shifts: made once per (dtype, device), never written (eager calls only)."""
+    key = (x.dtype, x.device)
+    e = _NO_OFFSET.get(key)
+    if e is None:
+        e = _NO_OFFSET[key] = x.new_empty((0,), dtype=compute_dtype(x.dtype))
+    return e
+
+
+def _part_weights(like: torch.Tensor) -> torch.Tensor:
+    """(1, -2) as a (2, 1, 1) tensor of ``like``'s dtype and device, made once per pair."""
+    key = (like.dtype, like.device)
+    w = _PART_WEIGHTS.get(key)
+    if w is None:
+        w = _PART_WEIGHTS[key] = torch.tensor([1.0, -2.0], dtype=like.dtype, device=like.device).view(2, 1, 1)
+    return w
 
 
 @dataclass(frozen=True)
@@ -486,6 +565,7 @@ def define_backend_ops(
     backend: str,
     *,
     fuses_grad: bool = False,
+    computes_shifts: bool = False,
     dispatch_key: str = "CompositeExplicitAutograd",
     **impls: Optional[Callable],
 ) -> None:
@@ -496,6 +576,10 @@ def define_backend_ops(
 
     ``fuses_grad`` declares that ``mmd_fwd`` returns the (2, N, d)/(2, M, d) gradient parts when
     asked (the fake implementation must know the output shapes for torch.compile).
+    ``computes_shifts`` declares that ``mmd_fwd`` / ``mmd_bwd`` accept an empty (0,) ``offset``
+    and then compute the glue's :func:`term_shifts` themselves (same values: the lower median
+    per coordinate, torch.lerp's formula), so :func:`mmd_terms` passes an empty one (a small
+    call then pays no median, stack and cat ops in Python).
     """
     known = {f"{f}_{d}" for f in FAMILIES for d in ("fwd", "bwd")}
     unknown = set(impls) - known
@@ -503,6 +587,7 @@ def define_backend_ops(
         raise ValueError(f"define_backend_ops: unknown op(s) {sorted(unknown)}; expected {sorted(known)}")
     if backend not in _DEFINED:
         _FUSES[backend] = fuses_grad
+        _SHIFTS_IN_BACKEND[backend] = computes_shifts
         for family in FAMILIES.values():
             family.define(backend)
         _DEFINED.add(backend)
@@ -525,7 +610,10 @@ def mmd_terms(
     Inputs are assumed validated (same device/dtype, 2-D, matching d)."""
     x = x.contiguous()
     y = y.contiguous()
-    offset = term_shifts(kind, x, y)  # zeros for the polynomial (not translation invariant)
+    if _SHIFTS_IN_BACKEND.get(backend, False):  # the backend computes term_shifts itself
+        offset = x.new_empty((0,), dtype=compute_dtype(x.dtype))  # (traceable: no cache here)
+    else:
+        offset = term_shifts(kind, x, y)  # zeros for the polynomial (not translation invariant)
     grad_on = torch.is_grad_enabled()
     gx, gy = grad_on and x.requires_grad, grad_on and y.requires_grad
     args = (x, y, offset, kind, [float(p) for p in params], unbiased, gx, gy, precision)
@@ -536,6 +624,36 @@ def mmd_terms(
     if kind == KIND_POLY:
         terms = inf_to_nan(terms)  # an fp32 tile sum of finite powers may still overflow
     return terms
+
+
+def mmd_value(
+    backend: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kind: int,
+    params: list[float],
+    unbiased: bool,
+    precision: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """MMD^2 = terms[0] + terms[1] - 2 terms[2] through backend ``backend``'s forward op, as a
+    0-dim ``out_dtype`` tensor (differentiable).  Eagerly one autograd node (the value formed
+    in its forward, the fused gradient parts scaled in its backward); under torch.compile, and
+    for the polynomial kernel (whose overflowed terms must read NaN first), the terms of
+    :func:`mmd_terms` and a dot.  Inputs are assumed validated (``params``: floats)."""
+    if kind == KIND_POLY or torch.compiler.is_compiling() or backend not in _EAGER_MMD_VALUE:
+        terms = mmd_terms(backend, x, y, kind, params, unbiased, precision)
+        return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
+    x = x.contiguous()
+    y = y.contiguous()
+    if _SHIFTS_IN_BACKEND.get(backend, False):
+        offset = _no_offset(x)
+    else:
+        offset = term_shifts(kind, x, y)
+    grad_on = torch.is_grad_enabled()
+    return _EAGER_MMD_VALUE[backend].apply(x, y, offset, (
+        kind, params if type(params) is list else list(map(float, params)), unbiased,
+        grad_on and x.requires_grad, grad_on and y.requires_grad, precision, out_dtype))
 
 
 def inf_to_nan(t: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,10 @@ extension is ``wae_fast._C`` built at install, or a build for the running torch 
 use and cached (:mod:`wae_fast.build`).
 
 The forward fuses the gradient parts (``fuses_grad=True``): with grad flags set it returns the
-(2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.  ``reparam_fwd_cpp`` /
+(2, N, d)/(2, M, d) parts computed in the same pass over the pair tiles.  It computes the
+per-term median shifts itself from an empty offset (``computes_shifts=True``: the same lower
+medians and lerp as ``contract.term_shifts``, by a bitonic network over the rows vectorised over
+the coordinates).  ``reparam_fwd_cpp`` /
 ``reparam_bwd_cpp`` draw eps from the Philox stream of the Triton and CUDA kernels
 (``tl.randn(seed, flat index)``, csrc/include/wae_fast/tile_math.h), so a seed gives the same eps
 on every kernel backend.  ``prior_fwd_cpp`` / ``prior_bwd_cpp`` (MMD to N(0, sigma2 I) with the
@@ -26,7 +29,7 @@ from typing import Optional
 from . import build
 from .contract import define_backend_ops
 
-define_backend_ops("cpp", fuses_grad=True)
+define_backend_ops("cpp", fuses_grad=True, computes_shifts=True)
 
 #: The op families the extension registers (its TORCH_LIBRARY_IMPL), given placeholders that
 #: build it on first use; routing by capabilities lives in wae_fast.dispatch.

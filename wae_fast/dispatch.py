@@ -109,6 +109,8 @@ def _load(name: str):
 
 
 def _device_type(where: Device) -> str:
+    if isinstance(where, torch.device):
+        return where.type
     if where is None:
         return "cpu"
     if isinstance(where, torch.Tensor):
@@ -258,6 +260,15 @@ def select_backend(backend: str, device: Device, request: Request) -> str:
         _check_name(backend)  # raises TypeError naming it
     return _select(backend, _device_type(device), request.family, request.kind,
                    request.num_scales, request.dtype, request.estimator, request.precision)
+
+
+def select_mmd_backend(backend: str, device: torch.device, kind: int, num_scales: int,
+                       dtype: torch.dtype, estimator: str, precision: str) -> str:
+    """:func:`select_backend` for an mmd call, without building a :class:`Request` (the same
+    cached answer: a small call pays one lookup)."""
+    if not isinstance(backend, str):
+        _check_name(backend)  # raises TypeError naming it
+    return _select(backend, _device_type(device), "mmd", kind, num_scales, dtype, estimator, precision)
 
 
 def which_backend(device: Device = None, backend: str = "auto", family: str = "mmd") -> str:

@@ -7,8 +7,8 @@ from typing import Optional, Union
 import torch
 
 from . import contract
-from .dispatch import Request, select_backend
-from .kernel_specs import IMQ, KIND_POLY, KernelSpec, check_compute_range, resolve_kernel
+from .dispatch import Request, select_backend, select_mmd_backend
+from .kernel_specs import IMQ, KIND_POLY, RBF, KernelSpec, check_compute_range, resolve_kernel
 from .philox import resolve_seed
 from .segments import weighted_terms
 from .validation import check_finite as _check_finite
@@ -26,6 +26,7 @@ def _lower(spec: KernelSpec, d: int, dtype: torch.dtype) -> tuple[int, list[floa
     hit = _LOWERED.get(key)
     if hit is None:
         kind, params = spec.lower(d)
+        params = [float(p) for p in params]
         try:
             check_compute_range(kind, params, dtype, spec, d)
             err = None
@@ -59,12 +60,22 @@ def mmd_terms(
     if x_weights is not None or y_weights is not None:  # the weighted estimators: one set pair
         return weighted_terms(x, y, x_weights, y_weights, kernel, estimator=estimator,
                               backend=backend, check_finite=check_finite, precision=precision)
+    name, kind, params = _resolve(x, y, kernel, estimator, backend, check_finite, precision)
+    terms = contract.mmd_terms(name, x, y, kind, params, estimator == "unbiased", precision)
+    if check_finite and kind == KIND_POLY:
+        check_poly_in_range(terms, x.dtype)
+    return terms
+
+
+def _resolve(x: torch.Tensor, y: torch.Tensor, kernel, estimator: str, backend: str,
+             check_finite: bool, precision: str) -> tuple[str, int, list[float]]:
+    """Backend name and lowered kernel of a validated unweighted call; runs the data checks
+    of ``check_finite`` (IMQ, RBF: before any work)."""
     spec = resolve_kernel(kernel)
     if precision not in contract.PRECISIONS:
         raise ValueError(f"precision: unknown precision {precision!r}; expected one of {contract.PRECISIONS}")
     kind, params, range_error = _lower(spec, x.shape[1], x.dtype)
-    name = select_backend(backend, x.device, Request("mmd", kind, len(params), x.dtype, estimator,
-                                                     precision))
+    name = select_mmd_backend(backend, x.device, kind, len(params), x.dtype, estimator, precision)
     if range_error is not None:
         raise ValueError(range_error)
     if check_finite:
@@ -72,10 +83,7 @@ def mmd_terms(
         _check_finite("y", y)
         if kind != KIND_POLY:
             check_in_range(x, y)
-    terms = contract.mmd_terms(name, x, y, kind, params, estimator == "unbiased", precision)
-    if check_finite and kind == KIND_POLY:
-        check_poly_in_range(terms, x.dtype)
-    return terms
+    return name, kind, params
 
 
 def mmd(
@@ -128,12 +136,19 @@ def mmd(
         0-dim tensor, float32 for fp16/bf16/fp32 inputs and float64 for fp64 inputs. Gradients
         flow to ``x`` and ``y`` in their own dtype; double backward is not supported.
     """
-    terms = mmd_terms(x, y, kernel, estimator=estimator, backend=backend,
-                      check_finite=check_finite, precision=precision, x_weights=x_weights,
-                      y_weights=y_weights)
-    out_dtype = torch.float64 if torch.promote_types(x.dtype, y.dtype) == torch.float64 else torch.float32
-    # one dot with (1, 1, -2) instead of three selects (each a zeros + copy in backward)
-    return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
+    if x_weights is not None or y_weights is not None or (check_finite and not isinstance(
+            kernel, (IMQ, RBF))):  # weighted, or a polynomial range check on the terms
+        terms = mmd_terms(x, y, kernel, estimator=estimator, backend=backend,
+                          check_finite=check_finite, precision=precision, x_weights=x_weights,
+                          y_weights=y_weights)
+        out_dtype = torch.float64 if torch.promote_types(x.dtype, y.dtype) == torch.float64 else torch.float32
+        # one dot with (1, 1, -2) instead of three selects (each a zeros + copy in backward)
+        return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
+    x, y = check_points(x, y, estimator)
+    name, kind, params = _resolve(x, y, kernel, estimator, backend, check_finite, precision)
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # eagerly one autograd node: the value formed in the op's forward, the fused parts scaled
+    return contract.mmd_value(name, x, y, kind, params, estimator == "unbiased", precision, out_dtype)
 
 
 def reparameterize(

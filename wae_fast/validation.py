@@ -28,6 +28,16 @@ def check_points(x, y, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
     check_tensor("y", y)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+    # the common case in a few attribute reads; anything else takes the checks below, which
+    # raise the first error in their order
+    xs, ys = x.shape, y.shape
+    least = 2 if estimator == "unbiased" else 1
+    if (len(xs) == 2 and len(ys) == 2 and xs[0] >= least and ys[0] >= least and xs[1] > 0
+            and xs[1] == ys[1] and x.device == y.device):
+        if x.dtype != y.dtype:
+            common = torch.promote_types(x.dtype, y.dtype)
+            x, y = x.to(common), y.to(common)
+        return x, y
     for name, t in (("x", x), ("y", y)):
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D (points, features), got shape {tuple(t.shape)}; "
