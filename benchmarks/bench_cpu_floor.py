@@ -13,8 +13,17 @@ rate (n = 1024, best of 3) just before and after its timed calls, so each row's 
 second can be normalised by the GEMM rate measured beside it (the machine may be shared: the
 load changes between rows).  Times: one warm-up call, then ``--reps`` calls; the minimum is
 reported beside the median (contention only adds time).  The floor of a row is
-:func:`benchmarks.floor.cpu_floor` (the evaluation of the after side) at rates measured once at
-the start (:func:`benchmarks.floor.measure_cpu_peak`).
+:func:`benchmarks.floor.cpu_floor` (the evaluation of the after side) at the peak rates
+(:func:`benchmarks.floor.measure_cpu_peak`, about 1 s) measured FRESH beside the row, just before
+and just after its runs (each rate the better of the two: contention only lowers a rate), so a
+row's % of floor is not taken against a peak measured minutes earlier under another load; the
+peaks at the start and the end of the table are reported too.  The report calls the machine
+shared or quiet from the 1-minute load average sampled at the start, beside every row and at the
+end, less this benchmark's own threads.
+
+Quick path (one row, well under a minute on a quiet machine):
+
+    python -m benchmarks.bench_cpu_floor --before PATH --kernels imq7 --ds 8 --reps 2 --threads 1
 """
 from __future__ import annotations
 
@@ -69,14 +78,16 @@ def worker(spec: dict) -> dict:
 
     g0 = _gemm_rate(torch)
     call()
-    ts = []
+    ts, cs = [], []
     for _ in range(spec["reps"]):
+        c = time.process_time()
         t = time.perf_counter()
         call()
         ts.append(time.perf_counter() - t)
+        cs.append(time.process_time() - c)
     g1 = _gemm_rate(torch)
     import wae_fast.cpp_backend as cb
-    return {"min_s": min(ts), "median_s": sorted(ts)[len(ts) // 2], "gemm": (g0 + g1) / 2, "gemm_before": g0,
+    return {"min_s": min(ts), "median_s": sorted(ts)[len(ts) // 2], "cpu_min_s": min(cs), "gemm": (g0 + g1) / 2, "gemm_before": g0,
             "gemm_after": g1, "isa": cb.isa(), "package": wae_fast.__file__, "threads": torch.get_num_threads()}
 
 
@@ -103,6 +114,50 @@ def _loadavg() -> str:
         return "?"
 
 
+def _load1() -> float:
+    """The 1-minute load average (NaN where /proc/loadavg is missing)."""
+    try:
+        return float(_loadavg().split()[0])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def best_peak(p, q):
+    """Rates of two peak measurements beside a row, each the better one (contention only lowers a rate)."""
+    import dataclasses
+    return dataclasses.replace(p, fma_rate=max(p.fma_rate, q.fma_rate), div_rate=max(p.div_rate, q.div_rate),
+                               exp_rate=max(p.exp_rate, q.exp_rate), mem_bw=max(p.mem_bw, q.mem_bw))
+
+
+def machine_note(loads: list, own_threads: int, cores: int) -> str:
+    """Shared or quiet, from 1-minute load averages sampled during the run: the largest, less the
+    benchmark's own threads (its worker counts while it runs), is the other work on the machine;
+    more than one busy core of it reads SHARED."""
+    finite = [v for v in loads if v == v]
+    if not finite:
+        return "- load average unknown (no /proc/loadavg): whether the machine was shared is not known"
+    other = max(0.0, max(finite) - own_threads)
+    if other > 1.0:
+        return (f"- the machine ({cores} cores) was SHARED: up to {other:.1f} cores busy with other work "
+                f"(1-min load average up to {max(finite):.2f}, less this benchmark's {own_threads} threads); "
+                "absolute times are pessimistic and noisy; the GEMM-normalised speed-up divides each side's "
+                "pairs/s by the GEMM rate measured in the same process around its calls; % of floor uses the "
+                "minimum time and the peak measured beside the row")
+    return (f"- the machine ({cores} cores) was quiet: at most {other:.1f} cores busy with other work "
+            f"(1-min load average up to {max(finite):.2f}, this benchmark's {own_threads} threads included); "
+            "the GEMM-normalised speed-up divides each side's pairs/s by the GEMM rate measured in the same "
+            "process around its calls; % of floor uses the minimum time and the peak measured beside the row")
+
+
+CPU_TIME_NOTE = ("- speed-up, CPU time: the ratio of the processes' minimum CPU time per call (time.process_time, "
+                 "all threads): time spent descheduled on a shared machine does not count in it")
+
+
+def _torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -124,10 +179,12 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     load0 = _loadavg()
+    loads = [_load1()]
     peak = floor.measure_cpu_peak(threads=a.threads or None)
     lines = []
     head = ("| kernel | d | before ms (min / med) | after ms (min / med) | GEMM GFLOP/s before / after | "
-            "speed-up, raw (min) | speed-up, GEMM-normalised | floor ms (bound) | % of floor before / after |"
+            "speed-up, raw (min) | speed-up, GEMM-normalised | speed-up, CPU time (min) | FMA peak GFLOP/s beside the row | floor ms (bound) "
+            "| % of floor before / after |"
             + (" after bf16 ms (min / med) | bf16 / fp32 time |" if a.bf16 else ""))
     lines.append(head)
     lines.append("|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
@@ -135,22 +192,27 @@ def main(argv=None) -> int:
     for kname in a.kernels.split(","):
         for d in (int(v) for v in a.ds.split(",")):
             spec = {"n": a.n, "d": d, "kernel": kname, "dtype": "fp32", "reps": a.reps, "threads": a.threads}
+            loads.append(_load1())
+            p0 = floor.measure_cpu_peak(threads=a.threads or None)
             b = _run(a.before, spec) if a.before else {"error": ["no --before"]}
             f = _run(ROOT, spec)
+            row_peak = best_peak(p0, floor.measure_cpu_peak(threads=a.threads or None))
+            loads.append(_load1())
             from wae_fast.kernel_specs import IMQ, RBF  # noqa: F401
             params = eval(KERNELS[kname][1]).lower(d)[1]
-            fl = floor.cpu_floor(a.n, a.n, d, KERNELS[kname][0], params, "fwdbwd", peak)
+            fl = floor.cpu_floor(a.n, a.n, d, KERNELS[kname][0], params, "fwdbwd", row_peak)
+            fresh = f"{2 * row_peak.fma_rate / 1e9:.0f}"
             row = [kname, str(d)]
             for r in (b, f):
                 row.append("error: " + " ".join(r["error"]) if "error" in r else
                            f"{r['min_s'] * 1e3:.0f} / {r['median_s'] * 1e3:.0f}")
             if "error" in b or "error" in f:
-                row += ["", "", "", f"{fl['floor_s'] * 1e3:.1f} ({fl['bound']})", ""]
+                row += ["", "", "", "", fresh, f"{fl['floor_s'] * 1e3:.1f} ({fl['bound']})", ""]
             else:
                 row.append(f"{b['gemm'] / 1e9:.0f} / {f['gemm'] / 1e9:.0f}")
                 raw = b["min_s"] / f["min_s"]
                 norm = (pairs / f["min_s"] / f["gemm"]) / (pairs / b["min_s"] / b["gemm"])
-                row += [f"{raw:.2f}x", f"{norm:.2f}x", f"{fl['floor_s'] * 1e3:.1f} ({fl['bound']})",
+                row += [f"{raw:.2f}x", f"{norm:.2f}x", f"{b['cpu_min_s'] / f['cpu_min_s']:.2f}x", fresh, f"{fl['floor_s'] * 1e3:.1f} ({fl['bound']})",
                         f"{100 * fl['floor_s'] / b['min_s']:.0f}% / {100 * fl['floor_s'] / f['min_s']:.0f}%"]
             if a.bf16:
                 h = _run(ROOT, dict(spec, dtype="bf16"))
@@ -161,6 +223,9 @@ def main(argv=None) -> int:
             lines.append("| " + " | ".join(row) + " |")
             print(lines[-1], flush=True)
     isa = f.get("isa", "?") if isinstance(f, dict) else "?"
+    load_end = _loadavg()
+    loads.append(_load1())
+    peak_end = floor.measure_cpu_peak(threads=a.threads or None)
     info = [
         f"# cpp backend vs the honest CPU floor, before / after ({_dt.datetime.utcnow():%Y-%m-%d %H:%M} UTC)",
         "",
@@ -169,11 +234,11 @@ def main(argv=None) -> int:
         f"- N = M = {a.n}, forward + backward (x requires grad), unbiased, fp32; {a.reps} timed calls per row after "
         f"one warm-up, each row in fresh processes, before and after back to back; threads: {a.threads or 'torch default'}",
         f"- before: {a.before} ; after: {ROOT} (tiles: {isa})",
-        f"- floor rates: {peak.source}",
-        f"- load average (1, 5, 15 min) at the start: {load0}; at the end: {_loadavg()}; wall {time.time() - t_start:.0f} s",
-        "- the machine (2 cores) was SHARED with 4 other engineers building and testing: absolute times are "
-        "pessimistic and noisy; the GEMM-normalised speed-up divides each side's pairs/s by the GEMM rate "
-        "measured in the same process around its calls; % of floor uses the minimum time",
+        "- floor rates: measured beside each row (the FMA column; division, exp and copy likewise); "
+        f"at the start of the table: {peak.source}; at the end: {peak_end.source}",
+        f"- load average (1, 5, 15 min) at the start: {load0}; at the end: {load_end}; wall {time.time() - t_start:.0f} s",
+        machine_note(loads, a.threads or _torch_threads(), os.cpu_count() or 0),
+        CPU_TIME_NOTE,
         "",
     ]
     text = "\n".join(info + lines) + "\n"

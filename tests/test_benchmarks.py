@@ -247,3 +247,16 @@ def test_cpu_peak_microbenchmark_runs():
         pytest.skip("no g++")
     pk = floor.measure_cpu_peak(threads=1, seconds=0.01)
     assert pk.lanes in (4, 8, 16) and pk.fma_rate > 1e8 and pk.div_rate > 1e7 and pk.exp_rate > 1e7
+
+
+def test_bench_cpu_floor_machine_note_and_fresh_peak():
+    from benchmarks import bench_cpu_floor as b
+    # the benchmark's own thread is not "other work": 1.6 on one thread is quiet, 5.2 is shared
+    assert "was quiet" in b.machine_note([0.56, 1.6, 0.99], 1, 2)
+    shared = b.machine_note([0.5, 5.2, 4.0], 1, 2)
+    assert "was SHARED" in shared and "4.2 cores" in shared
+    assert "not known" in b.machine_note([float("nan")], 1, 2)
+    p = floor.CpuPeak(isa="toy", lanes=16, threads=1, fma_rate=1e11, div_rate=2e10, exp_rate=5e9, mem_bw=1e10)
+    q = floor.CpuPeak(isa="toy", lanes=16, threads=1, fma_rate=2e11, div_rate=1e10, exp_rate=4e9, mem_bw=3e10)
+    r = b.best_peak(p, q)
+    assert (r.fma_rate, r.div_rate, r.exp_rate, r.mem_bw) == (2e11, 2e10, 5e9, 3e10)

@@ -248,3 +248,13 @@ def test_errors():
         op("mmd_fwd_cpp")(x, torch.randn(4, 2), torch.zeros(3), 0, [1.0], True, False, False, "ieee")
     with pytest.raises(RuntimeError, match="kernel scales"):
         op("mmd_fwd_cpp")(x, x, torch.zeros(3), 0, [1.0] * 17, True, False, False, "ieee")
+
+
+@pytest.mark.parametrize("d", [3, 4, 5, 7, 8])
+@pytest.mark.parametrize("kname", ["imq7", "rbf3"])
+def test_pair_grad_path_ragged(d, kname, isa):
+    # fp32 with 4 d > lanes >= 2 d takes the interleaved two-points-per-vector gradient path
+    # (mmd_cpu_kernel.h tile_grad_*_pair: d = 5..8 on avx512, 3..4 on avx2/baseline); odd
+    # counts leave a half-filled column pair and partial row groups in the last tiles
+    x, y = _points(131, 67, d, torch.float32, seed=23 + d)
+    _check(x, y, KERNELS[kname], "unbiased")

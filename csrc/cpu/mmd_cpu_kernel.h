@@ -490,6 +490,123 @@ static void tile_grad_cols_small(const Problem<T>& pb, int64_t i0, int64_t j0, c
   }
 }
 
+// Middle d (fp32, 4 d > L >= 2 d: d = 5..8 with 16 lanes, 3..4 with 8 on AVX2): a vector over the
+// coordinates would be half padding, and the small-d path's horizontal sums cost about what the
+// saved lanes gain.  Instead each vector holds TWO points' coordinates, interleaved (lane 2k + e:
+// coordinate k of point e), and W is read two adjacent entries at a time (one 64-bit broadcast):
+// half the FMAs of tile_grad_rows / tile_grad_cols, no padding lanes.  Row side: the two
+// interleaved points are columns 2q, 2q + 1 (both partial sums of row i; one swap + add at the
+// end); column side: they are the output columns 2q, 2q + 1 against row i's coordinates
+// duplicated.  W is 0 at padding rows and columns and the padding points are 0.
+// Only where the vectors are native (WAE_CPU_PAIR_GRAD: tiles_avx2.cpp, tiles_avx512.cpp): the
+// baseline's 32-byte vectors are SSE pairs, whose two-source shuffles made it ~20% slower at d = 4.
+template <class T>
+static inline bool pair_d_grad(const Problem<T>& pb) {
+#ifdef WAE_CPU_PAIR_GRAD
+  return std::is_same<T, float>::value && 2 * pb.d <= Vec<T>::L && !small_d_grad(pb);
+#else
+  (void)pb;
+  return false;
+#endif
+}
+
+//! (W[p], W[p + 1]) repeated over the vector: one 64-bit broadcast (integer lanes: the bits are
+//! copied, never rounded).
+static inline __attribute__((always_inline)) Vec<float>::V bcast_pair(const float* p) {
+  typedef int64_t Q __attribute__((vector_size(WAE_CPU_VBYTES)));
+  int64_t bits;
+  __builtin_memcpy(&bits, p, sizeof(bits));
+  const Q q = Q{} + bits;
+  Vec<float>::V v;
+  __builtin_memcpy(&v, &q, sizeof(v));
+  return v;
+}
+//! The fp64 form exists for the templates only (pair_d_grad is false for fp64).
+static inline Vec<double>::V bcast_pair(const double* p) {
+  Vec<double>::V v;
+  for (int l = 0; l < Vec<double>::L; ++l) v[l] = p[l & 1];
+  return v;
+}
+
+template <class T>
+static void tile_grad_rows_pair(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                                const T* __restrict RS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  typedef typename Vec<T>::I I;
+  constexpr int L = Vec<T>::L, H = L / 2, R = 8;
+  const int64_t dp = pb.dp;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict B = pb.b.rows;
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  const int np = int((std::min<int64_t>(kTile, pb.b.n - j0) + 1) / 2);
+  I ilv, swap, evens;
+  for (int l = 0; l < L; ++l) {
+    ilv[l] = (l & 1) * L + (l >> 1);           // (b_2q, b_2q+1) -> interleaved coordinates
+    swap[l] = l ^ 1;                           // partner lane
+    evens[l] = l < H ? 2 * l : 2 * (l - H) + 1;  // even lanes first
+  }
+  alignas(64) T bp[(kTile / 2) * L];
+  for (int q = 0; q < np; ++q)
+    vstore(bp + q * L, __builtin_shuffle(vload<V>(B + (j0 + 2 * q) * dp), vload<V>(B + (j0 + 2 * q + 1) * dp), ilv));
+  for (int64_t ib = 0; ib < in; ib += R) {
+    V acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = V{};
+    for (int q = 0; q < np; ++q) {
+      const V b = vload<V>(bp + q * L);
+      for (int r = 0; r < R; ++r) acc[r] += bcast_pair(W + (ib + r) * kTile + 2 * q) * b;
+    }
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = i0 + ib + r;
+      const V s = __builtin_shuffle(acc[r] + __builtin_shuffle(acc[r], swap), evens);  // lane k < H: (W b)_ik
+      const V out = RS[ib + r] * vload<V>(A + i * dp) - s;
+      double* gp = g + i * dp;
+      for (int l = 0; l < H; ++l) gp[l] += double(out[l]);
+    }
+  }
+}
+
+template <class T>
+static void tile_grad_cols_pair(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
+                                const T* __restrict CS, double* __restrict g) {
+  typedef typename Vec<T>::V V;
+  typedef typename Vec<T>::I I;
+  constexpr int L = Vec<T>::L, H = L / 2, Q = 8;
+  const int64_t dp = pb.dp;
+  const T* __restrict A = pb.a.rows;
+  const T* __restrict B = pb.b.rows;
+  const int64_t in = std::min<int64_t>(kTile, pb.a.n - i0);
+  const int64_t jn = std::min<int64_t>(kTile, pb.b.n - j0);
+  const int np = int((jn + 1) / 2);
+  I dup, deint, halves;
+  for (int l = 0; l < L; ++l) {
+    dup[l] = l >> 1;                                  // a_ik in lanes 2k and 2k + 1
+    deint[l] = l < H ? 2 * l : 2 * (l - H) + 1;       // column 2q in the low half, 2q + 1 high
+    halves[l] = l < H ? l : L + (l - H);              // (b_2q low half, b_2q+1 low half)
+  }
+  const I lo = Vec<T>::iota() < H;
+  alignas(64) T ad[kTile * L];
+  for (int64_t i = 0; i < in; ++i) vstore(ad + i * L, __builtin_shuffle(vload<V>(A + (i0 + i) * dp), dup));
+  for (int q0 = 0; q0 < np; q0 += Q) {
+    V acc[Q];
+    for (int c = 0; c < Q; ++c) acc[c] = V{};
+    for (int64_t i = 0; i < in; ++i) {
+      const V a = vload<V>(ad + i * L);
+      for (int c = 0; c < Q; ++c) acc[c] += bcast_pair(W + i * kTile + 2 * (q0 + c)) * a;
+    }
+    for (int c = 0; c < Q && q0 + c < np; ++c) {
+      const int64_t j = 2 * (q0 + c);
+      const V s = __builtin_shuffle(acc[c], deint);
+      const V bb = __builtin_shuffle(vload<V>(B + (j0 + j) * dp), vload<V>(B + (j0 + j + 1) * dp), halves);
+      const V cs = lo ? V{} + CS[j] : V{} + CS[j + 1];
+      const V out = cs * bb - s;
+      double* gp = g + (j0 + j) * dp;
+      for (int l = 0; l < H; ++l) gp[l] += double(out[l]);
+      if (j + 1 < jn)
+        for (int l = 0; l < H; ++l) gp[dp + l] += double(out[H + l]);
+    }
+  }
+}
+
 // Runs stripe `s` of `nstripes`: row blocks I = s, s + nstripes, ...; returns the stripe's
 // kernel sum (off-diagonal tiles of a symmetric term doubled).  g_rows / g_cols (fp64, may be
 // null) receive the row-side / column-side gradient sums.
@@ -512,6 +629,9 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
       if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
         if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
+      } else if (GRAD && KIND != wae_fast::KIND_POLY && pair_d_grad(pb)) {
+        if (g_rows) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols_pair<T>(pb, i0, j0, W, CS, g_cols);
       } else if (GRAD) {
         if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
@@ -557,6 +677,9 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
       if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
         if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
+      } else if (GRAD && KIND != wae_fast::KIND_POLY && pair_d_grad(pb)) {
+        if (g_rows) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_cols && !diag) tile_grad_cols_pair<T>(pb, i0, j0, W, CS, g_cols);
       } else if (GRAD) {
         if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);

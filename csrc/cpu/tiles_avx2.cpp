@@ -14,5 +14,6 @@
 #pragma GCC target("avx2,fma")
 #define WAE_CPU_NS wae_cpu_avx2
 #define WAE_CPU_VBYTES 32
+#define WAE_CPU_PAIR_GRAD 1  // fp32 middle-d gradient path (mmd_cpu_kernel.h pair_d_grad)
 #include "mmd_cpu_kernel.h"
 #endif

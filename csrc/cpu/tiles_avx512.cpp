@@ -23,6 +23,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
 #define WAE_CPU_NS wae_cpu_avx512
 #define WAE_CPU_VBYTES 64
+#define WAE_CPU_PAIR_GRAD 1  // fp32 middle-d gradient path (mmd_cpu_kernel.h pair_d_grad)
 #define WAE_CPU_RCP14 1  // fp32 IMQ: vrcp14ps + Newton (mmd_cpu_kernel.h VRcp14)
 #include "mmd_cpu_kernel.h"
 #endif
