@@ -22,7 +22,9 @@ Meaning:
   from the points before distances (each term is translation invariant; a shift near the points
   avoids the cancellation in ||a||^2 + ||b||^2 - 2 a.b, which loses ~u (|a|^2 + |b|^2) of r).
   Either (3, d), one shift per term: row 0 for the xx term, row 1 for the yy term, row 2 for the
-  xy term (both sets) and the cross part of the gradients; or (d,), one shift for all three.
+  xy term (both sets) and the cross part of the gradients; or (d,), one shift for all three; or
+  (0,) for the calls a backend declared ``one_launch`` (:func:`define_backend_ops`): the backend
+  computes the :func:`term_shifts` shifts itself and returns the fused gradient parts.
   The glue passes (3, d) = the coordinate-wise medians of x and of y, and their size-weighted
   mean (N median(x) + M median(y)) / (N + M) (:func:`term_shifts`), so a set clustered far from
   the other keeps its own distances exact, and a few far points do not drag a shift away from
@@ -247,7 +249,7 @@ def _define_mmd(backend: str) -> None:
         # shapes differ, so the fake reports the fused shapes only for backends that say so.
         ct = compute_dtype(x.dtype)
         terms = x.new_empty((3,), dtype=torch.float64)
-        if _FUSES.get(backend, False):
+        if _FUSES.get(backend, False) or offset.numel() == 0:  # empty offset: one-launch path
             gx = x.new_empty((2, x.shape[0], x.shape[1]), dtype=ct) if grad_x else x.new_empty((0,), dtype=ct)
             gy = y.new_empty((2, y.shape[0], y.shape[1]), dtype=ct) if grad_y else y.new_empty((0,), dtype=ct)
         else:
@@ -458,6 +460,8 @@ def _define_segments(backend: str) -> None:
 
 
 _FUSES: dict[str, bool] = {}
+#: Per backend, ``one_launch(x, y, kind) -> bool`` (see :func:`define_backend_ops`).
+_ONE_LAUNCH: dict[str, Callable] = {}
 _EAGER_MMD: dict[str, type] = {}
 
 
@@ -487,6 +491,7 @@ def define_backend_ops(
     *,
     fuses_grad: bool = False,
     dispatch_key: str = "CompositeExplicitAutograd",
+    one_launch: Optional[Callable] = None,
     **impls: Optional[Callable],
 ) -> None:
     """Define the schemas, fakes and autograd of every op family for backend ``backend``
@@ -496,6 +501,12 @@ def define_backend_ops(
 
     ``fuses_grad`` declares that ``mmd_fwd`` returns the (2, N, d)/(2, M, d) gradient parts when
     asked (the fake implementation must know the output shapes for torch.compile).
+
+    ``one_launch(x, y, kind) -> bool`` (shapes, dtype and device only: it is evaluated while
+    tracing) marks the calls a backend computes in one launch without host synchronisation:
+    for them the glue passes an EMPTY ``offset`` (0,) instead of :func:`term_shifts` (whose
+    medians are several launches), the backend computes those same shifts itself and returns
+    the fused gradient parts for the inputs that need them (whatever ``fuses_grad`` says).
     """
     known = {f"{f}_{d}" for f in FAMILIES for d in ("fwd", "bwd")}
     unknown = set(impls) - known
@@ -506,6 +517,8 @@ def define_backend_ops(
         for family in FAMILIES.values():
             family.define(backend)
         _DEFINED.add(backend)
+    if one_launch is not None:
+        _ONE_LAUNCH[backend] = one_launch
     for name, fn in impls.items():
         if fn is not None:
             _LIB.impl(f"{name}_{backend}", fn, dispatch_key)
@@ -525,7 +538,11 @@ def mmd_terms(
     Inputs are assumed validated (same device/dtype, 2-D, matching d)."""
     x = x.contiguous()
     y = y.contiguous()
-    offset = term_shifts(kind, x, y)  # zeros for the polynomial (not translation invariant)
+    small = _ONE_LAUNCH.get(backend)
+    if small is not None and small(x, y, kind):  # the backend computes the shifts in its launch
+        offset = x.new_empty((0,), dtype=compute_dtype(x.dtype))
+    else:
+        offset = term_shifts(kind, x, y)  # zeros for the polynomial (not translation invariant)
     grad_on = torch.is_grad_enabled()
     gx, gy = grad_on and x.requires_grad, grad_on and y.requires_grad
     args = (x, y, offset, kind, [float(p) for p in params], unbiased, gx, gy, precision)
