@@ -565,7 +565,11 @@ def inf_to_nan(t: torch.Tensor) -> torch.Tensor:
 def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], sigma2: float,
                 unbiased: bool, num_samples: int, seed: int, precision: str = "ieee") -> torch.Tensor:
     """Call backend ``backend``'s prior forward op (samples generated in the backend) through
-    autograd (gradient to x); returns the float64 (3,) terms.  Inputs are assumed validated."""
+    autograd (gradient to x); returns the float64 (3,) terms.  Inputs are assumed validated.
+    A tensor ``seed`` (under torch.compile) goes through :data:`SEEDED_PRIOR`."""
+    if isinstance(seed, torch.Tensor):
+        return op(SEEDED_PRIOR)(x.contiguous(), int(kind), [float(p) for p in params], float(sigma2),
+                                bool(unbiased), int(num_samples), seed, precision, backend)
     return op(f"prior_fwd_{backend}")(x.contiguous(), int(kind), [float(p) for p in params],
                                       float(sigma2), bool(unbiased), int(num_samples), seed,
                                       precision)
@@ -621,7 +625,10 @@ def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
-    """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps."""
+    """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps.
+    A tensor ``seed`` (under torch.compile) goes through :data:`SEEDED_REPARAM`."""
+    if isinstance(seed, torch.Tensor):
+        return op(SEEDED_REPARAM)(mu.contiguous(), logvar.contiguous(), seed, backend)
     return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), seed)
 
 
@@ -672,3 +679,114 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list
     yo = torch.tensor(y_offsets, dtype=torch.int64, device=x.device)
     return op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind),
                                                [float(p) for p in params], bool(unbiased), precision)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor seeds under torch.compile.  The backends' sampling ops take ``int seed``; a 0-dim integer
+# tensor seed read with .item() while tracing is an unbacked SymInt those schemas refuse.  These
+# two glue ops (defined once, for every backend: the backend is a string argument) take the seed
+# tensor and read it inside, when they run; their fakes need no value, so a traced graph holds
+# the seed as an input.  Eager calls read the seed before the op (:func:`wae_fast.philox.check_seed`)
+# and never use them.  Reading the value synchronises with the seed's device.
+
+SEEDED_REPARAM = "reparam_seeded"
+SEEDED_PRIOR = "prior_seeded"
+_LIB.define(SEEDED_REPARAM + "(Tensor mu, Tensor logvar, Tensor seed, str backend) -> Tensor")
+_LIB.define(SEEDED_REPARAM + "_bwd(Tensor grad_z, Tensor logvar, Tensor seed, str backend) -> Tensor")
+_LIB.define(SEEDED_PRIOR + "(Tensor x, int kind, float[] params, float sigma2, bool unbiased, "
+            "int num_samples, Tensor seed, str precision, str backend) -> Tensor")
+_LIB.define(SEEDED_PRIOR + "_bwd(Tensor grad_terms, Tensor x, int kind, float[] params, float sigma2, "
+            "bool unbiased, int num_samples, Tensor seed, str precision, str backend) -> Tensor")
+
+
+def _seed_value(seed: torch.Tensor) -> int:
+    v = int(seed.item())
+    if not 0 <= v < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2^63), got {v}")
+    return v
+
+
+def _reparam_seeded(mu, logvar, seed, backend):
+    return op(f"reparam_fwd_{backend}")(mu, logvar, _seed_value(seed))
+
+
+def _reparam_seeded_bwd(grad_z, logvar, seed, backend):
+    return op(f"reparam_bwd_{backend}")(grad_z, logvar, _seed_value(seed))
+
+
+def _prior_seeded(x, kind, params, sigma2, unbiased, num_samples, seed, precision, backend):
+    return op(f"prior_fwd_{backend}")(x, kind, params, sigma2, unbiased, num_samples,
+                                      _seed_value(seed), precision)
+
+
+def _prior_seeded_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed, precision,
+                      backend):
+    return op(f"prior_bwd_{backend}")(grad_terms, x, kind, params, sigma2, unbiased, num_samples,
+                                      _seed_value(seed), precision)
+
+
+for _name, _fn in ((SEEDED_REPARAM, _reparam_seeded), (SEEDED_REPARAM + "_bwd", _reparam_seeded_bwd),
+                   (SEEDED_PRIOR, _prior_seeded), (SEEDED_PRIOR + "_bwd", _prior_seeded_bwd)):
+    _LIB.impl(_name, _fn, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_REPARAM}")
+def _reparam_seeded_fake(mu, logvar, seed, backend):
+    return torch.empty_like(mu)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_REPARAM}_bwd")
+def _reparam_seeded_bwd_fake(grad_z, logvar, seed, backend):
+    return torch.empty_like(logvar)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_PRIOR}")
+def _prior_seeded_fake(x, kind, params, sigma2, unbiased, num_samples, seed, precision, backend):
+    return x.new_empty((3,), dtype=torch.float64)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_PRIOR}_bwd")
+def _prior_seeded_bwd_fake(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed,
+                           precision, backend):
+    return torch.empty_like(x)
+
+
+def _reparam_seeded_setup(ctx, inputs, output):
+    _mu, logvar, seed, backend = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(logvar, seed)
+
+
+def _reparam_seeded_backward(ctx, grad_z):
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_MSG)
+    logvar, seed = ctx.saved_tensors
+    gmu = grad_z if ctx.needs_input_grad[0] else None
+    glv = None
+    if ctx.needs_input_grad[1]:
+        glv = op(SEEDED_REPARAM + "_bwd")(grad_z.contiguous(), logvar, seed, ctx.backend)
+    return gmu, glv, None, None
+
+
+def _prior_seeded_setup(ctx, inputs, output):
+    x, seed = inputs[0], inputs[6]
+    ctx.args = inputs[1:6]
+    ctx.tail = inputs[7:]
+    ctx.save_for_backward(x, seed)
+
+
+def _prior_seeded_backward(ctx, grad_terms):
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_MSG)
+    x, seed = ctx.saved_tensors
+    gx = None
+    if ctx.needs_input_grad[0]:
+        gx = op(SEEDED_PRIOR + "_bwd")(grad_terms.to(torch.float64).contiguous(), x, *ctx.args, seed,
+                                       *ctx.tail)
+    return (gx,) + (None,) * 8
+
+
+torch.library.register_autograd(f"{NAMESPACE}::{SEEDED_REPARAM}", _reparam_seeded_backward,
+                                setup_context=_reparam_seeded_setup)
+torch.library.register_autograd(f"{NAMESPACE}::{SEEDED_PRIOR}", _prior_seeded_backward,
+                                setup_context=_prior_seeded_setup)
