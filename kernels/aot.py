@@ -336,7 +336,7 @@ def small_variants(which: str = "core"):
                     block, warps = SM.small_config(n, n, torch.float64 if dtype == "fp64" else torch.float32)
                     cx = dict(UNBIASED=unb, KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct,
                               GRAD_X=True, GRAD_Y=True, BLOCK=block, BK=M.chunk_dim(d),
-                              DG=M.padded_dim(d), RB=SM.MEDIAN_TILE[0], CB=SM.MEDIAN_TILE[1],
+                              DG=M.padded_dim(d), RB=SM.MEDIAN_TILE[0], CB=SM.MEDIAN_TILE[1], DC=SM.MEDIAN_TILE[2],
                               LERP_HI=True)
                     name = (f"small {names[kind]} {dtype} {'unbiased' if unb else 'biased'} "
                             f"d={d} n={n}")

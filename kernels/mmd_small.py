@@ -11,7 +11,7 @@ CUDA graph can capture forward + backward.
 Grid: one program per row block of x and one per row block of y.  A program
 
 1. computes the contract's shifts itself (:func:`wae_fast.contract.term_shifts`): the
-   coordinate-wise lower median of x and of y (by rank counting, :func:`_col_median`; a NaN in
+   coordinate-wise lower median of x and of y (by rank counting, :func:`_col_medians`; a NaN in
    a column makes its shift NaN), and the xy shift
    lerp(median(x), median(y), M / (N + M)) as ``torch.lerp`` computes it, and writes them to its
    own (3, d) slot of a scratch buffer, which the tile helpers of :mod:`wae_fast.kernels.mmd` read
@@ -45,8 +45,9 @@ from .mmd import INF, INTERPRET, dot_tile, load_off, load_rows, pair_kw, padded_
 SMALL_MAX_ROWS = int(os.environ.get("WAE_FAST_SMALL_MAX_ROWS", "1024"))
 #: Largest d of the one-launch path: the (BLOCK, d) gradient accumulator stays <= 64 wide.
 SMALL_MAX_D = 64
-#: (candidates, rows) tile of the in-kernel median's rank counting.
-MEDIAN_TILE = (64, 64) if INTERPRET else (32, 64)
+#: (candidates, rows, columns) tile of the in-kernel medians' rank counting (the interpreter
+#: pays per operation, not per element: one big tile there).
+MEDIAN_TILE = (128, 128, 16) if INTERPRET else (16, 16, 16)
 
 
 def fits(n: int, m: int, d: int) -> bool:
@@ -71,55 +72,65 @@ NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
-def _col_median(A, NA, k, D, CT: tl.constexpr, RB: tl.constexpr, CB: tl.constexpr):
-    """Lower median (torch.median's) of column ``k`` of the (NA, D) matrix A, in CT; NaN if the
-    column holds a NaN.  By ranks, no sort: the value v_i with #{v_j < v_i} <= (NA - 1) // 2 <
-    #{v_j <= v_i}, counted over (RB, CB) tiles of candidates i and rows j (O(NA^2) compares:
-    cheap at these sizes, and tl.sort costs seconds per program under the interpreter)."""
+def _col_medians(A, NA, dims, D, CT: tl.constexpr, RB: tl.constexpr, CB: tl.constexpr,
+                 DC: tl.constexpr):
+    """Lower medians (torch.median's) of the columns ``dims`` (DC of them) of the (NA, D) matrix
+    A, in CT; NaN for a column holding a NaN.  By ranks, no sort: the value v_i with
+    #{v_j < v_i} <= (NA - 1) // 2 < #{v_j <= v_i}, counted over (RB, CB, DC) tiles of candidates
+    i, rows j and columns (O(NA^2) compares per column: cheap at these sizes; tl.sort sorts only
+    along the last axis and costs seconds per program under the interpreter)."""
     mid = (NA - 1) // 2
-    best = tl.full((RB,), NEG_INF, dtype=CT)
-    nans = tl.zeros((CB,), dtype=tl.int32)
+    okd = dims < D
+    best = tl.full((RB, DC), NEG_INF, dtype=CT)
+    nans = tl.zeros((DC,), dtype=tl.int32)
     for i0 in range(0, NA, RB):
         ri = i0 + tl.arange(0, RB)
-        vi = tl.load(A + ri.to(tl.int64) * D + k, mask=ri < NA, other=0.0).to(CT)
-        lt = tl.zeros((RB,), dtype=tl.int32)
-        le = tl.zeros((RB,), dtype=tl.int32)
+        oki = ri < NA
+        vi = tl.load(A + ri.to(tl.int64)[:, None] * D + dims[None, :],
+                     mask=oki[:, None] & okd[None, :], other=0.0).to(CT)
+        lt = tl.zeros((RB, DC), dtype=tl.int32)
+        le = tl.zeros((RB, DC), dtype=tl.int32)
         for j0 in range(0, NA, CB):
             rj = j0 + tl.arange(0, CB)
             okj = rj < NA
-            vj = tl.load(A + rj.to(tl.int64) * D + k, mask=okj, other=0.0).to(CT)
-            nans += tl.where(okj & (vj != vj), 1, 0)
-            lt += tl.sum(tl.where(okj[None, :] & (vj[None, :] < vi[:, None]), 1, 0), 1)
-            le += tl.sum(tl.where(okj[None, :] & (vj[None, :] <= vi[:, None]), 1, 0), 1)
-        hit = (ri < NA) & (lt <= mid) & (le > mid)
-        best = tl.where(hit, vi, best)  # every hit holds the same value
+            vj = tl.load(A + rj.to(tl.int64)[:, None] * D + dims[None, :],
+                         mask=okj[:, None] & okd[None, :], other=0.0).to(CT)
+            nans += tl.sum(tl.where(okj[:, None] & (vj != vj), 1, 0), 0)
+            a = vi[:, None, :]
+            b = vj[None, :, :]
+            valid = okj[None, :, None]
+            lt += tl.sum(tl.where(valid & (b < a), 1, 0), 1)
+            le += tl.sum(tl.where(valid & (b <= a), 1, 0), 1)
+        hit = oki[:, None] & (lt <= mid) & (le > mid)
+        best = tl.where(hit, vi, best)  # every hit of a column holds the same value
     med = tl.max(best, 0)
-    return tl.where(tl.sum(nans, 0) > 0, INF - INF, med)
+    return tl.where(nans > 0, INF - INF, med)
 
 
 @triton.jit
 def _write_shifts(X, Y, S, N, M, D, wgt, KIND: tl.constexpr, CT: tl.constexpr, RB: tl.constexpr,
-                  CB: tl.constexpr, LERP_HI: tl.constexpr):
+                  CB: tl.constexpr, DC: tl.constexpr, LERP_HI: tl.constexpr):
     """S[0] = median(x), S[1] = median(y), S[2] = lerp(S[0], S[1], M / (N + M)) (zeros for the
     polynomial, which is not translation invariant)."""
     w = wgt + tl.zeros((1,), dtype=CT)  # a scalar argument, as a CT value
-    for k in range(0, D):
+    for k0 in range(0, D, DC):
+        dims = k0 + tl.arange(0, DC)
         if KIND == 2:
-            mx = tl.zeros((1,), dtype=CT)
+            mx = tl.zeros((DC,), dtype=CT)
             my = mx
             mix = mx
         else:
-            mx = _col_median(X, N, k, D, CT, RB, CB) + tl.zeros((1,), dtype=CT)
-            my = _col_median(Y, M, k, D, CT, RB, CB) + tl.zeros((1,), dtype=CT)
+            mx = _col_medians(X, N, dims, D, CT, RB, CB, DC)
+            my = _col_medians(Y, M, dims, D, CT, RB, CB, DC)
             # torch.lerp: start + w (end - start) for w < 0.5, else end - (end - start) (1 - w)
             if LERP_HI:
                 mix = my - (my - mx) * (1.0 - w)
             else:
                 mix = mx + w * (my - mx)
-        one = tl.arange(0, 1)
-        tl.store(S + k + one, mx)
-        tl.store(S + D + k + one, my)
-        tl.store(S + 2 * D + k + one, mix)
+        ok = dims < D
+        tl.store(S + dims, mx, mask=ok)
+        tl.store(S + D + dims, my, mask=ok)
+        tl.store(S + 2 * D + dims, mix, mask=ok)
 
 
 @triton.jit
@@ -208,14 +219,14 @@ def _mmd_small_kernel(
     UNBIASED: tl.constexpr, KIND: tl.constexpr, NUM_SCALES: tl.constexpr,
     PRECISION: tl.constexpr, CT: tl.constexpr, GRAD_X: tl.constexpr, GRAD_Y: tl.constexpr,
     BLOCK: tl.constexpr, BK: tl.constexpr, DG: tl.constexpr, RB: tl.constexpr, CB: tl.constexpr,
-    LERP_HI: tl.constexpr,
+    DC: tl.constexpr, LERP_HI: tl.constexpr,
 ):
     """Programs [0, cdiv(N, BLOCK)) own row blocks of x, the rest row blocks of y.  CXX, CYY,
     CXY: the pair counts of the terms (integers < 2^24 at these sizes: exact in the fp32 scalar
     arguments); WGT = M / (N + M), LERP_HI = WGT >= 0.5 (the xy shift's torch.lerp branch)."""
     pid = tl.program_id(0)
     S = S + pid.to(tl.int64) * 3 * D
-    _write_shifts(X, Y, S, N, M, D, WGT, KIND, CT, RB, CB, LERP_HI)
+    _write_shifts(X, Y, S, N, M, D, WGT, KIND, CT, RB, CB, DC, LERP_HI)
     tl.debug_barrier()  # the shifts this program stored, visible to all its threads
     nxx = CXX + tl.zeros((1,), dtype=tl.float64)  # scalar arguments as fp64 values
     nyy = CYY + tl.zeros((1,), dtype=tl.float64)
@@ -249,7 +260,7 @@ def launch_small(x, y, p, unbiased, kind, grad_x, grad_y, prec, ct, tct):
         float(pair_count(m, unbiased)), float(n * m), m / (n + m),
         UNBIASED=bool(unbiased), KIND=kind, NUM_SCALES=p.numel(), PRECISION=prec, CT=tct,
         GRAD_X=bool(grad_x), GRAD_Y=bool(grad_y), BLOCK=block, BK=16 if padded_dim(d) <= 16 else 32,
-        DG=padded_dim(d), RB=MEDIAN_TILE[0], CB=MEDIAN_TILE[1],
+        DG=padded_dim(d), RB=MEDIAN_TILE[0], CB=MEDIAN_TILE[1], DC=MEDIAN_TILE[2],
         LERP_HI=2 * m >= n + m, num_warps=warps, num_stages=1)
     LAUNCHES[0] += 1
     return part.sum(0), gx, gy

@@ -212,12 +212,11 @@ def test_compiled_fake_reports_the_fused_parts():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (unverified here)")
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_forward_backward_captured_in_a_cuda_graph(backend):
-    """GPU only: forward + backward of a small call captured with torch.cuda.graph and replayed
-    on new inputs (copied in place) equals eager."""
-    if unavailable_reason(backend, "cuda", "mmd") is not None:
-        pytest.skip(unavailable_reason(backend, "cuda", "mmd"))
+def test_forward_backward_captured_in_a_cuda_graph():
+    """GPU only (UNVERIFIED: written without a GPU): forward + backward of a small call captured
+    with torch.cuda.graph and replayed on new inputs (copied in place) equals eager.  The cuda
+    backend has no one-launch path yet: not tested here."""
+    backend = "triton"
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(100, 8, device="cuda", generator=g).requires_grad_(True)
     y = torch.randn(100, 8, device="cuda", generator=g)
@@ -249,3 +248,15 @@ def test_forward_backward_captured_in_a_cuda_graph(backend):
         ve = wae_fast.mmd(xe, y, backend=backend)
         ve.backward()
         assert torch.equal(got_v, ve) and torch.equal(got_g, xe.grad), seed
+
+
+def test_opcheck_of_the_one_launch_forward():
+    """The op with an empty offset (the one-launch form): schema, fake (fused shapes), autograd
+    registration and aot dispatch agree with the real kernel."""
+    from wae_fast import contract
+
+    x, y = _pts(9, 6, 3, torch.float32, seed=4)
+    kind, params = wae_fast.IMQ().lower(3)
+    x.requires_grad_(True)
+    torch.library.opcheck(contract.op("mmd_fwd_triton").default,
+                          (x, y, x.new_empty((0,)), kind, params, True, True, False, "ieee"))
