@@ -10,6 +10,9 @@ Registers ``wae_fast::mmd_fwd_triton``, ``mmd_bwd_triton``, ``reparam_fwd_triton
 The MMD backward is a separate recompute kernel (``fuses_grad=False``): the forward only
 accumulates the three kernel sums (symmetric tiles visited once), and the backward visits every
 tile of its row block, so neither pass needs atomics (see :mod:`wae_fast.kernels.mmd`).
+Small calls (:func:`one_launch`: N, M <= 1024, d <= 64) take the contract's one-launch form
+instead: the glue passes an empty offset, and one launch of :mod:`wae_fast.kernels.mmd_small`
+computes the shifts, the terms and the fused gradient parts (the backward only scales them).
 
 fp64 inputs run natively (fp64 compute and fp64 ``tl.dot``); set ``WAE_FAST_TRITON_FP64=reference``
 to route them to the reference backend instead (with a warning).
