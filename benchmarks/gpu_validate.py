@@ -378,7 +378,7 @@ def stage_test(ctx: Ctx):
 GPU_TEST_FILES = ["tests/test_triton_launch_rules.py", "tests/test_kernel_matmul.py", "tests/test_cuda_backend.py",
                   "tests/test_backends.py", "tests/test_triton_backend.py", "tests/test_triton_prior.py",
                   "tests/test_prior_backends.py", "tests/test_sampling.py", "tests/test_two_sample.py",
-                  "tests/test_kid.py", "tests/test_hostile.py"]
+                  "tests/test_kid.py", "tests/test_hostile.py", "tests/test_triton_one_launch.py"]
 
 
 def _summarise_failures(ctx: Ctx, faillog: str):

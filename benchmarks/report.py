@@ -67,8 +67,9 @@ def md_row(r: dict) -> str:
     note = str(r.get("reason") or "").replace("|", "/").replace("\n", " ")[:160]
     if r.get("status") == "ok" and r.get("first_call_s") not in (None, ""):
         note = (note + " " if note else "") + f"first call {_fmt(r['first_call_s'], '.3g')} s, {r.get('reps')} reps"
+    passes = f"{r['passes']} graph" if str(r.get("graph", "")) in ("True", "1", "true") else r["passes"]
     return (f"| {r['backend']} | {r['op']} | {r['n']} | {r['m']} | {r['d']} | {r['kernel']} | {r['dtype']} | "
-            f"{r['passes']} | {r['estimator']} | {r['precision']} | {r['status']} | {_fmt(r.get('time_ms'), '.4g')} | "
+            f"{passes} | {r['estimator']} | {r['precision']} | {r['status']} | {_fmt(r.get('time_ms'), '.4g')} | "
             f"{_fmt(r.get('peak_mem_mb'), '.4g')} | {floor} | {pct} | {note} |")
 
 

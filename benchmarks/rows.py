@@ -30,6 +30,7 @@ class Row:
     set: str = ""
     max_reps: int = 0       # 0: the mode's default
     mem_probe: bool = False  # CPU: also measure live-allocation peak (MALLOC_MMAP_THRESHOLD_)
+    graph: bool = False     # CUDA: time replays of the call (fwd + bwd) captured in a CUDA graph
 
     @property
     def mm(self) -> int:
@@ -118,7 +119,8 @@ def gpu_misc() -> list[Row]:
 def gpu_first() -> list[Row]:
     """A first look that fits one short device call after the tests: the headline row of our two
     GPU backends (and the plain-PyTorch peers), the training regime (N = M = 256, d = 8 and
-    1024, d = 64: host overhead and launches included) and a short N / d sweep."""
+    1024, d = 64: host overhead and launches included; N = M = 100, d = 8 graph-replayed: the
+    device time alone) and a short N / d sweep."""
     s = "gpu-first"
     rows = _rows(s, ("cuda", "triton"), [65536], [64])
     rows += _rows(s, ("cuda", "triton", "naive"), [256], [8])
@@ -127,7 +129,15 @@ def gpu_first() -> list[Row]:
     rows += _rows(s, ("cuda", "triton"), [4096, 16384], [64])
     rows += _rows(s, ("cuda", "triton"), [65536], [8])
     rows += _rows(s, ("compiled",), [4096], [64])
+    rows += gpu_small(s)
     return rows
+
+
+def gpu_small(s: str = "gpu-small") -> list[Row]:
+    """The WAE MNIST step (issue 15): N = M = 100, d = 8, fwd + bwd replayed from a CUDA graph
+    (host overhead gone for every backend; the dense formula graph-replayed too).  Targets:
+    <= 20 us per call, >= 5x the dense formula."""
+    return _rows(s, ("triton", "cuda", "naive"), [100], [8], graph=True)
 
 
 def gpu_core() -> list[Row]:
@@ -149,7 +159,7 @@ def tiny() -> list[Row]:
 
 ROW_SETS: dict[str, Callable[[], list[Row]]] = {
     "cpu": cpu_all, "cpu-targets": cpu_targets, "cpu-sweep": cpu_sweep,
-    "gpu-core": gpu_core, "gpu-first": gpu_first, "gpu-headline": gpu_headline, "gpu-nsweep": gpu_nsweep,
+    "gpu-core": gpu_core, "gpu-first": gpu_first, "gpu-small": gpu_small, "gpu-headline": gpu_headline, "gpu-nsweep": gpu_nsweep,
     "gpu-dsweep": gpu_dsweep, "gpu-1m": gpu_1m, "gpu-misc": gpu_misc, "tiny": tiny,
 }
 

@@ -35,6 +35,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from . import kmm as KM  # noqa: E402
 from . import mmd as M  # noqa: E402
+from . import mmd_small as SM  # noqa: E402
 from . import prior as P  # noqa: E402
 from . import reparam as R  # noqa: E402
 from . import segments as SG  # noqa: E402
@@ -311,6 +312,39 @@ def segment_variants(which: str = "core"):
     return out
 
 
+def small_variants(which: str = "core"):
+    """The one-launch small-set kernel (:mod:`wae_fast.kernels.mmd_small`) with the fixed configs
+    of :func:`~wae_fast.kernels.mmd_small.small_config`: "core" IMQ fp32 and fp64 at d = 8,
+    N = 100 (the WAE MNIST row, BLOCK 16) and RBF fp32 at d = 64, N = 1024 (BLOCK 32); "all"
+    every kind x dtype x estimator at both sizes."""
+    out = []
+    if which not in ("core", "all"):
+        return out
+    names = {M.KIND_IMQ: "imq", M.KIND_RBF: "rbf", M.KIND_POLY: "poly"}
+    core = {"small imq fp32 unbiased d=8 n=100", "small imq fp64 unbiased d=8 n=100",
+            "small rbf fp32 biased d=64 n=1024"}
+    import torch
+    for dtype in ("fp32", "fp64"):
+        cts, ct = _sig_and_tl_dtype(dtype)
+        sig = {"X": _PTR[dtype], "Y": _PTR[dtype], "P": "*" + cts, "S": "*" + cts, "PART": "*fp64",
+               "GX": "*" + cts, "GY": "*" + cts, "N": "i32", "M": "i32", "D": "i32",
+               "CXX": "fp32", "CYY": "fp32", "CXY": "fp32", "WGT": "fp32"}
+        for kind in (M.KIND_IMQ, M.KIND_RBF, M.KIND_POLY):
+            scales = {M.KIND_IMQ: 7, M.KIND_RBF: 3, M.KIND_POLY: 3}[kind]
+            for unb in (True, False):
+                for d, n in ((8, 100), (64, 1024)):
+                    block, warps = SM.small_config(n, n, torch.float64 if dtype == "fp64" else torch.float32)
+                    cx = dict(UNBIASED=unb, KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct,
+                              GRAD_X=True, GRAD_Y=True, BLOCK=block, BK=M.chunk_dim(d),
+                              DG=M.padded_dim(d), RB=SM.MEDIAN_TILE[0], CB=SM.MEDIAN_TILE[1], DC=SM.MEDIAN_TILE[2],
+                              LERP_HI=True)
+                    name = (f"small {names[kind]} {dtype} {'unbiased' if unb else 'biased'} "
+                            f"d={d} n={n}")
+                    if which == "all" or name in core:
+                        out.append((name, SM._mmd_small_kernel, sig, cx, warps, 1))
+    return out
+
+
 def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=None, variants=None):
     """Compile ``variants`` (default: the MMD and sampling kernels of set ``which``) for
     sm_``arch``; returns (rows, failures)."""
@@ -320,7 +354,7 @@ def compile_all(arch: int = 90, which: str = "core", verbose: bool = True, only=
     rows, failures = [], []
     if variants is None:
         variants = (mmd_variants(which) + reparam_variants(which) + kmm_variants(which)
-                    + segment_variants(which))
+                    + segment_variants(which) + small_variants(which))
     for name, kern, sig, cx, warps, stages in variants:
         if only and only not in name:
             continue
@@ -376,7 +410,7 @@ def main(argv=None):
     variants = []
     if args.family in ("mmd", "all"):
         variants += (mmd_variants(args.set) + reparam_variants(args.set) + kmm_variants(args.set)
-                     + segment_variants(args.set))
+                     + segment_variants(args.set) + small_variants(args.set))
     if args.family in ("prior", "all"):
         variants += prior_variants("all" if args.set == "all" else "core")
     rows, failures = compile_all(args.arch, args.set, only=args.only, variants=variants)

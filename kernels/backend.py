@@ -10,6 +10,9 @@ Registers ``wae_fast::mmd_fwd_triton``, ``mmd_bwd_triton``, ``reparam_fwd_triton
 The MMD backward is a separate recompute kernel (``fuses_grad=False``): the forward only
 accumulates the three kernel sums (symmetric tiles visited once), and the backward visits every
 tile of its row block, so neither pass needs atomics (see :mod:`wae_fast.kernels.mmd`).
+Small calls (:func:`one_launch`: N, M <= 1024, d <= 64) take the contract's one-launch form
+instead: the glue passes an empty offset, and one launch of :mod:`wae_fast.kernels.mmd_small`
+computes the shifts, the terms and the fused gradient parts (the backward only scales them).
 
 fp64 inputs run natively (fp64 compute and fp64 ``tl.dot``); set ``WAE_FAST_TRITON_FP64=reference``
 to route them to the reference backend instead (with a warning).
@@ -22,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from wae_fast.contract import compute_dtype, define_backend_ops, per_term, PRECISIONS
+from wae_fast.contract import compute_dtype, define_backend_ops, per_term, PRECISIONS, term_shifts
 from wae_fast import segment_sums
 from wae_fast.pairsum import pair_count
 
@@ -31,6 +34,7 @@ try:
 
     from . import kmm as _kmm
     from . import mmd as _mmd
+    from . import mmd_small as _small
     from . import prior as _prior
     from . import reparam as _rep
     from . import segments as _seg
@@ -107,10 +111,13 @@ def mmd_fwd(x, y, offset, kind, params, unbiased, grad_x, grad_y, precision):
     n, d = x.shape
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
-    off = per_term(offset).to(ct).contiguous()  # rows: the xx, yy and xy shifts
     p = params_tensor(params, ct, x.device, kind)
     prec = dot_precision(x.dtype, precision)
     tct = tl_compute_dtype(x.dtype)
+    if offset.numel() == 0:  # one_launch (small sets): shifts, terms and gradient parts in one launch
+        with device_guard(x):
+            return _small.launch_small(x, y, p, unbiased, kind, grad_x, grad_y, prec, ct, tct)
+    off = per_term(offset).to(ct).contiguous()  # rows: the xx, yy and xy shifts
     bucket = _mmd.size_bucket(max(n, m))
     with device_guard(x):
         sxx = _mmd.launch_fwd(x, x, off[0], p, True, bool(unbiased), kind, prec, tct, bucket)
@@ -132,6 +139,8 @@ def mmd_bwd(grad_terms, x, y, offset, kind, params, unbiased, grad_x, grad_y, pr
     n, d = x.shape
     m = y.shape[0]
     x, y = x.contiguous(), y.contiguous()
+    if offset.numel() == 0:  # a one-launch forward that returned no parts for this input
+        offset = term_shifts(kind, x, y)
     off = per_term(offset).to(ct).contiguous()
     p = params_tensor(params, ct, x.device, kind)
     prec = dot_precision(x.dtype, precision)
@@ -274,9 +283,18 @@ _IMPLS = dict(fuses_grad=False, mmd_fwd=mmd_fwd, mmd_bwd=mmd_bwd,
               kernel_matmul_fwd=kernel_matmul_fwd, kernel_matmul_bwd=kernel_matmul_bwd,
               mmd_segments_fwd=mmd_segments_fwd, mmd_segments_bwd=mmd_segments_bwd)
 
+
+
+def one_launch(x, y, kind) -> bool:
+    """The calls :mod:`wae_fast.kernels.mmd_small` computes in one launch (N, M <= 1024,
+    d <= 64; not fp64 routed to the reference)."""
+    return (_small.fits(x.shape[0], y.shape[0], x.shape[1])
+            and not (x.dtype == torch.float64 and FP64_MODE == "reference"))
+
+
 define_backend_ops("triton", fuses_grad=False)  # schemas, fakes and autograd, always
 if _IMPORT_ERROR is None:
     if torch.cuda.is_available():
-        define_backend_ops("triton", dispatch_key="CUDA", **_IMPLS)
+        define_backend_ops("triton", dispatch_key="CUDA", one_launch=one_launch, **_IMPLS)
     if INTERPRET:
-        define_backend_ops("triton", dispatch_key="CPU", **_IMPLS)
+        define_backend_ops("triton", dispatch_key="CPU", one_launch=one_launch, **_IMPLS)

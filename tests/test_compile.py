@@ -100,3 +100,56 @@ def test_inductor_with_fallback_random_matches_eager_in_a_fresh_process():
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "ALL OK" in proc.stdout, proc.stdout[-4000:]
+
+
+TENSOR_SEED_SCRIPT = textwrap.dedent(r'''
+    import torch, torch._dynamo, torch._inductor.config, wae_fast
+    torch.manual_seed(0)
+    x0 = torch.randn(37, 8, dtype=torch.float64)
+    lv0 = 0.3 * torch.randn(37, 8, dtype=torch.float64)
+    CASES = {
+        "reparameterize": lambda x, s: (wae_fast.reparameterize(x, lv0, seed=s) ** 2).sum(),
+        "prior_sampled": lambda x, s: wae_fast.mmd_to_prior(x, estimator="sampled", seed=s),
+        "prior_linear": lambda x, s: wae_fast.mmd_to_prior(x, estimator="linear", seed=s),
+        "both": lambda x, s: wae_fast.mmd_to_prior(wae_fast.reparameterize(x, lv0, seed=s),
+                                                   estimator="sampled", seed=s + 1),
+    }
+    bad = []
+    for compiler in ("aot_eager", "inductor"):
+        torch._inductor.config.fallback_random = compiler == "inductor"
+        for name, fn in CASES.items():
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            f = torch.compile(fn, fullgraph=True, backend=compiler, dynamic=False)
+            for s in (5, 6):  # a new seed value: same graph, new samples
+                seed = torch.tensor(s)
+                xc = x0.clone().requires_grad_(True)
+                try:
+                    vc = f(xc, seed)
+                    vc.backward()
+                except Exception as exc:
+                    bad.append(f"{compiler} {name} seed={s}: {type(exc).__name__}: {str(exc)[:300]}")
+                    break
+                xe = x0.clone().requires_grad_(True)
+                ve = fn(xe, s)  # eager, int seed
+                ve.backward()
+                if not (torch.allclose(vc, ve, rtol=1e-12, atol=1e-14)
+                        and torch.allclose(xc.grad, xe.grad, rtol=1e-10, atol=1e-13)):
+                    bad.append(f"{compiler} {name} seed={s}: compiled {vc.item()!r} != eager {ve.item()!r}")
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            if graphs != 1:
+                bad.append(f"{compiler} {name}: {graphs} graphs for two seed values (recompiled)")
+    print("BAD" if bad else "ALL OK")
+    print("\n".join(bad))
+''')
+
+
+def test_tensor_seed_compiles_fullgraph_and_matches_eager():
+    """A 0-dim integer tensor seed under torch.compile(fullgraph=True): reparameterize and the
+    sampled and linear prior estimators, aot_eager and inductor (fallback_random), two seed
+    values through one compiled function, equal to eager with the int seed (one subprocess)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", TENSOR_SEED_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "ALL OK" in proc.stdout, proc.stdout[-4000:]

@@ -18,7 +18,7 @@ triton = pytest.importorskip("triton")
 from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import KernelInterface  # noqa: E402  (JIT and interpreted kernels)
 
-MODULES = ["mmd", "prior", "reparam", "kmm", "segments"]
+MODULES = ["mmd", "mmd_small", "prior", "reparam", "kmm", "segments"]
 
 
 def _kernel_modules():

@@ -27,8 +27,9 @@ Meaning:
   avoids the cancellation in ||a||^2 + ||b||^2 - 2 a.b, which loses ~u (|a|^2 + |b|^2) of r).
   Either (3, d), one shift per term: row 0 for the xx term, row 1 for the yy term, row 2 for the
   xy term (both sets) and the cross part of the gradients; or (d,), one shift for all three.
-  Or (0,), only for a backend that declares ``computes_shifts`` (:func:`define_backend_ops`):
-  the backend computes the (3, d) shifts of :func:`term_shifts` below itself.
+  Or (0,), for a backend that declares ``computes_shifts`` and for the calls a backend declared
+  ``one_launch`` (:func:`define_backend_ops`): the backend computes the (3, d) shifts of
+  :func:`term_shifts` below itself (a one-launch call also returns the fused gradient parts).
   The glue passes (3, d) = the coordinate-wise medians of x and of y, and their size-weighted
   mean (N median(x) + M median(y)) / (N + M) (:func:`term_shifts`), so a set clustered far from
   the other keeps its own distances exact, and a few far points do not drag a shift away from
@@ -253,7 +254,7 @@ def _define_mmd(backend: str) -> None:
         # shapes differ, so the fake reports the fused shapes only for backends that say so.
         ct = compute_dtype(x.dtype)
         terms = x.new_empty((3,), dtype=torch.float64)
-        if _FUSES.get(backend, False):
+        if _FUSES.get(backend, False) or offset.numel() == 0:  # empty offset: one-launch path
             gx = x.new_empty((2, x.shape[0], x.shape[1]), dtype=ct) if grad_x else x.new_empty((0,), dtype=ct)
             gy = y.new_empty((2, y.shape[0], y.shape[1]), dtype=ct) if grad_y else y.new_empty((0,), dtype=ct)
         else:
@@ -513,6 +514,8 @@ def _define_segments(backend: str) -> None:
 
 _FUSES: dict[str, bool] = {}
 _SHIFTS_IN_BACKEND: dict[str, bool] = {}
+#: Per backend, ``one_launch(x, y, kind) -> bool`` (see :func:`define_backend_ops`).
+_ONE_LAUNCH: dict[str, Callable] = {}
 _EAGER_MMD: dict[str, type] = {}
 _EAGER_MMD_VALUE: dict[str, type] = {}
 # MMD^2 = terms . (1, 1, -2); the fused parts (xx or yy, xy) of one input enter it with (1, -2)
@@ -567,6 +570,7 @@ def define_backend_ops(
     fuses_grad: bool = False,
     computes_shifts: bool = False,
     dispatch_key: str = "CompositeExplicitAutograd",
+    one_launch: Optional[Callable] = None,
     **impls: Optional[Callable],
 ) -> None:
     """Define the schemas, fakes and autograd of every op family for backend ``backend``
@@ -580,6 +584,12 @@ def define_backend_ops(
     and then compute the glue's :func:`term_shifts` themselves (same values: the lower median
     per coordinate, torch.lerp's formula), so :func:`mmd_terms` passes an empty one (a small
     call then pays no median, stack and cat ops in Python).
+
+    ``one_launch(x, y, kind) -> bool`` (shapes, dtype and device only: it is evaluated while
+    tracing) marks the calls a backend computes in one launch without host synchronisation:
+    for them the glue passes an EMPTY ``offset`` (0,) instead of :func:`term_shifts` (whose
+    medians are several launches), the backend computes those same shifts itself and returns
+    the fused gradient parts for the inputs that need them (whatever ``fuses_grad`` says).
     """
     known = {f"{f}_{d}" for f in FAMILIES for d in ("fwd", "bwd")}
     unknown = set(impls) - known
@@ -591,9 +601,20 @@ def define_backend_ops(
         for family in FAMILIES.values():
             family.define(backend)
         _DEFINED.add(backend)
+    if one_launch is not None:
+        _ONE_LAUNCH[backend] = one_launch
     for name, fn in impls.items():
         if fn is not None:
             _LIB.impl(f"{name}_{backend}", fn, dispatch_key)
+
+
+def shifts_in_backend(backend: str, x: torch.Tensor, y: torch.Tensor, kind: int) -> bool:
+    """Whether the glue passes an empty offset for this call: the backend computes the term
+    shifts itself (``computes_shifts``), or the call is one of its ``one_launch`` calls."""
+    if _SHIFTS_IN_BACKEND.get(backend, False):
+        return True
+    small = _ONE_LAUNCH.get(backend)
+    return small is not None and bool(small(x, y, kind))
 
 
 def mmd_terms(
@@ -610,7 +631,7 @@ def mmd_terms(
     Inputs are assumed validated (same device/dtype, 2-D, matching d)."""
     x = x.contiguous()
     y = y.contiguous()
-    if _SHIFTS_IN_BACKEND.get(backend, False):  # the backend computes term_shifts itself
+    if shifts_in_backend(backend, x, y, kind):  # the backend computes term_shifts itself
         offset = x.new_empty((0,), dtype=compute_dtype(x.dtype))  # (traceable: no cache here)
     else:
         offset = term_shifts(kind, x, y)  # zeros for the polynomial (not translation invariant)
@@ -646,10 +667,7 @@ def mmd_value(
         return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
     x = x.contiguous()
     y = y.contiguous()
-    if _SHIFTS_IN_BACKEND.get(backend, False):
-        offset = _no_offset(x)
-    else:
-        offset = term_shifts(kind, x, y)
+    offset = _no_offset(x) if shifts_in_backend(backend, x, y, kind) else term_shifts(kind, x, y)
     grad_on = torch.is_grad_enabled()
     return _EAGER_MMD_VALUE[backend].apply(x, y, offset, (
         kind, params if type(params) is list else list(map(float, params)), unbiased,
@@ -666,7 +684,11 @@ def inf_to_nan(t: torch.Tensor) -> torch.Tensor:
 def prior_terms(backend: str, x: torch.Tensor, kind: int, params: list[float], sigma2: float,
                 unbiased: bool, num_samples: int, seed: int, precision: str = "ieee") -> torch.Tensor:
     """Call backend ``backend``'s prior forward op (samples generated in the backend) through
-    autograd (gradient to x); returns the float64 (3,) terms.  Inputs are assumed validated."""
+    autograd (gradient to x); returns the float64 (3,) terms.  Inputs are assumed validated.
+    A tensor ``seed`` (under torch.compile) goes through :data:`SEEDED_PRIOR`."""
+    if isinstance(seed, torch.Tensor):
+        return op(SEEDED_PRIOR)(x.contiguous(), int(kind), [float(p) for p in params], float(sigma2),
+                                bool(unbiased), int(num_samples), seed, precision, backend)
     return op(f"prior_fwd_{backend}")(x.contiguous(), int(kind), [float(p) for p in params],
                                       float(sigma2), bool(unbiased), int(num_samples), seed,
                                       precision)
@@ -722,7 +744,10 @@ def kernel_matmul(backend: str, x: torch.Tensor, y: torch.Tensor, v: torch.Tenso
 
 
 def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
-    """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps."""
+    """Call backend ``backend``'s sampling op through autograd: z = mu + exp(logvar / 2) * eps.
+    A tensor ``seed`` (under torch.compile) goes through :data:`SEEDED_REPARAM`."""
+    if isinstance(seed, torch.Tensor):
+        return op(SEEDED_REPARAM)(mu.contiguous(), logvar.contiguous(), seed, backend)
     return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), seed)
 
 
@@ -777,3 +802,114 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list
     yo = torch.tensor(y_offsets, dtype=torch.int64, device=x.device)
     return op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind),
                                                [float(p) for p in params], bool(unbiased), precision)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor seeds under torch.compile.  The backends' sampling ops take ``int seed``; a 0-dim integer
+# tensor seed read with .item() while tracing is an unbacked SymInt those schemas refuse.  These
+# two glue ops (defined once, for every backend: the backend is a string argument) take the seed
+# tensor and read it inside, when they run; their fakes need no value, so a traced graph holds
+# the seed as an input.  Eager calls read the seed before the op (:func:`wae_fast.philox.check_seed`)
+# and never use them.  Reading the value synchronises with the seed's device.
+
+SEEDED_REPARAM = "reparam_seeded"
+SEEDED_PRIOR = "prior_seeded"
+_LIB.define(SEEDED_REPARAM + "(Tensor mu, Tensor logvar, Tensor seed, str backend) -> Tensor")
+_LIB.define(SEEDED_REPARAM + "_bwd(Tensor grad_z, Tensor logvar, Tensor seed, str backend) -> Tensor")
+_LIB.define(SEEDED_PRIOR + "(Tensor x, int kind, float[] params, float sigma2, bool unbiased, "
+            "int num_samples, Tensor seed, str precision, str backend) -> Tensor")
+_LIB.define(SEEDED_PRIOR + "_bwd(Tensor grad_terms, Tensor x, int kind, float[] params, float sigma2, "
+            "bool unbiased, int num_samples, Tensor seed, str precision, str backend) -> Tensor")
+
+
+def _seed_value(seed: torch.Tensor) -> int:
+    v = int(seed.item())
+    if not 0 <= v < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2^63), got {v}")
+    return v
+
+
+def _reparam_seeded(mu, logvar, seed, backend):
+    return op(f"reparam_fwd_{backend}")(mu, logvar, _seed_value(seed))
+
+
+def _reparam_seeded_bwd(grad_z, logvar, seed, backend):
+    return op(f"reparam_bwd_{backend}")(grad_z, logvar, _seed_value(seed))
+
+
+def _prior_seeded(x, kind, params, sigma2, unbiased, num_samples, seed, precision, backend):
+    return op(f"prior_fwd_{backend}")(x, kind, params, sigma2, unbiased, num_samples,
+                                      _seed_value(seed), precision)
+
+
+def _prior_seeded_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed, precision,
+                      backend):
+    return op(f"prior_bwd_{backend}")(grad_terms, x, kind, params, sigma2, unbiased, num_samples,
+                                      _seed_value(seed), precision)
+
+
+for _name, _fn in ((SEEDED_REPARAM, _reparam_seeded), (SEEDED_REPARAM + "_bwd", _reparam_seeded_bwd),
+                   (SEEDED_PRIOR, _prior_seeded), (SEEDED_PRIOR + "_bwd", _prior_seeded_bwd)):
+    _LIB.impl(_name, _fn, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_REPARAM}")
+def _reparam_seeded_fake(mu, logvar, seed, backend):
+    return torch.empty_like(mu)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_REPARAM}_bwd")
+def _reparam_seeded_bwd_fake(grad_z, logvar, seed, backend):
+    return torch.empty_like(logvar)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_PRIOR}")
+def _prior_seeded_fake(x, kind, params, sigma2, unbiased, num_samples, seed, precision, backend):
+    return x.new_empty((3,), dtype=torch.float64)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::{SEEDED_PRIOR}_bwd")
+def _prior_seeded_bwd_fake(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed,
+                           precision, backend):
+    return torch.empty_like(x)
+
+
+def _reparam_seeded_setup(ctx, inputs, output):
+    _mu, logvar, seed, backend = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(logvar, seed)
+
+
+def _reparam_seeded_backward(ctx, grad_z):
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_MSG)
+    logvar, seed = ctx.saved_tensors
+    gmu = grad_z if ctx.needs_input_grad[0] else None
+    glv = None
+    if ctx.needs_input_grad[1]:
+        glv = op(SEEDED_REPARAM + "_bwd")(grad_z.contiguous(), logvar, seed, ctx.backend)
+    return gmu, glv, None, None
+
+
+def _prior_seeded_setup(ctx, inputs, output):
+    x, seed = inputs[0], inputs[6]
+    ctx.args = inputs[1:6]
+    ctx.tail = inputs[7:]
+    ctx.save_for_backward(x, seed)
+
+
+def _prior_seeded_backward(ctx, grad_terms):
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_MSG)
+    x, seed = ctx.saved_tensors
+    gx = None
+    if ctx.needs_input_grad[0]:
+        gx = op(SEEDED_PRIOR + "_bwd")(grad_terms.to(torch.float64).contiguous(), x, *ctx.args, seed,
+                                       *ctx.tail)
+    return (gx,) + (None,) * 8
+
+
+torch.library.register_autograd(f"{NAMESPACE}::{SEEDED_REPARAM}", _reparam_seeded_backward,
+                                setup_context=_reparam_seeded_setup)
+torch.library.register_autograd(f"{NAMESPACE}::{SEEDED_PRIOR}", _prior_seeded_backward,
+                                setup_context=_prior_seeded_setup)

@@ -143,12 +143,26 @@ def mmd(
                           y_weights=y_weights)
         out_dtype = torch.float64 if torch.promote_types(x.dtype, y.dtype) == torch.float64 else torch.float32
         # one dot with (1, 1, -2) instead of three selects (each a zeros + copy in backward)
-        return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
+        return torch.dot(terms, _mmd_weights(terms.device)).to(out_dtype)
     x, y = check_points(x, y, estimator)
     name, kind, params = _resolve(x, y, kernel, estimator, backend, check_finite, precision)
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     # eagerly one autograd node: the value formed in the op's forward, the fused parts scaled
     return contract.mmd_value(name, x, y, kind, params, estimator == "unbiased", precision, out_dtype)
+
+
+_WEIGHTS_ON: dict = {}
+
+
+def _mmd_weights(device: torch.device) -> torch.Tensor:
+    """(1, 1, -2) on ``device``, copied once per device: no host-to-device copy per call (which a
+    CUDA graph capture refuses)."""
+    w = _WEIGHTS_ON.get(device)
+    if w is None:
+        w = _MMD_WEIGHTS.to(device)
+        if not torch.compiler.is_compiling():
+            _WEIGHTS_ON[device] = w
+    return w
 
 
 def reparameterize(

@@ -16,7 +16,7 @@ Everything is done on int64 tensors holding uint32 values; the 32 x 32-bit produ
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -39,15 +39,18 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     return int(torch.randint(0, SEED_LIMIT, (1,), generator=generator, device=dev).item())
 
 
-def check_seed(seed) -> int:
+def check_seed(seed) -> Union[int, torch.Tensor]:
     """``seed`` (an int or a 0-dim integer tensor) as an int in [0, 2^63), or
-    ValueError/TypeError naming it.  A tensor seed is read with ``.item()`` (under
-    torch.compile(fullgraph=True) that needs ``torch._dynamo.config.capture_scalar_outputs``;
-    a plain int seed traces without it)."""
+    ValueError/TypeError naming it.  Eagerly a tensor seed is read with ``.item()``; under
+    torch.compile it is returned as the tensor (an int64 0-dim tensor), which the sampling ops
+    read when they run (:data:`wae_fast.contract.SEEDED_REPARAM`; :func:`philox4x32_10` takes it
+    as is), so a compiled function takes a new seed without recompiling or a graph break."""
     if isinstance(seed, torch.Tensor):
         if seed.dim() != 0 or seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
             raise TypeError(f"seed must be an int or a 0-dim integer tensor, got a {seed.dtype} tensor "
                             f"of shape {tuple(seed.shape)}")
+        if torch.compiler.is_compiling():
+            return seed.to(torch.int64)  # range checked when an op reads it
         seed = seed.item()
         torch._check(seed >= 0, lambda: "seed must be an int in [0, 2^63)")
         return seed
@@ -58,7 +61,8 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def resolve_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> int:
+def resolve_seed(seed: Union[int, torch.Tensor, None],
+                 generator: Optional[torch.Generator]) -> Union[int, torch.Tensor]:
     """The explicit ``seed`` if given (checked), else one drawn from ``generator``."""
     return draw_seed(generator) if seed is None else check_seed(seed)
 
@@ -73,8 +77,10 @@ def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def philox4x32_10(offset: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first two Philox 4x32-10 outputs for int64 counters ``offset`` and a 64-bit key."""
-    seed = int(seed) & ((1 << 64) - 1)
+    """The first two Philox 4x32-10 outputs for int64 counters ``offset`` and a 64-bit key
+    (an int, or a 0-dim int64 tensor in [0, 2^63) under torch.compile: tensor ops then)."""
+    if not isinstance(seed, torch.Tensor):
+        seed = int(seed) & ((1 << 64) - 1)
     k0, k1 = seed & _M32, (seed >> 32) & _M32
     c0 = offset & _M32
     c1 = (offset >> 32) & _M32

@@ -427,6 +427,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     if (!s.empty()) s.pop_back();
     return s;
   }, "The sanitizer checks the next launch runs (WAE_CUDA_EMU_CHECKS), comma-separated; '' for none.");
+  m.def("launch_count", [] { return wae_emu::launch_count(); },
+        "Kernel launches of this process through the emulator's launch shim.");
+  m.def("launch_names", [] { return wae_emu::launch_names(); },
+        "Names of the kernels launched since reset_launch_names() (at most 100000).");
+  m.def("reset_launch_names", [] { wae_emu::reset_launch_names(); }, "Forget the recorded launch names.");
   m.def("selftest_launch", [](const std::string& which, const at::Tensor& in) {
     TORCH_CHECK(in.device().is_cpu() && in.scalar_type() == at::kFloat && in.is_contiguous() && in.numel() == 64,
                 WAE_MSG "selftest_launch needs 64 contiguous float32 CPU values");

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -795,6 +796,27 @@ std::string symbolise(const std::vector<const void*>& pcs) {
 }
 }  // namespace
 
+namespace {
+std::mutex g_launch_mu;
+unsigned long long g_launches = 0;
+std::vector<std::string> g_launch_names;
+}  // namespace
+
+unsigned long long launch_count() {
+  std::lock_guard<std::mutex> lk(g_launch_mu);
+  return g_launches;
+}
+
+std::vector<std::string> launch_names() {
+  std::lock_guard<std::mutex> lk(g_launch_mu);
+  return g_launch_names;
+}
+
+void reset_launch_names() {
+  std::lock_guard<std::mutex> lk(g_launch_mu);
+  g_launch_names.clear();
+}
+
 cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block, size_t smem, Body body, void* arg,
                        size_t arg_bytes) {
   Emu& e = emu();
@@ -827,6 +849,11 @@ cudaError_t launch_raw(const char* name, const void* kern, dim3 grid, dim3 block
   e.body = body;
   e.body_arg = arg;
   e.dyn_bytes = smem;
+  {
+    std::lock_guard<std::mutex> lk(g_launch_mu);
+    ++g_launches;
+    if (g_launch_names.size() < 100000) g_launch_names.emplace_back(name);
+  }
   e.static_hw = kStaticSmemLimit;
   e.kernel = name;
   e.error.clear();

@@ -45,6 +45,8 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <vector>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -207,6 +209,13 @@ class DeviceMemory {
  private:
   int id_;
 };
+
+//! Kernel launches of this process (valid configurations; counted before the kernel runs),
+//! and the names of the launches since the last reset (at most 100000 kept): tests count
+//! launches, not op calls (issue 15).
+unsigned long long launch_count();
+std::vector<std::string> launch_names();
+void reset_launch_names();
 
 enum : unsigned { CHECK_MEM = 1, CHECK_INIT = 2, CHECK_RACE = 4 };
 //! The checks the next launch runs (WAE_CUDA_EMU_CHECKS: "all", "none", or a comma list of
