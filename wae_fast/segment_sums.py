@@ -360,3 +360,58 @@ def row_pass_ops(row_pass_fn, block: int, max_d: int):
                         grad_xw, grad_yw, precision)
 
     return fwd, bwd
+
+
+# ---------------------------------------------------------------------------------------------
+# One-launch schedule (triton): host task tables over every set, built from the host offsets.
+
+
+class Plan:
+    """Device layout of one ``mmd_segments`` call for the one-launch kernels: int64 offsets
+    (``y_offsets`` is [0, M] for a shared y, whose rows every set reads in place), the forward
+    task table ``[set, term, r0, r1]`` (term 0 xx, 1 yy, 2 xy; grouped by set, ``set_tasks`` the
+    (B + 1,) start of each set's tasks) and, on demand, the backward table
+    ``[side, b0, b1, r0, r1]`` (side 0 x, 1 y; a shared y's row tiles span every set, so each of
+    its gradient rows is written by one program)."""
+
+    def __init__(self, x_offsets, y_offsets, block: int, device):
+        xo, yo = [int(v) for v in x_offsets.tolist()], [int(v) for v in y_offsets.tolist()]
+        self.nsets = len(xo) - 1
+        self.shared_y = len(yo) == 2
+        self.block, self.device = block, device
+        self._xo, self._yo = xo, yo
+        self.x_offsets = torch.tensor(xo, dtype=torch.int64).to(device)
+        self.y_offsets = torch.tensor(yo, dtype=torch.int64).to(device)
+        tasks, starts = [], [0]
+        for b in range(self.nsets):
+            x0, x1 = xo[b], xo[b + 1]
+            y0, y1 = self.y_range(b)
+            for term, (r0, r1) in ((0, (x0, x1)), (2, (x0, x1)), (1, (y0, y1))):
+                tasks.extend((b, term, i, min(i + block, r1)) for i in range(r0, r1, block))
+            starts.append(len(tasks))
+        self.fwd_tasks = torch.tensor(tasks, dtype=torch.int64).reshape(-1, 4).to(device)
+        self.set_tasks = torch.tensor(starts, dtype=torch.int64).to(device)
+
+    def y_range(self, b: int):
+        return (self._yo[0], self._yo[1]) if self.shared_y else (self._yo[b], self._yo[b + 1])
+
+    def bwd_tasks(self, x_side: bool, y_side: bool) -> torch.Tensor:
+        blk, rows = self.block, []
+        if x_side:
+            for b in range(self.nsets):
+                x0, x1 = self._xo[b], self._xo[b + 1]
+                rows.extend((0, b, b + 1, i, min(i + blk, x1)) for i in range(x0, x1, blk))
+        if y_side:
+            spans = [(0, self.nsets, self._yo[0], self._yo[1])] if self.shared_y else [
+                (b, b + 1, self._yo[b], self._yo[b + 1]) for b in range(self.nsets)]
+            for b0, b1, y0, y1 in spans:
+                rows.extend((1, b0, b1, i, min(i + blk, y1)) for i in range(y0, y1, blk))
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 5).to(self.device)
+
+
+def plan_inputs(x, y, x_weights, y_weights, shifts):
+    """(X, Y, xw, yw, shifts) contiguous in the compute dtype (weights: empty when absent)."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xw = x_weights.to(ct).contiguous() if x_weights.numel() else x.new_empty((0,), dtype=ct)
+    yw = y_weights.to(ct).contiguous() if y_weights.numel() else y.new_empty((0,), dtype=ct)
+    return x.to(ct).contiguous(), y.to(ct).contiguous(), xw, yw, shifts.to(ct).contiguous()
