@@ -400,6 +400,9 @@ at::Tensor seg_fwd(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& x
   const int64_t nsets = set_tasks.numel() - 1;
   at::Tensor part = at::empty({tasks.size(0)}, X.options().dtype(at::kDouble));
   at::Tensor out = at::empty({nsets, 3}, X.options().dtype(at::kDouble));
+  WAE_DEVICE_MEMORY({"x", X, true}, {"y", Y, true}, {"x_weights", xw, true}, {"y_weights", yw, true},
+                    {"x_offsets", xo, true}, {"y_offsets", yo, true}, {"shifts", shifts, true}, {"tasks", tasks, true},
+                    {"set_tasks", set_tasks, true}, {"partials", part, false}, {"terms", out, false});
   check_rc(wae_seg_fwd(dtype_code(X.scalar_type()), X.data_ptr(), Y.data_ptr(), seg_ptr(xw), seg_ptr(yw),
                        xo.data_ptr<int64_t>(), yo.data_ptr<int64_t>(), shared_y, nsets, shifts.data_ptr(),
                        tasks.data_ptr<int64_t>(), tasks.size(0), set_tasks.data_ptr<int64_t>(), X.size(1), int(kind),
@@ -426,6 +429,10 @@ std::vector<at::Tensor> seg_bwd(const at::Tensor& grad_terms, const at::Tensor& 
   at::Tensor gy = need_gy ? at::empty_like(Y) : at::empty({0}, X.options());
   at::Tensor gxw = need_gxw ? at::empty({X.size(0)}, dopt) : at::empty({0}, dopt);
   at::Tensor gyw = need_gyw ? at::empty({Y.size(0)}, dopt) : at::empty({0}, dopt);
+  WAE_DEVICE_MEMORY({"x", X, true}, {"y", Y, true}, {"x_weights", xw, true}, {"y_weights", yw, true},
+                    {"x_offsets", xo, true}, {"y_offsets", yo, true}, {"shifts", shifts, true}, {"tasks", tasks, true},
+                    {"grad_terms", grad_terms, true}, {"terms", terms, true}, {"grad_x", gx, false},
+                    {"grad_y", gy, false}, {"grad_x_weights", gxw, false}, {"grad_y_weights", gyw, false});
   check_rc(wae_seg_bwd(dtype_code(X.scalar_type()), X.data_ptr(), Y.data_ptr(), seg_ptr(xw), seg_ptr(yw),
                        xo.data_ptr<int64_t>(), yo.data_ptr<int64_t>(), shared_y, shifts.data_ptr(),
                        tasks.data_ptr<int64_t>(), tasks.size(0), grad_terms.data_ptr<double>(),
