@@ -246,7 +246,7 @@ def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, k
         return segment_sums.segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
                                           kind, params, unbiased, compute_dtype(x.dtype))
     X, Y, xw, yw, sh = segment_sums.plan_inputs(x, y, x_weights, y_weights, shifts)
-    plan = segment_sums.Plan(x_offsets, y_offsets, _seg.block_size(X.dtype), x.device)
+    plan = segment_sums.get_plan(x_offsets, y_offsets, _seg.block_size(X.dtype), x.device)
     with device_guard(x):
         return _seg.forward(X, Y, xw, yw, plan, sh, params, kind, unbiased,
                             dot_precision(X.dtype, precision), tl_compute_dtype(X.dtype))
@@ -260,7 +260,7 @@ def mmd_segments_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y
                                           y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
                                           grad_xw, grad_yw, compute_dtype(x.dtype))
     X, Y, xw, yw, sh = segment_sums.plan_inputs(x, y, x_weights, y_weights, shifts)
-    plan = segment_sums.Plan(x_offsets, y_offsets, _seg.block_size(X.dtype), x.device)
+    plan = segment_sums.get_plan(x_offsets, y_offsets, _seg.block_size(X.dtype), x.device)
     with device_guard(x):
         gx, gy, gxw, gyw = _seg.backward(
             grad_terms.double().contiguous(), terms.double().contiguous(), X, Y, xw, yw, plan, sh,

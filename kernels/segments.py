@@ -3,7 +3,7 @@ tiny finalize (forward), and every gradient in ONE launch (backward).
 
 Set b owns x rows ``XO[b]:XO[b+1]`` and y rows ``YO[b]:YO[b+1]`` (a shared y: ``YO[0]:YO[1]``
 for every set, read in place), both shifted by ``SH[b]`` on load.  Host task tables
-(:mod:`wae_fast.segment_sums`: ``fwd_tasks`` / ``bwd_tasks``) list the programs:
+(:class:`wae_fast.segment_sums.Plan`: ``fwd_tasks`` / ``bwd_tasks``) list the programs:
 
 * forward ``[set, term, r0, r1]`` (term 0: xx, 1: yy, 2: xy): rows [r0, r1) of x (y for yy)
   against every column of the set's x (xx) or y (yy, xy); the program writes one float64 partial
@@ -36,7 +36,7 @@ MAX_D = 256
 # NaN != NaN fails that check; INF - INF is NaN.
 SEG_INF = tl.constexpr(float("inf"))
 
-#: Columns of the forward / backward task tables (segment_sums.fwd_tasks / bwd_tasks).
+#: Columns of the forward / backward task tables (segment_sums.Plan).
 FWD_COLS = 4
 BWD_COLS = 5
 
