@@ -10,9 +10,11 @@ for every set, read in place), both shifted by ``SH[b]`` on load.  Host task tab
   ``PART[t] = sum_i w_i s_i`` with ``s_i = sum_j v_j k(a_i, c_j)`` (j != i under the U-statistic).
   The finalize (one program per set) sums the set's partials in task order (deterministic: no
   atomics) and divides by the denominators of :func:`_set_stats`.
-* backward ``[side, b0, b1, r0, r1]`` (side 0: x, 1: y): rows [r0, r1) of that side, for every
-  set b in [b0, b1) (one set, or every set for the rows of a shared y), sweep the set's self
-  columns then its cross columns, and write the rows' gradients (coordinates and weights) once.
+* backward ``[side, b0, b1, r0, r1, o0]`` (side 0: x, 1: y): rows [r0, r1) of that side, for
+  every set b in [b0, b1) (one set, or a chunk of sets for the rows of a shared y), sweep the
+  set's self columns then its cross columns, and write the rows' gradients (coordinates and
+  weights) once, at output rows o0 + i - r0 (a shared y: its chunk's slice of a buffer that the
+  host sums over the chunks in a fixed order).
 
 Weight-0 columns are loaded as zeros (their coordinates never reach a sum); the forward does not
 read weight-0 rows either; the backward reads them (the gradient to a weight 0 is the true
@@ -24,6 +26,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from wae_fast.segment_sums import sum_chunks
 
 from .launch import params_tensor
 from .mmd import (INTERPRET, MAX_SQ_NORM_F32, MAX_SQ_NORM_F64, kernel_sum, padded_dim, poly_sum,
@@ -38,7 +42,7 @@ SEG_INF = tl.constexpr(float("inf"))
 
 #: Columns of the forward / backward task tables (segment_sums.Plan).
 FWD_COLS = 4
-BWD_COLS = 5
+BWD_COLS = 6
 
 
 @triton.jit
@@ -232,11 +236,12 @@ def _seg_bwd_kernel(
 
     with dD/dw_i = 2 (S_a - w_i) (unbiased, in float64) or 2 S_a (biased)."""
     t = tl.program_id(0)
-    side = tl.load(TASKS + t * 5 + 0)
-    b0 = tl.load(TASKS + t * 5 + 1)
-    b1 = tl.load(TASKS + t * 5 + 2)
-    r0 = tl.load(TASKS + t * 5 + 3)
-    r1 = tl.load(TASKS + t * 5 + 4)
+    side = tl.load(TASKS + t * 6 + 0)
+    b0 = tl.load(TASKS + t * 6 + 1)
+    b1 = tl.load(TASKS + t * 6 + 2)
+    r0 = tl.load(TASKS + t * 6 + 3)
+    r1 = tl.load(TASKS + t * 6 + 4)
+    out0 = tl.load(TASKS + t * 6 + 5)  # output row of r0 (a shared y: its chunk's buffer slice)
     if side == 0:
         A = X
         AW = XW
@@ -309,17 +314,18 @@ def _seg_bwd_kernel(
                + g_cross * (s_cross / sb - t_cross) / sa)
     gmask = rmask[:, None] & dmask[None, :]
     gp = tl.where((wa != 0.0)[:, None], wa[:, None] * acc, 0.0)
-    out = rows[:, None].to(tl.int64) * D + dims[None, :]
+    orow = out0 + idx
+    out = orow[:, None].to(tl.int64) * D + dims[None, :]
     if side == 0:
         if NEED_GX:
             tl.store(GX + out, gp.to(GX.dtype.element_ty), mask=gmask)
         if NEED_GXW:
-            tl.store(GXW + rows, gw, mask=rmask)
+            tl.store(GXW + orow, gw, mask=rmask)
     else:
         if NEED_GY:
             tl.store(GY + out, gp.to(GY.dtype.element_ty), mask=gmask)
         if NEED_GYW:
-            tl.store(GYW + rows, gw, mask=rmask)
+            tl.store(GYW + orow, gw, mask=rmask)
 
 
 def block_size(dtype: torch.dtype) -> int:
@@ -354,15 +360,17 @@ def forward(X, Y, xw, yw, plan, shifts, params, kind, unbiased, prec, tct):
 
 def backward(grad_terms, terms, X, Y, xw, yw, plan, shifts, params, kind, unbiased, need, prec, tct):
     """(gx, gy, gxw, gyw): coordinates in the compute dtype, weights in float64 (None where not
-    in ``need`` = (grad_x, grad_y, grad_xw, grad_yw)); one launch over ``plan.bwd_tasks(need)``."""
+    in ``need`` = (grad_x, grad_y, grad_xw, grad_yw)); one launch over ``plan.bwd_tasks(need)``
+    (then, for a shared y over more than one chunk of sets, the sum over the chunks)."""
     ct = X.dtype
     p = params_tensor(params, ct, X.device, kind)
     d = X.shape[1]
     gx_n, gy_n, gxw_n, gyw_n = need
     gx = torch.empty_like(X) if gx_n else None
-    gy = torch.empty_like(Y) if gy_n else None
+    ny = plan.y_chunks * Y.shape[0]  # a shared y: one buffer slice per chunk of sets
+    gy = torch.empty((ny, d), dtype=ct, device=X.device) if gy_n else None
     gxw = torch.empty((X.shape[0],), dtype=torch.float64, device=X.device) if gxw_n else None
-    gyw = torch.empty((Y.shape[0],), dtype=torch.float64, device=X.device) if gyw_n else None
+    gyw = torch.empty((ny,), dtype=torch.float64, device=X.device) if gyw_n else None
     tasks = plan.bwd_tasks(gx_n or gxw_n, gy_n or gyw_n)
     dummy = part_dummy = X.new_empty((1,), dtype=torch.float64)
     if tasks.shape[0]:
@@ -374,4 +382,4 @@ def backward(grad_terms, terms, X, Y, xw, yw, plan, shifts, params, kind, unbias
             DP=padded_dim(d), UNBIASED=unbiased, HAS_XW=xw.numel() > 0, HAS_YW=yw.numel() > 0,
             SHARED_Y=plan.shared_y, NEED_P=bool(gx_n or gy_n), NEED_GX=bool(gx_n),
             NEED_GY=bool(gy_n), NEED_GXW=bool(gxw_n), NEED_GYW=bool(gyw_n), num_warps=4)
-    return gx, gy, gxw, gyw
+    return gx, sum_chunks(gy, plan.y_chunks), gxw, sum_chunks(gyw, plan.y_chunks)

@@ -143,8 +143,13 @@ def test_batched_and_equal_weights_equal_plain_mmd_fp64(seg_backend, estimator):
         assert abs(float(one - ref)) <= 3 * float(ulp[b])
 
 
-def test_shared_y_and_float32_batched(seg_backend):
-    """A 2-D y is shared by every set (its gradient sums over the sets); fp32 against the oracle."""
+@pytest.mark.parametrize("chunk", [8, 2])
+def test_shared_y_and_float32_batched(seg_backend, chunk, monkeypatch):
+    """A 2-D y is shared by every set (its gradient sums over the sets; chunk 2: the one-launch
+    backends split the 3 sets into 2 chunks of y-gradient slices); fp32 against the oracle."""
+    from wae_fast import segment_sums
+    monkeypatch.setattr(segment_sums, "SHARED_Y_CHUNK", chunk)
+    monkeypatch.setattr(segment_sums, "_PLANS", {})
     name, dev = seg_backend
     x, y, xw, yw = _data([0, 17, 34, 51], [0, 23], 3, torch.float32, dev, seed=11)
     x3 = x.view(3, 17, 3).requires_grad_(True)

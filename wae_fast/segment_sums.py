@@ -173,13 +173,23 @@ def segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_we
 # host offsets; the kernels compute the per-set sums and denominators themselves.
 
 
+#: Sets per y-side backward task of a shared y (see :attr:`Plan.y_chunks`).
+SHARED_Y_CHUNK = 8
+
+
+def sum_chunks(g, chunks: int):
+    """The y-side gradient of a chunked buffer: (chunks * M, ...) summed over the chunks."""
+    return g if g is None or chunks == 1 else g.view(chunks, -1, *g.shape[1:]).sum(0)
+
+
 class Plan:
     """Device layout of one ``mmd_segments`` call for the one-launch kernels: int64 offsets
     (``y_offsets`` is [0, M] for a shared y, whose rows every set reads in place), the forward
     task table ``[set, term, r0, r1]`` (term 0 xx, 1 yy, 2 xy; grouped by set, ``set_tasks`` the
     (B + 1,) start of each set's tasks) and, on demand, the backward table
-    ``[side, b0, b1, r0, r1]`` (side 0 x, 1 y; a shared y's row tiles span every set, so each of
-    its gradient rows is written by one program)."""
+    ``[side, b0, b1, r0, r1, o0]`` (side 0 x, 1 y; rows [r0, r1) of that side for the sets
+    [b0, b1), their gradients written at output rows o0 + i - r0: a shared y's row tiles span a
+    chunk of sets and write the chunk's slice of the buffer, see :attr:`y_chunks`)."""
 
     def __init__(self, x_offsets, y_offsets, block: int, device):
         xo, yo = [int(v) for v in x_offsets.tolist()], [int(v) for v in y_offsets.tolist()]
@@ -209,18 +219,27 @@ class Plan:
             self._bwd[key] = self._build_bwd(*key)
         return self._bwd[key]
 
+    @property
+    def y_chunks(self) -> int:
+        """Slices of the y-side gradient buffer: a shared y's row tiles are split over chunks of
+        SHARED_Y_CHUNK sets (parallelism for large B), each chunk writing its own slice of a
+        (y_chunks * M, ...) buffer that the host sums over the chunks (fixed order); 1 otherwise."""
+        return -(-self.nsets // SHARED_Y_CHUNK) if self.shared_y else 1
+
     def _build_bwd(self, x_side: bool, y_side: bool) -> torch.Tensor:
         blk, rows = self.block, []
         if x_side:
             for b in range(self.nsets):
                 x0, x1 = self._xo[b], self._xo[b + 1]
-                rows.extend((0, b, b + 1, i, min(i + blk, x1)) for i in range(x0, x1, blk))
+                rows.extend((0, b, b + 1, i, min(i + blk, x1), i) for i in range(x0, x1, blk))
         if y_side:
-            spans = [(0, self.nsets, self._yo[0], self._yo[1])] if self.shared_y else [
-                (b, b + 1, self._yo[b], self._yo[b + 1]) for b in range(self.nsets)]
-            for b0, b1, y0, y1 in spans:
-                rows.extend((1, b0, b1, i, min(i + blk, y1)) for i in range(y0, y1, blk))
-        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 5).to(self.device)
+            m = self._yo[1] - self._yo[0]
+            spans = [(b0, min(b0 + SHARED_Y_CHUNK, self.nsets), 0, m, c * m)
+                     for c, b0 in enumerate(range(0, self.nsets, SHARED_Y_CHUNK))] if self.shared_y else [
+                (b, b + 1, self._yo[b], self._yo[b + 1], self._yo[b]) for b in range(self.nsets)]
+            for b0, b1, y0, y1, o0 in spans:
+                rows.extend((1, b0, b1, i, min(i + blk, y1), o0 + i - y0) for i in range(y0, y1, blk))
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6).to(self.device)
 
 
 _PLANS: dict = {}
@@ -278,7 +297,8 @@ def plan_ops(extension, block: int, max_d: int):
             grad_terms.double().contiguous(), terms.double().contiguous(), X, Y, xw, yw,
             plan.x_offsets, plan.y_offsets, plan.shared_y, sh, [float(p) for p in params],
             plan.bwd_tasks(grad_x or grad_xw, grad_y or grad_yw), int(kind), bool(unbiased),
-            bool(grad_x), bool(grad_y), bool(grad_xw), bool(grad_yw))
+            bool(grad_x), bool(grad_y), bool(grad_xw), bool(grad_yw), plan.y_chunks * Y.shape[0])
+        gy, gyw = sum_chunks(gy, plan.y_chunks), sum_chunks(gyw, plan.y_chunks)
         empty = x.new_empty((0,))
         return (gx.to(x.dtype) if grad_x else empty, gy.to(y.dtype) if grad_y else empty,
                 gxw.to(x_weights.dtype) if grad_xw else empty,

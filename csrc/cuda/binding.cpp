@@ -416,9 +416,10 @@ std::vector<at::Tensor> seg_bwd(const at::Tensor& grad_terms, const at::Tensor& 
                                 const at::Tensor& Y, const at::Tensor& xw, const at::Tensor& yw, const at::Tensor& xo,
                                 const at::Tensor& yo, bool shared_y, const at::Tensor& shifts,
                                 std::vector<double> params, const at::Tensor& tasks, int64_t kind, bool unbiased,
-                                bool need_gx, bool need_gy, bool need_gxw, bool need_gyw) {
+                                bool need_gx, bool need_gy, bool need_gxw, bool need_gyw, int64_t ny_out) {
   seg_check(X, {Y, shifts}, {xo, yo, tasks});
-  TORCH_CHECK(X.dim() == 2 && Y.dim() == 2 && X.size(1) == Y.size(1) && tasks.dim() == 2 && tasks.size(1) == 5 &&
+  TORCH_CHECK(X.dim() == 2 && Y.dim() == 2 && X.size(1) == Y.size(1) && tasks.dim() == 2 && tasks.size(1) == 6 &&
+                  ny_out >= Y.size(0) && ny_out % (Y.size(0) > 0 ? Y.size(0) : 1) == 0 &&
                   grad_terms.scalar_type() == at::kDouble && terms.scalar_type() == at::kDouble &&
                   grad_terms.is_contiguous() && terms.is_contiguous() && grad_terms.device() == X.device() &&
                   terms.device() == X.device(),
@@ -426,9 +427,10 @@ std::vector<at::Tensor> seg_bwd(const at::Tensor& grad_terms, const at::Tensor& 
   DeviceScope scope(X);
   const auto dopt = X.options().dtype(at::kDouble);
   at::Tensor gx = need_gx ? at::empty_like(X) : at::empty({0}, X.options());
-  at::Tensor gy = need_gy ? at::empty_like(Y) : at::empty({0}, X.options());
+  // ny_out rows: a shared y's gradient has one slice of Y's rows per chunk of sets
+  at::Tensor gy = need_gy ? at::empty({ny_out, Y.size(1)}, Y.options()) : at::empty({0}, X.options());
   at::Tensor gxw = need_gxw ? at::empty({X.size(0)}, dopt) : at::empty({0}, dopt);
-  at::Tensor gyw = need_gyw ? at::empty({Y.size(0)}, dopt) : at::empty({0}, dopt);
+  at::Tensor gyw = need_gyw ? at::empty({ny_out}, dopt) : at::empty({0}, dopt);
   WAE_DEVICE_MEMORY({"x", X, true}, {"y", Y, true}, {"x_weights", xw, true}, {"y_weights", yw, true},
                     {"x_offsets", xo, true}, {"y_offsets", yo, true}, {"shifts", shifts, true}, {"tasks", tasks, true},
                     {"grad_terms", grad_terms, true}, {"terms", terms, true}, {"grad_x", gx, false},

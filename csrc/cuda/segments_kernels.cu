@@ -10,9 +10,10 @@
 //            s_i = sum_j v_j k(a_i, c_j) (j != i under the U-statistic), the block's rows summed
 //            in row order (deterministic, no atomics); the finalize (one thread per set)
 //            sums the set's partials in task order over the denominators of seg_stats.
-//   backward [side, b0, b1, r0, r1] (side 0 x, 1 y): for each set b in [b0, b1) (every set for
-//            the rows of a shared y) the self then the cross columns; each gradient row is
-//            written by one thread.
+//   backward [side, b0, b1, r0, r1, o0] (side 0 x, 1 y): for each set b in [b0, b1) (a chunk of
+//            sets for the rows of a shared y) the self then the cross columns; each gradient row
+//            is written by one thread, at output row o0 + i - r0 (a shared y: its chunk's slice
+//            of a buffer the host sums over the chunks).
 // The pair math is tile_math.h's.  Simple on purpose (a scalar FMA loop per pair, no tensor
 // cores): correct first, tuned on a GPU later (no GPU in the sessions that wrote it: unmeasured).
 #include <cuda_runtime.h>
@@ -223,8 +224,9 @@ __global__ void seg_bwd_kernel(const T* __restrict__ X, const T* __restrict__ Y,
                                double* __restrict__ gyw) {
   WAE_DYN_SMEM(seg_buf);
   const SegSmem<T> m = seg_smem<T>(seg_buf, d);
-  const int64_t* tk = tasks + 5 * int64_t(blockIdx.x);
+  const int64_t* tk = tasks + 6 * int64_t(blockIdx.x);
   const int64_t side = tk[0], b0 = tk[1], b1 = tk[2], r0 = tk[3], r1 = tk[4];
+  const int64_t o = tk[5] + int64_t(threadIdx.x);  // output row (a shared y: its chunk's slice)
   const T* A = side == 0 ? X : Y;
   const T* AW = side == 0 ? XW : YW;
   const T* B = side == 0 ? Y : X;
@@ -235,7 +237,7 @@ __global__ void seg_bwd_kernel(const T* __restrict__ X, const T* __restrict__ Y,
   const bool live = i < r1;  // weight-0 rows are read: the gradient to their weight needs them
   const T wi = live ? (AW != nullptr ? AW[i] : T(1)) : T(0);
   const T* a = A + (live ? i : r0) * d;
-  T* g = (live && gp_out != nullptr) ? gp_out + i * d : nullptr;
+  T* g = (live && gp_out != nullptr) ? gp_out + o * d : nullptr;
   if (g != nullptr)
     for (int64_t k = 0; k < d; ++k) g[k] = T(0);
   double gw = 0.0;
@@ -266,7 +268,7 @@ __global__ void seg_bwd_kernel(const T* __restrict__ X, const T* __restrict__ Y,
   if (!live) return;
   if (g != nullptr)
     for (int64_t k = 0; k < d; ++k) g[k] = wi != T(0) ? wi * g[k] : T(0);
-  if (gw_out != nullptr) gw_out[i] = gw;
+  if (gw_out != nullptr) gw_out[o] = gw;
 }
 
 template <class T>

@@ -72,9 +72,10 @@ int wae_kmm_grad(int ct, const void* A, const void* B, const void* U, const void
 //! shifts SH (B, d), all DEVICE pointers, as the host task tables of
 //! wae_fast.segment_sums.Plan (block 64).  Forward: one launch of the (ntasks, 4) table
 //! [set, term, r0, r1] writing part (ntasks,) doubles, then one finalize writing out (B, 3)
-//! float64 terms.  Backward: one launch of the (ntasks, 5) table [side, b0, b1, r0, r1] writing
-//! the coordinate gradients gx / gy (rows, d) in ct and the weight gradients gxw / gyw (rows,)
-//! in double (any of them null: not wanted) of sum_b grad_terms[b] . terms[b].  d <= 256.
+//! float64 terms.  Backward: one launch of the (ntasks, 6) table [side, b0, b1, r0, r1, o0]
+//! writing, at output rows o0 + i - r0, the coordinate gradients gx / gy (rows, d) in ct and the
+//! weight gradients gxw / gyw (rows,) in double (any of them null: not wanted) of
+//! sum_b grad_terms[b] . terms[b] (a shared y: one slice per chunk of sets).  d <= 256.
 int wae_seg_fwd(int ct, const void* X, const void* Y, const void* XW, const void* YW, const int64_t* xo,
                 const int64_t* yo, int shared_y, int64_t nsets, const void* SH, const int64_t* tasks, int64_t ntasks,
                 const int64_t* set_tasks, int64_t d, int kind, const double* params, int nparams, int unbiased,
