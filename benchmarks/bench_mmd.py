@@ -149,6 +149,9 @@ def _build(row: dict, device: str):
 
         return step, leaves
 
+    if row["op"].startswith("seg_"):
+        return _build_segments(row, device, dt, gen, want_grad)
+
     # codes: a shifted, slightly wider cloud than the prior, as an encoder's would be
     x = (torch.randn(n, d, generator=gen) * 1.1 + 0.3).to(device=device, dtype=dt).requires_grad_(want_grad)
     y = torch.randn(m, d, generator=gen).to(device=device, dtype=dt)
@@ -173,6 +176,72 @@ def _build(row: dict, device: str):
         return out
 
     return step, [x]
+
+
+def segment_sizes(op: str, n: int) -> list[tuple[int, int]]:
+    """(N_b, M_b) of every set of a ``seg_*`` row (benchmarks.rows.SEG_OPS)."""
+    import torch
+
+    from .rows import SEG_RAGGED_MIN, SEG_RAGGED_SETS, SEG_SETS
+
+    if op.startswith("seg_ragged"):
+        g = torch.Generator().manual_seed(0)
+        nx = torch.randint(SEG_RAGGED_MIN, n + 1, (SEG_RAGGED_SETS,), generator=g).tolist()
+        ny = torch.randint(SEG_RAGGED_MIN, n + 1, (SEG_RAGGED_SETS,), generator=g).tolist()
+        return list(zip(nx, ny))
+    return [(n, n)] * SEG_SETS
+
+
+def _build_segments(row: dict, device: str, dt, gen, want_grad: bool):
+    """Inputs and the callable of a ``seg_*`` row: one mmd_batched / mmd_varlen call, a Python
+    loop of single mmd calls over the same sets, or (backend "naive") the dense batched formula."""
+    import torch
+
+    import wae_fast
+
+    op, d, backend = row["op"], row["d"], row["backend"]
+    sizes = segment_sizes(op, row["n"])
+    xo, yo = [0], [0]
+    for nb, mb in sizes:
+        xo.append(xo[-1] + nb)
+        yo.append(yo[-1] + mb)
+    x = (torch.randn(xo[-1], d, generator=gen) * 1.1 + 0.3).to(device=device, dtype=dt).requires_grad_(want_grad)
+    y = torch.randn(yo[-1], d, generator=gen).to(device=device, dtype=dt)
+    xw = (torch.rand(xo[-1], generator=gen) + 0.5).to(device=device, dtype=dt)
+    yw = (torch.rand(yo[-1], generator=gen) + 0.5).to(device=device, dtype=dt)
+    est = row["estimator"]
+    B, n = len(sizes), row["n"]
+    if backend == "naive":  # dense batched (B, N, N) matrices (equal sizes only)
+        from .bench_segments import _imq_dense
+
+        fn = lambda: _imq_dense(x.view(B, n, d), y.view(B, n, d))  # noqa: E731
+    elif op in ("seg_loop", "seg_ragged_loop"):
+        fn = lambda: torch.stack([wae_fast.mmd(x[xo[b]:xo[b + 1]], y[yo[b]:yo[b + 1]], estimator=est,  # noqa: E731
+                                               backend=backend) for b in range(B)])
+    elif op == "seg_ragged":
+        fn = lambda: wae_fast.mmd_varlen(x, y, xo, yo, estimator=est, backend=backend)  # noqa: E731
+    else:
+        kw = dict(x_weights=xw.view(B, n), y_weights=yw.view(B, n)) if op == "seg_batched_w" else {}
+        fn = lambda: wae_fast.mmd_batched(x.view(B, n, d), y.view(B, n, d), estimator=est,  # noqa: E731
+                                          backend=backend, **kw)
+
+    def step():
+        out = fn()
+        if want_grad:
+            out.sum().backward()
+        return out
+
+    return step, [x]
+
+
+def segment_floor(row, machine) -> dict:
+    """Floor of a ``seg_*`` row: the sum of the MMD floors of its sets (independent problems)."""
+    from . import floor as floormod
+
+    per = [floormod.row_floor("mmd", nb, mb, row.d, row.dtype, row.passes, row.precision, machine)
+           for nb, mb in segment_sizes(row.op, row.n)]
+    bounds = [f["bound"] for f in per]
+    return {"floor_s": sum(f["floor_s"] for f in per), "bound": max(set(bounds), key=bounds.count)}
 
 
 def run_mem_probe(row: dict) -> dict:
@@ -378,7 +447,7 @@ def _precheck(row, device: str, dense_limit: float, gpu_mem: Optional[float], dr
     from . import peers
     from .rows import WAE_BACKENDS
 
-    family = "reparam" if row.op == "reparam" else "mmd"
+    family = "reparam" if row.op == "reparam" else "mmd_segments" if row.op.startswith("seg_") else "mmd"
     if row.backend in WAE_BACKENDS:
         from wae_fast.dispatch import unavailable_reason
 
@@ -388,6 +457,9 @@ def _precheck(row, device: str, dense_limit: float, gpu_mem: Optional[float], dr
         return None
     if row.op == "reparam":
         return None if row.backend == "naive" else ("skip", f"peer {row.backend} has no reparameterize")
+    if row.op.startswith("seg_"):
+        return None if (row.backend, row.op) == ("naive", "seg_batched") else (
+            "skip", f"peer {row.backend} has no {row.op} row")
     from wae_fast.kernel_specs import IMQ, RBF
 
     kind, params = (IMQ() if row.kernel == "imq7" else RBF()).lower(row.d)
@@ -522,7 +594,8 @@ def run_rows(rows, *, device: str, stem: str, out_dir: Optional[str] = None, res
                 except subprocess.TimeoutExpired:
                     pass
         rd.update(res)
-        fl = floormod.row_floor(row.op, row.n, row.mm, row.d, row.dtype, row.passes, row.precision, machine)
+        fl = (segment_floor(row, machine) if row.op.startswith("seg_") else
+              floormod.row_floor(row.op, row.n, row.mm, row.d, row.dtype, row.passes, row.precision, machine))
         rd["floor_ms"] = fl["floor_s"] * 1e3
         rd["bound"] = fl["bound"]
         if rd.get("status") == "ok" and rd.get("time_ms"):

@@ -21,7 +21,7 @@ class Row:
     n: int
     d: int
     m: int = 0              # 0: M = N
-    op: str = "mmd"         # "mmd" or "reparam" (reparam: an (n, d) tensor)
+    op: str = "mmd"         # "mmd", "reparam" (reparam: an (n, d) tensor) or one of SEG_OPS
     kernel: str = "imq7"    # "imq7" | "rbf"
     dtype: str = "fp32"     # "fp32" | "bf16"
     passes: str = "fwdbwd"  # "fwd" | "fwdbwd"
@@ -140,6 +140,32 @@ def gpu_small(s: str = "gpu-small") -> list[Row]:
     return _rows(s, ("triton", "cuda", "naive"), [100], [8], graph=True)
 
 
+#: mmd_segments rows (op "seg_*"): "seg_batched" B = SEG_SETS sets of N = M = row.n points
+#: (mmd_batched; backend "naive": the dense batched torch.cdist formula), "seg_batched_w" the same
+#: weighted (weights in [0.5, 1.5]), "seg_loop" a Python loop of B single ``mmd`` calls on the
+#: same sets; "seg_ragged" SEG_RAGGED_SETS sets with N_b, M_b drawn in [SEG_RAGGED_MIN, row.n]
+#: (seed 0; mmd_varlen), "seg_ragged_loop" its Python loop.
+SEG_OPS = ("seg_batched", "seg_batched_w", "seg_loop", "seg_ragged", "seg_ragged_loop")
+SEG_SETS = 256
+SEG_RAGGED_SETS = 64
+SEG_RAGGED_MIN = 16
+
+
+def gpu_segments() -> list[Row]:
+    """Issue 16's GPU rows: B = 256 sets of 64 points and ragged sets of 16..512 points at d = 8
+    and 64, one call (triton, cuda) against a Python loop of single calls and the dense batched
+    formula (7-scale IMQ, unbiased, fp32, fwd+bwd)."""
+    s = "gpu-segments"
+    rows = []
+    for d in (8, 64):
+        for op in ("seg_batched", "seg_batched_w", "seg_loop"):
+            rows += [Row(b, 64, d, op=op, set=s) for b in ("triton", "cuda")]
+        rows.append(Row("naive", 64, d, op="seg_batched", set=s))
+        for op in ("seg_ragged", "seg_ragged_loop"):
+            rows += [Row(b, 512, d, op=op, set=s) for b in ("triton", "cuda")]
+    return rows
+
+
 def gpu_core() -> list[Row]:
     return gpu_headline() + gpu_nsweep() + gpu_dsweep() + gpu_misc() + gpu_1m()  # slowest last
 
@@ -159,8 +185,9 @@ def tiny() -> list[Row]:
 
 ROW_SETS: dict[str, Callable[[], list[Row]]] = {
     "cpu": cpu_all, "cpu-targets": cpu_targets, "cpu-sweep": cpu_sweep,
-    "gpu-core": gpu_core, "gpu-first": gpu_first, "gpu-small": gpu_small, "gpu-headline": gpu_headline, "gpu-nsweep": gpu_nsweep,
-    "gpu-dsweep": gpu_dsweep, "gpu-1m": gpu_1m, "gpu-misc": gpu_misc, "tiny": tiny,
+    "gpu-core": gpu_core, "gpu-first": gpu_first, "gpu-small": gpu_small, "gpu-headline": gpu_headline,
+    "gpu-nsweep": gpu_nsweep, "gpu-dsweep": gpu_dsweep, "gpu-1m": gpu_1m, "gpu-misc": gpu_misc,
+    "gpu-segments": gpu_segments, "tiny": tiny,
 }
 
 

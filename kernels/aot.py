@@ -287,28 +287,40 @@ def _usage(ptx: str):
 
 
 def segment_variants(which: str = "core"):
-    """The mmd_segments row pass (:mod:`wae_fast.kernels.segments`) at d = 64: "all" every kernel
-    kind in fp32 and fp64, self (U-statistic) and cross-with-gradient passes; "core" (what CI
-    compiles, ~30 s) four of them (IMQ fp32 both passes, IMQ fp64 and polynomial fp32 with the
-    gradient)."""
+    """The mmd_segments kernels (:mod:`wae_fast.kernels.segments`) at d = 64: "all" every kernel
+    kind in fp32 and fp64, the one-launch forward (weighted, shared y), its finalize and the
+    one-launch backward; "core" (what CI compiles, ~15 s) the IMQ fp32 forward and backward, the
+    polynomial fp32 backward and the finalize."""
     out = []
     if which not in ("core", "all"):
         return out
-    core = {"seg_rows imq fp32 self", "seg_rows imq fp32 cross grad", "seg_rows imq fp64 cross grad",
-            "seg_rows poly fp32 cross grad"}
+    core = {"seg_fwd imq fp32", "seg_bwd imq fp32", "seg_bwd poly fp32", "seg_finalize fp32"}
     names = {M.KIND_IMQ: "imq", M.KIND_RBF: "rbf", M.KIND_POLY: "poly"}
     for dtype in ("fp32", "fp64"):
         cts, ct = _sig_and_tl_dtype(dtype)
-        sig = {"A": "*" + cts, "C": "*" + cts, "CW": "*" + cts, "SH": "*" + cts, "P": "*" + cts,
-               "TASKS": "*i64", "S": "*fp64", "G": "*" + cts, "D": "i32"}
+        pts = {n: "*" + cts for n in ("X", "Y", "XW", "YW", "SH", "P")}
+        idx = {"XO": "*i64", "YO": "*i64", "TASKS": "*i64"}
+        fwd_sig = {**pts, **idx, "PART": "*fp64", "D": "i32"}
+        bwd_sig = {**pts, **idx, "GT": "*fp64", "TT": "*fp64", "GX": "*" + cts, "GY": "*" + cts,
+                   "GXW": "*fp64", "GYW": "*fp64", "D": "i32"}
+        flags = dict(UNBIASED=True, HAS_XW=True, HAS_YW=True, SHARED_Y=False)
+        name = f"seg_finalize {dtype}"
+        if which == "all" or name in core:
+            fin_sig = {"XW": "*" + cts, "YW": "*" + cts, **idx, "SET_TASKS": "*i64",
+                       "PART": "*fp64", "OUT": "*fp64"}
+            out.append((name, SG._seg_finalize_kernel, fin_sig, dict(flags, BLOCK=32), 1, 1))
         for kind in (M.KIND_IMQ, M.KIND_RBF, M.KIND_POLY):
             scales = {M.KIND_IMQ: 7, M.KIND_RBF: 3, M.KIND_POLY: 3}[kind]
-            for self_pass, grad in ((True, False), (False, True)):
-                cx = dict(KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct, BLOCK=32,
-                          DP=M.padded_dim(64), SELF=self_pass, EXCL=self_pass, GRAD=grad, HAS_W=True)
-                name = f"seg_rows {names[kind]} {dtype} {'self' if self_pass else 'cross'}{' grad' if grad else ''}"
-                if which == "all" or name in core:
-                    out.append((name, SG._seg_rows_kernel, sig, cx, 4, 1))
+            base = dict(KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct, BLOCK=32,
+                        DP=M.padded_dim(64), **flags)
+            name = f"seg_fwd {names[kind]} {dtype}"
+            if which == "all" or name in core:
+                out.append((name, SG._seg_fwd_kernel, fwd_sig, dict(base, SHARED_Y=True), 4, 1))
+            name = f"seg_bwd {names[kind]} {dtype}"
+            if which == "all" or name in core:
+                out.append((name, SG._seg_bwd_kernel, bwd_sig,
+                            dict(base, NEED_P=True, NEED_GX=True, NEED_GY=True, NEED_GXW=True,
+                                 NEED_GYW=True), 4, 1))
     return out
 
 

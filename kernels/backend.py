@@ -244,15 +244,8 @@ def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, p
 
 
 # ----------------------------------------------------------------------------------------------
-# mmd_segments: the row passes of every set in one launch per term (kernels/segments.py); the
-# task tables and per-set reductions are wae_fast.segment_sums' (shared with the cuda backend)
-
-
-def _seg_row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad, precision):
-    ct = a.dtype
-    with device_guard(a):
-        return _seg.row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad,
-                             dot_precision(ct, precision), ct, tl_compute_dtype(ct))
+# mmd_segments: every term of every set in one launch (+ one finalize), every gradient in one
+# launch (kernels/segments.py); the task tables are wae_fast.segment_sums.Plan's
 
 
 def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
@@ -261,20 +254,31 @@ def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, k
     if x.shape[1] > _seg.MAX_D:
         return segment_sums.segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
                                           kind, params, unbiased, compute_dtype(x.dtype))
-    return segment_sums.rows_fwd(_seg_row_pass, _seg.block_size(x.dtype), x, y, x_offsets, y_offsets,
-                                 x_weights, y_weights, shifts, kind, params, unbiased, precision)
+    X, Y, xw, yw, sh = segment_sums.plan_inputs(x, y, x_weights, y_weights, shifts)
+    plan = segment_sums.get_plan(x_offsets, y_offsets, _seg.block_size(X.dtype), x.device)
+    with device_guard(x):
+        return _seg.forward(X, Y, xw, yw, plan, sh, params, kind, unbiased,
+                            dot_precision(X.dtype, precision), tl_compute_dtype(X.dtype))
 
 
 def mmd_segments_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
                      params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
-    """wae_fast::mmd_segments_bwd_triton: gradients to x, y and the weights (recompute)."""
+    """wae_fast::mmd_segments_bwd_triton: gradients to x, y and the weights (recompute, one launch)."""
     if x.shape[1] > _seg.MAX_D:
         return segment_sums.segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights,
                                           y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
                                           grad_xw, grad_yw, compute_dtype(x.dtype))
-    return segment_sums.rows_bwd(_seg_row_pass, _seg.block_size(x.dtype), grad_terms, terms, x, y,
-                                 x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
-                                 unbiased, grad_x, grad_y, grad_xw, grad_yw, precision)
+    X, Y, xw, yw, sh = segment_sums.plan_inputs(x, y, x_weights, y_weights, shifts)
+    plan = segment_sums.get_plan(x_offsets, y_offsets, _seg.block_size(X.dtype), x.device)
+    with device_guard(x):
+        gx, gy, gxw, gyw = _seg.backward(
+            grad_terms.double().contiguous(), terms.double().contiguous(), X, Y, xw, yw, plan, sh,
+            params, kind, unbiased, (grad_x, grad_y, grad_xw, grad_yw),
+            dot_precision(X.dtype, precision), tl_compute_dtype(X.dtype))
+    empty = x.new_empty((0,))
+    return (gx.to(x.dtype) if grad_x else empty, gy.to(y.dtype) if grad_y else empty,
+            gxw.to(x_weights.dtype) if grad_xw else empty,
+            gyw.to(y_weights.dtype) if grad_yw else empty)
 
 
 _IMPLS = dict(fuses_grad=False, mmd_fwd=mmd_fwd, mmd_bwd=mmd_bwd,

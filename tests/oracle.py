@@ -81,7 +81,9 @@ def weighted_mmd_terms(x, y, kind, params, unbiased: bool, xw=None, yw=None,
         k = kernel_matrix(p, p, kind, params) * (w[:, None] * w[None, :])
         if unbiased:
             off = ~torch.eye(p.shape[0], dtype=torch.bool)
-            return k[off].sum() / (w.sum() ** 2 - (w ** 2).sum())
+            # sum_{i != j} w_i w_j from the weight matrix (non-negative products: exact where
+            # (sum w)^2 - sum w^2 cancels, one dominant weight)
+            return k[off].sum() / (w[:, None] * w[None, :])[off].sum()
         return k.sum() / w.sum() ** 2
 
     kxy = kernel_matrix(x, y, kind, params) * (xw[:, None] * yw[None, :])

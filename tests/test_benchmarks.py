@@ -260,3 +260,31 @@ def test_bench_cpu_floor_machine_note_and_fresh_peak():
     q = floor.CpuPeak(isa="toy", lanes=16, threads=1, fma_rate=2e11, div_rate=1e10, exp_rate=4e9, mem_bw=3e10)
     r = b.best_peak(p, q)
     assert (r.fma_rate, r.div_rate, r.exp_rate, r.mem_bw) == (2e11, 2e10, 5e9, 3e10)
+
+
+def test_segment_rows_build_run_and_floor(monkeypatch):
+    """gpu-segments: the issue's shapes; every seg_* op builds and runs (reference backend, tiny
+    sets), the loop and dense rows give the one call's values, the floor sums the sets'."""
+    rows = get_rows("gpu-segments")
+    assert {(r.op, r.n, r.d) for r in rows if r.backend == "naive"} == {("seg_batched", 64, 8), ("seg_batched", 64, 64)}
+    assert {r.d for r in rows} == {8, 64} and {r.backend for r in rows} == {"triton", "cuda", "naive"}
+    assert bench_mmd.segment_sizes("seg_batched", 64) == [(64, 64)] * 256
+    sizes = bench_mmd.segment_sizes("seg_ragged", 512)
+    assert len(sizes) == 64 and min(min(s) for s in sizes) >= 16 and max(max(s) for s in sizes) <= 512
+    m = floor.Machine("toy", sms=2, clock_hz=1e9, fp32_fma_per_sm_clk=256, tf32_per_sm_clk=2048,
+                      bf16_per_sm_clk=4096, sfu_per_sm_clk=16, mem_bw=1e12)
+    one = floor.row_floor("mmd", 64, 64, 8, "fp32", "fwdbwd", "ieee", m)["floor_s"]
+    assert bench_mmd.segment_floor(Row("cuda", 64, 8, op="seg_batched"), m)["floor_s"] == pytest.approx(256 * one)
+    from benchmarks import rows as rows_mod
+    monkeypatch.setattr(rows_mod, "SEG_SETS", 5)          # tiny runs
+    monkeypatch.setattr(rows_mod, "SEG_RAGGED_SETS", 4)
+    vals = {}
+    for op, be in (("seg_batched", "reference"), ("seg_batched", "naive"), ("seg_loop", "reference"),
+                   ("seg_batched_w", "reference"), ("seg_ragged", "reference"),
+                   ("seg_ragged_loop", "reference")):
+        step, leaves = bench_mmd._build(dict(Row(be, 20 if "ragged" in op else 6, 2, op=op).as_dict()), "cpu")
+        vals[(op, be)] = step().detach()
+        assert leaves[0].grad is not None
+    assert torch.allclose(vals[("seg_batched", "reference")], vals[("seg_loop", "reference")], atol=1e-5)
+    assert torch.allclose(vals[("seg_batched", "reference")], vals[("seg_batched", "naive")], atol=1e-5)
+    assert torch.allclose(vals[("seg_ragged", "reference")], vals[("seg_ragged_loop", "reference")], atol=1e-5)

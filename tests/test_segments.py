@@ -143,8 +143,13 @@ def test_batched_and_equal_weights_equal_plain_mmd_fp64(seg_backend, estimator):
         assert abs(float(one - ref)) <= 3 * float(ulp[b])
 
 
-def test_shared_y_and_float32_batched(seg_backend):
-    """A 2-D y is shared by every set (its gradient sums over the sets); fp32 against the oracle."""
+@pytest.mark.parametrize("chunk", [8, 2])
+def test_shared_y_and_float32_batched(seg_backend, chunk, monkeypatch):
+    """A 2-D y is shared by every set (its gradient sums over the sets; chunk 2: the one-launch
+    backends split the 3 sets into 2 chunks of y-gradient slices); fp32 against the oracle."""
+    from wae_fast import segment_sums
+    monkeypatch.setattr(segment_sums, "SHARED_Y_CHUNK", chunk)
+    monkeypatch.setattr(segment_sums, "_PLANS", {})
     name, dev = seg_backend
     x, y, xw, yw = _data([0, 17, 34, 51], [0, 23], 3, torch.float32, dev, seed=11)
     x3 = x.view(3, 17, 3).requires_grad_(True)
@@ -261,6 +266,95 @@ def test_opcheck_and_compile(seg_backend):
     want = loss(xr, y, xw)
     (g2,) = torch.autograd.grad(want, xr)
     assert torch.allclose(got, want, rtol=0, atol=1e-6) and torch.allclose(g1, g2, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype,big", [(torch.float64, 1e8), (torch.float32, 1e14)])
+def test_dominant_weight_unbiased_denominator(seg_backend, dtype, big):
+    """One weight dominates its set: sum_{i != j} w_i w_j must not be formed as
+    (sum w)^2 - sum w^2 (it cancels: relative error ~1e-9 at 1e8 in fp64, ~1e-3 at 1e14 in fp32),
+    terms and gradients to x and the weights against the exact oracle."""
+    name, dev = seg_backend
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 9, 3, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randn(2, 7, 3, generator=g, dtype=torch.float64).to(dtype)
+    xw = torch.ones(2, 9, dtype=dtype)
+    xw[0, 0] = big      # the first row of set 0
+    xw[1, 4] = big      # a middle row of set 1
+    yw = torch.ones(2, 7, dtype=dtype)
+    yw[1, 6] = big      # the last row of set 1
+    x, y, xw, yw = [t.to(dev).requires_grad_(True) for t in (x, y, xw, yw)]
+    t = wae_fast.mmd_terms_batched(x, y, backend=name, x_weights=xw, y_weights=yw)
+    gt = torch.tensor([[1.0, 2.0, -2.0], [0.5, 1.0, -1.0]], dtype=torch.float64)
+    grads = torch.autograd.grad((t * gt.to(dev)).sum(), (x, y, xw, yw))
+    kind, params = wae_fast.IMQ().lower(3)
+    want, gw = _oracle(x.reshape(18, 3), y.reshape(14, 3), xw.reshape(-1), yw.reshape(-1),
+                       [0, 9, 18], [0, 7, 14], kind, params, True, gt)
+    err = (t.detach().cpu() - want).abs().max().item()
+    assert err <= VAL_TOL[dtype] * _terms_scale(want).min().item(), f"{name}: terms error {err:.3g}"
+    _compare_grads([a.reshape(-1, 3) if a.dim() == 3 else a.reshape(-1) for a in grads], gw, dtype,
+                   f"{name} dominant weight")
+
+
+def test_one_launch_schedule_triton(monkeypatch):
+    """Triton: B ragged sets with all three terms, weighted, take ONE main launch + one finalize
+    forward and ONE launch backward (x, y and both weights' gradients), whatever B."""
+    from wae_fast.dispatch import unavailable_reason
+    reason = unavailable_reason("triton", "cpu", "mmd_segments")
+    if reason:
+        pytest.skip(reason)
+    from wae_fast.kernels import segments as seg
+    calls = []
+    cls = type(seg._seg_fwd_kernel)
+    run = cls.run
+
+    def counting_run(self, *args, **kwargs):  # every Triton launch of this kernel class
+        calls.append(getattr(getattr(self, "fn", self), "__name__", str(self)))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "run", counting_run)
+    for xo, yo in (([0, 3, 5, 9, 12], [0, 4, 6, 8, 11]),):
+        x, y, xw, yw = _data(xo, yo, 2, torch.float32, "cpu", seed=3, nan_pad=False)
+        for tt in (x, y, xw, yw):
+            tt.requires_grad_(True)
+        calls.clear()
+        out = wae_fast.mmd_varlen(x, y, xo, yo, x_weights=xw, y_weights=yw, backend="triton")
+        assert sorted(calls) == ["_seg_finalize_kernel", "_seg_fwd_kernel"], calls
+        calls.clear()
+        out.sum().backward()
+        assert calls == ["_seg_bwd_kernel"], calls
+    # a shared y: the same launches, the y rows read in place
+    x, y, xw, yw = _data([0, 6, 12, 18], [0, 9], 2, torch.float32, "cpu", seed=4, nan_pad=False)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    calls.clear()
+    out = wae_fast.mmd_batched(x.view(3, 6, 2), y, backend="triton")
+    assert sorted(calls) == ["_seg_finalize_kernel", "_seg_fwd_kernel"], calls
+    calls.clear()
+    out.sum().backward()
+    assert calls == ["_seg_bwd_kernel"], calls
+
+
+@pytest.mark.cuda_emu
+def test_one_call_schedule_cuda_emu(monkeypatch):
+    """cuda_emu: one extension call forward (its launcher makes one main launch + one finalize,
+    segments_kernels.cu seg_fwd_impl) and one backward (one launch); the emulator has no launch
+    counter yet, so the launches inside each call are not counted here."""
+    from wae_fast.dispatch import unavailable_reason
+    reason = unavailable_reason("cuda_emu", "cpu", "mmd_segments")
+    if reason:
+        pytest.skip(reason)
+    from wae_fast import build
+    ext = build.ensure("cuda_emu")
+    calls = []
+    for fn in ("seg_fwd", "seg_bwd"):
+        orig = getattr(ext, fn)
+        monkeypatch.setattr(ext, fn, lambda *a, _f=orig, _n=fn: (calls.append(_n), _f(*a))[1])
+    x, y, xw, yw = _data(X_OFF, Y_OFF, 4, torch.float32, "cpu", seed=3, nan_pad=False)
+    for tt in (x, y, xw, yw):
+        tt.requires_grad_(True)
+    out = wae_fast.mmd_varlen(x, y, X_OFF, Y_OFF, x_weights=xw, y_weights=yw, backend="cuda_emu")
+    out.sum().backward()
+    assert calls == ["seg_fwd", "seg_bwd"], calls
 
 
 # ---------------------------------------------------------------------------------------------

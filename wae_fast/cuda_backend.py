@@ -15,8 +15,8 @@ prior samples generated inside the kernels, csrc/cuda/prior_kernels.cu: the same
 :func:`wae_fast.kernels.prior.materialise_prior`), ``reparam`` (csrc/cuda/reparam_kernels.cu) and
 ``kernel_matmul`` (csrc/cuda/kmm_kernels.cu: exact FMA tiles; compiled and register-checked
 without a GPU, NOT yet run on one), ``mmd_segments`` (csrc/cuda/segments_kernels.cu: the row pass
-of every set's tiles in one launch per term, exposed as ``seg_row_pass`` and registered from
-Python with :func:`wae_fast.segment_sums.row_pass_ops`; compiled and emulated, NOT yet run on a
+of every term of every set in one launch + one finalize, exposed as ``seg_fwd``/``seg_bwd``, registered from
+Python with :func:`wae_fast.segment_sums.plan_ops`; compiled and emulated, NOT yet run on a
 GPU).  The polynomial kernel always takes the exact FMA path.
 ``precision`` ("ieee", "tf32x3", "tf32") selects the fp32 dot-product path: exact FMAs, or tensor
 cores (nvcuda::wmma tf32, 3 products for "tf32x3") when d >= 16 on sm_80+; fp64 ignores it.
@@ -43,15 +43,14 @@ if _ext is None:
     build.build_on_first_use("cuda", EXTENSION_FAMILIES)
 
 
-def _seg_row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad, precision):
-    # the extension's row pass (csrc/cuda/segments_kernels.cu), built on first use if needed
-    return build.ensure("cuda").seg_row_pass(a, c, cw, shifts, [float(p) for p in params], tasks,
-                                           int(n_out), int(kind), bool(self_pass), bool(excl), bool(grad))
+def _seg_extension():
+    # the extension (csrc/cuda/segments_kernels.cu: seg_fwd / seg_bwd), built on first use if needed
+    return build.ensure("cuda")
 
 
-#: mmd_segments: one launch per term over every set's tiles (64-row tasks, d <= 256; wider d
-#: runs the reference's passes), the reductions in torch (wae_fast.segment_sums)
-_seg_fwd, _seg_bwd = segment_sums.row_pass_ops(_seg_row_pass, block=64, max_d=256)
+#: mmd_segments: one launch over every (set, term, 64-row tile) task + one finalize, one backward
+#: launch (d <= 256; wider d runs the reference's passes); task tables: wae_fast.segment_sums.Plan
+_seg_fwd, _seg_bwd = segment_sums.plan_ops(_seg_extension, block=64, max_d=256)
 define_backend_ops("cuda", dispatch_key="CUDA", mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
 
 

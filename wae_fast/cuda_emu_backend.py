@@ -37,15 +37,14 @@ if _ext is None:
     build.build_on_first_use("cuda_emu", EXTENSION_FAMILIES)
 
 
-def _seg_row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl, grad, precision):
-    # the extension's row pass (csrc/cuda/segments_kernels.cu), built on first use if needed
-    return build.ensure("cuda_emu").seg_row_pass(a, c, cw, shifts, [float(p) for p in params], tasks,
-                                           int(n_out), int(kind), bool(self_pass), bool(excl), bool(grad))
+def _seg_extension():
+    # the extension (csrc/cuda/segments_kernels.cu: seg_fwd / seg_bwd), built on first use if needed
+    return build.ensure("cuda_emu")
 
 
-#: mmd_segments: one launch per term over every set's tiles (64-row tasks, d <= 256; wider d
-#: runs the reference's passes), the reductions in torch (wae_fast.segment_sums)
-_seg_fwd, _seg_bwd = segment_sums.row_pass_ops(_seg_row_pass, block=64, max_d=256)
+#: mmd_segments: one launch over every (set, term, 64-row tile) task + one finalize, one backward
+#: launch (d <= 256; wider d runs the reference's passes); task tables: wae_fast.segment_sums.Plan
+_seg_fwd, _seg_bwd = segment_sums.plan_ops(_seg_extension, block=64, max_d=256)
 define_backend_ops("cuda_emu", dispatch_key="CPU", mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
 
 

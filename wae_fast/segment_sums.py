@@ -169,175 +169,108 @@ def segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_we
 
 
 # ---------------------------------------------------------------------------------------------
-# Vectorised combination for backends whose kernels produce the row sums of every set at once
-# (triton): "virtual rows" list each set's rows one after another (a shared y appears once per
-# set), so that per-set sums are index_add reductions over a set id per virtual row.
+# One-launch schedule (triton, cuda, cuda_emu): host task tables over every set, built from the
+# host offsets; the kernels compute the per-set sums and denominators themselves.
 
 
-class Sides:
-    """Host layout of the sets: the x and y virtual rows, their set ids and real row indices."""
-
-    def __init__(self, x_offsets, y_offsets, device):
-        self.ranges = ranges(x_offsets, y_offsets)
-        self.nsets = len(self.ranges)
-        xs = [r for r, _ in self.ranges]
-        ys = [r for _, r in self.ranges]
-        self.x_base = [s for s, _ in xs]  # x virtual rows are the x rows
-        self.y_base, total = [], 0
-        for s, e in ys:
-            self.y_base.append(total)
-            total += e - s
-        self.ny_virtual = total
-        self.x_rows = torch.arange(xs[-1][1], device=device)
-        self.y_rows = torch.cat([torch.arange(s, e, device=device) for s, e in ys])
-        counts_x = torch.tensor([e - s for s, e in xs], device=device)
-        counts_y = torch.tensor([e - s for s, e in ys], device=device)
-        ids = torch.arange(self.nsets, device=device)
-        self.x_seg = torch.repeat_interleave(ids, counts_x)
-        self.y_seg = torch.repeat_interleave(ids, counts_y)
+#: Sets per y-side backward task of a shared y (see :attr:`Plan.y_chunks`).
+SHARED_Y_CHUNK = 8
 
 
-def side_stats(w, seg, nsets, unbiased):
-    """Per set (sum w, D) in float64 (NaN for a negative or non-finite weight)."""
-    wd = w.double()
-    z = torch.zeros((nsets,), dtype=torch.float64, device=w.device)
-    total = z.index_add(0, seg, wd)
-    sq = z.index_add(0, seg, wd * wd)
-    bad = z.index_add(0, seg, ((wd < 0) | ~torch.isfinite(wd)).double()) > 0
-    den = total * total - sq if unbiased else total * total
-    nan = torch.full_like(total, float("nan"))
-    return torch.where(bad, nan, total), torch.where(bad, nan, den)
+def sum_chunks(g, chunks: int):
+    """The y-side gradient of a chunked buffer: (chunks * M, ...) summed over the chunks."""
+    return g if g is None or chunks == 1 else g.view(chunks, -1, *g.shape[1:]).sum(0)
 
 
-def seg_dot(w, s, seg, nsets):
-    """Per set sum_i w_i s_i over the rows with w_i != 0."""
-    z = torch.zeros((nsets,), dtype=torch.float64, device=s.device)
-    return z.index_add(0, seg, torch.where(w != 0, w.double() * s, torch.zeros_like(s)))
+class Plan:
+    """Device layout of one ``mmd_segments`` call for the one-launch kernels: int64 offsets
+    (``y_offsets`` is [0, M] for a shared y, whose rows every set reads in place), the forward
+    task table ``[set, term, r0, r1]`` (term 0 xx, 1 yy, 2 xy; grouped by set, ``set_tasks`` the
+    (B + 1,) start of each set's tasks) and, on demand, the backward table
+    ``[side, b0, b1, r0, r1, o0]`` (side 0 x, 1 y; rows [r0, r1) of that side for the sets
+    [b0, b1), their gradients written at output rows o0 + i - r0: a shared y's row tiles span a
+    chunk of sets and write the chunk's slice of the buffer, see :attr:`y_chunks`)."""
+
+    def __init__(self, x_offsets, y_offsets, block: int, device):
+        xo, yo = [int(v) for v in x_offsets.tolist()], [int(v) for v in y_offsets.tolist()]
+        self.nsets = len(xo) - 1
+        self.shared_y = len(yo) == 2
+        self.block, self.device = block, device
+        self._xo, self._yo = xo, yo
+        self._bwd: dict = {}
+        self.x_offsets = torch.tensor(xo, dtype=torch.int64).to(device)
+        self.y_offsets = torch.tensor(yo, dtype=torch.int64).to(device)
+        tasks, starts = [], [0]
+        for b in range(self.nsets):
+            x0, x1 = xo[b], xo[b + 1]
+            y0, y1 = self.y_range(b)
+            for term, (r0, r1) in ((0, (x0, x1)), (2, (x0, x1)), (1, (y0, y1))):
+                tasks.extend((b, term, i, min(i + block, r1)) for i in range(r0, r1, block))
+            starts.append(len(tasks))
+        self.fwd_tasks = torch.tensor(tasks, dtype=torch.int64).reshape(-1, 4).to(device)
+        self.set_tasks = torch.tensor(starts, dtype=torch.int64).to(device)
+
+    def y_range(self, b: int):
+        return (self._yo[0], self._yo[1]) if self.shared_y else (self._yo[b], self._yo[b + 1])
+
+    def bwd_tasks(self, x_side: bool, y_side: bool) -> torch.Tensor:
+        key = (bool(x_side), bool(y_side))
+        if key not in self._bwd:
+            self._bwd[key] = self._build_bwd(*key)
+        return self._bwd[key]
+
+    @property
+    def y_chunks(self) -> int:
+        """Slices of the y-side gradient buffer: a shared y's row tiles are split over chunks of
+        SHARED_Y_CHUNK sets (parallelism for large B), each chunk writing its own slice of a
+        (y_chunks * M, ...) buffer that the host sums over the chunks (fixed order); 1 otherwise."""
+        return -(-self.nsets // SHARED_Y_CHUNK) if self.shared_y else 1
+
+    def _build_bwd(self, x_side: bool, y_side: bool) -> torch.Tensor:
+        blk, rows = self.block, []
+        if x_side:
+            for b in range(self.nsets):
+                x0, x1 = self._xo[b], self._xo[b + 1]
+                rows.extend((0, b, b + 1, i, min(i + blk, x1), i) for i in range(x0, x1, blk))
+        if y_side:
+            m = self._yo[1] - self._yo[0]
+            spans = [(b0, min(b0 + SHARED_Y_CHUNK, self.nsets), 0, m, c * m)
+                     for c, b0 in enumerate(range(0, self.nsets, SHARED_Y_CHUNK))] if self.shared_y else [
+                (b, b + 1, self._yo[b], self._yo[b + 1], self._yo[b]) for b in range(self.nsets)]
+            for b0, b1, y0, y1, o0 in spans:
+                rows.extend((1, b0, b1, i, min(i + blk, y1), o0 + i - y0) for i in range(y0, y1, blk))
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6).to(self.device)
 
 
-def combine_terms(sides, wx, wy, sxx, sxy, syy, unbiased):
-    """(B, 3) terms from the virtual-row sums (wx, wy: virtual-row weights)."""
-    sw, dx = side_stats(wx, sides.x_seg, sides.nsets, unbiased)
-    sv, dy = side_stats(wy, sides.y_seg, sides.nsets, unbiased)
-    return torch.stack([seg_dot(wx, sxx, sides.x_seg, sides.nsets) / dx,
-                        seg_dot(wy, syy, sides.y_seg, sides.nsets) / dy,
-                        seg_dot(wx, sxy, sides.x_seg, sides.nsets) / (sw * sv)], 1)
+_PLANS: dict = {}
 
 
-def combine_side_grads(w, seg, w_other, seg_other, nsets, g, terms, self_col, s_self, s_cross,
-                       g_self, g_cross, unbiased):
-    """Virtual-row gradients of one side: (coordinates (rows, d) or None, weights or None).
-    ``self_col``: 0 for x (terms column 0), 1 for y; the cross term is column 2."""
-    sa, da = side_stats(w, seg, nsets, unbiased)
-    sb, _ = side_stats(w_other, seg_other, nsets, unbiased)
-    gs, gc = g[:, self_col][seg], g[:, 2][seg]
-    wd = w.double()
-    gp = gw = None
-    if g_self is not None:
-        c_self = (4.0 * gs / da[seg]) * wd
-        c_cross = (2.0 * gc / (sa[seg] * sb[seg])) * wd
-        ct = g_self.dtype
-        gp = c_self.to(ct)[:, None] * g_self + c_cross.to(ct)[:, None] * g_cross
-        gp = torch.where((w != 0)[:, None], gp, torch.zeros((), dtype=ct, device=gp.device))
-    if s_self is not None:
-        dd = 2.0 * (sa[seg] - wd) if unbiased else 2.0 * sa[seg]
-        gw = (gs * (2.0 * s_self - terms[:, self_col][seg] * dd) / da[seg]
-              + gc * (s_cross / sb[seg] - terms[:, 2][seg]) / sa[seg])
-    return gp, gw
+def get_plan(x_offsets, y_offsets, block: int, device) -> Plan:
+    """The :class:`Plan` of these offsets, cached (a training loop repeats its set layout: the
+    task tables are built and copied to the device once, not per call; ~1 ms of host time at
+    B = 256 otherwise)."""
+    key = (tuple(x_offsets.tolist()), tuple(y_offsets.tolist()), int(block), str(device))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 32:
+            _PLANS.clear()
+        plan = _PLANS[key] = Plan(x_offsets, y_offsets, block, device)
+    return plan
 
 
-def task_table(sets, block: int, device) -> torch.Tensor:
-    """int64 (T, 6) task table [set, r0, r1, c0, c1, o0] of the row-pass kernels: ``sets`` =
-    (set, row start, row end, column start, column end, output start) per set, cut into row
-    tiles of ``block`` (o0: the output row of the tile's first row)."""
-    rows = []
-    for b, r0, r1, c0, c1, o0 in sets:
-        for i in range(r0, r1, block):
-            rows.append((b, i, min(i + block, r1), c0, c1, o0 + i - r0))
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6).to(device)
-
-
-def _pass_sets(sides, side, other):
-    """(set, r0, r1, c0, c1, o0) of every set: rows of ``side``, columns of ``other`` ('x'/'y');
-    x rows are output at their own index, y rows at their virtual index."""
-    out = []
-    for b, (xr, yr) in enumerate(sides.ranges):
-        rr = xr if side == "x" else yr
-        cr = xr if other == "x" else yr
-        out.append((b, rr[0], rr[1], cr[0], cr[1], rr[0] if side == "x" else sides.y_base[b]))
-    return out
-
-
-def _rows_setup(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts):
+def plan_inputs(x, y, x_weights, y_weights, shifts):
+    """(X, Y, xw, yw, shifts) contiguous in the compute dtype (weights: empty when absent)."""
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    X, Y = x.to(ct).contiguous(), y.to(ct).contiguous()
-    sides = Sides(x_offsets, y_offsets, x.device)
     xw = x_weights.to(ct).contiguous() if x_weights.numel() else x.new_empty((0,), dtype=ct)
     yw = y_weights.to(ct).contiguous() if y_weights.numel() else y.new_empty((0,), dtype=ct)
-    wx = xw if xw.numel() else torch.ones((x.shape[0],), dtype=ct, device=x.device)
-    wy = yw[sides.y_rows] if yw.numel() else torch.ones((sides.ny_virtual,), dtype=ct, device=x.device)
-    return X, Y, xw, yw, wx, wy, sides, shifts.to(ct).contiguous()
+    return x.to(ct).contiguous(), y.to(ct).contiguous(), xw, yw, shifts.to(ct).contiguous()
 
 
-def rows_fwd(row_pass_fn, block, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
-             params, unbiased, precision):
-    """Contract forward for a backend with a row-pass kernel ``row_pass_fn(a, c, cw, shifts,
-    params, tasks, n_out, kind, self_pass, exclude_diag, need_grad, precision) -> (s, G)``: three
-    launches (xx, xy, yy), each over the tiles of every set, then the per-set reductions."""
-    X, Y, xw, yw, wx, wy, sides, sh = _rows_setup(x, y, x_offsets, y_offsets, x_weights, y_weights,
-                                                  shifts)
-
-    def run(a, c, cw, side, other, n_out, self_pass, excl):
-        tasks = task_table(_pass_sets(sides, side, other), block, x.device)
-        return row_pass_fn(a, c, cw, sh, params, tasks, n_out, kind, self_pass, excl, False,
-                           precision)[0]
-
-    sxx = run(X, X, xw, "x", "x", x.shape[0], True, unbiased)
-    sxy = run(X, Y, yw, "x", "y", x.shape[0], False, False)
-    syy = run(Y, Y, yw, "y", "y", sides.ny_virtual, True, unbiased)
-    return combine_terms(sides, wx, wy, sxx, sxy, syy, unbiased)
-
-
-def rows_bwd(row_pass_fn, block, grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights,
-             shifts, kind, params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
-    """Contract backward for a backend with a row-pass kernel (see :func:`rows_fwd`): the self
-    and cross passes of each side with G, then the gradient formulas of the module doc (a shared
-    y sums its sets' contributions)."""
-    X, Y, xw, yw, wx, wy, sides, sh = _rows_setup(x, y, x_offsets, y_offsets, x_weights, y_weights,
-                                                  shifts)
-    g, t = grad_terms.double(), terms.double()
-    empty = x.new_empty((0,))
-    gx = gy = gxw = gyw = empty
-
-    def run(a, c, cw, side, other, n_out, self_pass, excl, need):
-        tasks = task_table(_pass_sets(sides, side, other), block, x.device)
-        return row_pass_fn(a, c, cw, sh, params, tasks, n_out, kind, self_pass, excl, need, precision)
-
-    if grad_x or grad_xw:
-        ss, gs = run(X, X, xw, "x", "x", x.shape[0], True, unbiased, grad_x)
-        sc, gc = run(X, Y, yw, "x", "y", x.shape[0], False, False, grad_x)
-        gp, gw = combine_side_grads(wx, sides.x_seg, wy, sides.y_seg, sides.nsets, g, t, 0, ss, sc,
-                                    gs, gc, unbiased)
-        gx = gp.to(x.dtype) if grad_x else empty
-        gxw = gw.to(x_weights.dtype) if grad_xw else empty
-    if grad_y or grad_yw:
-        n = sides.ny_virtual
-        ss, gs = run(Y, Y, yw, "y", "y", n, True, unbiased, grad_y)
-        sc, gc = run(Y, X, xw, "y", "x", n, False, False, grad_y)
-        gp, gw = combine_side_grads(wy, sides.y_seg, wx, sides.x_seg, sides.nsets, g, t, 1, ss, sc,
-                                    gs, gc, unbiased)
-        if grad_y:
-            gy = torch.zeros_like(Y).index_add_(0, sides.y_rows, gp).to(y.dtype)
-        if grad_yw:
-            gyw = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device).index_add_(
-                0, sides.y_rows, gw).to(y_weights.dtype)
-    return gx, gy, gxw, gyw
-
-
-def row_pass_ops(row_pass_fn, block: int, max_d: int):
-    """(forward, backward) implementations of the contract for a backend whose extension
-    provides ``row_pass_fn`` (see :func:`rows_fwd`); feature dimensions above ``max_d`` run the
-    reference's per-set passes instead."""
+def plan_ops(extension, block: int, max_d: int):
+    """(forward, backward) implementations of the contract for a CUDA-style extension with
+    ``seg_fwd`` / ``seg_bwd`` (csrc/cuda/segments_kernels.cu: one launch + one finalize forward,
+    one launch backward, over :class:`Plan` tables of row tiles of ``block``); ``extension()``
+    returns the built module.  Feature dimensions above ``max_d`` run the reference's passes."""
 
     def fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
             precision):
@@ -345,8 +278,11 @@ def row_pass_ops(row_pass_fn, block: int, max_d: int):
             ct = torch.float64 if x.dtype == torch.float64 else torch.float32
             return segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
                                  params, unbiased, ct)
-        return rows_fwd(row_pass_fn, block, x, y, x_offsets, y_offsets, x_weights, y_weights,
-                        shifts, kind, params, unbiased, precision)
+        X, Y, xw, yw, sh = plan_inputs(x, y, x_weights, y_weights, shifts)
+        plan = get_plan(x_offsets, y_offsets, block, x.device)
+        return extension().seg_fwd(X, Y, xw, yw, plan.x_offsets, plan.y_offsets, plan.shared_y, sh,
+                                   [float(p) for p in params], plan.fwd_tasks, plan.set_tasks,
+                                   int(kind), bool(unbiased))
 
     def bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
             params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):
@@ -355,8 +291,17 @@ def row_pass_ops(row_pass_fn, block: int, max_d: int):
             return segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights,
                                  y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
                                  grad_xw, grad_yw, ct)
-        return rows_bwd(row_pass_fn, block, grad_terms, terms, x, y, x_offsets, y_offsets,
-                        x_weights, y_weights, shifts, kind, params, unbiased, grad_x, grad_y,
-                        grad_xw, grad_yw, precision)
+        X, Y, xw, yw, sh = plan_inputs(x, y, x_weights, y_weights, shifts)
+        plan = get_plan(x_offsets, y_offsets, block, x.device)
+        gx, gy, gxw, gyw = extension().seg_bwd(
+            grad_terms.double().contiguous(), terms.double().contiguous(), X, Y, xw, yw,
+            plan.x_offsets, plan.y_offsets, plan.shared_y, sh, [float(p) for p in params],
+            plan.bwd_tasks(grad_x or grad_xw, grad_y or grad_yw), int(kind), bool(unbiased),
+            bool(grad_x), bool(grad_y), bool(grad_xw), bool(grad_yw), plan.y_chunks * Y.shape[0])
+        gy, gyw = sum_chunks(gy, plan.y_chunks), sum_chunks(gyw, plan.y_chunks)
+        empty = x.new_empty((0,))
+        return (gx.to(x.dtype) if grad_x else empty, gy.to(y.dtype) if grad_y else empty,
+                gxw.to(x_weights.dtype) if grad_xw else empty,
+                gyw.to(y_weights.dtype) if grad_yw else empty)
 
     return fwd, bwd

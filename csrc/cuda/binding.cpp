@@ -370,33 +370,80 @@ at::Tensor reparam_bwd_cuda(const at::Tensor& gz_, const at::Tensor& logvar_, in
   return g;
 }
 
-// mmd_segments: the row pass of every task in one launch (segments_kernels.cu); the task tables
-// and the per-set reductions are Python's (wae_fast.segment_sums.rows_fwd / rows_bwd), which
-// registers the ops with this function as the row pass.
-std::tuple<at::Tensor, at::Tensor> seg_row_pass(const at::Tensor& a, const at::Tensor& c, const at::Tensor& cw,
-                                                const at::Tensor& shifts, std::vector<double> params,
-                                                const at::Tensor& tasks, int64_t n_out, int64_t kind, bool self_pass,
-                                                bool excl, bool grad) {
-  TORCH_CHECK(WAE_ON_DEVICE(a) && c.device() == a.device() && shifts.device() == a.device() &&
-                  tasks.device() == a.device(),
-              WAE_MSG "segment operands must be " WAE_DEVICE_NAME " tensors on one device");
-  const auto ct = a.scalar_type();
+// mmd_segments: every term of every set in one launch + one finalize, every gradient in one
+// launch (segments_kernels.cu), over the task tables of wae_fast.segment_sums.Plan, which
+// registers the ops with these two functions (wae_fast.cuda_backend).
+void seg_check(const at::Tensor& x, std::initializer_list<at::Tensor> same, std::initializer_list<at::Tensor> idx) {
+  TORCH_CHECK(WAE_ON_DEVICE(x), WAE_MSG "segment operands must be " WAE_DEVICE_NAME " tensors");
+  const auto ct = x.scalar_type();
   TORCH_CHECK(ct == at::kFloat || ct == at::kDouble, WAE_MSG "segment operands must be float32 or float64");
-  TORCH_CHECK(a.dim() == 2 && c.dim() == 2 && a.size(1) == c.size(1) && c.scalar_type() == ct &&
-                  shifts.scalar_type() == ct && tasks.scalar_type() == at::kLong && tasks.dim() == 2 &&
-                  tasks.size(1) == 6 && (cw.numel() == 0 || (cw.numel() == c.size(0) && cw.scalar_type() == ct)),
+  for (const auto& t : same)
+    TORCH_CHECK(t.device() == x.device() && t.scalar_type() == ct && t.is_contiguous(),
+                WAE_MSG "segment operands must be contiguous, of one dtype, on one device");
+  for (const auto& t : idx)
+    TORCH_CHECK(t.device() == x.device() && t.scalar_type() == at::kLong && t.is_contiguous(),
+                WAE_MSG "segment offsets and task tables must be contiguous int64 on the points' device");
+}
+
+const void* seg_ptr(const at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
+
+at::Tensor seg_fwd(const at::Tensor& X, const at::Tensor& Y, const at::Tensor& xw, const at::Tensor& yw,
+                   const at::Tensor& xo, const at::Tensor& yo, bool shared_y, const at::Tensor& shifts,
+                   std::vector<double> params, const at::Tensor& tasks, const at::Tensor& set_tasks, int64_t kind,
+                   bool unbiased) {
+  seg_check(X, {Y, shifts}, {xo, yo, tasks, set_tasks});
+  TORCH_CHECK(X.dim() == 2 && Y.dim() == 2 && X.size(1) == Y.size(1) && tasks.dim() == 2 && tasks.size(1) == 4 &&
+                  (xw.numel() == 0 || (xw.numel() == X.size(0) && xw.scalar_type() == X.scalar_type())) &&
+                  (yw.numel() == 0 || (yw.numel() == Y.size(0) && yw.scalar_type() == X.scalar_type())),
               WAE_MSG "bad segment operands");
-  DeviceScope scope(a);
-  at::Tensor A = a.contiguous(), C = c.contiguous(), CW = cw.contiguous(), SH = shifts.contiguous();
-  at::Tensor T = tasks.contiguous();
-  at::Tensor s = at::zeros({n_out}, a.options().dtype(at::kDouble));
-  at::Tensor g = grad ? at::zeros({n_out, a.size(1)}, a.options()) : at::empty({0}, a.options());
-  check_rc(wae_seg_rows(dtype_code(ct), A.data_ptr(), C.data_ptr(), CW.numel() ? CW.data_ptr() : nullptr,
-                        SH.data_ptr(), T.data_ptr<int64_t>(), T.size(0), A.size(1), int(kind), params.data(),
-                        int(params.size()), self_pass, excl, grad, s.data_ptr<double>(),
-                        grad ? g.data_ptr() : nullptr, scope.stream()),
-           "segment row pass launch");
-  return {s, g};
+  DeviceScope scope(X);
+  const int64_t nsets = set_tasks.numel() - 1;
+  at::Tensor part = at::empty({tasks.size(0)}, X.options().dtype(at::kDouble));
+  at::Tensor out = at::empty({nsets, 3}, X.options().dtype(at::kDouble));
+  WAE_DEVICE_MEMORY({"x", X, true}, {"y", Y, true}, {"x_weights", xw, true}, {"y_weights", yw, true},
+                    {"x_offsets", xo, true}, {"y_offsets", yo, true}, {"shifts", shifts, true}, {"tasks", tasks, true},
+                    {"set_tasks", set_tasks, true}, {"partials", part, false}, {"terms", out, false});
+  check_rc(wae_seg_fwd(dtype_code(X.scalar_type()), X.data_ptr(), Y.data_ptr(), seg_ptr(xw), seg_ptr(yw),
+                       xo.data_ptr<int64_t>(), yo.data_ptr<int64_t>(), shared_y, nsets, shifts.data_ptr(),
+                       tasks.data_ptr<int64_t>(), tasks.size(0), set_tasks.data_ptr<int64_t>(), X.size(1), int(kind),
+                       params.data(), int(params.size()), unbiased, part.data_ptr<double>(), out.data_ptr<double>(),
+                       scope.stream()),
+           "segment forward launch");
+  return out;
+}
+
+std::vector<at::Tensor> seg_bwd(const at::Tensor& grad_terms, const at::Tensor& terms, const at::Tensor& X,
+                                const at::Tensor& Y, const at::Tensor& xw, const at::Tensor& yw, const at::Tensor& xo,
+                                const at::Tensor& yo, bool shared_y, const at::Tensor& shifts,
+                                std::vector<double> params, const at::Tensor& tasks, int64_t kind, bool unbiased,
+                                bool need_gx, bool need_gy, bool need_gxw, bool need_gyw, int64_t ny_out) {
+  seg_check(X, {Y, shifts}, {xo, yo, tasks});
+  TORCH_CHECK(X.dim() == 2 && Y.dim() == 2 && X.size(1) == Y.size(1) && tasks.dim() == 2 && tasks.size(1) == 6 &&
+                  ny_out >= Y.size(0) && ny_out % (Y.size(0) > 0 ? Y.size(0) : 1) == 0 &&
+                  grad_terms.scalar_type() == at::kDouble && terms.scalar_type() == at::kDouble &&
+                  grad_terms.is_contiguous() && terms.is_contiguous() && grad_terms.device() == X.device() &&
+                  terms.device() == X.device(),
+              WAE_MSG "bad segment operands");
+  DeviceScope scope(X);
+  const auto dopt = X.options().dtype(at::kDouble);
+  at::Tensor gx = need_gx ? at::empty_like(X) : at::empty({0}, X.options());
+  // ny_out rows: a shared y's gradient has one slice of Y's rows per chunk of sets
+  at::Tensor gy = need_gy ? at::empty({ny_out, Y.size(1)}, Y.options()) : at::empty({0}, X.options());
+  at::Tensor gxw = need_gxw ? at::empty({X.size(0)}, dopt) : at::empty({0}, dopt);
+  at::Tensor gyw = need_gyw ? at::empty({ny_out}, dopt) : at::empty({0}, dopt);
+  WAE_DEVICE_MEMORY({"x", X, true}, {"y", Y, true}, {"x_weights", xw, true}, {"y_weights", yw, true},
+                    {"x_offsets", xo, true}, {"y_offsets", yo, true}, {"shifts", shifts, true}, {"tasks", tasks, true},
+                    {"grad_terms", grad_terms, true}, {"terms", terms, true}, {"grad_x", gx, false},
+                    {"grad_y", gy, false}, {"grad_x_weights", gxw, false}, {"grad_y_weights", gyw, false});
+  check_rc(wae_seg_bwd(dtype_code(X.scalar_type()), X.data_ptr(), Y.data_ptr(), seg_ptr(xw), seg_ptr(yw),
+                       xo.data_ptr<int64_t>(), yo.data_ptr<int64_t>(), shared_y, shifts.data_ptr(),
+                       tasks.data_ptr<int64_t>(), tasks.size(0), grad_terms.data_ptr<double>(),
+                       terms.data_ptr<double>(), X.size(1), int(kind), params.data(), int(params.size()), unbiased,
+                       need_gx ? gx.data_ptr() : nullptr, need_gy ? gy.data_ptr() : nullptr,
+                       need_gxw ? gxw.data_ptr<double>() : nullptr, need_gyw ? gyw.data_ptr<double>() : nullptr,
+                       scope.stream()),
+           "segment backward launch");
+  return {gx, gy, gxw, gyw};
 }
 
 }  // namespace
@@ -416,7 +463,8 @@ TORCH_LIBRARY_IMPL(wae_fast, WAE_DISPATCH_KEY, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "wae_fast CUDA kernels (registers wae_fast::*_" WAE_BACKEND " for the " WAE_DEVICE_NAME " dispatch key)";
-  m.def("seg_row_pass", &seg_row_pass, "mmd_segments row pass over a task table (segments_kernels.cu)");
+  m.def("seg_fwd", &seg_fwd, "mmd_segments forward: one launch + one finalize (segments_kernels.cu)");
+  m.def("seg_bwd", &seg_bwd, "mmd_segments backward: one launch (segments_kernels.cu)");
 #if defined(WAE_CUDA_EMU)
   m.def("checks", [] {
     const unsigned c = wae_emu::checks_from_env();

@@ -67,15 +67,23 @@ int wae_kmm_fwd(int ct, const void* A, const void* B, const void* V, int64_t nA,
 int wae_kmm_grad(int ct, const void* A, const void* B, const void* U, const void* V, int64_t nA, int64_t nB, int64_t d,
                  int64_t pv, int kind, const double* params, int nparams, void* out, cudaStream_t stream);
 
-//! mmd_segments row pass (segments_kernels.cu), operands contiguous in the compute dtype ct:
-//! for each task t of the int64 (ntasks, 6) DEVICE table [set, r0, r1, c0, c1, o0] (rows of A
-//! against the set's columns of C, both shifted by SH[set] (B, d); CW: column weights or null),
-//! s_out[o0 + i - r0] = sum_j v_j k(a_i, c_j) (double) and, with grad, g_out (rows, d) =
-//! sum_j v_j W_ij (a_i - c_j) (polynomial: -sum_j v_j W_ij c_j); r_ii = 0 with self_pass, the
-//! j == i terms dropped with excl.  d <= 256; row tiles of at most 64 rows.
-int wae_seg_rows(int ct, const void* A, const void* C, const void* CW, const void* SH, const int64_t* tasks,
-                 int64_t ntasks, int64_t d, int kind, const double* params, int nparams, int self_pass, int excl,
-                 int grad, double* s_out, void* g_out, cudaStream_t stream);
+//! mmd_segments (segments_kernels.cu), points and weights contiguous in the compute dtype ct
+//! (weights null: unit), offsets xo (B + 1,) and yo ((B + 1,), or [0, M] with shared_y) int64,
+//! shifts SH (B, d), all DEVICE pointers, as the host task tables of
+//! wae_fast.segment_sums.Plan (block 64).  Forward: one launch of the (ntasks, 4) table
+//! [set, term, r0, r1] writing part (ntasks,) doubles, then one finalize writing out (B, 3)
+//! float64 terms.  Backward: one launch of the (ntasks, 6) table [side, b0, b1, r0, r1, o0]
+//! writing, at output rows o0 + i - r0, the coordinate gradients gx / gy (rows, d) in ct and the
+//! weight gradients gxw / gyw (rows,) in double (any of them null: not wanted) of
+//! sum_b grad_terms[b] . terms[b] (a shared y: one slice per chunk of sets).  d <= 256.
+int wae_seg_fwd(int ct, const void* X, const void* Y, const void* XW, const void* YW, const int64_t* xo,
+                const int64_t* yo, int shared_y, int64_t nsets, const void* SH, const int64_t* tasks, int64_t ntasks,
+                const int64_t* set_tasks, int64_t d, int kind, const double* params, int nparams, int unbiased,
+                double* part, double* out, cudaStream_t stream);
+int wae_seg_bwd(int ct, const void* X, const void* Y, const void* XW, const void* YW, const int64_t* xo,
+                const int64_t* yo, int shared_y, const void* SH, const int64_t* tasks, int64_t ntasks,
+                const double* grad_terms, const double* terms, int64_t d, int kind, const double* params, int nparams,
+                int unbiased, void* gx, void* gy, double* gxw, double* gyw, cudaStream_t stream);
 
 //! z = mu + exp(logvar / 2) * eps, eps[i] = tl.randn(seed, i) (flat int64 index), input dtype.
 int wae_reparam_fwd(int dtype, const void* mu, const void* logvar, void* z, int64_t numel, uint64_t seed,
