@@ -295,6 +295,22 @@ def test_dominant_weight_unbiased_denominator(seg_backend, dtype, big):
                    f"{name} dominant weight")
 
 
+def test_check_finite_accepts_a_dominant_weight():
+    """check_finite's zero-denominator check forms sum_{i != j} w_i w_j as the backends do: with
+    weights (1e20, 1, 1) the denominator is 2e20 + 2, while (sum w)^2 - sum w^2 cancels to 0 in
+    fp64 and raised a ValueError for a valid set."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(1, 4, 2, generator=g, dtype=torch.float64)
+    xw = torch.tensor([[1e20, 1.0, 1.0]], dtype=torch.float64)
+    got = wae_fast.mmd_batched(x, y, x_weights=xw, backend="reference", check_finite=True)
+    want = wae_fast.mmd_batched(x, y, x_weights=xw, backend="reference")
+    assert torch.isfinite(got).all() and torch.equal(got, want)
+    with pytest.raises(ValueError, match="x_weights: set 0"):  # one positive weight: no pair
+        wae_fast.mmd_batched(x, y, x_weights=torch.tensor([[1e20, 0.0, 0.0]], dtype=torch.float64),
+                             backend="reference", check_finite=True)
+
+
 def test_one_launch_schedule_triton(monkeypatch):
     """Triton: B ragged sets with all three terms, weighted, take ONE main launch + one finalize
     forward and ONE launch backward (x, y and both weights' gradients), whatever B."""

@@ -11,7 +11,7 @@ point), the estimators of each set are::
 
     biased:   sum_ij w_i w_j k(x_i,x_j) / (sum w)^2  +  (same for y, v)
               - 2 sum_ij w_i v_j k(x_i,y_j) / (sum w sum v)
-    unbiased: sum_{i!=j} w_i w_j k(x_i,x_j) / ((sum w)^2 - sum w^2)  +  (same for y, v)
+    unbiased: sum_{i!=j} w_i w_j k(x_i,x_j) / sum_{i!=j} w_i w_j  +  (same for y, v)
               - 2 sum_ij w_i v_j k(x_i,y_j) / (sum w sum v)
 
 Unit weights give the usual estimators.  Rows with weight 0 never contribute and their
@@ -102,7 +102,9 @@ def _check_finite_sets(x, y, xo, yo, xw, yw, unbiased, kind) -> None:
             if not bool(torch.isfinite(ws).all()) or bool((ws < 0).any()):
                 raise ValueError(f"{wname}: set {b} has a negative or non-finite weight")
             total = ws.sum()
-            den = total * total - (ws * ws).sum() if unbiased else total * total
+            # unbiased: sum_{i != j} w_i w_j = 2 sum_i w_i sum_{j<i} w_j, as the backends form it
+            # (no cancellation when one weight dominates, unlike (sum w)^2 - sum w^2)
+            den = 2 * (ws[1:] * torch.cumsum(ws, 0)[:-1]).sum() if unbiased else total * total
             if not float(den) > 0:
                 raise ValueError(f"{wname}: set {b}'s weights leave a zero denominator "
                                  + ("(fewer than two positive weights)" if unbiased else
