@@ -23,6 +23,7 @@ from typing import Optional
 
 from . import build
 from . import segment_sums
+from .small_sets import cuda_one_launch
 from .contract import define_backend_ops
 
 define_backend_ops("cuda_emu", fuses_grad=False)
@@ -46,7 +47,7 @@ def _seg_row_pass(a, c, cw, shifts, params, tasks, n_out, kind, self_pass, excl,
 #: mmd_segments: one launch per term over every set's tiles (64-row tasks, d <= 256; wider d
 #: runs the reference's passes), the reductions in torch (wae_fast.segment_sums)
 _seg_fwd, _seg_bwd = segment_sums.row_pass_ops(_seg_row_pass, block=64, max_d=256)
-define_backend_ops("cuda_emu", dispatch_key="CPU", mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
+define_backend_ops("cuda_emu", one_launch=cuda_one_launch, dispatch_key="CPU", mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
 
 
 def availability(device_type: str) -> Optional[str]:
