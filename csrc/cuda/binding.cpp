@@ -206,7 +206,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_
                                                             bool grad_y, c10::string_view precision) {
   check_mmd(x_, y_, offset_, kind, params, true);
   if (offset_.numel() == 0) {  // the contract's one_launch calls (wae_fast/small_sets.py)
-    if (kind != 2 && x_.size(0) >= 1 && y_.size(0) >= 1 && x_.size(1) <= 64)
+    // exact FMAs only: a tensor-core precision (fp32, d >= 16) keeps the tiled kernels
+    const bool exact = prec_code(precision) == WAE_PREC_IEEE || x_.scalar_type() == at::kDouble || x_.size(1) < 16;
+    if (kind != 2 && exact && x_.size(0) >= 1 && y_.size(0) >= 1 && x_.size(1) <= 64)
       return mmd_fwd_small(x_, y_, kind, params, unbiased, grad_x, grad_y);
     return mmd_fwd_cuda(x_, y_, glue_shifts(x_, y_, kind), kind, params, unbiased, grad_x, grad_y, precision);
   }
