@@ -68,22 +68,31 @@ __device__ double term_lane(const TI* __restrict__ A, const TI* __restrict__ B, 
                             const KParams<T>& P, T (&g)[DM]) {
   const int64_t ar = row < na ? row : na - 1;
   T a[DM];
+  double nacc = 0.0;
 #pragma unroll
   for (int k = 0; k < DM; ++k) {
     a[k] = k < d ? T(to_ct(A[ar * d + k])) - s[k] : T(0);
+    nacc += double(a[k]) * double(a[k]);
     g[k] = T(0);
   }
+  // the tiles' magnitude rule (tile_math.h norm_in_range on the fp64 squared norm of a shifted
+  // row, rounded once): a row outside the supported range (or non-finite) makes its pairs NaN
+  const T poison_a = T(0) * wae_fast::norm_in_range(T(nacc));
   double ksum = 0.0;
   for (int64_t j = lane; j < nb; j += kSmallLanes) {
     const TI* bj = B + j * d;
     T r = T(0);
+    double nb_acc = 0.0;
 #pragma unroll
     for (int k = 0; k < DM; ++k) {
       if (k < d) {
-        const T t = a[k] - (T(to_ct(bj[k])) - s[k]);
+        const T b = T(to_ct(bj[k])) - s[k];
+        nb_acc += double(b) * double(b);
+        const T t = a[k] - b;
         r += t * t;
       }
     }
+    r += poison_a + T(0) * wae_fast::norm_in_range(T(nb_acc));  // +0, or NaN out of range
     T kv, w;
     eval_kernel<T, KIND>(r, P, kv, w);
     if (!(excl && j == row)) ksum += double(kv);
