@@ -8,7 +8,10 @@ CUDA torch, nvcc and ninja, it is compiled on the first eager call into
 ``$WAE_FAST_CACHE/cuda/<key>`` (default ``~/.cache/wae_fast``), see :mod:`wae_fast.build`.
 
 The forward returns empty gradient parts (``fuses_grad=False``): the backward recomputes the
-pair tiles (no N x M buffer).
+pair tiles (no N x M buffer).  Small calls (``one_launch``, :mod:`wae_fast.small_sets`: N, M <=
+1024, d <= 64, IMQ/RBF) get an empty offset instead: one launch of csrc/cuda/mmd_small.cu computes
+the shifts, the per-block partial terms and the fused gradient parts (the backward only scales
+them); NOT yet run on a GPU (tested on ``cuda_emu``).
 
 Op families: ``mmd`` (csrc/cuda/mmd_kernels.cu), ``prior`` (MMD to N(0, sigma2 I) with the
 prior samples generated inside the kernels, csrc/cuda/prior_kernels.cu: the same samples as
