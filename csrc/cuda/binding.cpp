@@ -203,6 +203,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_small(const at::Tensor& x
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_,
                                                             const at::Tensor& offset_, int64_t kind,
                                                             at::ArrayRef<double> params, bool unbiased, bool grad_x,
+                                                            bool grad_y, c10::string_view precision);
+std::tuple<at::Tensor, at::Tensor> mmd_bwd_cuda(const at::Tensor& grad_terms, const at::Tensor& x_,
+                                                const at::Tensor& y_, const at::Tensor& offset_, int64_t kind,
+                                                at::ArrayRef<double> params, bool unbiased, bool grad_x, bool grad_y,
+                                                c10::string_view precision);
+
+//! An empty offset the one-launch kernel does not take (a tensor-core precision, the polynomial,
+//! d > 64, an empty set): the tiled kernels on the glue's shifts, and, as the contract's one-launch
+//! form promises (its fake reports them), the fused parts in the compute dtype from two tiled
+//! backward passes: grad_terms (1, 1, 0) gives d t0/dx and d t1/dy, (0, 0, 1) d t2/dx and d t2/dy.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_parts(const at::Tensor& x_, const at::Tensor& y_, int64_t kind,
+                                                             at::ArrayRef<double> params, bool unbiased, bool grad_x,
+                                                             bool grad_y, c10::string_view precision) {
+  const auto ct = compute_type(x_.scalar_type());
+  const at::Tensor off = glue_shifts(x_, y_, kind);
+  at::Tensor terms = std::get<0>(mmd_fwd_cuda(x_, y_, off, kind, params, unbiased, false, false, precision));
+  at::Tensor gx = at::empty({0}, x_.options().dtype(ct)), gy = at::empty({0}, y_.options().dtype(ct));
+  if (grad_x || grad_y) {
+    const at::Tensor xc = x_.to(ct), yc = y_.to(ct);  // parts in the compute dtype (exact for fp16/bf16)
+    const auto opts = x_.options().dtype(at::kDouble);
+    auto self = mmd_bwd_cuda(at::tensor({1.0, 1.0, 0.0}, opts), xc, yc, off, kind, params, unbiased, grad_x, grad_y,
+                             precision);
+    auto cross = mmd_bwd_cuda(at::tensor({0.0, 0.0, 1.0}, opts), xc, yc, off, kind, params, unbiased, grad_x, grad_y,
+                              precision);
+    if (grad_x) gx = at::stack({std::get<0>(self), std::get<0>(cross)});
+    if (grad_y) gy = at::stack({std::get<1>(self), std::get<1>(cross)});
+  }
+  return {terms, gx, gy};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_,
+                                                            const at::Tensor& offset_, int64_t kind,
+                                                            at::ArrayRef<double> params, bool unbiased, bool grad_x,
                                                             bool grad_y, c10::string_view precision) {
   check_mmd(x_, y_, offset_, kind, params, true);
   if (offset_.numel() == 0) {  // the contract's one_launch calls (wae_fast/small_sets.py)
@@ -210,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_
     const bool exact = prec_code(precision) == WAE_PREC_IEEE || x_.scalar_type() == at::kDouble || x_.size(1) < 16;
     if (kind != 2 && exact && x_.size(0) >= 1 && y_.size(0) >= 1 && x_.size(1) <= 64)
       return mmd_fwd_small(x_, y_, kind, params, unbiased, grad_x, grad_y);
-    return mmd_fwd_cuda(x_, y_, glue_shifts(x_, y_, kind), kind, params, unbiased, grad_x, grad_y, precision);
+    return mmd_fwd_parts(x_, y_, kind, params, unbiased, grad_x, grad_y, precision);
   }
   DeviceScope scope(x_);
   at::Tensor x = x_.contiguous(), y = y_.contiguous();

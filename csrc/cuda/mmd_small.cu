@@ -19,7 +19,9 @@
 //     its gradient rows c g_i (c = 4 / #pairs self, 2 / (N M) cross) to G[0] (self) and G[1]
 //     (cross), and its partial terms, already divided by the pair counts, to part[block] (3).
 // Cost: each block ranks both sets (O(d (N^2 + M^2)) compares), the price of having no second
-// launch; the pair work of a block is O(32 (N + M) d).  Untuned, NOT yet run on a GPU.
+// launch; the pair work of a block is O(32 (N + M) d).  Registers: a row and its gradient sum
+// per thread, compiled for d <= 16, 32 and 64; the d <= 64 variants spill on sm_80/sm_90
+// (python -m tests.test_csrc_compile).  Untuned, NOT yet run on a GPU.
 #include "mmd_tiles.cuh"
 
 namespace {
@@ -35,7 +37,7 @@ int64_t small_blocks(int64_t n, int64_t m) {
 
 //! med[k] = lower median (torch.median's) of column k of the (na, d) matrix A, NaN for a column
 //! holding a NaN: the value v_i with #{v_j < v_i} <= (na - 1) / 2 < #{v_j <= v_i}, written only
-//! by its first occurrence (one writer per column; column 0's candidate 0 writes the NaN).
+//! by its first occurrence (one writer per column; for a NaN column its row-0 candidate writes).
 template <class TI, class T>
 __device__ void col_medians(const TI* __restrict__ A, int64_t na, int64_t d, const wae_fast::smem_ptr<T>& med) {
   const int64_t mid = (na - 1) / 2;
@@ -201,15 +203,20 @@ int launch_small(const void* x, const void* y, int64_t n, int64_t m, int64_t d, 
   return int(cudaGetLastError());
 }
 
+template <class TI, class T, int KIND>
+int small_width(const void* x, const void* y, int64_t n, int64_t m, int64_t d, const double* params, int nparams,
+                int unbiased, double* part, void* gx, void* gy, cudaStream_t st) {
+  if (d <= 16) return launch_small<TI, T, KIND, 16>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st);
+  if (d <= 32) return launch_small<TI, T, KIND, 32>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st);
+  return launch_small<TI, T, KIND, 64>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st);
+}
+
 template <class TI, class T>
 int small_impl(const void* x, const void* y, int64_t n, int64_t m, int64_t d, int kind, const double* params,
                int nparams, int unbiased, double* part, void* gx, void* gy, cudaStream_t st) {
-  // register arrays of 16 or 64 coordinates (a and g per thread)
-  if (kind == wae_fast::KIND_IMQ)
-    return d <= 16 ? launch_small<TI, T, wae_fast::KIND_IMQ, 16>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st)
-                   : launch_small<TI, T, wae_fast::KIND_IMQ, 64>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st);
-  return d <= 16 ? launch_small<TI, T, wae_fast::KIND_RBF, 16>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st)
-                 : launch_small<TI, T, wae_fast::KIND_RBF, 64>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st);
+  // register arrays of 16, 32 or 64 coordinates (a and g per thread; 64 spills, see the header)
+  if (kind == wae_fast::KIND_IMQ) return small_width<TI, T, wae_fast::KIND_IMQ>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st);
+  return small_width<TI, T, wae_fast::KIND_RBF>(x, y, n, m, d, params, nparams, unbiased, part, gx, gy, st);
 }
 
 }  // namespace
