@@ -30,21 +30,20 @@ launch; at N = M = 100, d = 8 it is ~160k compares per program).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from wae_fast import small_sets
 from wae_fast.pairsum import pair_count
 
 from .mmd import INF, INTERPRET, dot_tile, load_off, load_rows, pair_kw, padded_dim, \
     row_norms
 
-#: Largest N and M of the one-launch path (env ``WAE_FAST_SMALL_MAX_ROWS``; 0 disables it).
-SMALL_MAX_ROWS = int(os.environ.get("WAE_FAST_SMALL_MAX_ROWS", "1024"))
-#: Largest d of the one-launch path: the (BLOCK, d) gradient accumulator stays <= 64 wide.
-SMALL_MAX_D = 64
+#: Largest N and M (env ``WAE_FAST_SMALL_MAX_ROWS``; 0 disables it) and d of the one-launch path:
+#: the same limits as the CUDA path, defined once in :mod:`wae_fast.small_sets` (module globals
+#: here, so a test may lower this backend's threshold alone).
+SMALL_MAX_ROWS, SMALL_MAX_D = small_sets.SMALL_MAX_ROWS, small_sets.SMALL_MAX_D
 #: (candidates, rows, columns) tile of the in-kernel medians' rank counting (the interpreter
 #: pays per operation, not per element: one big tile there).
 MEDIAN_TILE = (128, 128, 16) if INTERPRET else (16, 16, 16)

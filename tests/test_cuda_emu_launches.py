@@ -1,9 +1,9 @@
 """Kernel launches of the CUDA kernels, counted through the emulator's launch shim (csrc/cuda_emu
 runtime: ``launch_count`` / ``launch_names``), not op calls (issue 15, item 3).
 
-The cuda backend has no one-launch path for small sets yet: the target (forward = one main
-launch + at most one finalize) is a strict xfail, which turns into a failure, to be updated,
-the day the path exists.
+A small call's forward is one main launch (csrc/cuda/mmd_small.cu) + at most one finalize (the
+finalize is a torch sum of the partials: not an emulated launch); more in
+tests/test_cuda_one_launch.py.
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ def test_launch_counter_counts_each_kernel_launch():
     assert len(names) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 item 3: the cuda backend has no one-launch small-set path yet")
 def test_small_mmd_forward_is_one_launch_and_a_finalize():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20, 4, generator=g).requires_grad_(True)

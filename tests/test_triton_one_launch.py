@@ -212,11 +212,13 @@ def test_compiled_fake_reports_the_fused_parts():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (unverified here)")
-def test_forward_backward_captured_in_a_cuda_graph():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_forward_backward_captured_in_a_cuda_graph(backend):
     """GPU only (UNVERIFIED: written without a GPU): forward + backward of a small call captured
-    with torch.cuda.graph and replayed on new inputs (copied in place) equals eager.  The cuda
-    backend has no one-launch path yet: not tested here."""
-    backend = "triton"
+    with torch.cuda.graph and replayed on new inputs (copied in place) equals eager, for the
+    Triton one-launch path and the cuda backend's (csrc/cuda/mmd_small.cu)."""
+    if unavailable_reason(backend, "cuda", "mmd") is not None:
+        pytest.skip(str(unavailable_reason(backend, "cuda", "mmd")))
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(100, 8, device="cuda", generator=g).requires_grad_(True)
     y = torch.randn(100, 8, device="cuda", generator=g)

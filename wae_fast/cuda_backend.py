@@ -8,7 +8,10 @@ CUDA torch, nvcc and ninja, it is compiled on the first eager call into
 ``$WAE_FAST_CACHE/cuda/<key>`` (default ``~/.cache/wae_fast``), see :mod:`wae_fast.build`.
 
 The forward returns empty gradient parts (``fuses_grad=False``): the backward recomputes the
-pair tiles (no N x M buffer).
+pair tiles (no N x M buffer).  Small calls (``one_launch``, :mod:`wae_fast.small_sets`: N, M <=
+1024, d <= 64, IMQ/RBF) get an empty offset instead: one launch of csrc/cuda/mmd_small.cu computes
+the shifts, the per-block partial terms and the fused gradient parts (the backward only scales
+them); NOT yet run on a GPU (tested on ``cuda_emu``).
 
 Op families: ``mmd`` (csrc/cuda/mmd_kernels.cu), ``prior`` (MMD to N(0, sigma2 I) with the
 prior samples generated inside the kernels, csrc/cuda/prior_kernels.cu: the same samples as
@@ -29,6 +32,7 @@ import torch
 
 from . import build
 from . import segment_sums
+from .small_sets import cuda_one_launch
 from .contract import define_backend_ops
 
 define_backend_ops("cuda", fuses_grad=False)
@@ -51,7 +55,8 @@ def _seg_extension():
 #: mmd_segments: one launch over every (set, term, 64-row tile) task + one finalize, one backward
 #: launch (d <= 256; wider d runs the reference's passes); task tables: wae_fast.segment_sums.Plan
 _seg_fwd, _seg_bwd = segment_sums.plan_ops(_seg_extension, block=64, max_d=256)
-define_backend_ops("cuda", dispatch_key="CUDA", mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
+define_backend_ops("cuda", one_launch=cuda_one_launch, dispatch_key="CUDA",
+                   mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
 
 
 def availability(device_type: str) -> Optional[str]:

@@ -23,6 +23,7 @@ from typing import Optional
 
 from . import build
 from . import segment_sums
+from .small_sets import cuda_one_launch
 from .contract import define_backend_ops
 
 define_backend_ops("cuda_emu", fuses_grad=False)
@@ -45,7 +46,8 @@ def _seg_extension():
 #: mmd_segments: one launch over every (set, term, 64-row tile) task + one finalize, one backward
 #: launch (d <= 256; wider d runs the reference's passes); task tables: wae_fast.segment_sums.Plan
 _seg_fwd, _seg_bwd = segment_sums.plan_ops(_seg_extension, block=64, max_d=256)
-define_backend_ops("cuda_emu", dispatch_key="CPU", mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
+define_backend_ops("cuda_emu", one_launch=cuda_one_launch, dispatch_key="CPU",
+                   mmd_segments_fwd=_seg_fwd, mmd_segments_bwd=_seg_bwd)
 
 
 def availability(device_type: str) -> Optional[str]:

@@ -142,14 +142,15 @@ std::vector<double> kernel_params(int64_t kind, at::ArrayRef<double> params) {
 }
 
 void check_mmd(const at::Tensor& x, const at::Tensor& y, const at::Tensor& offset, int64_t kind,
-               at::ArrayRef<double> params) {
+               at::ArrayRef<double> params, bool allow_empty = false) {
   TORCH_CHECK(WAE_ON_DEVICE(x) && offset.device() == x.device() && y.device() == x.device(),
               WAE_MSG "x, y and offset must be " WAE_DEVICE_NAME " tensors on one device");
   TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(1) == y.size(1),
               WAE_MSG "x (N, d) and y (M, d) must be 2-D with the same d");
   TORCH_CHECK(x.scalar_type() == y.scalar_type(), WAE_MSG "x and y must have the same dtype");
   TORCH_CHECK((offset.dim() == 1 && offset.size(0) == x.size(1)) ||
-                  (offset.dim() == 2 && offset.size(0) == 3 && offset.size(1) == x.size(1)),
+                  (offset.dim() == 2 && offset.size(0) == 3 && offset.size(1) == x.size(1)) ||
+                  (allow_empty && offset.dim() == 1 && offset.size(0) == 0),
               WAE_MSG "offset must be (d,) or (3, d)");
   TORCH_CHECK(kind == 0 || kind == 1 || kind == 2, WAE_MSG "unknown kernel kind ", kind);
   if (kind == 2) {
@@ -167,11 +168,83 @@ at::Tensor term_shifts(const at::Tensor& offset, at::ScalarType ct) {
   return (o.dim() == 1 ? o.unsqueeze(0).expand({3, o.size(0)}) : o).contiguous();
 }
 
+//! The glue's (3, d) shifts (wae_fast.contract.term_shifts) for an empty offset the one-launch
+//! kernel does not take (the polynomial, d > 64, an empty set; or a backward without fused parts).
+at::Tensor glue_shifts(const at::Tensor& x, const at::Tensor& y, int64_t kind) {
+  const auto ct = compute_type(x.scalar_type());
+  if (kind == 2 || x.size(0) == 0 || y.size(0) == 0) return at::zeros({3, x.size(1)}, x.options().dtype(ct));
+  at::Tensor mx = std::get<0>(x.to(ct).median(0)), my = std::get<0>(y.to(ct).median(0));
+  const double w = double(y.size(0)) / double(x.size(0) + y.size(0));
+  return at::stack({mx, my, at::lerp(mx, my, w)});
+}
+
+//! The one-launch forward (mmd_small.cu): shifts, per-block partial terms and the fused gradient
+//! parts in one kernel, terms = part.sum(0) (the one finalize); no host synchronisation.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_small(const at::Tensor& x_, const at::Tensor& y_, int64_t kind,
+                                                             at::ArrayRef<double> params, bool unbiased, bool grad_x,
+                                                             bool grad_y) {
+  DeviceScope scope(x_);
+  at::Tensor x = x_.contiguous(), y = y_.contiguous();
+  const auto ct = compute_type(x.scalar_type());
+  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
+  const std::vector<double> P = kernel_params(kind, params);
+  at::Tensor part = at::empty({wae_mmd_small_blocks(n, m), 3}, x.options().dtype(at::kDouble));
+  at::Tensor gx = grad_x ? at::empty({2, n, d}, x.options().dtype(ct)) : at::empty({0}, x.options().dtype(ct));
+  at::Tensor gy = grad_y ? at::empty({2, m, d}, y.options().dtype(ct)) : at::empty({0}, y.options().dtype(ct));
+  WAE_DEVICE_MEMORY({"x", x, true}, {"y", y, true}, {"part", part, false}, {"gx_parts", gx, false},
+                    {"gy_parts", gy, false});
+  check_rc(wae_mmd_small(dtype_code(x.scalar_type()), x.data_ptr(), y.data_ptr(), n, m, d, int(kind), P.data(),
+                         int(P.size()), unbiased ? 1 : 0, part.data_ptr<double>(), grad_x ? gx.data_ptr() : nullptr,
+                         grad_y ? gy.data_ptr() : nullptr, scope.stream()),
+           "mmd one-launch forward");
+  return {part.sum(0), gx, gy};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_,
+                                                            const at::Tensor& offset_, int64_t kind,
+                                                            at::ArrayRef<double> params, bool unbiased, bool grad_x,
+                                                            bool grad_y, c10::string_view precision);
+std::tuple<at::Tensor, at::Tensor> mmd_bwd_cuda(const at::Tensor& grad_terms, const at::Tensor& x_,
+                                                const at::Tensor& y_, const at::Tensor& offset_, int64_t kind,
+                                                at::ArrayRef<double> params, bool unbiased, bool grad_x, bool grad_y,
+                                                c10::string_view precision);
+
+//! An empty offset the one-launch kernel does not take (a tensor-core precision, the polynomial,
+//! d > 64, an empty set): the tiled kernels on the glue's shifts, and, as the contract's one-launch
+//! form promises (its fake reports them), the fused parts in the compute dtype from two tiled
+//! backward passes: grad_terms (1, 1, 0) gives d t0/dx and d t1/dy, (0, 0, 1) d t2/dx and d t2/dy.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_parts(const at::Tensor& x_, const at::Tensor& y_, int64_t kind,
+                                                             at::ArrayRef<double> params, bool unbiased, bool grad_x,
+                                                             bool grad_y, c10::string_view precision) {
+  const auto ct = compute_type(x_.scalar_type());
+  const at::Tensor off = glue_shifts(x_, y_, kind);
+  at::Tensor terms = std::get<0>(mmd_fwd_cuda(x_, y_, off, kind, params, unbiased, false, false, precision));
+  at::Tensor gx = at::empty({0}, x_.options().dtype(ct)), gy = at::empty({0}, y_.options().dtype(ct));
+  if (grad_x || grad_y) {
+    const at::Tensor xc = x_.to(ct), yc = y_.to(ct);  // parts in the compute dtype (exact for fp16/bf16)
+    const auto opts = x_.options().dtype(at::kDouble);
+    auto self = mmd_bwd_cuda(at::tensor({1.0, 1.0, 0.0}, opts), xc, yc, off, kind, params, unbiased, grad_x, grad_y,
+                             precision);
+    auto cross = mmd_bwd_cuda(at::tensor({0.0, 0.0, 1.0}, opts), xc, yc, off, kind, params, unbiased, grad_x, grad_y,
+                              precision);
+    if (grad_x) gx = at::stack({std::get<0>(self), std::get<0>(cross)});
+    if (grad_y) gy = at::stack({std::get<1>(self), std::get<1>(cross)});
+  }
+  return {terms, gx, gy};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_,
                                                             const at::Tensor& offset_, int64_t kind,
                                                             at::ArrayRef<double> params, bool unbiased, bool grad_x,
                                                             bool grad_y, c10::string_view precision) {
-  check_mmd(x_, y_, offset_, kind, params);
+  check_mmd(x_, y_, offset_, kind, params, true);
+  if (offset_.numel() == 0) {  // the contract's one_launch calls (wae_fast/small_sets.py)
+    // exact FMAs only: a tensor-core precision (fp32, d >= 16) keeps the tiled kernels
+    const bool exact = prec_code(precision) == WAE_PREC_IEEE || x_.scalar_type() == at::kDouble || x_.size(1) < 16;
+    if (kind != 2 && exact && x_.size(0) >= 1 && y_.size(0) >= 1 && x_.size(1) <= 64)
+      return mmd_fwd_small(x_, y_, kind, params, unbiased, grad_x, grad_y);
+    return mmd_fwd_parts(x_, y_, kind, params, unbiased, grad_x, grad_y, precision);
+  }
   DeviceScope scope(x_);
   at::Tensor x = x_.contiguous(), y = y_.contiguous();
   const auto ct = compute_type(x.scalar_type());
@@ -196,7 +269,10 @@ std::tuple<at::Tensor, at::Tensor> mmd_bwd_cuda(const at::Tensor& grad_terms, co
                                                 const at::Tensor& y_, const at::Tensor& offset_, int64_t kind,
                                                 at::ArrayRef<double> params, bool unbiased, bool grad_x, bool grad_y,
                                                 c10::string_view precision) {
-  check_mmd(x_, y_, offset_, kind, params);
+  check_mmd(x_, y_, offset_, kind, params, true);
+  if (offset_.numel() == 0)  // a one-launch forward that returned no parts for this input
+    return mmd_bwd_cuda(grad_terms, x_, y_, glue_shifts(x_, y_, kind), kind, params, unbiased, grad_x, grad_y,
+                        precision);
   DeviceScope scope(x_);
   at::Tensor x = x_.contiguous(), y = y_.contiguous();
   const auto ct = compute_type(x.scalar_type());

@@ -39,6 +39,17 @@ int wae_mmd_bwd(int dtype, const void* x, const void* y, const void* offset, int
                 int kind, const double* params, int nparams, int unbiased, int precision, const double* grad_terms,
                 void* gx, void* gy, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+//! One launch for small sets (mmd_small.cu; IMQ or RBF, 1 <= n, m, d <= 64): the per-term shifts
+//! of the contract (lower medians of x and y, their torch.lerp with weight m / (n + m)) computed
+//! in the kernel, part (device, float64, (wae_mmd_small_blocks(n, m), 3)): per-block partial
+//! terms (their sum over blocks is wae_mmd_fwd's terms), and, unless null, the fused gradient
+//! parts gx_parts (2, n, d) = d terms[0]/dx, d terms[2]/dx and gy_parts (2, m, d) = d terms[1]/dy,
+//! d terms[2]/dy in the compute dtype.  No workspace, no atomics, no host synchronisation.
+int64_t wae_mmd_small_blocks(int64_t n, int64_t m);
+int wae_mmd_small(int dtype, const void* x, const void* y, int64_t n, int64_t m, int64_t d, int kind,
+                  const double* params, int nparams, int unbiased, double* part, void* gx_parts, void* gy_parts,
+                  cudaStream_t stream);
+
 //! Bytes of scratch memory prior_fwd / prior_bwd need: O(n d) plus O(row blocks) partials,
 //! nothing of size m * d or n * m.
 size_t wae_prior_workspace_bytes(int dtype, int64_t n, int64_t m, int64_t d, int for_backward);
