@@ -212,9 +212,9 @@ def _build_segments(row: dict, device: str, dt, gen, want_grad: bool):
     est = row["estimator"]
     B, n = len(sizes), row["n"]
     if backend == "naive":  # dense batched (B, N, N) matrices (equal sizes only)
-        from .bench_segments import _imq_dense
+        from .bench_segments import imq_dense
 
-        fn = lambda: _imq_dense(x.view(B, n, d), y.view(B, n, d))  # noqa: E731
+        fn = lambda: imq_dense(x.view(B, n, d), y.view(B, n, d))  # noqa: E731
     elif op in ("seg_loop", "seg_ragged_loop"):
         fn = lambda: torch.stack([wae_fast.mmd(x[xo[b]:xo[b + 1]], y[yo[b]:yo[b + 1]], estimator=est,  # noqa: E731
                                                backend=backend) for b in range(B)])
