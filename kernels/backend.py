@@ -25,7 +25,8 @@ from typing import Optional
 
 import torch
 
-from wae_fast.contract import compute_dtype, define_backend_ops, per_term, PRECISIONS, term_shifts
+from wae_fast.contract import (compute_dtype, define_backend_ops, per_term, PRECISIONS,
+                               segments_unfused, term_shifts)
 from wae_fast import segment_sums
 from wae_fast.pairsum import pair_count
 
@@ -249,16 +250,19 @@ def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, p
 
 
 def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-                     precision):
-    """wae_fast::mmd_segments_fwd_triton: (B, 3) terms (see :mod:`wae_fast.kernels.segments`)."""
+                     grad_x, grad_y, grad_xw, grad_yw, precision):
+    """wae_fast::mmd_segments_fwd_triton: (B, 3) terms (see :mod:`wae_fast.kernels.segments`);
+    the gradients are the backward's (no fused parts)."""
     if x.shape[1] > _seg.MAX_D:
-        return segment_sums.segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
-                                          kind, params, unbiased, compute_dtype(x.dtype))
+        return segments_unfused(segment_sums.segment_terms(
+            x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
+            compute_dtype(x.dtype)), x)
     X, Y, xw, yw, sh = segment_sums.plan_inputs(x, y, x_weights, y_weights, shifts)
     plan = segment_sums.get_plan(x_offsets, y_offsets, _seg.block_size(X.dtype), x.device)
     with device_guard(x):
-        return _seg.forward(X, Y, xw, yw, plan, sh, params, kind, unbiased,
-                            dot_precision(X.dtype, precision), tl_compute_dtype(X.dtype))
+        return segments_unfused(_seg.forward(X, Y, xw, yw, plan, sh, params, kind, unbiased,
+                                             dot_precision(X.dtype, precision),
+                                             tl_compute_dtype(X.dtype)), x)
 
 
 def mmd_segments_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,

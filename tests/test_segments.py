@@ -8,6 +8,8 @@ are rounded before the oracle sees them, so only the compute (fp32) error remain
 """
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -249,10 +251,14 @@ def test_opcheck_and_compile(seg_backend):
     xo = torch.tensor([0, 5, 12], device=dev)
     yo = torch.tensor([0, 4, 9], device=dev)
     shifts = torch.zeros(2, 3, device=dev)
-    for wx, wy in [(xw, yw), (x.new_empty((0,)), x.new_empty((0,)))]:
-        args = (x.clone().requires_grad_(True), y.clone().requires_grad_(True), xo, yo,
-                wx.clone().requires_grad_(wx.numel() > 0), wy.clone(), shifts, 0, [1.0, 3.0], True,
-                "ieee")
+    # the flags ask a fusing backend (cpp) for the gradient parts (none when y is shared)
+    for (wx, wy), flags, yo_ in itertools.product(
+            [(xw, yw), (x.new_empty((0,)), x.new_empty((0,)))],
+            [(False,) * 4, (True,) * 4, (True, False, False, True)],
+            [yo, torch.tensor([0, 9], device=dev)]):
+        args = (x.clone().requires_grad_(True), y.clone().requires_grad_(True), xo, yo_,
+                wx.clone().requires_grad_(wx.numel() > 0), wy.clone().requires_grad_(wy.numel() > 0),
+                shifts, 0, [1.0, 3.0], True, *flags, "ieee")
         torch.library.opcheck(op, args)
     xr = x.clone().requires_grad_(True)
 
@@ -441,3 +447,32 @@ def test_bench_segments_tiny_runs(capsys):
     bench_segments.main(["--tiny", "--reps", "1"])
     out = capsys.readouterr().out
     assert out.count("| batched") == 16 and out.count("| ragged") == 12 and out.count("| single") == 4
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_parts_are_the_backward_per_term(seg_backend, shared):
+    """The forward's gradient parts (a backend that fuses them: cpp) are the backward op's
+    gradients of each term alone, weight-0 rows included; the others return (0,) parts, and
+    a y shared by B > 1 sets never has parts (the backward sums its cross term over the sets)."""
+    name, dev = seg_backend
+    xo, yo = [0, 5, 12, 150], ([0, 9] if shared else [0, 4, 9, 80])
+    x, y, xw, yw = _data(xo, yo, 3, torch.float64, dev, seed=11, nan_pad=False)
+    xo_t, yo_t = torch.tensor(xo, device=dev), torch.tensor(yo, device=dev)
+    shifts = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(dev)
+    kind, params = wae_fast.IMQ().lower(3)
+    common = (x, y, xo_t, yo_t, xw, yw, shifts, int(kind), [float(p) for p in params], True)
+    out = contract.op(f"mmd_segments_fwd_{name}")(*common, True, True, True, True, "ieee")
+    fused = contract.segments_fused_flags(name, xo_t, yo_t, xw, yw, True, True, True, True)
+    if name == "cpp":
+        assert fused == (True, not shared, True, not shared)
+    for k, (flag, part) in enumerate(zip(fused, out[1:])):
+        if not flag:
+            assert part.numel() == 0
+            continue
+        for j, t in enumerate((0, 2) if k % 2 == 0 else (1, 2)):
+            gt = torch.zeros(3, 3, dtype=torch.float64, device=dev)
+            gt[:, t] = 1.0
+            flags = [False] * 4
+            flags[k] = True
+            want = contract.op(f"mmd_segments_bwd_{name}")(gt, out[0], *common, *flags, "ieee")[k]
+            torch.testing.assert_close(part[j], want, rtol=1e-11, atol=1e-13)

@@ -102,7 +102,9 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
 
     wae_fast::mmd_segments_fwd_B(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets,
                                  Tensor x_weights, Tensor y_weights, Tensor shifts, int kind,
-                                 float[] params, bool unbiased, str precision) -> Tensor terms
+                                 float[] params, bool unbiased, bool grad_x, bool grad_y,
+                                 bool grad_xw, bool grad_yw, str precision)
+        -> (Tensor terms, Tensor gx_parts, Tensor gy_parts, Tensor gxw_parts, Tensor gyw_parts)
     wae_fast::mmd_segments_bwd_B(Tensor grad_terms, Tensor terms, <the forward's inputs>,
                                  bool grad_x, bool grad_y, bool grad_xw, bool grad_yw)
         -> (Tensor gx, Tensor gy, Tensor gxw, Tensor gyw)
@@ -119,6 +121,14 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
   i != j divided by sum_{i != j} w_i w_j (unbiased), cross term sum_ij w_i v_j k_ij / (sum w sum v).
   A row with weight 0 never contributes and its coordinates are not read; a negative or
   non-finite weight, or a zero denominator, makes that set's terms NaN.
+* The parts: each (0,), or, from a backend that fuses the gradients into the forward
+  (``segments_fuse_grad`` of :func:`define_backend_ops`) when its flag is set, the derivatives
+  of the two terms the input enters, row i being in set b: ``gx_parts`` (2, sum_b N_b, d) in the
+  compute dtype = d terms[b, 0]/dx_i and d terms[b, 2]/dx_i; ``gy_parts`` (2, sum_b M_b, d) =
+  d terms[b, 1]/dy_i, d terms[b, 2]/dy_i; ``gxw_parts`` / ``gyw_parts`` (2, rows) float64, the
+  same for the weights (with ``x_weights`` non-empty).  Never for a y shared by B > 1 sets (its
+  cross-term gradient sums over the sets: ``gy_parts`` and ``gyw_parts`` stay (0,) and the
+  backward op computes them).  Rows outside every packed set (weight 0) have zero x / y parts.
 * ``mmd_segments_bwd_B`` returns the gradients of sum_b grad_terms[b] . terms[b] (grad_terms
   float64 (B, 3)) to x, y (input dtype) and the weights (their dtype), or (0,) where the flag is
   off; ``terms`` are the forward's.  Formulas: :mod:`wae_fast.segment_sums`.
@@ -208,7 +218,8 @@ KMM_BWD_SCHEMA = (
 
 SEG_FWD_SCHEMA = (
     "(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, Tensor x_weights, Tensor y_weights, "
-    "Tensor shifts, int kind, float[] params, bool unbiased, str precision) -> Tensor"
+    "Tensor shifts, int kind, float[] params, bool unbiased, bool grad_x, bool grad_y, "
+    "bool grad_xw, bool grad_yw, str precision) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 SEG_BWD_SCHEMA = (
     "(Tensor grad_terms, Tensor terms, Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, "
@@ -473,6 +484,30 @@ def _define_kmm(backend: str) -> None:
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
 
 
+def segments_fused_flags(backend: str, x_offsets, y_offsets, x_weights, y_weights, grad_x,
+                         grad_y, grad_xw, grad_yw) -> tuple[bool, bool, bool, bool]:
+    """Which of the four parts backend ``backend``'s ``mmd_segments_fwd`` returns for these
+    flags (shapes only: the fake implementation uses it too)."""
+    if not _SEG_FUSES.get(backend, False):
+        return False, False, False, False
+    shared = y_offsets.shape[0] == 2 and x_offsets.shape[0] > 2  # a y shared by B > 1 sets
+    return (bool(grad_x), bool(grad_y) and not shared, bool(grad_xw) and x_weights.numel() > 0,
+            bool(grad_yw) and not shared and y_weights.numel() > 0)
+
+
+def segments_unfused(terms: torch.Tensor, x: torch.Tensor) -> tuple:
+    """The forward outputs of a backend that does not fuse the gradients: the terms and four
+    empty parts (distinct tensors: an op's outputs may not alias)."""
+    ct = compute_dtype(x.dtype)
+    return (terms, x.new_empty((0,), dtype=ct), x.new_empty((0,), dtype=ct),
+            x.new_empty((0,), dtype=torch.float64), x.new_empty((0,), dtype=torch.float64))
+
+
+def _rows_of_sets(g: torch.Tensor, offsets: torch.Tensor, rows: int) -> torch.Tensor:
+    """(rows, 3): row i gets g[b] of the set b holding it (offsets cumulative from 0 to rows)."""
+    return g.repeat_interleave(offsets.diff(), dim=0, output_size=rows)
+
+
 def _define_segments(backend: str) -> None:
     fwd, bwd = f"mmd_segments_fwd_{backend}", f"mmd_segments_bwd_{backend}"
     _LIB.define(fwd + SEG_FWD_SCHEMA)
@@ -480,8 +515,16 @@ def _define_segments(backend: str) -> None:
 
     @torch.library.register_fake(f"{NAMESPACE}::{fwd}")
     def _fwd_fake(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-                  precision):
-        return x.new_empty((x_offsets.shape[0] - 1, 3), dtype=torch.float64)
+                  grad_x, grad_y, grad_xw, grad_yw, precision):
+        fx, fy, fxw, fyw = segments_fused_flags(backend, x_offsets, y_offsets, x_weights,
+                                                y_weights, grad_x, grad_y, grad_xw, grad_yw)
+        ct = compute_dtype(x.dtype)
+        f64 = torch.float64
+        return (x.new_empty((x_offsets.shape[0] - 1, 3), dtype=f64),
+                x.new_empty((2, x.shape[0], x.shape[1]) if fx else (0,), dtype=ct),
+                y.new_empty((2, y.shape[0], y.shape[1]) if fy else (0,), dtype=ct),
+                x.new_empty((2, x.shape[0]) if fxw else (0,), dtype=f64),
+                y.new_empty((2, y.shape[0]) if fyw else (0,), dtype=f64))
 
     @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
     def _bwd_fake(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
@@ -491,28 +534,49 @@ def _define_segments(backend: str) -> None:
                                      (y_weights, grad_yw)))
 
     def setup_context(ctx, inputs, output):
-        x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased, precision = inputs
+        (x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased, _gx,
+         _gy, _gxw, _gyw, precision) = inputs
         ctx.args = (kind, params, unbiased)
         ctx.precision = precision
-        ctx.save_for_backward(output, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts)
+        ctx.dtypes = (x.dtype, y.dtype, x_weights.dtype, y_weights.dtype)
+        ctx.save_for_backward(*output, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts)
 
-    def backward(ctx, grad_terms):
+    def backward(ctx, grad_terms, *_grad_parts):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
-        saved = ctx.saved_tensors
+        terms, *parts = ctx.saved_tensors[:5]
+        x, y, x_offsets, y_offsets, x_weights, y_weights, shifts = ctx.saved_tensors[5:]
         need = ctx.needs_input_grad
-        flags = (need[0], need[1], need[4] and saved[5].numel() > 0, need[5] and saved[6].numel() > 0)
-        gx = gy = gxw = gyw = None
-        if any(flags):
-            gx, gy, gxw, gyw = (g if f else None for g, f in zip(op(bwd)(
-                grad_terms.to(torch.float64).contiguous(), *saved, *ctx.args, *flags, ctx.precision),
-                flags))
-        return gx, gy, None, None, gxw, gyw, None, None, None, None, None
+        flags = (need[0], need[1], need[4] and x_weights.numel() > 0,
+                 need[5] and y_weights.numel() > 0)
+        grad_terms = grad_terms.to(torch.float64).contiguous()
+        out: list[Optional[torch.Tensor]] = [None, None, None, None]
+        # fused parts (x, y, x_weights, y_weights): each row's two derivatives times the two
+        # coefficients of its set (in the parts' dtype, as mmd's backward), O(rows d) with one
+        # allocation of the size of the gradient (fresh pages cost more than the arithmetic)
+        for k, (flag, p) in enumerate(zip(flags, parts)):
+            if not flag or p.numel() == 0:
+                continue
+            side = k % 2  # 0: x rows (terms 0 and 2), 1: y rows (terms 1 and 2)
+            c = _rows_of_sets(grad_terms.to(p.dtype), y_offsets if side else x_offsets,
+                              (y if side else x).shape[0])
+            c0, c1 = c[:, 1 if side else 0], c[:, 2]
+            if k < 2:
+                c0, c1 = c0.unsqueeze(1), c1.unsqueeze(1)
+            out[k] = torch.mul(p[0], c0).addcmul_(p[1], c1).to(ctx.dtypes[k])
+        rest = tuple(f and o is None for f, o in zip(flags, out))
+        if any(rest):
+            got = op(bwd)(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights,
+                          shifts, *ctx.args, *rest, ctx.precision)
+            out = [g if r else o for g, r, o in zip(got, rest, out)]
+        gx, gy, gxw, gyw = out
+        return gx, gy, None, None, gxw, gyw, None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
 
 
 _FUSES: dict[str, bool] = {}
+_SEG_FUSES: dict[str, bool] = {}
 _SHIFTS_IN_BACKEND: dict[str, bool] = {}
 #: Per backend, ``one_launch(x, y, kind) -> bool`` (see :func:`define_backend_ops`).
 _ONE_LAUNCH: dict[str, Callable] = {}
@@ -568,6 +632,7 @@ def define_backend_ops(
     backend: str,
     *,
     fuses_grad: bool = False,
+    segments_fuse_grad: bool = False,
     computes_shifts: bool = False,
     dispatch_key: str = "CompositeExplicitAutograd",
     one_launch: Optional[Callable] = None,
@@ -580,6 +645,8 @@ def define_backend_ops(
 
     ``fuses_grad`` declares that ``mmd_fwd`` returns the (2, N, d)/(2, M, d) gradient parts when
     asked (the fake implementation must know the output shapes for torch.compile).
+    ``segments_fuse_grad`` declares the same of ``mmd_segments_fwd`` (the parts of
+    :func:`segments_fused_flags`); a backend without it returns :func:`segments_unfused`.
     ``computes_shifts`` declares that ``mmd_fwd`` / ``mmd_bwd`` accept an empty (0,) ``offset``
     and then compute the glue's :func:`term_shifts` themselves (same values: the lower median
     per coordinate, torch.lerp's formula), so :func:`mmd_terms` passes an empty one (a small
@@ -597,6 +664,7 @@ def define_backend_ops(
         raise ValueError(f"define_backend_ops: unknown op(s) {sorted(unknown)}; expected {sorted(known)}")
     if backend not in _DEFINED:
         _FUSES[backend] = fuses_grad
+        _SEG_FUSES[backend] = segments_fuse_grad
         _SHIFTS_IN_BACKEND[backend] = computes_shifts
         for family in FAMILIES.values():
             family.define(backend)
@@ -800,8 +868,12 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list
     shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
     xo = torch.tensor(x_offsets, dtype=torch.int64, device=x.device)
     yo = torch.tensor(y_offsets, dtype=torch.int64, device=x.device)
+    grad_on = torch.is_grad_enabled()
+    flags = (grad_on and x.requires_grad, grad_on and y.requires_grad,
+             grad_on and xw.requires_grad, grad_on and yw.requires_grad)
     return op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind),
-                                               [float(p) for p in params], bool(unbiased), precision)
+                                               [float(p) for p in params], bool(unbiased), *flags,
+                                               precision)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Optional
 from . import build
 from .contract import define_backend_ops
 
-define_backend_ops("cpp", fuses_grad=True, computes_shifts=True)
+define_backend_ops("cpp", fuses_grad=True, segments_fuse_grad=True, computes_shifts=True)
 
 #: The op families the extension registers (its TORCH_LIBRARY_IMPL), given placeholders that
 #: build it on first use; routing by capabilities lives in wae_fast.dispatch.

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .contract import compute_dtype, define_backend_ops, per_term
+from .contract import compute_dtype, define_backend_ops, per_term, segments_unfused
 from .pairsum import (BLOCK_SIZE, acc_cols, acc_rows, cross_blocks, cross_sum,
                       kernel_and_derivative, pair_block, pair_count, self_sum, sq_dist, sq_norms,
                       sym_block)
@@ -234,9 +234,9 @@ def _prior_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed,
 
 
 def _seg_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-             precision):
-    return segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
-                         unbiased, compute_dtype(x.dtype))
+             grad_x, grad_y, grad_xw, grad_yw, precision):
+    return segments_unfused(segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
+                                          kind, params, unbiased, compute_dtype(x.dtype)), x)
 
 
 def _seg_bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,

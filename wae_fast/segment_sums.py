@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .contract import segments_unfused
 from .pairsum import BLOCK_SIZE, acc_rows, pair_block, sq_norms
 
 
@@ -273,16 +274,17 @@ def plan_ops(extension, block: int, max_d: int):
     returns the built module.  Feature dimensions above ``max_d`` run the reference's passes."""
 
     def fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-            precision):
+            grad_x, grad_y, grad_xw, grad_yw, precision):
+        # the gradients are the backward's: no fused parts
         if x.shape[1] > max_d:
             ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-            return segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
-                                 params, unbiased, ct)
+            return segments_unfused(segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights,
+                                                  shifts, kind, params, unbiased, ct), x)
         X, Y, xw, yw, sh = plan_inputs(x, y, x_weights, y_weights, shifts)
         plan = get_plan(x_offsets, y_offsets, block, x.device)
-        return extension().seg_fwd(X, Y, xw, yw, plan.x_offsets, plan.y_offsets, plan.shared_y, sh,
-                                   [float(p) for p in params], plan.fwd_tasks, plan.set_tasks,
-                                   int(kind), bool(unbiased))
+        return segments_unfused(extension().seg_fwd(
+            X, Y, xw, yw, plan.x_offsets, plan.y_offsets, plan.shared_y, sh,
+            [float(p) for p in params], plan.fwd_tasks, plan.set_tasks, int(kind), bool(unbiased)), x)
 
     def bwd(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
             params, unbiased, grad_x, grad_y, grad_xw, grad_yw, precision):

@@ -15,9 +15,14 @@
 // row pass of those rows only, when that gradient is asked for.  A y shared by every set is
 // packed once (one shift for all sets: the glue's) and its yy term runs once.
 //
+// Gradients: the forward, asked for them by its flags, returns the contract's fused parts (the
+// derivatives of each set's two terms per row, wae_fast/contract.py) from the same tile pass as
+// the terms, so a training step runs the tiles once; the backward op (recomputing the tiles)
+// serves what the forward did not fuse (a y shared by B > 1 sets).
+//
 // Scheduling: one list of (set, term, row/column block range) tasks over all sets, run by
 // at::parallel_for (small sets grouped by the loop's chunking, big sets split into row blocks).
-// Without a column-side output (the forward) every task is one row block of one set and term.
+// Without a column-side output (values only) every task is one row block of one set and term.
 // With one (gradients, and the weights' per-column sums), a set's blocks are grouped and run in
 // rounds as mmd_cpu.cpp run_term does (diagonal groups, then a round-robin tournament for a
 // self term; a Latin square for the cross term), round r of every set in one parallel phase, so
@@ -31,6 +36,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <new>
 #include <vector>
 
 #include "wae_fast/tile_math.h"
@@ -116,9 +122,28 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw
 // (measured: 17 ms of 25 ms for 1024 sets of 64 points at d = 8).  A thread keeps at most
 // kKeepBuffers buffers of kKeepBytes in all per element type; the others are freed when
 // released.  Not cleared: every user writes what it reads (zero=true clears).
+// 64-byte aligned storage: the tiles are read with full-vector loads, and a buffer whose rows
+// straddle cache lines (malloc's 16-byte alignment, varying with the pooled buffer a call gets)
+// ran the tile loops up to 3x slower, alternating between calls (measured at B = 256, N = 64, d = 8).
+template <class E>
+struct AlignedAlloc {
+  using value_type = E;
+  static constexpr std::align_val_t kAlign{64};
+  AlignedAlloc() = default;
+  template <class U>
+  AlignedAlloc(const AlignedAlloc<U>&) noexcept {}
+  E* allocate(size_t n) { return static_cast<E*>(::operator new(n * sizeof(E), kAlign)); }
+  void deallocate(E* p, size_t) noexcept { ::operator delete(p, kAlign); }
+  template <class U>
+  bool operator==(const AlignedAlloc<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const AlignedAlloc<U>&) const noexcept { return false; }
+};
+
 template <class E>
 class Scratch {
  public:
+  using Buf = std::vector<E, AlignedAlloc<E>>;
   static constexpr size_t kKeepBytes = size_t(128) << 20;
   static constexpr size_t kKeepBuffers = 24;
   Scratch() = default;
@@ -136,7 +161,7 @@ class Scratch {
   //! n elements (zeroed when `zero`).
   void reset(size_t n, bool zero) {
     release();
-    std::vector<std::vector<E>>& pool = free_list();
+    std::vector<Buf>& pool = free_list();
     size_t best = pool.size();
     for (size_t i = 0; i < pool.size(); ++i) {  // the smallest that fits, else the largest
       if (best == pool.size()) {
@@ -169,8 +194,8 @@ class Scratch {
   size_t size() const { return n_; }
 
  private:
-  static std::vector<std::vector<E>>& free_list() {
-    static thread_local std::vector<std::vector<E>> pool;
+  static std::vector<Buf>& free_list() {
+    static thread_local std::vector<Buf> pool;
     return pool;
   }
   static size_t& kept_bytes() {
@@ -183,10 +208,10 @@ class Scratch {
       kept_bytes() += b;
       free_list().push_back(std::move(v_));
     }
-    v_ = std::vector<E>();
+    v_ = Buf();
     n_ = 0;
   }
-  std::vector<E> v_;
+  Buf v_;
   size_t n_ = 0;
 };
 
@@ -316,28 +341,31 @@ Denoms denoms(const T* w, int64_t n, bool unbiased) {
   return {sw, unbiased ? 2.0 * pairs.value() : sw * sw};
 }
 
-// A task: tiles (I in [I0, I1), J in [J0, J1), J >= I when tri) of one term of one set.
+// A task: tiles (I in [I0, I1), J in [J0, J1), J >= I when tri) of one term of one set; `grad`:
+// it writes the term's gradient / kernel row sums (else only its kernel sum is taken).
 enum Term : int { kXX = 0, kYY = 1, kXY = 2 };
 struct Task {
   int term;
   int64_t set;  // x set (kXX, kXY) or y pack set (kYY)
   int64_t I0, I1, J0, J1;
   bool tri;
+  bool grad;
 };
 
 inline int64_t group_begin(int64_t g, int64_t nb, int64_t G) { return g * nb / G; }
 
 //! Appends the tasks of one term of one set (nbi x nbj blocks) to phases[round]: row blocks
-//! when no column-side output is written, else mmd_cpu.cpp run_term's rounds.
+//! when no column-side output is written (`cols` false: a value-only or row-side-only task),
+//! else mmd_cpu.cpp run_term's rounds.  Value-only tasks write nothing: any phase takes them.
 void schedule(std::vector<std::vector<Task>>& phases, int term, int64_t set, int64_t nbi, int64_t nbj,
-              bool symmetric, bool cols) {
+              bool symmetric, bool cols, bool grad) {
   auto add = [&](size_t ph, const Task& t) {
     if (phases.size() <= ph) phases.resize(ph + 1);
     phases[ph].push_back(t);
   };
   if (nbi == 0 || nbj == 0) return;
   if (!cols) {
-    for (int64_t I = 0; I < nbi; ++I) add(0, {term, set, I, I + 1, symmetric ? I : 0, nbj, symmetric});
+    for (int64_t I = 0; I < nbi; ++I) add(0, {term, set, I, I + 1, symmetric ? I : 0, nbj, symmetric, grad});
     return;
   }
   if (symmetric) {
@@ -345,7 +373,7 @@ void schedule(std::vector<std::vector<Task>>& phases, int term, int64_t set, int
     G += G & 1;
     for (int64_t p = 0; p < G; ++p) {
       const int64_t b0 = group_begin(p, nbi, G), b1 = group_begin(p + 1, nbi, G);
-      if (b1 > b0) add(0, {term, set, b0, b1, b0, b1, true});
+      if (b1 > b0) add(0, {term, set, b0, b1, b0, b1, true, grad});
     }
     for (int64_t r = 0; r + 1 < G; ++r)
       for (int64_t t = 0; t < G / 2; ++t) {
@@ -353,7 +381,7 @@ void schedule(std::vector<std::vector<Task>>& phases, int term, int64_t set, int
         if (p > q) std::swap(p, q);
         const int64_t i0 = group_begin(p, nbi, G), i1 = group_begin(p + 1, nbi, G);
         const int64_t j0 = group_begin(q, nbi, G), j1 = group_begin(q + 1, nbi, G);
-        if (i1 > i0 && j1 > j0) add(size_t(r + 1), {term, set, i0, i1, j0, j1, false});
+        if (i1 > i0 && j1 > j0) add(size_t(r + 1), {term, set, i0, i1, j0, j1, false, grad});
       }
     return;
   }
@@ -364,7 +392,7 @@ void schedule(std::vector<std::vector<Task>>& phases, int term, int64_t set, int
       const int64_t l = (t + r) % Gl;
       const int64_t gi = Gi <= Gj ? t : l, gj = Gi <= Gj ? l : t;
       add(size_t(r), {term, set, group_begin(gi, nbi, Gi), group_begin(gi + 1, nbi, Gi), group_begin(gj, nbj, Gj),
-                      group_begin(gj + 1, nbj, Gj), false});
+                      group_begin(gj + 1, nbj, Gj), false, grad});
     }
 }
 
@@ -453,74 +481,332 @@ Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y,
   return st;
 }
 
+// The engine's per-row sums of one pass, fp64, in packed row order: weighted gradient sums
+// g_i = w_i sum_j v_j W_ij (a_i - b_j) and kernel sums s_i = sum_j v_j k_ij, per term and side
+// (xy_y: the cross term's y side; empty when not asked for).
+struct RowSums {
+  Scratch<double> gxx, gxy_x, gyy, gxy_y, ksxx, ksxy_x, ksyy, ksxy_y;
+};
+
+// What one pass computes: which row sums, and whether every term's value.
+struct PassSpec {
+  bool gx = false, gy = false, kx = false, ky = false;  // g / s sums of x rows, of y rows
+  bool y_cross = true;   // y rows get the cross term's sums here (false: a shared y, summed per set)
+  bool values = false;   // every term's kernel sum (tasks without row sums: value-only)
+};
+
+//! One tile pass over every set and term (see the file comment's scheduling); returns the kernel
+//! sums per x set (xx, xy) and y pack set (yy), combined in a fixed order, when spec.values.
 template <class T>
-at::Tensor seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, const Problem& pb, const at::Tensor& XW,
-                     const at::Tensor& YW, const at::Tensor& SH, int kind, const std::vector<double>& params,
-                     bool unbiased) {
-  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased);
+void run_pass(const Setup<T>& st, const PassSpec& spec, RowSums& rs, std::vector<double>& sxx,
+              std::vector<double>& sxy, std::vector<double>& syy) {
+  const int64_t dp = st.dp, NY = int64_t(st.yset.size());
+  const int64_t nxr = st.px.ntiles * kTile, nyr = st.py.ntiles * kTile;
+  const bool need_x = spec.gx || spec.kx, need_y = spec.gy || spec.ky;
+  const bool xy_cols = need_y && spec.y_cross;
+  if (spec.gx) rs.gxx.reset(nxr * dp, true), rs.gxy_x.reset(nxr * dp, true);
+  if (spec.gy) rs.gyy.reset(nyr * dp, true), rs.gxy_y.reset(spec.y_cross ? nyr * dp : 0, true);
+  if (spec.kx) rs.ksxx.reset(nxr, true), rs.ksxy_x.reset(nxr, true);
+  if (spec.ky) rs.ksyy.reset(nyr, true), rs.ksxy_y.reset(spec.y_cross ? nyr : 0, true);
+  auto ptr = [](Scratch<double>& v, int64_t off) -> double* { return v.empty() ? nullptr : v.data() + off; };
+
   std::vector<std::vector<Task>> phases;
   for (int64_t b = 0; b < st.B; ++b) {
     const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(st.ysi[b]);
-    schedule(phases, kXX, b, nbx, nbx, true, false);
-    schedule(phases, kXY, b, nbx, nby, false, false);
+    if (need_x || spec.values) schedule(phases, kXX, b, nbx, nbx, true, need_x, need_x);
+    if (need_x || xy_cols || spec.values) schedule(phases, kXY, b, nbx, nby, false, xy_cols, need_x || xy_cols);
   }
-  for (size_t s = 0; s < st.yset.size(); ++s) {
-    const int64_t nby = st.py.blocks(int64_t(s));
-    schedule(phases, kYY, int64_t(s), nby, nby, true, false);
+  if (need_y || spec.values)
+    for (int64_t s = 0; s < NY; ++s) schedule(phases, kYY, s, st.py.blocks(s), st.py.blocks(s), true, need_y, need_y);
+  std::vector<std::vector<double>> sums(phases.size());
+  for (size_t ph = 0; ph < phases.size(); ++ph) {
+    const std::vector<Task>& tasks = phases[ph];
+    sums[ph].assign(tasks.size(), 0.0);
+    at::parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const Task& k = tasks[t];
+        TileProblem<T> tp = st.term_problem(k.term, k.set);
+        double *gr = nullptr, *gc = nullptr;
+        if (k.grad && k.term == kXX) {
+          const int64_t o = st.px.row0(k.set);
+          gr = gc = ptr(rs.gxx, o * dp);
+          tp.ks_rows = tp.ks_cols = ptr(rs.ksxx, o);
+        } else if (k.grad && k.term == kYY) {
+          const int64_t o = st.py.row0(k.set);
+          gr = gc = ptr(rs.gyy, o * dp);
+          tp.ks_rows = tp.ks_cols = ptr(rs.ksyy, o);
+        } else if (k.grad) {
+          const int64_t ox = st.px.row0(k.set), oy = st.py.row0(st.ysi[k.set]);
+          gr = ptr(rs.gxy_x, ox * dp);
+          gc = ptr(rs.gxy_y, oy * dp);
+          tp.ks_rows = ptr(rs.ksxy_x, ox);
+          tp.ks_cols = ptr(rs.ksxy_y, oy);
+        }
+        sums[ph][t] = wae_cpu_tiles::run_block<T>(tp, k.I0, k.I1, k.J0, k.J1, k.tri, gr, gc, st.isa);
+      }
+    });
   }
-  const std::vector<Task> none;
-  const std::vector<Task>& tasks = phases.empty() ? none : phases[0];
-  std::vector<double> sums(tasks.size(), 0.0);
-  at::parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+  if (!spec.values) return;
+  sxx.assign(st.B, 0.0);
+  sxy.assign(st.B, 0.0);
+  syy.assign(NY, 0.0);
+  for (size_t ph = 0; ph < phases.size(); ++ph)  // fixed order
+    for (size_t t = 0; t < phases[ph].size(); ++t) {
+      const Task& k = phases[ph][t];
+      (k.term == kXX ? sxx : k.term == kXY ? sxy : syy)[k.set] += sums[ph][t];
+    }
+}
+
+// Rows of pack `rows` (pack set s, blocks) against the x sets b using y pack set s, one block per
+// task, each set's row sums (into tg / tk: kTile rows, nn of them valid) handed to
+// `take(b, row, nn, tg, tk)`.
+using TakeRows = std::function<void(int64_t, int64_t, int64_t, const double*, const double*)>;
+template <class T>
+void cross_rows(const Setup<T>& st, const Pack<T>& rows, bool with_g, bool with_k, const TakeRows& take) {
+  struct RowBlock {
+    int64_t s, I;
+  };
+  std::vector<RowBlock> blocks;
+  for (int64_t s = 0; s < int64_t(st.yset.size()); ++s)
+    for (int64_t I = 0; I < rows.blocks(s); ++I) blocks.push_back({s, I});
+  at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
+    std::vector<double> tg(with_g ? kTile * st.dp : 0), tk(with_k ? kTile : 0);
     for (int64_t t = t0; t < t1; ++t) {
-      const Task& k = tasks[t];
-      const TileProblem<T> tp = st.term_problem(k.term, k.set);
-      sums[t] = wae_cpu_tiles::run_block<T>(tp, k.I0, k.I1, k.J0, k.J1, k.tri, nullptr, nullptr, st.isa);
+      const RowBlock& rb = blocks[t];
+      for (int64_t b = 0; b < st.B; ++b) {
+        if (st.ysi[b] != rb.s || st.px.blocks(b) == 0) continue;
+        std::fill(tg.begin(), tg.end(), 0.0);
+        std::fill(tk.begin(), tk.end(), 0.0);
+        TileProblem<T> tp = st.problem(rows.operand(rb.s, rb.I), rows.weights(rb.s, rb.I), st.px.operand(b),
+                                       st.px.weights(b), false);
+        tp.ks_rows = with_k ? tk.data() : nullptr;
+        wae_cpu_tiles::run_block<T>(tp, 0, 1, 0, st.px.blocks(b), false, with_g ? tg.data() : nullptr, nullptr,
+                                    st.isa);
+        const int64_t r0 = rows.row0(rb.s) + rb.I * kTile;
+        take(b, r0, std::min<int64_t>(kTile, rows.row0(rb.s) + rows.n[rb.s] - r0), tg.data(), tk.data());
+      }
     }
   });
-  std::vector<double> sxx(st.B, 0.0), sxy(st.B, 0.0), syy(st.yset.size(), 0.0);
-  for (size_t t = 0; t < tasks.size(); ++t) {  // fixed order
-    const Task& k = tasks[t];
-    (k.term == kXX ? sxx : k.term == kXY ? sxy : syy)[k.set] += sums[t];
-  }
-  at::Tensor terms = at::empty({st.B, 3}, X.options().dtype(at::kDouble));
+}
+
+// Weight-0 rows (only for the weights' gradient, the true derivative, which reads them): their
+// kernel row sums against the set's packed columns.
+template <class T>
+struct ZeroRows {
+  Pack<T> pk;
+  std::vector<double> self, cross;  // per packed row: vs its own side's set, vs the other side
+};
+
+//! x's weight-0 rows: self = sum_j w_j k(x_i, x_j) over set b, cross = sum_j v_j k(x_i, y_j).
+template <class T>
+ZeroRows<T> zero_rows_x(const Setup<T>& st, const Problem& pb, const at::Tensor& X, const T* xw, const at::Tensor& SH) {
+  ZeroRows<T> z;
+  const int64_t B = st.B;
+  std::vector<int64_t> r0(pb.xo.begin(), pb.xo.end() - 1), r1(pb.xo.begin() + 1, pb.xo.end()), sh(B);
+  for (int64_t b = 0; b < B; ++b) sh[b] = b;
+  z.pk = build_pack<T>(X.data_ptr<T>(), xw, r0, r1, SH.data_ptr<T>(), sh, st.d, st.dp, Keep::kZero);
+  z.self.assign(z.pk.ntiles * kTile, 0.0);
+  z.cross.assign(z.pk.ntiles * kTile, 0.0);
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t I = 0; I < z.pk.blocks(b); ++I) blocks.push_back({b, I});
+  at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = blocks[t].first, I = blocks[t].second, ys = st.ysi[b], o = z.pk.row0(b);
+      TileProblem<T> tp = st.problem(z.pk.operand(b), z.pk.weights(b), st.px.operand(b), st.px.weights(b), false);
+      tp.ks_rows = z.self.data() + o;
+      if (st.px.blocks(b) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.px.blocks(b), false, nullptr, nullptr, st.isa);
+      tp = st.problem(z.pk.operand(b), z.pk.weights(b), st.py.operand(ys), st.py.weights(ys), false);
+      tp.ks_rows = z.cross.data() + o;
+      if (st.py.blocks(ys) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.py.blocks(ys), false, nullptr, nullptr, st.isa);
+    }
+  });
+  return z;
+}
+
+//! y's weight-0 rows: self = sum_j v_j k(y_i, y_j) over the pack set; cross = the sum over the
+//! x sets b using the pack set of term(b, sum_j w_j k(y_i, x_j)).
+template <class T>
+ZeroRows<T> zero_rows_y(const Setup<T>& st, const at::Tensor& Y, const T* yw, const at::Tensor& SH,
+                        const std::function<double(int64_t, double)>& term) {
+  ZeroRows<T> z;
+  const int64_t NY = int64_t(st.yset.size());
+  z.pk = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, Keep::kZero);
+  z.self.assign(z.pk.ntiles * kTile, 0.0);
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t s = 0; s < NY; ++s)
+    for (int64_t I = 0; I < z.pk.blocks(s); ++I) blocks.push_back({s, I});
+  at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t s = blocks[t].first, I = blocks[t].second;
+      TileProblem<T> tp = st.problem(z.pk.operand(s), z.pk.weights(s), st.py.operand(s), st.py.weights(s), false);
+      tp.ks_rows = z.self.data() + z.pk.row0(s);
+      if (st.py.blocks(s) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.py.blocks(s), false, nullptr, nullptr, st.isa);
+    }
+  });
+  z.cross.assign(z.pk.ntiles * kTile, 0.0);
+  cross_rows<T>(st, z.pk, false, true, [&](int64_t b, int64_t r0, int64_t nn, const double*, const double* tk) {
+    for (int64_t r = 0; r < nn; ++r) z.cross[r0 + r] += term(b, tk[r]);
+  });
+  return z;
+}
+
+at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The forward: the (B, 3) terms, and, for the flags set (x, y, x's weights, y's weights; the y
+// ones never for a y shared by B > 1 sets), the fused parts of the contract, from one pass that
+// computes the terms and the row sums together (the backward then only scales them):
+//   x rows of set b:  d t_xx/dx_i = 4 g^xx_i / D_x,  d t_xy/dx_i = 2 g^xy_i / (sum w sum v)
+//   x weights:        d t_xx/dw_i = (2 s^xx_i - t_xx dD_x/dw_i) / D_x,  d t_xy/dw_i = (s^xy_i / sum v - t_xy) / sum w
+// y alike (wae_fast/segment_sums.py: the reference's formulas).
+template <class T>
+std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, const Problem& pb, const at::Tensor& XW,
+                                  const at::Tensor& YW, const at::Tensor& SH, int kind,
+                                  const std::vector<double>& params, bool unbiased, bool fx, bool fy, bool fxw,
+                                  bool fyw) {
+  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased);
+  const int64_t B = st.B, d = st.d, dp = st.dp;
+  PassSpec spec;
+  spec.gx = fx;
+  spec.gy = fy;
+  spec.kx = fxw;
+  spec.ky = fyw;
+  spec.values = true;
+  RowSums rs;
+  std::vector<double> sxx, sxy, syy;
+  run_pass<T>(st, spec, rs, sxx, sxy, syy);
+  at::Tensor terms = at::empty({B, 3}, X.options().dtype(at::kDouble));
   double* out = terms.data_ptr<double>();
-  for (int64_t b = 0; b < st.B; ++b) {
+  for (int64_t b = 0; b < B; ++b) {
     const int64_t s = st.ysi[b];
     out[3 * b] = sxx[b] / st.dx[b].D;
     out[3 * b + 1] = syy[s] / st.dy[s].D;
     out[3 * b + 2] = sxy[b] / (st.dx[b].sum * st.dy[s].sum);
   }
-  return terms;
+  const auto ct = X.scalar_type();
+  auto none = [&](at::ScalarType t) { return at::empty({0}, X.options().dtype(t)); };
+  // every row is written below: the packed ones from the sums, the weight-0 ones zero
+  at::Tensor gxp = fx ? at::empty({2, X.size(0), d}, X.options()) : none(ct);
+  at::Tensor gyp = fy ? at::empty({2, Y.size(0), d}, Y.options()) : none(ct);
+  at::Tensor gxwp = fxw ? at::empty({2, X.size(0)}, X.options().dtype(at::kDouble)) : none(at::kDouble);
+  at::Tensor gywp = fyw ? at::empty({2, Y.size(0)}, Y.options().dtype(at::kDouble)) : none(at::kDouble);
+  if (!(fx || fy || fxw || fyw)) return {terms, gxp, gyp, gxwp, gywp};
+
+  const T* xw = XW.numel() ? XW.data_ptr<T>() : nullptr;
+  const T* yw = YW.numel() ? YW.data_ptr<T>() : nullptr;
+  const int64_t nx = X.size(0), ny = Y.size(0);
+  ZeroRows<T> zx, zy;
+  if (fxw && xw != nullptr) zx = zero_rows_x<T>(st, pb, X, xw, SH);
+  if (fyw && yw != nullptr)  // fyw: y not shared, one x set per pack set
+    zy = zero_rows_y<T>(st, Y, yw, SH, [](int64_t, double v) { return v; });
+  T* GX = fx ? gxp.data_ptr<T>() : nullptr;
+  T* GY = fy ? gyp.data_ptr<T>() : nullptr;
+  double* GXW = fxw ? gxwp.data_ptr<double>() : nullptr;
+  double* GYW = fyw ? gywp.data_ptr<double>() : nullptr;
+  // rows outside every set (offsets that do not span the rows: only a direct op call): zero
+  auto zero_outside = [d](T* g, double* gw, int64_t n, int64_t r0, int64_t r1) {
+    for (int64_t h = 0; h < 2; ++h) {
+      if (g != nullptr) {
+        std::fill(g + h * n * d, g + (h * n + r0) * d, T(0));
+        std::fill(g + (h * n + r1) * d, g + (h + 1) * n * d, T(0));
+      }
+      if (gw != nullptr) {
+        std::fill(gw + h * n, gw + h * n + r0, 0.0);
+        std::fill(gw + h * n + r1, gw + (h + 1) * n, 0.0);
+      }
+    }
+  };
+  zero_outside(GX, GXW, nx, pb.xo[0], pb.xo[B]);
+  if (fy || fyw) zero_outside(GY, GYW, ny, pb.yo[0], pb.yo[2 * B - 1]);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t s = st.ysi[b];
+      const double sw = st.dx[b].sum, sv = st.dy[s].sum, D = st.dx[b].D;
+      const double cxx = 4.0 / D, cxy = 2.0 / (sw * sv), txx = out[3 * b], txy = out[3 * b + 2];
+      for (int64_t p = st.px.row0(b); p < st.px.row0(b) + st.px.n[b]; ++p) {
+        const int64_t i = st.px.src[p];
+        if (fx)
+          for (int64_t k = 0; k < d; ++k) {
+            GX[i * d + k] = T(cxx * rs.gxx[p * dp + k]);
+            GX[(nx + i) * d + k] = T(cxy * rs.gxy_x[p * dp + k]);
+          }
+        if (fxw) {
+          const double wi = double(st.px.w[p]), dD = unbiased ? 2.0 * (sw - wi) : 2.0 * sw;
+          GXW[i] = (2.0 * rs.ksxx[p] - txx * dD) / D;
+          GXW[nx + i] = (rs.ksxy_x[p] / sv - txy) / sw;
+        }
+      }
+      if (fx && xw != nullptr)  // weight-0 rows: no contribution
+        for (int64_t i = pb.xo[b]; i < pb.xo[b + 1]; ++i)
+          if (xw[i] == T(0))
+            for (int64_t k = 0; k < d; ++k) GX[i * d + k] = GX[(nx + i) * d + k] = T(0);
+      if (!zx.self.empty())
+        for (int64_t p = zx.pk.row0(b); p < zx.pk.row0(b) + zx.pk.n[b]; ++p) {
+          GXW[zx.pk.src[p]] = (2.0 * zx.self[p] - txx * 2.0 * sw) / D;
+          GXW[nx + zx.pk.src[p]] = (zx.cross[p] / sv - txy) / sw;
+        }
+      if (fy || fyw) {  // not shared: y pack set s is set b's alone
+        const double Dy = st.dy[s].D, tyy = out[3 * b + 1], cyy = 4.0 / Dy;
+        for (int64_t p = st.py.row0(s); p < st.py.row0(s) + st.py.n[s]; ++p) {
+          const int64_t i = st.py.src[p];
+          if (fy)
+            for (int64_t k = 0; k < d; ++k) {
+              GY[i * d + k] = T(cyy * rs.gyy[p * dp + k]);
+              GY[(ny + i) * d + k] = T(cxy * rs.gxy_y[p * dp + k]);
+            }
+          if (fyw) {
+            const double vi = double(st.py.w[p]), dD = unbiased ? 2.0 * (sv - vi) : 2.0 * sv;
+            GYW[i] = (2.0 * rs.ksyy[p] - tyy * dD) / Dy;
+            GYW[ny + i] = (rs.ksxy_y[p] / sw - txy) / sv;
+          }
+        }
+        if (fy && yw != nullptr)
+          for (int64_t i = st.yr0[s]; i < st.yr1[s]; ++i)
+            if (yw[i] == T(0))
+              for (int64_t k = 0; k < d; ++k) GY[i * d + k] = GY[(ny + i) * d + k] = T(0);
+        if (!zy.self.empty())
+          for (int64_t p = zy.pk.row0(s); p < zy.pk.row0(s) + zy.pk.n[s]; ++p) {
+            GYW[zy.pk.src[p]] = (2.0 * zy.self[p] - tyy * 2.0 * sv) / Dy;
+            GYW[ny + zy.pk.src[p]] = (zy.cross[p] / sw - txy) / sv;
+          }
+      }
+    }
+  });
+  return {terms, gxp, gyp, gxwp, gywp};
 }
 
-at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+at::Tensor to_ct(const at::Tensor& t, at::ScalarType ct) { return t.to(ct).contiguous(); }
 
-at::Tensor seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_offsets,
-                       const at::Tensor& y_offsets, const at::Tensor& x_weights, const at::Tensor& y_weights,
-                       const at::Tensor& shifts, int64_t kind, at::ArrayRef<double> params, bool unbiased,
-                       c10::string_view precision) {
+using FwdOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_offsets, const at::Tensor& y_offsets,
+                   const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& shifts, int64_t kind,
+                   at::ArrayRef<double> params, bool unbiased, bool grad_x, bool grad_y, bool grad_xw, bool grad_yw,
+                   c10::string_view precision) {
   check_inputs(x, y, x_weights, y_weights, shifts, kind, params);
   const auto ct = compute_type(x);
-  at::Tensor X = x.to(ct).contiguous(), Y = y.to(ct).contiguous(), SH = shifts.to(ct).contiguous();
-  at::Tensor XW = x_weights.to(ct).contiguous(), YW = y_weights.to(ct).contiguous();
+  at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct), SH = to_ct(shifts, ct);
+  at::Tensor XW = to_ct(x_weights, ct), YW = to_ct(y_weights, ct);
   Problem pb = make_problem(x_offsets, y_offsets, SH, y.size(0));
   TORCH_CHECK(pb.xo[pb.B] <= x.size(0) && SH.size(0) == pb.B, "wae_fast cpp backend: x_offsets / shifts mismatch");
-  if (ct == at::kDouble)
-    return seg_fwd_t<double>(X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()),
-                             unbiased);
-  return seg_fwd_t<float>(X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()), unbiased);
+  // the parts of wae_fast.contract.segments_fused_flags (a y shared by B > 1 sets: none)
+  const bool shared = pb.shared && pb.B > 1;
+  const bool fx = grad_x, fy = grad_y && !shared, fxw = grad_xw && x_weights.numel() > 0,
+             fyw = grad_yw && !shared && y_weights.numel() > 0;
+  const std::vector<double> P(params.begin(), params.end());
+  std::vector<at::Tensor> o = ct == at::kDouble
+                                  ? seg_fwd_t<double>(X, Y, pb, XW, YW, SH, int(kind), P, unbiased, fx, fy, fxw, fyw)
+                                  : seg_fwd_t<float>(X, Y, pb, XW, YW, SH, int(kind), P, unbiased, fx, fy, fxw, fyw);
+  return {o[0], o[1], o[2], o[3], o[4]};
 }
 
-// Gradients of sum_b grad_terms[b] . terms[b] (wae_fast/segment_sums.py), with the engine's
-// weighted row-side sums g_i = w_i sum_j v_j W_ij (a_i - b_j) and s_i = sum_j v_j k_ij:
+// Gradients of sum_b grad_terms[b] . terms[b] (wae_fast/segment_sums.py), with the row sums of
+// run_pass (RowSums):
 //   d/dx_i = 4 g_xx g^xx_i / D_x + 2 g_xy g^xy_i / (sum w sum v)
 //   d/dw_i = g_xx (2 s^xx_i - t_xx dD_x/dw_i) / D_x + g_xy (s^xy_i / sum v - t_xy) / sum w
-// y alike.  One tile pass per term gives both sides (symmetric tiles: row and column side of the
-// same buffer; the cross term: x rows and y columns), scheduled in rounds (schedule()).  A y shared
-// by every set: its xy-side sums come from y row blocks looping over the sets (each set's
-// contribution scaled as it is added), so no two tasks write one y row.  Weight-0 rows (only for
-// the weights' gradient): a row pass of those rows against the set's packed columns.
+// y alike.  Called for what the forward did not fuse: a y shared by every set (its xy-side sums
+// come from y row blocks looping over the sets, each set's contribution scaled as it is added,
+// so no two tasks write one y row), and calls whose forward ran without the flags.
 template <class T>
 std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, const at::Tensor& X,
                                   const at::Tensor& Y, const Problem& pb, const at::Tensor& XW, const at::Tensor& YW,
@@ -530,87 +816,26 @@ std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, 
   const double* G = GTt.data_ptr<double>();
   const double* TT = TTt.data_ptr<double>();
   const int64_t d = st.d, dp = st.dp, B = st.B, NY = int64_t(st.yset.size());
-  const int64_t nxr = st.px.ntiles * kTile, nyr = st.py.ntiles * kTile;
-  const bool need_x = grad_x || grad_xw, need_y = grad_y || grad_yw;
+  const int64_t nyr = st.py.ntiles * kTile;
+  const bool need_y = grad_y || grad_yw;
   const bool ytrans = st.shared && B > 1;
-  Scratch<double> gxx, gxy_x, gyy, gxy_y, ksxx, ksxy_x, ksyy, ksxy_y;
-  if (grad_x) gxx.reset(nxr * dp, true), gxy_x.reset(nxr * dp, true);
-  if (grad_y) gyy.reset(nyr * dp, true), gxy_y.reset(ytrans ? 0 : nyr * dp, true);
-  if (grad_xw) ksxx.reset(nxr, true), ksxy_x.reset(nxr, true);
-  if (grad_yw) ksyy.reset(nyr, true), ksxy_y.reset(ytrans ? 0 : nyr, true);
-  auto ptr = [](Scratch<double>& v, int64_t off) -> double* { return v.empty() ? nullptr : v.data() + off; };
+  PassSpec spec;
+  spec.gx = grad_x;
+  spec.gy = grad_y;
+  spec.kx = grad_xw;
+  spec.ky = grad_yw;
+  spec.y_cross = !ytrans;
+  RowSums rs;
+  std::vector<double> unused_xx, unused_xy, unused_yy;
+  run_pass<T>(st, spec, rs, unused_xx, unused_xy, unused_yy);
 
-  std::vector<std::vector<Task>> phases;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(st.ysi[b]);
-    if (need_x) schedule(phases, kXX, b, nbx, nbx, true, true);
-    const bool xy_cols = need_y && !ytrans;
-    if (need_x || xy_cols) schedule(phases, kXY, b, nbx, nby, false, xy_cols);
-  }
-  if (need_y)
-    for (int64_t s = 0; s < NY; ++s) schedule(phases, kYY, s, st.py.blocks(s), st.py.blocks(s), true, true);
-  for (const std::vector<Task>& tasks : phases) {
-    at::parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const Task& k = tasks[t];
-        TileProblem<T> tp = st.term_problem(k.term, k.set);
-        double *gr = nullptr, *gc = nullptr;
-        if (k.term == kXX) {
-          const int64_t o = st.px.row0(k.set);
-          gr = gc = ptr(gxx, o * dp);
-          tp.ks_rows = tp.ks_cols = ptr(ksxx, o);
-        } else if (k.term == kYY) {
-          const int64_t o = st.py.row0(k.set);
-          gr = gc = ptr(gyy, o * dp);
-          tp.ks_rows = tp.ks_cols = ptr(ksyy, o);
-        } else {
-          const int64_t ox = st.px.row0(k.set), oy = st.py.row0(st.ysi[k.set]);
-          gr = ptr(gxy_x, ox * dp);
-          gc = ptr(gxy_y, oy * dp);
-          tp.ks_rows = ptr(ksxy_x, ox);
-          tp.ks_cols = ptr(ksxy_y, oy);
-        }
-        wae_cpu_tiles::run_block<T>(tp, k.I0, k.I1, k.J0, k.J1, k.tri, gr, gc, st.isa);
-      }
-    });
-  }
-
-  // Rows of pack `rows` (set s, blocks) against the x sets b using y pack set s, one block per
-  // task, each set's row sums (into tg / tk: kTile rows) handed to `take(b, row, tg, tk)`.
-  struct RowBlock {
-    int64_t s, I;
-  };
-  auto cross_rows = [&](const Pack<T>& rows, bool with_g, bool with_k,
-                        const std::function<void(int64_t, int64_t, const double*, const double*)>& take) {
-    std::vector<RowBlock> blocks;
-    for (int64_t s = 0; s < NY; ++s)
-      for (int64_t I = 0; I < rows.blocks(s); ++I) blocks.push_back({s, I});
-    at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
-      std::vector<double> tg(with_g ? kTile * dp : 0), tk(with_k ? kTile : 0);
-      for (int64_t t = t0; t < t1; ++t) {
-        const RowBlock& rb = blocks[t];
-        for (int64_t b = 0; b < B; ++b) {
-          if (st.ysi[b] != rb.s || st.px.blocks(b) == 0) continue;
-          std::fill(tg.begin(), tg.end(), 0.0);
-          std::fill(tk.begin(), tk.end(), 0.0);
-          TileProblem<T> tp = st.problem(rows.operand(rb.s, rb.I), rows.weights(rb.s, rb.I), st.px.operand(b),
-                                         st.px.weights(b), false);
-          tp.ks_rows = with_k ? tk.data() : nullptr;
-          wae_cpu_tiles::run_block<T>(tp, 0, 1, 0, st.px.blocks(b), false, with_g ? tg.data() : nullptr, nullptr,
-                                      st.isa);
-          take(b, rows.row0(rb.s) + rb.I * kTile, tg.data(), tk.data());
-        }
-      }
-    });
-  };
   // shared y: the xy term's y side, scaled per set as it is added
   Scratch<double> gyacc, gywacc;
   if (ytrans && need_y) {
     if (grad_y) gyacc.reset(nyr * dp, true);
     if (grad_yw) gywacc.reset(nyr, true);
-    cross_rows(st.py, grad_y, grad_yw, [&](int64_t b, int64_t r0, const double* tg, const double* tk) {
+    cross_rows<T>(st, st.py, grad_y, grad_yw, [&](int64_t b, int64_t r0, int64_t nn, const double* tg, const double* tk) {
       const int64_t s = st.ysi[b];
-      const int64_t nn = std::min<int64_t>(kTile, st.py.row0(s) + st.py.n[s] - r0);
       const double cxy = 2.0 * G[3 * b + 2] / (st.dx[b].sum * st.dy[s].sum);
       for (int64_t r = 0; r < nn; ++r) {
         if (grad_y)
@@ -622,51 +847,12 @@ std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, 
   // weight-0 rows: their weights' gradient (the row sums against the set's packed columns)
   const T* xw = XW.numel() ? XW.data_ptr<T>() : nullptr;
   const T* yw = YW.numel() ? YW.data_ptr<T>() : nullptr;
-  Pack<T> zx, zy;
-  std::vector<double> zxx, zxy, zyy, zyc;
-  if (grad_xw && xw != nullptr) {
-    std::vector<int64_t> r0(pb.xo.begin(), pb.xo.end() - 1), r1(pb.xo.begin() + 1, pb.xo.end()), sh(B);
-    for (int64_t b = 0; b < B; ++b) sh[b] = b;
-    zx = build_pack<T>(X.data_ptr<T>(), xw, r0, r1, SH.data_ptr<T>(), sh, d, dp, Keep::kZero);
-    zxx.assign(zx.ntiles * kTile, 0.0);
-    zxy.assign(zx.ntiles * kTile, 0.0);
-    std::vector<RowBlock> blocks;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t I = 0; I < zx.blocks(b); ++I) blocks.push_back({b, I});
-    at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = blocks[t].s, I = blocks[t].I, ys = st.ysi[b], o = zx.row0(b);
-        TileProblem<T> tp = st.problem(zx.operand(b), zx.weights(b), st.px.operand(b), st.px.weights(b), false);
-        tp.ks_rows = zxx.data() + o;
-        if (st.px.blocks(b) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.px.blocks(b), false, nullptr, nullptr, st.isa);
-        tp = st.problem(zx.operand(b), zx.weights(b), st.py.operand(ys), st.py.weights(ys), false);
-        tp.ks_rows = zxy.data() + o;
-        if (st.py.blocks(ys) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.py.blocks(ys), false, nullptr, nullptr, st.isa);
-      }
+  ZeroRows<T> zx, zy;
+  if (grad_xw && xw != nullptr) zx = zero_rows_x<T>(st, pb, X, xw, SH);
+  if (grad_yw && yw != nullptr)
+    zy = zero_rows_y<T>(st, Y, yw, SH, [&](int64_t b, double v) {
+      return G[3 * b + 2] * (v / st.dx[b].sum - TT[3 * b + 2]) / st.dy[st.ysi[b]].sum;
     });
-  }
-  if (grad_yw && yw != nullptr) {
-    zy = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, d, dp, Keep::kZero);
-    zyy.assign(zy.ntiles * kTile, 0.0);
-    zyc.assign(zy.ntiles * kTile, 0.0);
-    std::vector<RowBlock> blocks;
-    for (int64_t s = 0; s < NY; ++s)
-      for (int64_t I = 0; I < zy.blocks(s); ++I) blocks.push_back({s, I});
-    at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t s = blocks[t].s, I = blocks[t].I;
-        TileProblem<T> tp = st.problem(zy.operand(s), zy.weights(s), st.py.operand(s), st.py.weights(s), false);
-        tp.ks_rows = zyy.data() + zy.row0(s);
-        if (st.py.blocks(s) > 0) wae_cpu_tiles::run_block<T>(tp, I, I + 1, 0, st.py.blocks(s), false, nullptr, nullptr, st.isa);
-      }
-    });
-    cross_rows(zy, false, true, [&](int64_t b, int64_t r0, const double*, const double* tk) {
-      const int64_t s = st.ysi[b];
-      const int64_t nn = std::min<int64_t>(kTile, zy.row0(s) + zy.n[s] - r0);
-      for (int64_t r = 0; r < nn; ++r)
-        zyc[r0 + r] += G[3 * b + 2] * (tk[r] / st.dx[b].sum - TT[3 * b + 2]) / st.dy[s].sum;
-    });
-  }
 
   // combine per row (fp64), rounded once to the compute type
   at::Tensor gx = at::zeros({grad_x ? X.size(0) : 0, d}, X.options());
@@ -677,7 +863,7 @@ std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, 
   T* GY = gy.data_ptr<T>();
   double* GXW = gxw.data_ptr<double>();
   double* GYW = gyw.data_ptr<double>();
-  if (need_x)
+  if (grad_x || grad_xw)
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t s = st.ysi[b];
@@ -686,16 +872,17 @@ std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, 
         for (int64_t p = st.px.row0(b); p < st.px.row0(b) + st.px.n[b]; ++p) {
           const int64_t i = st.px.src[p];
           if (grad_x)
-            for (int64_t k = 0; k < d; ++k) GX[i * d + k] = T(cxx * gxx[p * dp + k] + cxy * gxy_x[p * dp + k]);
+            for (int64_t k = 0; k < d; ++k) GX[i * d + k] = T(cxx * rs.gxx[p * dp + k] + cxy * rs.gxy_x[p * dp + k]);
           if (grad_xw) {
             const double wi = double(st.px.w[p]), dD = unbiased ? 2.0 * (sw - wi) : 2.0 * sw;
-            GXW[i] = G[3 * b] * (2.0 * ksxx[p] - TT[3 * b] * dD) / D + G[3 * b + 2] * (ksxy_x[p] / sv - TT[3 * b + 2]) / sw;
+            GXW[i] = G[3 * b] * (2.0 * rs.ksxx[p] - TT[3 * b] * dD) / D +
+                     G[3 * b + 2] * (rs.ksxy_x[p] / sv - TT[3 * b + 2]) / sw;
           }
         }
-        if (!zxx.empty())
-          for (int64_t p = zx.row0(b); p < zx.row0(b) + zx.n[b]; ++p)
-            GXW[zx.src[p]] = G[3 * b] * (2.0 * zxx[p] - TT[3 * b] * 2.0 * sw) / D +
-                             G[3 * b + 2] * (zxy[p] / sv - TT[3 * b + 2]) / sw;
+        if (!zx.self.empty())
+          for (int64_t p = zx.pk.row0(b); p < zx.pk.row0(b) + zx.pk.n[b]; ++p)
+            GXW[zx.pk.src[p]] = G[3 * b] * (2.0 * zx.self[p] - TT[3 * b] * 2.0 * sw) / D +
+                                G[3 * b + 2] * (zx.cross[p] / sv - TT[3 * b + 2]) / sw;
       }
     });
   if (need_y)
@@ -713,16 +900,16 @@ std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, 
         const int64_t i = st.py.src[p];
         if (grad_y)
           for (int64_t k = 0; k < d; ++k)
-            GY[i * d + k] += T(cyy * gyy[p * dp + k] + (ytrans ? gyacc[p * dp + k] : cxy * gxy_y[p * dp + k]));
+            GY[i * d + k] += T(cyy * rs.gyy[p * dp + k] + (ytrans ? gyacc[p * dp + k] : cxy * rs.gxy_y[p * dp + k]));
         if (grad_yw) {
           const double vi = double(st.py.w[p]), dD = unbiased ? 2.0 * (sv - vi) : 2.0 * sv;
-          GYW[i] += (2.0 * A * ksyy[p] - C * dD) / D +
-                    (ytrans ? gywacc[p] : G[3 * b + 2] * (ksxy_y[p] / st.dx[b].sum - TT[3 * b + 2]) / sv);
+          GYW[i] += (2.0 * A * rs.ksyy[p] - C * dD) / D +
+                    (ytrans ? gywacc[p] : G[3 * b + 2] * (rs.ksxy_y[p] / st.dx[b].sum - TT[3 * b + 2]) / sv);
         }
       }
-      if (!zyy.empty())
-        for (int64_t p = zy.row0(s); p < zy.row0(s) + zy.n[s]; ++p)
-          GYW[zy.src[p]] += (2.0 * A * zyy[p] - C * 2.0 * sv) / D + zyc[p];
+      if (!zy.self.empty())
+        for (int64_t p = zy.pk.row0(s); p < zy.pk.row0(s) + zy.pk.n[s]; ++p)
+          GYW[zy.pk.src[p]] += (2.0 * A * zy.self[p] - C * 2.0 * sv) / D + zy.cross[p];
     }
   return {gx, gy, gxw, gyw};
 }
@@ -734,19 +921,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seg_bwd_cpp(
     bool grad_x, bool grad_y, bool grad_xw, bool grad_yw, c10::string_view precision) {
   check_inputs(x, y, x_weights, y_weights, shifts, kind, params);
   const auto ct = compute_type(x);
-  at::Tensor X = x.to(ct).contiguous(), Y = y.to(ct).contiguous(), SH = shifts.to(ct).contiguous();
-  at::Tensor XW = x_weights.to(ct).contiguous(), YW = y_weights.to(ct).contiguous();
+  at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct), SH = to_ct(shifts, ct);
+  at::Tensor XW = to_ct(x_weights, ct), YW = to_ct(y_weights, ct);
   at::Tensor GT = grad_terms.to(at::kDouble).contiguous(), TT = terms.to(at::kDouble).contiguous();
   Problem pb = make_problem(x_offsets, y_offsets, SH, y.size(0));
   TORCH_CHECK(GT.numel() == 3 * pb.B && TT.numel() == 3 * pb.B, "wae_fast cpp backend: grad_terms / terms must be (B, 3)");
   grad_xw = grad_xw && x_weights.numel() > 0;
   grad_yw = grad_yw && y_weights.numel() > 0;
+  const std::vector<double> P(params.begin(), params.end());
   std::vector<at::Tensor> g =
       ct == at::kDouble
-          ? seg_bwd_t<double>(GT, TT, X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()),
-                              unbiased, grad_x, grad_y, grad_xw, grad_yw)
-          : seg_bwd_t<float>(GT, TT, X, Y, pb, XW, YW, SH, int(kind), std::vector<double>(params.begin(), params.end()),
-                             unbiased, grad_x, grad_y, grad_xw, grad_yw);
+          ? seg_bwd_t<double>(GT, TT, X, Y, pb, XW, YW, SH, int(kind), P, unbiased, grad_x, grad_y, grad_xw, grad_yw)
+          : seg_bwd_t<float>(GT, TT, X, Y, pb, XW, YW, SH, int(kind), P, unbiased, grad_x, grad_y, grad_xw, grad_yw);
   auto empty = at::empty({0}, x.options());
   return {grad_x ? g[0].to(x.scalar_type()) : empty, grad_y ? g[1].to(y.scalar_type()) : empty,
           grad_xw ? g[2].to(x_weights.scalar_type()) : empty, grad_yw ? g[3].to(y_weights.scalar_type()) : empty};
