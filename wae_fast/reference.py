@@ -31,7 +31,7 @@ from .pairsum import (BLOCK_SIZE, acc_cols, acc_rows, cross_blocks, cross_sum,
                       kernel_and_derivative, pair_block, pair_count, self_sum, sq_dist, sq_norms,
                       sym_block)
 from .philox import check_seed, prior_rows
-from .segment_sums import segment_grads, segment_terms
+from .segment_batch import segment_grads, segment_terms
 from .validation import check_sigma2
 
 def mmd_terms_blocked(x, y, offset, kind, params, unbiased, grad_x=False, grad_y=False,

@@ -1,5 +1,6 @@
-"""Weighted kernel sums over many point sets (the ``mmd_segments`` op family), in PyTorch: the
-reference backend's implementation and the formulas every backend follows.
+"""Weighted kernel sums over many point sets (the ``mmd_segments`` op family): the formulas every
+backend follows (the reference's implementation, all sets at once: :mod:`wae_fast.segment_batch`)
+and the task tables of the one-launch backends (:class:`Plan`).
 
 Set b holds x rows ``x_offsets[b]:x_offsets[b+1]`` with weights w and y rows (its own range, or
 all of y when y is shared) with weights v, both shifted by ``shifts[b]``.  Everything comes
@@ -26,147 +27,11 @@ from __future__ import annotations
 import torch
 
 from .contract import segments_unfused
-from .pairsum import BLOCK_SIZE, acc_rows, pair_block, sq_norms
+# the reference implementation: every set at once (also the one-launch backends' wide-d fallback)
+from .segment_batch import segment_grads, segment_terms
 
-
-def row_pass(a, b, v, kind, params, exclude_diag: bool, self_pass: bool, need_grad: bool,
-             block: int = BLOCK_SIZE):
-    """s (n,) float64 and, with ``need_grad``, G (n, d) in a's dtype (see the module doc).
-    ``self_pass``: a and b are the same rows (r_ii = 0 exactly on diagonal blocks);
-    ``exclude_diag``: the j == i terms are skipped (U-statistic)."""
-    n = a.shape[0]
-    na, nb = sq_norms(a), sq_norms(b)
-    s = torch.zeros((n,), dtype=torch.float64, device=a.device)
-    g = torch.zeros_like(a) if need_grad else None
-    for i0 in range(0, n, block):
-        ab, nab = a[i0:i0 + block], na[i0:i0 + block]
-        for j0 in range(0, b.shape[0], block):
-            diag = self_pass and i0 == j0
-            k, w = pair_block(ab, b[j0:j0 + block], nab, nb[j0:j0 + block], diag, kind, params,
-                              need_grad)
-            if diag and exclude_diag:
-                k.diagonal().zero_()
-                if w is not None:
-                    w.diagonal().zero_()
-            vb = v[j0:j0 + block]
-            s[i0:i0 + block] += (k * vb).sum(1, dtype=torch.float64)
-            if g is not None:
-                acc_rows(g, i0, w * vb, ab, b[j0:j0 + block], kind)
-    return s, g
-
-
-def set_weights(w: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
-    """The set's weights in the compute dtype (unit weights when ``w`` is empty)."""
-    return torch.ones((n,), dtype=like.dtype, device=like.device) if w.numel() == 0 else w.to(like.dtype)
-
-
-def denominators(w: torch.Tensor, unbiased: bool):
-    """(sum w, D, dD/dw) in float64; NaN when a weight is negative or not finite."""
-    wd = w.double()
-    bad = not bool(torch.isfinite(wd).all()) or bool((wd < 0).any())
-    if bad:
-        wd = torch.full_like(wd, float("nan"))
-    total = wd.sum()
-    if unbiased:
-        before = torch.cumsum(wd, 0) - wd  # sum_{j<i} w_j
-        return total, 2.0 * (wd * before).sum(), 2.0 * (total - wd)
-    return total, total * total, (2.0 * total).expand_as(wd)
-
-
-def masked_columns(p: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Rows with weight 0 replaced by zeros: their coordinates never reach a sum."""
-    return torch.where((w != 0)[:, None], p, torch.zeros((), dtype=p.dtype, device=p.device))
-
-
-def row_dot(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """sum_i w_i s_i over the rows with w_i != 0 (a weight-0 row's s may be NaN: never read)."""
-    wd = w.double()
-    return torch.where(w != 0, wd * s, torch.zeros((), dtype=torch.float64, device=s.device)).sum()
-
-
-def ranges(x_offsets: torch.Tensor, y_offsets: torch.Tensor):
-    """Host (x range, y range) of every set."""
-    xo, yo = x_offsets.tolist(), y_offsets.tolist()
-    nsets = len(xo) - 1
-    shared = len(yo) == 2
-    return [((xo[b], xo[b + 1]), (yo[0], yo[1]) if shared else (yo[b], yo[b + 1])) for b in range(nsets)]
-
-
-def _set_data(x, y, xw, yw, shift, xr, yr, ct):
-    xs = x[xr[0]:xr[1]].to(ct) - shift
-    ys = y[yr[0]:yr[1]].to(ct) - shift
-    w = set_weights(xw[xr[0]:xr[1]] if xw.numel() else xw, xs.shape[0], xs)
-    v = set_weights(yw[yr[0]:yr[1]] if yw.numel() else yw, ys.shape[0], ys)
-    return xs, ys, w, v
-
-
-def segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
-                  unbiased: bool, ct) -> torch.Tensor:
-    """Contract forward ``mmd_segments_fwd``: float64 (B, 3) terms, one set at a time."""
-    rows = []
-    for b, (xr, yr) in enumerate(ranges(x_offsets, y_offsets)):
-        xs, ys, w, v = _set_data(x, y, x_weights, y_weights, shifts[b].to(ct), xr, yr, ct)
-        xm, ym = masked_columns(xs, w), masked_columns(ys, v)
-        sw, dx, _ = denominators(w, unbiased)
-        sv, dy, _ = denominators(v, unbiased)
-        sxx, _ = row_pass(xs, xm, w, kind, params, unbiased, True, False)
-        syy, _ = row_pass(ys, ym, v, kind, params, unbiased, True, False)
-        sxy, _ = row_pass(xs, ym, v, kind, params, False, False, False)
-        rows.append(torch.stack([row_dot(w, sxx) / dx, row_dot(v, syy) / dy,
-                                 row_dot(w, sxy) / (sw * sv)]))
-    return torch.stack(rows)
-
-
-def _side_grads(a, am, wa, b, bm, wb, g_self, g_cross, t_self, t_cross, unbiased, kind, params,
-                need_p, need_w):
-    """Gradients to one side's rows a (weights wa) of its set: the self term and the cross term
-    against the other side b (weights wb)."""
-    sa, d_self, dd = denominators(wa, unbiased)
-    sb, _, _ = denominators(wb, unbiased)
-    s_self, g_s = row_pass(a, am, wa, kind, params, unbiased, True, need_p)
-    s_cross, g_c = row_pass(a, bm, wb, kind, params, False, False, need_p)
-    gp = gw = None
-    if need_p:
-        c_self = (4.0 * g_self / d_self) * wa.double()
-        c_cross = (2.0 * g_cross / (sa * sb)) * wa.double()
-        gp = c_self.to(a.dtype)[:, None] * g_s + c_cross.to(a.dtype)[:, None] * g_c
-        gp = torch.where((wa != 0)[:, None], gp, torch.zeros((), dtype=gp.dtype, device=gp.device))
-    if need_w:
-        gw = g_self * (2.0 * s_self - t_self * dd) / d_self + g_cross * (s_cross / sb - t_cross) / sa
-    return gp, gw
-
-
-def segment_grads(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
-                  kind, params, unbiased, grad_x, grad_y, grad_xw, grad_yw, ct):
-    """Contract backward ``mmd_segments_bwd``: gradients to x, y and the weights (a y shared by
-    every set sums its sets' contributions)."""
-    gx = torch.zeros(x.shape, dtype=ct, device=x.device) if grad_x else None
-    gy = torch.zeros(y.shape, dtype=ct, device=y.device) if grad_y else None
-    gxw = torch.zeros(x_weights.shape, dtype=torch.float64, device=x.device) if grad_xw else None
-    gyw = torch.zeros(y_weights.shape, dtype=torch.float64, device=x.device) if grad_yw else None
-    g = grad_terms.double()
-    for b, (xr, yr) in enumerate(ranges(x_offsets, y_offsets)):
-        xs, ys, w, v = _set_data(x, y, x_weights, y_weights, shifts[b].to(ct), xr, yr, ct)
-        xm, ym = masked_columns(xs, w), masked_columns(ys, v)
-        t = terms[b].double()
-        if grad_x or grad_xw:
-            gp, gw = _side_grads(xs, xm, w, ys, ym, v, g[b, 0], g[b, 2], t[0], t[2], unbiased,
-                                 kind, params, grad_x, grad_xw)
-            if grad_x:
-                gx[xr[0]:xr[1]] += gp
-            if grad_xw:
-                gxw[xr[0]:xr[1]] += gw
-        if grad_y or grad_yw:
-            gp, gw = _side_grads(ys, ym, v, xs, xm, w, g[b, 1], g[b, 2], t[1], t[2], unbiased,
-                                 kind, params, grad_y, grad_yw)
-            if grad_y:
-                gy[yr[0]:yr[1]] += gp
-            if grad_yw:
-                gyw[yr[0]:yr[1]] += gw
-    empty = x.new_empty((0,))
-    return (gx.to(x.dtype) if grad_x else empty, gy.to(y.dtype) if grad_y else empty,
-            gxw.to(x_weights.dtype) if grad_xw else empty,
-            gyw.to(y_weights.dtype) if grad_yw else empty)
+__all__ = ["Plan", "get_plan", "plan_inputs", "plan_ops", "segment_grads", "segment_terms",
+           "sum_chunks"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,6 +211,13 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   const bool want_ks = WT && KR != nullptr;
   if (want_ks)
     for (int j = 0; j < kTile; ++j) KR[j] = KC[j] = T(0);
+  // columns up to the last valid one, in whole micro-tiles (a set's last tile, small sets):
+  // the others are padding; with GRAD their W entries are zeroed below (the gradient matmuls
+  // read whole tile rows, and a stale W could be NaN)
+  const int jlim = int(std::min<int64_t>(kTile, (pb.b.n - j0 + 2 * L - 1) / (2 * L) * (2 * L)));
+  // a diagonal tile without row / column outputs skips the micro-tiles wholly below the diagonal
+  // (a quarter of a 64-point tile; its sum counts j > i twice, see smask below)
+  const bool tri = diag && !GRAD && !want_ks;
   for (int ib = 0; ib < kTile; ib += 4) {
     const int64_t ibase = i0 + ib;
     if (ibase >= pb.a.n) {  // whole group of rows is padding
@@ -224,7 +231,8 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
     }
     V rs[4] = {zero, zero, zero, zero};
     V rk[4] = {zero, zero, zero, zero};  // WT: per-row sum_j v_j k_ij
-    for (int jb = 0; jb < kTile; jb += 2 * L) {
+    for (int jb = 0; jb < jlim; jb += 2 * L) {
+      if (tri && jb + 2 * L <= ib) continue;  // every column below every row of the group
       V acc[4][2];
       for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
       const T* a0 = A + ibase * dp;
@@ -270,18 +278,26 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
             wae_fast::poly_eval<V, T>(acc[r][h], P, kv, wv);
           }
           I kmask = pb.unbiased ? (valid & ~dmask) : valid;
+          // the tile sum of a diagonal tile counts j > i twice, j == i once (when counted) and
+          // j < i not at all, with or without GRAD (the same value either way, bit for bit:
+          // the micro-tiles a value-only pass skips would add zeros)
+          I smask = kmask;
+          V ks = kv;
+          if (diag) {
+            smask = kmask & (jidx >= (typename Vec<T>::IS)(i));
+            ks = (jidx > (typename Vec<T>::IS)(i)) ? kv + kv : kv;
+          }
           V vw = zero;
           if (WT) {
             vw = vload<V>(pb.wb + jbase);
-            const V km = kmask ? kv : zero;
-            const V kmv = km * vw;
-            ksum += wi * kmv;
+            ksum += wi * ((smask ? ks : zero) * vw);
             if (want_ks) {
-              rk[r] += kmv;
+              const V km = kmask ? kv : zero;
+              rk[r] += km * vw;
               ckacc[h] += wi * km;
             }
           } else {
-            ksum += kmask ? kv : zero;
+            ksum += smask ? ks : zero;
           }
           if (GRAD) {
             // r-kernels: W_ii multiplies a_i - a_i = 0; the polynomial's k(a_i, a_i) counts
@@ -310,6 +326,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         T s = T(0);
         for (int l = 0; l < L; ++l) s += rs[r][l];
         RS[ib + r] = s;
+        for (int j = jlim; j < kTile; ++j) W[(ib + r) * kTile + j] = T(0);
       }
     if (want_ks)
       for (int r = 0; r < 4; ++r) {
