@@ -476,3 +476,23 @@ def test_fused_parts_are_the_backward_per_term(seg_backend, shared):
             flags[k] = True
             want = contract.op(f"mmd_segments_bwd_{name}")(gt, out[0], *common, *flags, "ieee")[k]
             torch.testing.assert_close(part[j], want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_cpp_training_step_runs_the_tiles_once(monkeypatch, shared):
+    """cpp fuses every gradient into the forward: the backward op (which recomputes the tiles)
+    is not called, except for a y shared by B > 1 sets (its cross term sums over the sets)."""
+    pytest.importorskip("wae_fast.cpp_backend")
+    if wae_fast.which_backend(torch.zeros(1), "cpp", family="mmd_segments") != "cpp":
+        pytest.skip("cpp backend unavailable")
+    x, y, xw, yw = _data([0, 5, 70], [0, 9] if shared else [0, 4, 80], 3, torch.float64, "cpu",
+                         seed=4, nan_pad=False)
+    x, y, xw, yw = (t.requires_grad_(True) for t in (x, y, xw, yw))
+    calls = []
+    real = contract.op
+    monkeypatch.setattr(contract, "op", lambda name: calls.append(name) or real(name))
+    out = wae_fast.mmd_varlen(x, y, [0, 5, 70], None if shared else [0, 4, 80], backend="cpp",
+                              x_weights=xw, y_weights=yw)
+    grads = torch.autograd.grad(out.sum(), (x, y, xw, yw))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert ("mmd_segments_bwd_cpp" in calls) == shared, calls
