@@ -496,3 +496,27 @@ def test_cpp_training_step_runs_the_tiles_once(monkeypatch, shared):
     grads = torch.autograd.grad(out.sum(), (x, y, xw, yw))
     assert all(torch.isfinite(g).all() for g in grads)
     assert ("mmd_segments_bwd_cpp" in calls) == shared, calls
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("kname", ["imq", "poly"])
+def test_cpp_empty_shifts_are_the_glue_shifts(shared, kname):
+    """cpp declares computes_shifts: given empty shifts it forms contract.segment_shifts itself
+    (per-set means of the y rows with non-zero weight; weight-0 rows hold NaN and are not read)."""
+    if wae_fast.which_backend(torch.zeros(1), "cpp", family="mmd_segments") != "cpp":
+        pytest.skip("cpp backend unavailable")
+    xo, yo = [0, 5, 70], ([0, 9] if shared else [0, 4, 80])
+    x, y, xw, yw = _data(xo, yo, 3, torch.float64, "cpu", seed=8)  # NaN on weight-0 rows
+    y = y + 1e4  # far from the origin: a wrong shift shows in fp64 rounding, and a NaN one as NaN
+    kind, params = (wae_fast.IMQ() if kname == "imq" else wae_fast.Polynomial()).lower(3)
+    xo_t, yo_t = torch.tensor(xo), torch.tensor(yo)
+    glue = contract.segment_shifts(kind, y, yo, yw, 2)
+    outs = []
+    for sh in (glue, torch.empty(0, dtype=torch.float64)):
+        args = (x, y, xo_t, yo_t, xw, yw, sh, int(kind), [float(p) for p in params], True)
+        t = contract.op("mmd_segments_fwd_cpp")(*args, False, False, False, False, "ieee")[0]
+        gt = torch.tensor([[1.0, 0.5, -2.0], [0.3, -1.0, 2.0]], dtype=torch.float64)
+        outs.append((t,) + contract.op("mmd_segments_bwd_cpp")(gt, t, *args, True, True, True, True, "ieee"))
+    for a, b in zip(*outs):
+        assert torch.isfinite(a[a == a]).all() and torch.isfinite(b).all() == torch.isfinite(a).all()
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, equal_nan=True)

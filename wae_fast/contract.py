@@ -115,7 +115,9 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
   the glue has validated them (backends read them on the host; a GPU backend may copy them).
 * ``x_weights`` (sum_b N_b,) / ``y_weights`` in the compute dtype, or (0,) for unit weights;
   ``shifts`` (B, d) in the compute dtype: set b's points are shifted by shifts[b] (the glue passes
-  the mean of the set's y rows with non-zero weight, zeros for the polynomial).
+  the mean of the set's y rows with non-zero weight, zeros for the polynomial:
+  :func:`segment_shifts`); or (0,) for a backend that declares ``computes_shifts``, which then
+  computes those means itself (one pass over y instead of several torch ops).
 * ``terms`` float64 (B, 3): set b's weighted (mean k(x,x'), mean k(y,y'), mean k(x,y)), with
   reliability weights w (x), v (y): self terms sum_ij w_i w_j k_ij / (sum w)^2 (biased) or over
   i != j divided by sum_{i != j} w_i w_j (unbiased), cross term sum_ij w_i v_j k_ij / (sum w sum v).
@@ -650,7 +652,8 @@ def define_backend_ops(
     ``computes_shifts`` declares that ``mmd_fwd`` / ``mmd_bwd`` accept an empty (0,) ``offset``
     and then compute the glue's :func:`term_shifts` themselves (same values: the lower median
     per coordinate, torch.lerp's formula), so :func:`mmd_terms` passes an empty one (a small
-    call then pays no median, stack and cat ops in Python).
+    call then pays no median, stack and cat ops in Python); and likewise that
+    ``mmd_segments_fwd`` / ``_bwd`` accept empty ``shifts`` and compute :func:`segment_shifts`.
 
     ``one_launch(x, y, kind) -> bool`` (shapes, dtype and device only: it is evaluated while
     tracing) marks the calls a backend computes in one launch without host synchronisation:
@@ -865,7 +868,10 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list
     xw = x.new_empty((0,), dtype=ct) if x_weights is None else x_weights.contiguous()
     yw = y.new_empty((0,), dtype=ct) if y_weights is None else y_weights.contiguous()
     num_sets = len(x_offsets) - 1
-    shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
+    if _SHIFTS_IN_BACKEND.get(backend, False):  # the backend computes segment_shifts itself
+        shifts = x.new_empty((0,), dtype=ct)
+    else:
+        shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
     xo = torch.tensor(x_offsets, dtype=torch.int64, device=x.device)
     yo = torch.tensor(y_offsets, dtype=torch.int64, device=x.device)
     grad_on = torch.is_grad_enabled()

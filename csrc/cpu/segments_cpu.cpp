@@ -104,7 +104,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& xw
   TORCH_CHECK(x.scalar_type() == y.scalar_type(), "wae_fast cpp backend: x and y must have the same dtype");
   TORCH_CHECK(xw.numel() == 0 || xw.numel() == x.size(0), "wae_fast cpp backend: x_weights must be (N,) or empty");
   TORCH_CHECK(yw.numel() == 0 || yw.numel() == y.size(0), "wae_fast cpp backend: y_weights must be (M,) or empty");
-  TORCH_CHECK(shifts.dim() == 2 && shifts.size(1) == x.size(1), "wae_fast cpp backend: shifts must be (B, d)");
+  TORCH_CHECK(shifts.numel() == 0 || (shifts.dim() == 2 && shifts.size(1) == x.size(1)),
+              "wae_fast cpp backend: shifts must be (B, d), or empty (computed here)");
   TORCH_CHECK(kind == wae_fast::KIND_IMQ || kind == wae_fast::KIND_RBF || kind == wae_fast::KIND_POLY,
               "wae_fast cpp backend: unknown kernel kind ", kind);
   if (kind == wae_fast::KIND_POLY) {
@@ -777,6 +778,50 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
 
 at::Tensor to_ct(const at::Tensor& t, at::ScalarType ct) { return t.to(ct).contiguous(); }
 
+//! The glue's per-set shifts (wae_fast.contract.segment_shifts), for an empty `shifts`: the mean
+//! of each set's y rows with a non-zero weight (all rows unweighted; a y shared by every set: one
+//! mean), accumulated in fp64; zeros for the polynomial.  A weight-0 row is not read.  Y, YW in
+//! the compute dtype.
+template <class T>
+at::Tensor set_shifts_t(const at::Tensor& Y, const at::Tensor& YW, const at::Tensor& y_offsets, int64_t B,
+                        int64_t kind) {
+  const int64_t d = Y.size(1);
+  at::Tensor SH = at::zeros({B, d}, Y.options());
+  if (kind == wae_fast::KIND_POLY) return SH;
+  const auto yo = y_offsets.to(at::kLong).contiguous();
+  const int64_t* o = yo.data_ptr<int64_t>();
+  const bool shared = yo.numel() == 2;
+  TORCH_CHECK(shared || yo.numel() == B + 1, "wae_fast cpp backend: y_offsets must have B + 1 or 2 entries");
+  const T* y = Y.data_ptr<T>();
+  const T* w = YW.numel() ? YW.data_ptr<T>() : nullptr;
+  T* out = SH.data_ptr<T>();
+  at::parallel_for(0, shared ? 1 : B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> acc(d);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = o[shared ? 0 : b], r1 = o[shared ? 1 : b + 1];
+      TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= Y.size(0), "wae_fast cpp backend: bad y_offsets");
+      std::fill(acc.begin(), acc.end(), 0.0);
+      int64_t n = 0;
+      for (int64_t i = r0; i < r1; ++i) {
+        if (w != nullptr && w[i] == T(0)) continue;
+        for (int64_t k = 0; k < d; ++k) acc[k] += double(y[i * d + k]);
+        ++n;
+      }
+      for (int64_t k = 0; k < d; ++k) out[b * d + k] = T(acc[k] / double(std::max<int64_t>(n, 1)));
+    }
+  });
+  if (shared)
+    for (int64_t b = 1; b < B; ++b) std::copy(out, out + d, out + b * d);
+  return SH;
+}
+
+at::Tensor call_shifts(const at::Tensor& shifts, const at::Tensor& Y, const at::Tensor& YW,
+                       const at::Tensor& y_offsets, const at::Tensor& x_offsets, int64_t kind, at::ScalarType ct) {
+  if (shifts.numel() > 0) return to_ct(shifts, ct);
+  const int64_t B = x_offsets.numel() - 1;
+  return ct == at::kDouble ? set_shifts_t<double>(Y, YW, y_offsets, B, kind) : set_shifts_t<float>(Y, YW, y_offsets, B, kind);
+}
+
 using FwdOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_offsets, const at::Tensor& y_offsets,
@@ -785,8 +830,9 @@ FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x
                    c10::string_view precision) {
   check_inputs(x, y, x_weights, y_weights, shifts, kind, params);
   const auto ct = compute_type(x);
-  at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct), SH = to_ct(shifts, ct);
+  at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct);
   at::Tensor XW = to_ct(x_weights, ct), YW = to_ct(y_weights, ct);
+  at::Tensor SH = call_shifts(shifts, Y, YW, y_offsets, x_offsets, kind, ct);
   Problem pb = make_problem(x_offsets, y_offsets, SH, y.size(0));
   TORCH_CHECK(pb.xo[pb.B] <= x.size(0) && SH.size(0) == pb.B, "wae_fast cpp backend: x_offsets / shifts mismatch");
   // the parts of wae_fast.contract.segments_fused_flags (a y shared by B > 1 sets: none)
@@ -921,8 +967,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seg_bwd_cpp(
     bool grad_x, bool grad_y, bool grad_xw, bool grad_yw, c10::string_view precision) {
   check_inputs(x, y, x_weights, y_weights, shifts, kind, params);
   const auto ct = compute_type(x);
-  at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct), SH = to_ct(shifts, ct);
+  at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct);
   at::Tensor XW = to_ct(x_weights, ct), YW = to_ct(y_weights, ct);
+  at::Tensor SH = call_shifts(shifts, Y, YW, y_offsets, x_offsets, kind, ct);
   at::Tensor GT = grad_terms.to(at::kDouble).contiguous(), TT = terms.to(at::kDouble).contiguous();
   Problem pb = make_problem(x_offsets, y_offsets, SH, y.size(0));
   TORCH_CHECK(GT.numel() == 3 * pb.B && TT.numel() == 3 * pb.B, "wae_fast cpp backend: grad_terms / terms must be (B, 3)");
