@@ -719,58 +719,46 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   };
   zero_outside(GX, GXW, nx, pb.xo[0], pb.xo[B]);
   if (fy || fyw) zero_outside(GY, GYW, ny, pb.yo[0], pb.yo[2 * B - 1]);
+  // One side's parts for set b: rows of pack set ps (self sums gs / ks, cross sums gc / kc), its
+  // weight-0 rows (z), D its self denominator, own / other the two weight sums.
+  auto side = [&](const Pack<T>& pk, int64_t ps, const Scratch<double>& gs, const Scratch<double>& gc,
+                  const Scratch<double>& ks, const Scratch<double>& kc, const ZeroRows<T>& z, const T* w,
+                  int64_t r0, int64_t r1, T* G, double* GW, int64_t n, double D, double own, double other,
+                  double ts, double tc) {
+    const double cs = 4.0 / D, cc = 2.0 / (own * other);
+    for (int64_t p = pk.row0(ps); p < pk.row0(ps) + pk.n[ps]; ++p) {
+      const int64_t i = pk.src[p];
+      if (G != nullptr)
+        for (int64_t k = 0; k < d; ++k) {
+          G[i * d + k] = T(cs * gs[p * dp + k]);
+          G[(n + i) * d + k] = T(cc * gc[p * dp + k]);
+        }
+      if (GW != nullptr) {
+        const double wi = double(pk.w[p]), dD = unbiased ? 2.0 * (own - wi) : 2.0 * own;
+        GW[i] = (2.0 * ks[p] - ts * dD) / D;
+        GW[n + i] = (kc[p] / other - tc) / own;
+      }
+    }
+    if (G != nullptr && w != nullptr)  // weight-0 rows: no contribution
+      for (int64_t i = r0; i < r1; ++i)
+        if (w[i] == T(0))
+          for (int64_t k = 0; k < d; ++k) G[i * d + k] = G[(n + i) * d + k] = T(0);
+    if (!z.self.empty())
+      for (int64_t p = z.pk.row0(ps); p < z.pk.row0(ps) + z.pk.n[ps]; ++p) {
+        GW[z.pk.src[p]] = (2.0 * z.self[p] - ts * 2.0 * own) / D;
+        GW[n + z.pk.src[p]] = (z.cross[p] / other - tc) / own;
+      }
+  };
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t s = st.ysi[b];
-      const double sw = st.dx[b].sum, sv = st.dy[s].sum, D = st.dx[b].D;
-      const double cxx = 4.0 / D, cxy = 2.0 / (sw * sv), txx = out[3 * b], txy = out[3 * b + 2];
-      for (int64_t p = st.px.row0(b); p < st.px.row0(b) + st.px.n[b]; ++p) {
-        const int64_t i = st.px.src[p];
-        if (fx)
-          for (int64_t k = 0; k < d; ++k) {
-            GX[i * d + k] = T(cxx * rs.gxx[p * dp + k]);
-            GX[(nx + i) * d + k] = T(cxy * rs.gxy_x[p * dp + k]);
-          }
-        if (fxw) {
-          const double wi = double(st.px.w[p]), dD = unbiased ? 2.0 * (sw - wi) : 2.0 * sw;
-          GXW[i] = (2.0 * rs.ksxx[p] - txx * dD) / D;
-          GXW[nx + i] = (rs.ksxy_x[p] / sv - txy) / sw;
-        }
-      }
-      if (fx && xw != nullptr)  // weight-0 rows: no contribution
-        for (int64_t i = pb.xo[b]; i < pb.xo[b + 1]; ++i)
-          if (xw[i] == T(0))
-            for (int64_t k = 0; k < d; ++k) GX[i * d + k] = GX[(nx + i) * d + k] = T(0);
-      if (!zx.self.empty())
-        for (int64_t p = zx.pk.row0(b); p < zx.pk.row0(b) + zx.pk.n[b]; ++p) {
-          GXW[zx.pk.src[p]] = (2.0 * zx.self[p] - txx * 2.0 * sw) / D;
-          GXW[nx + zx.pk.src[p]] = (zx.cross[p] / sv - txy) / sw;
-        }
-      if (fy || fyw) {  // not shared: y pack set s is set b's alone
-        const double Dy = st.dy[s].D, tyy = out[3 * b + 1], cyy = 4.0 / Dy;
-        for (int64_t p = st.py.row0(s); p < st.py.row0(s) + st.py.n[s]; ++p) {
-          const int64_t i = st.py.src[p];
-          if (fy)
-            for (int64_t k = 0; k < d; ++k) {
-              GY[i * d + k] = T(cyy * rs.gyy[p * dp + k]);
-              GY[(ny + i) * d + k] = T(cxy * rs.gxy_y[p * dp + k]);
-            }
-          if (fyw) {
-            const double vi = double(st.py.w[p]), dD = unbiased ? 2.0 * (sv - vi) : 2.0 * sv;
-            GYW[i] = (2.0 * rs.ksyy[p] - tyy * dD) / Dy;
-            GYW[ny + i] = (rs.ksxy_y[p] / sw - txy) / sv;
-          }
-        }
-        if (fy && yw != nullptr)
-          for (int64_t i = st.yr0[s]; i < st.yr1[s]; ++i)
-            if (yw[i] == T(0))
-              for (int64_t k = 0; k < d; ++k) GY[i * d + k] = GY[(ny + i) * d + k] = T(0);
-        if (!zy.self.empty())
-          for (int64_t p = zy.pk.row0(s); p < zy.pk.row0(s) + zy.pk.n[s]; ++p) {
-            GYW[zy.pk.src[p]] = (2.0 * zy.self[p] - tyy * 2.0 * sv) / Dy;
-            GYW[ny + zy.pk.src[p]] = (zy.cross[p] / sw - txy) / sv;
-          }
-      }
+      const double sw = st.dx[b].sum, sv = st.dy[s].sum;
+      if (fx || fxw)
+        side(st.px, b, rs.gxx, rs.gxy_x, rs.ksxx, rs.ksxy_x, zx, xw, pb.xo[b], pb.xo[b + 1], GX, GXW, nx,
+             st.dx[b].D, sw, sv, out[3 * b], out[3 * b + 2]);
+      if (fy || fyw)  // not shared: y pack set s is set b's alone
+        side(st.py, s, rs.gyy, rs.gxy_y, rs.ksyy, rs.ksxy_y, zy, yw, st.yr0[s], st.yr1[s], GY, GYW, ny,
+             st.dy[s].D, sv, sw, out[3 * b + 1], out[3 * b + 2]);
     }
   });
   return {terms, gxp, gyp, gxwp, gywp};
