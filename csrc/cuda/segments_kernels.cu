@@ -189,7 +189,10 @@ __global__ void seg_fwd_kernel(const T* __restrict__ X, const T* __restrict__ Y,
   double s = 0.0;
   T rs = T(0);
   // a self term sweeps only the columns from the task's first row (r0 - c0 is a multiple of the
-  // Plan block, kSegRows): about half the pairs of the full row sweep (see seg_sweep's sym)
+  // Plan block, kSegRows; the pair weights are seg_sweep's sym): kernel evaluations per self
+  // term of n points n^2 -> n (n + 1) / 2 (n = 64: 4096 -> 2080, 100: 10000 -> 5050, 512:
+  // 262144 -> 131328); in warp slots (a warp runs a column while one of its 32 rows needs it)
+  // 32 n ceil(n / 32) -> 32 sum_w (n - 32 w): 4096 -> 3072, 12800 -> 6656, 262144 -> 139264.
   seg_sweep<T>(m, a, sh, na, i, live, C, CW, self_pass ? r0 : c0, c1, d, kind, P, self_pass,
                self_pass && unbiased, self_pass, T(1), s, rs, nullptr);
   m.red[threadIdx.x] = live ? double(wi) * s : 0.0;
