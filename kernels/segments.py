@@ -6,8 +6,11 @@ for every set, read in place), both shifted by ``SH[b]`` on load.  Host task tab
 (:class:`wae_fast.segment_sums.Plan`: ``fwd_tasks`` / ``bwd_tasks``) list the programs:
 
 * forward ``[set, term, r0, r1]`` (term 0: xx, 1: yy, 2: xy): rows [r0, r1) of x (y for yy)
-  against every column of the set's x (xx) or y (yy, xy); the program writes one float64 partial
+  against the columns of the set's x (xx) or y (yy, xy); the program writes one float64 partial
   ``PART[t] = sum_i w_i s_i`` with ``s_i = sum_j v_j k(a_i, c_j)`` (j != i under the U-statistic).
+  A self task (xx, yy) sweeps only the columns j >= r0 with the symmetric factor of
+  :func:`_sweep` (2 above the diagonal, 1 on it, 0 below it in the diagonal block): the pair
+  term w_i w_j k_ij is symmetric, so the stripes together cover the upper triangle once.
   The finalize (one program per set) sums the set's partials in task order (deterministic: no
   atomics) and divides by the denominators of :func:`_set_stats`.
 * backward ``[side, b0, b1, r0, r1, o0]`` (side 0: x, 1: y): rows [r0, r1) of that side, for
@@ -97,10 +100,13 @@ def _in_range(n, CT: tl.constexpr):
 @triton.jit
 def _sweep(a, na, rows, C, CW, c_has, c0, c1, off, P, D, dims, dmask, is_self, excl, coef, s, rs,
            acc, KIND: tl.constexpr, NUM_SCALES: tl.constexpr, PRECISION: tl.constexpr,
-           CT: tl.constexpr, BLOCK: tl.constexpr, GRAD: tl.constexpr):
+           CT: tl.constexpr, BLOCK: tl.constexpr, GRAD: tl.constexpr, SYM: tl.constexpr):
     """Stream the columns [c0, c1) of C (weights CW): s += sum_j v_j k_ij (float64) and, with
     GRAD, rs += coef sum_j v_j W_ij and acc -= coef sum_j v_j W_ij c_j (W = dk/dr; the host's
-    per-set coefficient is applied in the sweep so that one accumulator serves both passes)."""
+    per-set coefficient is applied in the sweep so that one accumulator serves both passes).
+    SYM (forward only) on a self pass (is_self, c0 = the stripe's first row): each pair is
+    weighted 2 for j > i, 1 for j == i (0 when excl) and 0 for j < i, so that sum_i w_i s_i is
+    the full symmetric sum over the upper triangle (s_i alone is then NOT row i's full sum)."""
     idx = tl.arange(0, BLOCK)
     for j0 in range(c0, c1, BLOCK):
         cols = j0 + idx
@@ -120,6 +126,10 @@ def _sweep(a, na, rows, C, CW, c_has, c0, c1, off, P, D, dims, dmask, is_self, e
             k, w = kernel_sum(r, P, KIND, NUM_SCALES, GRAD)
         drop = diag & excl
         k = tl.where(drop, 0.0, k)
+        if SYM:
+            # a self pass: 2 above the diagonal, 1 on it, 0 below (only in the first block)
+            ks = tl.where(diag, k, tl.where(cols[None, :] > rows[:, None], 2.0 * k, 0.0))
+            k = tl.where(is_self, ks, k)
         s += tl.sum(k * v[None, :], 1).to(tl.float64)
         if GRAD:
             wv = tl.where(drop, 0.0, w) * (v * coef)[None, :]
@@ -182,8 +192,15 @@ def _seg_fwd_kernel(
     s = tl.zeros((BLOCK,), dtype=tl.float64)
     rs = tl.zeros((BLOCK,), dtype=CT)
     acc = tl.zeros((BLOCK, DP), dtype=CT)
-    s, rs, acc = _sweep(a, na, rows, C, CW, c_has, c0, c1, off, P, D, dims, dmask, is_self, excl,
-                        1.0, s, rs, acc, KIND, NUM_SCALES, PRECISION, CT, BLOCK, False)
+    # a self term sweeps only the columns from the stripe's first row (r0 - c0 is a multiple of
+    # BLOCK: the first block is the diagonal one; the pair weights are _sweep's SYM factors):
+    # T (T + 1) / 2 tiles of BLOCK^2 pair evaluations per self term of n points instead of T^2,
+    # T = ceil(n / BLOCK).  BLOCK 64: n = 64 1 -> 1 tile, n = 100 4 -> 3, n = 512 64 -> 36;
+    # BLOCK 32 (compiled): n = 64 4 -> 3, n = 100 16 -> 10, n = 512 256 -> 136.  The cross
+    # term keeps its T_x T_y tiles.
+    cs = tl.where(is_self, r0, c0)
+    s, rs, acc = _sweep(a, na, rows, C, CW, c_has, cs, c1, off, P, D, dims, dmask, is_self, excl,
+                        1.0, s, rs, acc, KIND, NUM_SCALES, PRECISION, CT, BLOCK, False, True)
     part = tl.sum(tl.where(live, wr.to(tl.float64) * s, 0.0))
     tl.store(PART + t, part)
 
@@ -297,10 +314,10 @@ def _seg_bwd_kernel(
         rs = tl.zeros((BLOCK,), dtype=CT)
         s_self, rs, acc = _sweep(a, na, rows, A, AW, a_has, s0, s1, off, P, D, dims, dmask, True,
                                  UNBIASED, c_self.to(CT), s_self, rs, acc, KIND, NUM_SCALES,
-                                 PRECISION, CT, BLOCK, NEED_P)
+                                 PRECISION, CT, BLOCK, NEED_P, False)
         s_cross, rs, acc = _sweep(a, na, rows, B, BW, b_has, o0, o1, off, P, D, dims, dmask, False,
                                   False, c_cross.to(CT), s_cross, rs, acc, KIND, NUM_SCALES,
-                                  PRECISION, CT, BLOCK, NEED_P)
+                                  PRECISION, CT, BLOCK, NEED_P, False)
         if NEED_P:
             if KIND != 2:
                 acc += rs[:, None] * a

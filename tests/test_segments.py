@@ -356,6 +356,53 @@ def test_one_launch_schedule_triton(monkeypatch):
     assert calls == ["_seg_bwd_kernel"], calls
 
 
+# Set sizes around the row blocks of the one-launch backends (Triton: 64 interpreted, 32 compiled;
+# CUDA / cuda_emu: 64): 1, 2, BLOCK - 1, BLOCK, BLOCK + 1 and 2 BLOCK + 3 for both blocks.
+SYM_SIZES = [1, 2, 31, 32, 33, 63, 64, 65, 67, 131]
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_symmetric_self_tiles_against_oracle(seg_backend, estimator, dtype):
+    """The forward's self terms (xx, yy) from the upper triangle only (one-launch backends: a
+    row stripe sweeps the columns from its first row, pairs above the diagonal counted twice,
+    on it once or not at all, below it not at all): every term of sets whose sizes straddle the
+    row blocks, unweighted and weighted with zeros over NaN padding (the zeros include the
+    first row of a stripe and the last row of a set), own and shared y, against the oracle."""
+    name, dev = seg_backend
+    unbiased = estimator == "unbiased"
+    xs = [3 if (n == 1 and unbiased) else n for n in SYM_SIZES]  # the U-statistic needs 2 points
+    xo = [0] + list(itertools.accumulate(xs))
+    ys = xs[::-1]
+    ys[-2:] = ys[-1], ys[-2]  # (_data keeps the first two weights of a set positive: not last)
+    yo = [0] + list(itertools.accumulate(ys))
+    x, y, xw, yw = _data(xo, yo, 3, dtype, dev, seed=21 + unbiased)
+    big_x, big_y = xo[-2], yo[0]  # the first rows of the 131-point sets
+    for w, p, r0 in ((xw, x, big_x), (yw, y, big_y)):
+        zero = torch.tensor([r0 + 32, r0 + 64, r0 + 65, r0 + 130], device=dev)
+        w[zero] = 0.0
+        p[zero] = float("nan")
+    kind, params = wae_fast.IMQ().lower(3)
+    shifts = torch.zeros(len(xs), 3, dtype=dtype, device=dev)
+    empty = x.new_empty((0,))
+    fwd = contract.op(f"mmd_segments_fwd_{name}")
+    cases = [(xo, x, y, yo, xw, yw), (xo, x.nan_to_num(0.5), y.nan_to_num(-0.5), yo, empty, empty),
+             # a y (the 131-point set) shared by the first three sets of x
+             (xo[:4], x[:xo[3]], y[:yo[1]], yo[:2], xw[:xo[3]], yw[:yo[1]])]
+    for cxo, cx, cy, cyo, cxw, cyw in cases:
+        nsets = len(cxo) - 1
+        got = fwd(cx, cy, torch.tensor(cxo, device=dev), torch.tensor(cyo, device=dev), cxw, cyw,
+                  shifts[:nsets], int(kind), [float(q) for q in params], unbiased, False, False,
+                  False, False, "ieee")[0].cpu()
+        yr = [(cyo[0], cyo[1]) if len(cyo) == 2 else (cyo[b], cyo[b + 1]) for b in range(nsets)]
+        want = torch.stack([oracle.weighted_mmd_terms(
+            cx[cxo[b]:cxo[b + 1]].cpu(), cy[yr[b][0]:yr[b][1]].cpu(), kind, params, unbiased,
+            cxw[cxo[b]:cxo[b + 1]].cpu() if cxw.numel() else None,
+            cyw[yr[b][0]:yr[b][1]].cpu() if cyw.numel() else None) for b in range(nsets)])
+        err = (got - want).abs() / _terms_scale(want)[:, None]
+        assert bool((err <= VAL_TOL[dtype]).all()), f"{name} {estimator}: term errors {err}"
+
+
 @pytest.mark.cuda_emu
 def test_one_call_schedule_cuda_emu(monkeypatch):
     """cuda_emu: one extension call forward (its launcher makes one main launch + one finalize,

@@ -70,6 +70,8 @@ class Plan:
         for b in range(self.nsets):
             x0, x1 = xo[b], xo[b + 1]
             y0, y1 = self.y_range(b)
+            # row tiles start at multiples of block from the set's first row: the kernels'
+            # symmetric self tiles take a task's first column block as its diagonal block
             for term, (r0, r1) in ((0, (x0, x1)), (2, (x0, x1)), (1, (y0, y1))):
                 tasks.extend((b, term, i, min(i + block, r1)) for i in range(r0, r1, block))
             starts.append(len(tasks))

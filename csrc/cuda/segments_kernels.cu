@@ -10,6 +10,9 @@
 //            s_i = sum_j v_j k(a_i, c_j) (j != i under the U-statistic), the block's rows summed
 //            in row order (deterministic, no atomics); the finalize (one thread per set)
 //            sums the set's partials in task order over the denominators of seg_stats.
+//            A self task (xx, yy) sweeps only the columns j >= r0, each pair weighted 2 for
+//            j > i, 1 for j == i (skipped under the U-statistic), skipped for j < i: the pair
+//            term w_i w_j k_ij is symmetric, so the stripes cover the upper triangle once.
 //   backward [side, b0, b1, r0, r1, o0] (side 0 x, 1 y): for each set b in [b0, b1) (a chunk of
 //            sets for the rows of a shared y) the self then the cross columns; each gradient row
 //            is written by one thread, at output row o0 + i - r0 (a shared y: its chunk's slice
@@ -95,11 +98,13 @@ __device__ SegSmem<T> seg_smem(unsigned char* buf, int64_t d) {
 // Stream the columns [c0, c1) of C (weights CW, null: unit) against this thread's row a_i
 // (shifted by sh, squared norm na): s += sum_j v_j k_ij and, with g, rs += coef sum_j v_j W_ij,
 // g -= coef sum_j v_j W_ij c_j.  Every thread of the block calls it (it synchronises); ``live``
-// says whether the thread's row takes part.
+// says whether the thread's row takes part.  ``sym`` (forward self pass only, c0 = the task's
+// first row): pairs j < i are skipped and pairs j > i count twice (s_i is then row i's share of
+// the upper triangle, not its full row sum).
 template <class T>
 __device__ void seg_sweep(const SegSmem<T>& m, const T* a, const T* sh, T na, int64_t i, bool live, const T* C,
                           const T* CW, int64_t c0, int64_t c1, int64_t d, int kind, const SegParams<T>& P,
-                          bool self_pass, bool excl, T coef, double& s, T& rs, T* g) {
+                          bool self_pass, bool excl, bool sym, T coef, double& s, T& rs, T* g) {
   for (int64_t j0 = c0; j0 < c1; j0 += kSegCols) {
     const int ncol = int(c1 - j0 < kSegCols ? c1 - j0 : kSegCols);
     __syncthreads();
@@ -127,6 +132,7 @@ __device__ void seg_sweep(const SegSmem<T>& m, const T* a, const T* sh, T na, in
       if (v == T(0)) continue;
       const bool diag = self_pass && (j0 + jj == i);
       if (excl && diag) continue;
+      if (sym && j0 + jj < i) continue;  // the lower triangle: its mirror pair counts twice
       const int64_t cb = int64_t(jj) * d;
       T dot = T(0);
       for (int64_t k = 0; k < d; ++k) dot += (a[k] - sh[k]) * m.cs[cb + k];
@@ -138,7 +144,7 @@ __device__ void seg_sweep(const SegSmem<T>& m, const T* a, const T* sh, T na, in
         if (kind == wae_fast::KIND_IMQ) wae_fast::imq_eval<T, T>(r, P.p, P.n, kv, wv);
         else wae_fast::rbf_eval<T, T>(r, P.p, P.n, kv, wv, SegExp<T>());
       }
-      s += double(kv * v);
+      s += double(sym && !diag ? T(2) * kv * v : kv * v);
       if (g != nullptr) {
         const T ww = wv * v * coef;
         rs += ww;
@@ -182,8 +188,13 @@ __global__ void seg_fwd_kernel(const T* __restrict__ X, const T* __restrict__ Y,
   const T na = live ? seg_row_norm(a, sh, d) : T(0);
   double s = 0.0;
   T rs = T(0);
-  seg_sweep<T>(m, a, sh, na, i, live, C, CW, c0, c1, d, kind, P, self_pass, self_pass && unbiased, T(1), s, rs,
-               nullptr);
+  // a self term sweeps only the columns from the task's first row (r0 - c0 is a multiple of the
+  // Plan block, kSegRows; the pair weights are seg_sweep's sym): kernel evaluations per self
+  // term of n points n^2 -> n (n + 1) / 2 (n = 64: 4096 -> 2080, 100: 10000 -> 5050, 512:
+  // 262144 -> 131328); in warp slots (a warp runs a column while one of its 32 rows needs it)
+  // 32 n ceil(n / 32) -> 32 sum_w (n - 32 w): 4096 -> 3072, 12800 -> 6656, 262144 -> 139264.
+  seg_sweep<T>(m, a, sh, na, i, live, C, CW, self_pass ? r0 : c0, c1, d, kind, P, self_pass,
+               self_pass && unbiased, self_pass, T(1), s, rs, nullptr);
   m.red[threadIdx.x] = live ? double(wi) * s : 0.0;
   __syncthreads();
   if (threadIdx.x == 0) {  // the block's rows in row order (deterministic; 64 adds per task)
@@ -256,10 +267,10 @@ __global__ void seg_bwd_kernel(const T* __restrict__ X, const T* __restrict__ Y,
     const T na = live ? seg_row_norm(a, sh, d) : T(0);
     double s_self = 0.0, s_cross = 0.0;
     T rs = T(0);
-    seg_sweep<T>(m, a, sh, na, i, live, A, AW, s0, s1, d, kind, P, true, unbiased != 0, T(4.0 * g_self / da),
-                 s_self, rs, g);
-    seg_sweep<T>(m, a, sh, na, i, live, B, BW, o0, o1, d, kind, P, false, false, T(2.0 * g_cross / (sa * sb)),
-                 s_cross, rs, g);
+    seg_sweep<T>(m, a, sh, na, i, live, A, AW, s0, s1, d, kind, P, true, unbiased != 0, false,
+                 T(4.0 * g_self / da), s_self, rs, g);
+    seg_sweep<T>(m, a, sh, na, i, live, B, BW, o0, o1, d, kind, P, false, false, false,
+                 T(2.0 * g_cross / (sa * sb)), s_cross, rs, g);
     if (g != nullptr && kind != wae_fast::KIND_POLY)
       for (int64_t k = 0; k < d; ++k) g[k] += rs * (a[k] - sh[k]);
     const double dd = unbiased ? 2.0 * (sa - double(wi)) : 2.0 * sa;
