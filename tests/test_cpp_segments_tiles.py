@@ -15,7 +15,7 @@ from wae_fast import contract
 from wae_fast.dispatch import unavailable_reason
 
 from . import oracle
-from .test_segments import GRAD_TOL, VAL_TOL, _data, _oracle, _terms_scale
+from .segment_cases import GRAD_TOL, VAL_TOL, segment_data, segment_oracle, terms_scale
 
 REASON = unavailable_reason("cpp", "cpu")
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpp backend unavailable: {REASON}")
@@ -48,13 +48,13 @@ def _run(x, y, xo, yo, xw, yw, kname, unbiased, d):
     ("imq", True, torch.float64, True), ("rbf", False, torch.float32, True)])
 def test_multi_tile_sets_against_oracle(isa, kname, unbiased, dtype, shared):
     yo = [0, 200] if shared else Y_OFF
-    x, y, xw, yw = _data(X_OFF, yo, 5, dtype, "cpu", seed=7 + shared)
+    x, y, xw, yw = segment_data(X_OFF, yo, 5, dtype, "cpu", seed=7 + shared)
     ins = [t.requires_grad_(True) for t in (x, y, xw, yw)]
     t, kind, params = _run(*ins[:2], X_OFF, yo, *ins[2:], kname, unbiased, 5)
     gt = torch.linspace(-1.0, 2.0, 3 * (len(X_OFF) - 1), dtype=torch.float64).view(-1, 3)
     got = torch.autograd.grad((t * gt).sum(), ins)
-    want, gw = _oracle(x, y, xw, yw, X_OFF, yo, kind, params, unbiased, gt)
-    assert bool(((t.detach() - want).abs() <= VAL_TOL[dtype] * _terms_scale(want)[:, None]).all())
+    want, gw = segment_oracle(x, y, xw, yw, X_OFF, yo, kind, params, unbiased, gt)
+    assert bool(((t.detach() - want).abs() <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all())
     kx, ky = xw.detach() != 0, yw.detach() != 0
     assert bool((got[0][~kx] == 0).all()) and bool((got[1][~ky] == 0).all())
     for a, b, name in ((got[0], gw[0], "x"), (got[1], gw[1], "y"), (got[2][kx], gw[2][kx], "xw"),

@@ -17,56 +17,12 @@ import wae_fast
 from wae_fast import contract
 
 from . import oracle
+from .segment_cases import GRAD_TOL, VAL_TOL, segment_data, segment_oracle, terms_scale
 
 KERNELS = {"imq7": wae_fast.IMQ(), "rbf3": wae_fast.RBF(bandwidth=(0.6, 1.5, 4.0)),
            "poly3": wae_fast.Polynomial()}
-VAL_TOL = {torch.float64: 1e-12, torch.float32: 5e-6, torch.float16: 5e-6, torch.bfloat16: 5e-6}
-GRAD_TOL = {torch.float64: 1e-10, torch.float32: 5e-5, torch.float16: 5e-5, torch.bfloat16: 5e-5}
 X_OFF = [0, 2, 9, 40, 43, 113]      # ragged: 2, 7, 31, 3, 70 points
 Y_OFF = [0, 5, 7, 19, 85, 88]       # 5, 2, 12, 66, 3 points
-
-
-def _data(xo, yo, d, dtype, dev, seed, zero_frac=0.25, nan_pad=True):
-    """Points, and weights in [0.2, 2] with about ``zero_frac`` zeros (at least two positive
-    weights per set); rows with weight 0 hold NaN when ``nan_pad`` (they must never be read)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(xo[-1], d, generator=g, dtype=torch.float64) * 0.9 + 0.2
-    y = torch.randn(yo[-1], d, generator=g, dtype=torch.float64)
-    ws = []
-    for offs, n in ((xo, xo[-1]), (yo, yo[-1])):
-        w = torch.rand(n, generator=g, dtype=torch.float64) * 1.8 + 0.2
-        w[torch.rand(n, generator=g) < zero_frac] = 0.0
-        for s in offs[:-1]:  # keep two positive weights per set (the unbiased denominator)
-            w[s:s + 2] = torch.rand(2, generator=g, dtype=torch.float64) + 0.5
-        ws.append(w)
-    xw, yw = ws
-    x, y = x.to(dtype), y.to(dtype)
-    if nan_pad:
-        x[xw == 0] = float("nan")
-        y[yw == 0] = float("nan")
-    return [t.to(dev) for t in (x, y, xw.to(dtype), yw.to(dtype))]
-
-
-def _oracle(x, y, xw, yw, xo, yo, kind, params, unbiased, gt, drop_zero=True):
-    """Terms (B, 3) and the gradients of sum(gt * terms) to x, y, xw, yw from the dense oracle."""
-    xd, yd, xwd, ywd = [None if t is None else t.detach().cpu().double().requires_grad_(True)
-                        for t in (x, y, xw, yw)]
-    shared = len(yo) == 2 and len(xo) > 2
-    rows = []
-    for b in range(len(xo) - 1):
-        ys, ye = (yo[0], yo[1]) if shared else (yo[b], yo[b + 1])
-        rows.append(oracle.weighted_mmd_terms(
-            xd[xo[b]:xo[b + 1]], yd[ys:ye], kind, params, unbiased,
-            None if xwd is None else xwd[xo[b]:xo[b + 1]], None if ywd is None else ywd[ys:ye],
-            drop_zero=drop_zero))
-    terms = torch.stack(rows)
-    ins = [t for t in (xd, yd, xwd, ywd) if t is not None]
-    grads = torch.autograd.grad((terms * gt).sum(), ins, allow_unused=True)
-    return terms.detach(), grads
-
-
-def _terms_scale(t):
-    return (t[:, 0] + t[:, 1] + 2 * t[:, 2]).abs()
 
 
 def _compare_grads(grads_got, grads_want, dtype, what):
@@ -84,7 +40,7 @@ def test_varlen_weighted_against_oracle(seg_backend, kname, estimator, dtype):
     both weights (weight-0 rows: zero gradient to their coordinates)."""
     name, dev = seg_backend
     spec = KERNELS[kname]
-    x, y, xw, yw = _data(X_OFF, Y_OFF, 5, dtype, dev, seed=len(kname) + (estimator == "biased"))
+    x, y, xw, yw = segment_data(X_OFF, Y_OFF, 5, dtype, dev, seed=len(kname) + (estimator == "biased"))
     for t in (x, y, xw, yw):
         t.requires_grad_(True)
     got = wae_fast.mmd_varlen(x, y, X_OFF, torch.tensor(Y_OFF), spec, x_weights=xw, y_weights=yw,
@@ -94,9 +50,9 @@ def test_varlen_weighted_against_oracle(seg_backend, kname, estimator, dtype):
     got_w = (got.double() * torch.linspace(0.5, 1.5, 5, dtype=torch.float64).to(dev)).sum()
     gx, gy, gxw, gyw = torch.autograd.grad(got_w, (x, y, xw, yw))
     kind, params = spec.lower(5)
-    want, gwant = _oracle(x, y, xw, yw, X_OFF, Y_OFF, kind, params, estimator == "unbiased", gt)
+    want, gwant = segment_oracle(x, y, xw, yw, X_OFF, Y_OFF, kind, params, estimator == "unbiased", gt)
     mmd_want = want @ torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
-    scale = _terms_scale(want)
+    scale = terms_scale(want)
     assert bool(((got.cpu().double() - mmd_want).abs() <= VAL_TOL[dtype] * scale).all())
     # gradients: weight-0 rows have zero coordinate gradients; their weight gradients read the
     # (NaN) padding and are compared on the other rows only
@@ -109,14 +65,14 @@ def test_varlen_weighted_against_oracle(seg_backend, kname, estimator, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_dtypes(seg_backend, dtype):
     name, dev = seg_backend
-    x, y, xw, yw = _data([0, 9, 20], [0, 6, 19], 4, dtype, dev, seed=3)
+    x, y, xw, yw = segment_data([0, 9, 20], [0, 6, 19], 4, dtype, dev, seed=3)
     t = wae_fast.mmd_terms_batched(x[:18].view(2, 9, 4), y[:18].view(2, 9, 4), backend=name,
                                    x_weights=xw[:18].view(2, 9), y_weights=yw[:18].view(2, 9))
     kind, params = wae_fast.IMQ().lower(4)
-    want, _ = _oracle(x[:18], y[:18], xw[:18], yw[:18], [0, 9, 18], [0, 9, 18], kind, params, True,
+    want, _ = segment_oracle(x[:18], y[:18], xw[:18], yw[:18], [0, 9, 18], [0, 9, 18], kind, params, True,
                       torch.ones(2, 3, dtype=torch.float64))
     assert t.dtype == torch.float64 and t.shape == (2, 3)
-    assert bool(((t.cpu() - want).abs() <= VAL_TOL[dtype] * _terms_scale(want)[:, None]).all())
+    assert bool(((t.cpu() - want).abs() <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all())
 
 
 @pytest.mark.parametrize("estimator", ["unbiased", "biased"])
@@ -128,7 +84,7 @@ def test_batched_and_equal_weights_equal_plain_mmd_fp64(seg_backend, estimator):
     y = torch.randn(4, 9, 6, generator=g, dtype=torch.float64).to(dev) + 0.3
     plain = torch.stack([wae_fast.mmd_terms(x[b], y[b], estimator=estimator, backend=name)
                          for b in range(4)])
-    scale = _terms_scale(plain.cpu())
+    scale = terms_scale(plain.cpu())
     ulp = 4 * torch.finfo(torch.float64).eps * scale
     for xw, yw in [(None, None), (torch.ones(4, 13), None), (torch.full((4, 13), 3.0), torch.full((4, 9), 0.25))]:
         kw = {} if xw is None else {"x_weights": xw.double().to(dev)}
@@ -153,7 +109,7 @@ def test_shared_y_and_float32_batched(seg_backend, chunk, monkeypatch):
     monkeypatch.setattr(segment_sums, "SHARED_Y_CHUNK", chunk)
     monkeypatch.setattr(segment_sums, "_PLANS", {})
     name, dev = seg_backend
-    x, y, xw, yw = _data([0, 17, 34, 51], [0, 23], 3, torch.float32, dev, seed=11)
+    x, y, xw, yw = segment_data([0, 17, 34, 51], [0, 23], 3, torch.float32, dev, seed=11)
     x3 = x.view(3, 17, 3).requires_grad_(True)
     yy = y.clone().requires_grad_(True)
     ywr = yw.clone().requires_grad_(True)
@@ -161,24 +117,24 @@ def test_shared_y_and_float32_batched(seg_backend, chunk, monkeypatch):
     gt = torch.tensor([[1.0, 2.0, -3.0], [0.5, 1.0, 1.0], [2.0, -1.0, 0.2]], dtype=torch.float64)
     gx, gy, gyw = torch.autograd.grad((t * gt.to(dev)).sum(), (x3, yy, ywr))
     kind, params = wae_fast.IMQ().lower(3)
-    want, gw = _oracle(x, y, xw, yw, [0, 17, 34, 51], [0, 23], kind, params, True, gt)
+    want, gw = segment_oracle(x, y, xw, yw, [0, 17, 34, 51], [0, 23], kind, params, True, gt)
     ky = (yw != 0).cpu()
     _compare_grads((gx.reshape(-1, 3), gy, gyw[ky]), (gw[0], gw[1], gw[3][ky]), torch.float32,
                    "shared y")
-    assert bool(((t.detach().cpu() - want).abs() <= 5e-6 * _terms_scale(want)[:, None]).all())
+    assert bool(((t.detach().cpu() - want).abs() <= 5e-6 * terms_scale(want)[:, None]).all())
 
 
 def test_gradient_to_zero_weights_is_the_true_derivative(seg_backend):
     """With finite padding, the gradient to a weight equal to 0 is the derivative at 0."""
     name, dev = seg_backend
-    x, y, xw, yw = _data([0, 8, 19], [0, 6, 13], 3, torch.float64, dev, seed=2, nan_pad=False)
+    x, y, xw, yw = segment_data([0, 8, 19], [0, 6, 13], 3, torch.float64, dev, seed=2, nan_pad=False)
     xw.requires_grad_(True)
     yw.requires_grad_(True)
     v = wae_fast.mmd_varlen(x, y, [0, 8, 19], [0, 6, 13], x_weights=xw, y_weights=yw, backend=name)
     gxw, gyw = torch.autograd.grad(v.sum(), (xw, yw))
     kind, params = wae_fast.IMQ().lower(3)
     gt = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64).expand(2, 3)
-    _, gw = _oracle(x, y, xw, yw, [0, 8, 19], [0, 6, 13], kind, params, True,
+    _, gw = segment_oracle(x, y, xw, yw, [0, 8, 19], [0, 6, 13], kind, params, True,
                     gt, drop_zero=False)
     assert torch.allclose(gxw.cpu(), gw[2], rtol=0, atol=1e-10 * gw[2].norm().item())
     assert torch.allclose(gyw.cpu(), gw[3], rtol=0, atol=1e-10 * gw[3].norm().item())
@@ -187,7 +143,7 @@ def test_gradient_to_zero_weights_is_the_true_derivative(seg_backend):
 @pytest.mark.parametrize("kname", ["imq7", "poly3"])
 def test_gradcheck_fp64(seg_backend, kname):
     name, dev = seg_backend
-    x, y, xw, yw = _data([0, 4, 7], [0, 3, 8], 2, torch.float64, dev, seed=8, zero_frac=0.0,
+    x, y, xw, yw = segment_data([0, 4, 7], [0, 3, 8], 2, torch.float64, dev, seed=8, zero_frac=0.0,
                          nan_pad=False)
     ins = [t.requires_grad_(True) for t in (x, y, xw, yw)]
 
@@ -212,7 +168,7 @@ def test_weight_edge_cases_give_that_sets_nan(seg_backend):
     """A negative or non-finite weight, or a zero denominator: that set is NaN, the others are
     not; with check_finite=True a ValueError names the argument and the set."""
     name, dev = seg_backend
-    x, y, xw, yw = _data([0, 6, 12, 18], [0, 5, 10, 15], 3, torch.float32, dev, seed=4,
+    x, y, xw, yw = segment_data([0, 6, 12, 18], [0, 5, 10, 15], 3, torch.float32, dev, seed=4,
                          zero_frac=0.0)
     xb, yb = x.view(3, 6, 3), y.view(3, 5, 3)
     cases = [("x_weights", 1, -0.5, "unbiased"), ("y_weights", 2, float("inf"), "unbiased"),
@@ -245,7 +201,7 @@ def test_weight_edge_cases_give_that_sets_nan(seg_backend):
 
 def test_opcheck_and_compile(seg_backend):
     name, dev = seg_backend
-    x, y, xw, yw = _data([0, 5, 12], [0, 4, 9], 3, torch.float32, dev, seed=6, zero_frac=0.0,
+    x, y, xw, yw = segment_data([0, 5, 12], [0, 4, 9], 3, torch.float32, dev, seed=6, zero_frac=0.0,
                          nan_pad=False)
     op = contract.op(f"mmd_segments_fwd_{name}").default
     xo = torch.tensor([0, 5, 12], device=dev)
@@ -293,10 +249,10 @@ def test_dominant_weight_unbiased_denominator(seg_backend, dtype, big):
     gt = torch.tensor([[1.0, 2.0, -2.0], [0.5, 1.0, -1.0]], dtype=torch.float64)
     grads = torch.autograd.grad((t * gt.to(dev)).sum(), (x, y, xw, yw))
     kind, params = wae_fast.IMQ().lower(3)
-    want, gw = _oracle(x.reshape(18, 3), y.reshape(14, 3), xw.reshape(-1), yw.reshape(-1),
+    want, gw = segment_oracle(x.reshape(18, 3), y.reshape(14, 3), xw.reshape(-1), yw.reshape(-1),
                        [0, 9, 18], [0, 7, 14], kind, params, True, gt)
     err = (t.detach().cpu() - want).abs().max().item()
-    assert err <= VAL_TOL[dtype] * _terms_scale(want).min().item(), f"{name}: terms error {err:.3g}"
+    assert err <= VAL_TOL[dtype] * terms_scale(want).min().item(), f"{name}: terms error {err:.3g}"
     _compare_grads([a.reshape(-1, 3) if a.dim() == 3 else a.reshape(-1) for a in grads], gw, dtype,
                    f"{name} dominant weight")
 
@@ -335,7 +291,7 @@ def test_one_launch_schedule_triton(monkeypatch):
 
     monkeypatch.setattr(cls, "run", counting_run)
     for xo, yo in (([0, 3, 5, 9, 12], [0, 4, 6, 8, 11]),):
-        x, y, xw, yw = _data(xo, yo, 2, torch.float32, "cpu", seed=3, nan_pad=False)
+        x, y, xw, yw = segment_data(xo, yo, 2, torch.float32, "cpu", seed=3, nan_pad=False)
         for tt in (x, y, xw, yw):
             tt.requires_grad_(True)
         calls.clear()
@@ -345,7 +301,7 @@ def test_one_launch_schedule_triton(monkeypatch):
         out.sum().backward()
         assert calls == ["_seg_bwd_kernel"], calls
     # a shared y: the same launches, the y rows read in place
-    x, y, xw, yw = _data([0, 6, 12, 18], [0, 9], 2, torch.float32, "cpu", seed=4, nan_pad=False)
+    x, y, xw, yw = segment_data([0, 6, 12, 18], [0, 9], 2, torch.float32, "cpu", seed=4, nan_pad=False)
     x.requires_grad_(True)
     y.requires_grad_(True)
     calls.clear()
@@ -374,9 +330,9 @@ def test_symmetric_self_tiles_against_oracle(seg_backend, estimator, dtype):
     xs = [3 if (n == 1 and unbiased) else n for n in SYM_SIZES]  # the U-statistic needs 2 points
     xo = [0] + list(itertools.accumulate(xs))
     ys = xs[::-1]
-    ys[-2:] = ys[-1], ys[-2]  # (_data keeps the first two weights of a set positive: not last)
+    ys[-2:] = ys[-1], ys[-2]  # (segment_data keeps the first two weights of a set positive: not last)
     yo = [0] + list(itertools.accumulate(ys))
-    x, y, xw, yw = _data(xo, yo, 3, dtype, dev, seed=21 + unbiased)
+    x, y, xw, yw = segment_data(xo, yo, 3, dtype, dev, seed=21 + unbiased)
     big_x, big_y = xo[-2], yo[0]  # the first rows of the 131-point sets
     for w, p, r0 in ((xw, x, big_x), (yw, y, big_y)):
         zero = torch.tensor([r0 + 32, r0 + 64, r0 + 65, r0 + 130], device=dev)
@@ -399,7 +355,7 @@ def test_symmetric_self_tiles_against_oracle(seg_backend, estimator, dtype):
             cx[cxo[b]:cxo[b + 1]].cpu(), cy[yr[b][0]:yr[b][1]].cpu(), kind, params, unbiased,
             cxw[cxo[b]:cxo[b + 1]].cpu() if cxw.numel() else None,
             cyw[yr[b][0]:yr[b][1]].cpu() if cyw.numel() else None) for b in range(nsets)])
-        err = (got - want).abs() / _terms_scale(want)[:, None]
+        err = (got - want).abs() / terms_scale(want)[:, None]
         assert bool((err <= VAL_TOL[dtype]).all()), f"{name} {estimator}: term errors {err}"
 
 
@@ -418,7 +374,7 @@ def test_one_call_schedule_cuda_emu(monkeypatch):
     for fn in ("seg_fwd", "seg_bwd"):
         orig = getattr(ext, fn)
         monkeypatch.setattr(ext, fn, lambda *a, _f=orig, _n=fn: (calls.append(_n), _f(*a))[1])
-    x, y, xw, yw = _data(X_OFF, Y_OFF, 4, torch.float32, "cpu", seed=3, nan_pad=False)
+    x, y, xw, yw = segment_data(X_OFF, Y_OFF, 4, torch.float32, "cpu", seed=3, nan_pad=False)
     for tt in (x, y, xw, yw):
         tt.requires_grad_(True)
     out = wae_fast.mmd_varlen(x, y, X_OFF, Y_OFF, x_weights=xw, y_weights=yw, backend="cuda_emu")
@@ -503,7 +459,7 @@ def test_fused_parts_are_the_backward_per_term(seg_backend, shared):
     a y shared by B > 1 sets never has parts (the backward sums its cross term over the sets)."""
     name, dev = seg_backend
     xo, yo = [0, 5, 12, 150], ([0, 9] if shared else [0, 4, 9, 80])
-    x, y, xw, yw = _data(xo, yo, 3, torch.float64, dev, seed=11, nan_pad=False)
+    x, y, xw, yw = segment_data(xo, yo, 3, torch.float64, dev, seed=11, nan_pad=False)
     xo_t, yo_t = torch.tensor(xo, device=dev), torch.tensor(yo, device=dev)
     shifts = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(dev)
     kind, params = wae_fast.IMQ().lower(3)
@@ -532,7 +488,7 @@ def test_cpp_training_step_runs_the_tiles_once(monkeypatch, shared):
     pytest.importorskip("wae_fast.cpp_backend")
     if wae_fast.which_backend(torch.zeros(1), "cpp", family="mmd_segments") != "cpp":
         pytest.skip("cpp backend unavailable")
-    x, y, xw, yw = _data([0, 5, 70], [0, 9] if shared else [0, 4, 80], 3, torch.float64, "cpu",
+    x, y, xw, yw = segment_data([0, 5, 70], [0, 9] if shared else [0, 4, 80], 3, torch.float64, "cpu",
                          seed=4, nan_pad=False)
     x, y, xw, yw = (t.requires_grad_(True) for t in (x, y, xw, yw))
     calls = []
@@ -553,7 +509,7 @@ def test_cpp_empty_shifts_are_the_glue_shifts(shared, kname):
     if wae_fast.which_backend(torch.zeros(1), "cpp", family="mmd_segments") != "cpp":
         pytest.skip("cpp backend unavailable")
     xo, yo = [0, 5, 70], ([0, 9] if shared else [0, 4, 80])
-    x, y, xw, yw = _data(xo, yo, 3, torch.float64, "cpu", seed=8)  # NaN on weight-0 rows
+    x, y, xw, yw = segment_data(xo, yo, 3, torch.float64, "cpu", seed=8)  # NaN on weight-0 rows
     y = y + 1e4  # far from the origin: a wrong shift shows in fp64 rounding, and a NaN one as NaN
     kind, params = (wae_fast.IMQ() if kname == "imq" else wae_fast.Polynomial()).lower(3)
     xo_t, yo_t = torch.tensor(xo), torch.tensor(yo)
