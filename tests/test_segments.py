@@ -523,3 +523,30 @@ def test_cpp_empty_shifts_are_the_glue_shifts(shared, kname):
     for a, b in zip(*outs):
         assert torch.isfinite(a[a == a]).all() and torch.isfinite(b).all() == torch.isfinite(a).all()
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("where", ["x", "y"])
+def test_non_finite_point_gradients_stay_in_its_set(seg_backend, where):
+    """A NaN coordinate (weight != 0) in set 1: that set's value and every gradient row paired
+    with the point are NaN (all of set 1's rows: each is paired with it); the other sets'
+    values and gradients are finite and those of the clean data (fused parts or backward op)."""
+    name, dev = seg_backend
+    xo, yo = [0, 6, 75, 80], [0, 5, 12, 90]
+    x, y, xw, yw = segment_data(xo, yo, 3, torch.float64, dev, seed=12, zero_frac=0.0, nan_pad=False)
+
+    def run(px, py):
+        px, py, w = px.clone().requires_grad_(True), py.clone().requires_grad_(True), xw.clone().requires_grad_(True)
+        out = wae_fast.mmd_varlen(px, py, xo, yo, backend=name, x_weights=w)
+        return (out,) + torch.autograd.grad(out.sum(), (px, py, w))
+
+    clean = run(x, y)
+    xn, yn = x.clone(), y.clone()
+    (xn if where == "x" else yn)[(xo if where == "x" else yo)[1] + 3, 1] = float("nan")
+    got = run(xn, yn)
+    assert torch.isnan(got[0][1]) and torch.isfinite(got[0][[0, 2]]).all()
+    torch.testing.assert_close(got[0][[0, 2]], clean[0][[0, 2]], rtol=1e-12, atol=1e-14)
+    for g, gc, offs in ((got[1], clean[1], xo), (got[2], clean[2], yo), (got[3], clean[3], xo)):
+        inside = torch.zeros(g.shape[0], dtype=torch.bool, device=g.device)
+        inside[offs[1]:offs[2]] = True
+        assert torch.isnan(g[inside]).flatten(1).all(1).all() if g.dim() > 1 else torch.isnan(g[inside]).all()
+        torch.testing.assert_close(g[~inside], gc[~inside], rtol=1e-10, atol=1e-14)
