@@ -307,7 +307,8 @@ def segment_variants(which: str = "core"):
         flags = dict(UNBIASED=True, HAS_XW=True, HAS_YW=True, SHARED_Y=False)
         fin_sig = {"XW": "*" + cts, "YW": "*" + cts, **idx, "SET_TASKS": "*i64",
                    "PART": "*fp64", "OUT": "*fp64"}
-        for shared, name in ((False, f"seg_finalize {dtype}"), (True, f"seg_finalize shared_y {dtype}")):
+        for shared, name in ((False, f"seg_finalize {dtype}"),
+                             (True, f"seg_finalize shared_y {dtype}")):
             if which == "all" or name in core:  # shared_y: every set's yy from set 0's partials
                 out.append((name, SG._seg_finalize_kernel, fin_sig,
                             dict(flags, SHARED_Y=shared, BLOCK=32), 1, 1))
