@@ -294,7 +294,8 @@ def segment_variants(which: str = "core"):
     out = []
     if which not in ("core", "all"):
         return out
-    core = {"seg_fwd imq fp32", "seg_bwd imq fp32", "seg_bwd poly fp32", "seg_finalize fp32"}
+    core = {"seg_fwd imq fp32", "seg_bwd imq fp32", "seg_bwd poly fp32", "seg_finalize fp32",
+            "seg_finalize shared_y fp32"}
     names = {M.KIND_IMQ: "imq", M.KIND_RBF: "rbf", M.KIND_POLY: "poly"}
     for dtype in ("fp32", "fp64"):
         cts, ct = _sig_and_tl_dtype(dtype)
@@ -304,11 +305,13 @@ def segment_variants(which: str = "core"):
         bwd_sig = {**pts, **idx, "GT": "*fp64", "TT": "*fp64", "GX": "*" + cts, "GY": "*" + cts,
                    "GXW": "*fp64", "GYW": "*fp64", "D": "i32"}
         flags = dict(UNBIASED=True, HAS_XW=True, HAS_YW=True, SHARED_Y=False)
-        name = f"seg_finalize {dtype}"
-        if which == "all" or name in core:
-            fin_sig = {"XW": "*" + cts, "YW": "*" + cts, **idx, "SET_TASKS": "*i64",
-                       "PART": "*fp64", "OUT": "*fp64"}
-            out.append((name, SG._seg_finalize_kernel, fin_sig, dict(flags, BLOCK=32), 1, 1))
+        fin_sig = {"XW": "*" + cts, "YW": "*" + cts, **idx, "SET_TASKS": "*i64",
+                   "PART": "*fp64", "OUT": "*fp64"}
+        for shared, name in ((False, f"seg_finalize {dtype}"),
+                             (True, f"seg_finalize shared_y {dtype}")):
+            if which == "all" or name in core:  # shared_y: every set's yy from set 0's partials
+                out.append((name, SG._seg_finalize_kernel, fin_sig,
+                            dict(flags, SHARED_Y=shared, BLOCK=32), 1, 1))
         for kind in (M.KIND_IMQ, M.KIND_RBF, M.KIND_POLY):
             scales = {M.KIND_IMQ: 7, M.KIND_RBF: 3, M.KIND_POLY: 3}[kind]
             base = dict(KIND=kind, NUM_SCALES=scales, PRECISION="ieee", CT=ct, BLOCK=32,

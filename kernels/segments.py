@@ -12,7 +12,9 @@ for every set, read in place), both shifted by ``SH[b]`` on load.  Host task tab
   :func:`_sweep` (2 above the diagonal, 1 on it, 0 below it in the diagonal block): the pair
   term w_i w_j k_ij is symmetric, so the stripes together cover the upper triangle once.
   The finalize (one program per set) sums the set's partials in task order (deterministic: no
-  atomics) and divides by the denominators of :func:`_set_stats`.
+  atomics) and divides by the denominators of :func:`_set_stats`.  A shared y's yy term is the
+  same for every set: only set 0 has yy tasks (computed with set 0's shift) and every set's
+  finalize sums those (M^2 / 2 pair evaluations in all instead of B M^2 / 2).
 * backward ``[side, b0, b1, r0, r1, o0]`` (side 0: x, 1: y): rows [r0, r1) of that side, for
   every set b in [b0, b1) (one set, or a chunk of sets for the rows of a shared y), sweep the
   set's self columns then its cross columns, and write the rows' gradients (coordinates and
@@ -206,13 +208,8 @@ def _seg_fwd_kernel(
 
 
 @triton.jit
-def _seg_finalize_kernel(XW, YW, XO, YO, TASKS, SET_TASKS, PART, OUT,
-                         UNBIASED: tl.constexpr, HAS_XW: tl.constexpr, HAS_YW: tl.constexpr,
-                         SHARED_Y: tl.constexpr, BLOCK: tl.constexpr):
-    """One program per set: its partials summed per term in task order, over the denominators."""
-    b = tl.program_id(0)
-    t0 = tl.load(SET_TASKS + b)
-    t1 = tl.load(SET_TASKS + b + 1)
+def _term_sums(PART, TASKS, t0, t1, BLOCK: tl.constexpr):
+    """(xx, yy, xy) sums of the partials of tasks [t0, t1), in task order (deterministic)."""
     idx = tl.arange(0, BLOCK)
     sxx = tl.zeros((), dtype=tl.float64)
     syy = tl.zeros((), dtype=tl.float64)
@@ -225,7 +222,21 @@ def _seg_finalize_kernel(XW, YW, XO, YO, TASKS, SET_TASKS, PART, OUT,
         sxx += tl.sum(tl.where(term == 0, p, 0.0))
         syy += tl.sum(tl.where(term == 1, p, 0.0))
         sxy += tl.sum(tl.where(term == 2, p, 0.0))
+    return sxx, syy, sxy
+
+
+@triton.jit
+def _seg_finalize_kernel(XW, YW, XO, YO, TASKS, SET_TASKS, PART, OUT,
+                         UNBIASED: tl.constexpr, HAS_XW: tl.constexpr, HAS_YW: tl.constexpr,
+                         SHARED_Y: tl.constexpr, BLOCK: tl.constexpr):
+    """One program per set: its partials summed per term in task order, over the denominators.
+    A shared y's yy tasks are set 0's alone (segment_sums.Plan): every set sums set 0's yy
+    partials, in the same order, so every set's yy term is the same, bit for bit."""
+    b = tl.program_id(0)
+    sxx, syy, sxy = _term_sums(PART, TASKS, tl.load(SET_TASKS + b), tl.load(SET_TASKS + b + 1),
+                               BLOCK)
     if SHARED_Y:
+        _, syy, _ = _term_sums(PART, TASKS, tl.load(SET_TASKS), tl.load(SET_TASKS + 1), BLOCK)
         y0 = tl.load(YO)
         y1 = tl.load(YO + 1)
     else:

@@ -52,7 +52,8 @@ class Plan:
     """Device layout of one ``mmd_segments`` call for the one-launch kernels: int64 offsets
     (``y_offsets`` is [0, M] for a shared y, whose rows every set reads in place), the forward
     task table ``[set, term, r0, r1]`` (term 0 xx, 1 yy, 2 xy; grouped by set, ``set_tasks`` the
-    (B + 1,) start of each set's tasks) and, on demand, the backward table
+    (B + 1,) start of each set's tasks; a shared y's yy tasks belong to set 0 alone, computed
+    with set 0's shift, and every set's yy term is theirs) and, on demand, the backward table
     ``[side, b0, b1, r0, r1, o0]`` (side 0 x, 1 y; rows [r0, r1) of that side for the sets
     [b0, b1), their gradients written at output rows o0 + i - r0: a shared y's row tiles span a
     chunk of sets and write the chunk's slice of the buffer, see :attr:`y_chunks`)."""
@@ -71,8 +72,13 @@ class Plan:
             x0, x1 = xo[b], xo[b + 1]
             y0, y1 = self.y_range(b)
             # row tiles start at multiples of block from the set's first row: the kernels'
-            # symmetric self tiles take a task's first column block as its diagonal block
-            for term, (r0, r1) in ((0, (x0, x1)), (2, (x0, x1)), (1, (y0, y1))):
+            # symmetric self tiles take a task's first column block as its diagonal block.
+            # A shared y's yy term is the same for every set: only set 0 computes it (the
+            # finalize gives every set set 0's yy partials), M^2 / 2 pair evaluations, not B times
+            terms = [(0, (x0, x1)), (2, (x0, x1))]
+            if b == 0 or not self.shared_y:
+                terms.append((1, (y0, y1)))
+            for term, (r0, r1) in terms:
                 tasks.extend((b, term, i, min(i + block, r1)) for i in range(r0, r1, block))
             starts.append(len(tasks))
         self.fwd_tasks = torch.tensor(tasks, dtype=torch.int64).reshape(-1, 4).to(device)

@@ -10,6 +10,8 @@
 //            s_i = sum_j v_j k(a_i, c_j) (j != i under the U-statistic), the block's rows summed
 //            in row order (deterministic, no atomics); the finalize (one thread per set)
 //            sums the set's partials in task order over the denominators of seg_stats.
+//            A shared y's yy term is the same for every set: only set 0 has yy tasks (with
+//            set 0's shift) and every set's finalize sums those (M^2 / 2 pairs, not B M^2 / 2).
 //            A self task (xx, yy) sweeps only the columns j >= r0, each pair weighted 2 for
 //            j > i, 1 for j == i (skipped under the U-statistic), skipped for j < i: the pair
 //            term w_i w_j k_ij is symmetric, so the stripes cover the upper triangle once.
@@ -213,6 +215,11 @@ __global__ void seg_finalize_kernel(const T* __restrict__ XW, const T* __restric
   if (b >= nsets) return;
   double acc[3] = {0.0, 0.0, 0.0};
   for (int64_t t = set_tasks[b]; t < set_tasks[b + 1]; ++t) acc[tasks[4 * t + 1]] += part[t];
+  if (sets.shared_y) {  // a shared y's yy tasks are set 0's alone: every set sums them, in one order
+    acc[1] = 0.0;
+    for (int64_t t = set_tasks[0]; t < set_tasks[1]; ++t)
+      if (tasks[4 * t + 1] == 1) acc[1] += part[t];
+  }
   double sw, dx, sv, dy;
   seg_stats(XW, sets.xo[b], sets.xo[b + 1], unbiased, sw, dx);
   seg_stats(YW, sets.y0(b), sets.y1(b), unbiased, sv, dy);
