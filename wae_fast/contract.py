@@ -117,7 +117,9 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
   ``shifts`` (B, d) in the compute dtype: set b's points are shifted by shifts[b] (the glue passes
   the mean of the set's y rows with non-zero weight, zeros for the polynomial:
   :func:`segment_shifts`); or (0,) for a backend that declares ``computes_shifts``, which then
-  computes those means itself (one pass over y instead of several torch ops).
+  computes those means itself (one pass over y instead of several torch ops).  For a y shared by
+  B > 1 sets a backend may compute the yy term once, with shifts[0] (exact for the translation-
+  invariant kinds; the polynomial's shifts are zeros).
 * ``terms`` float64 (B, 3): set b's weighted (mean k(x,x'), mean k(y,y'), mean k(x,y)), with
   reliability weights w (x), v (y): self terms sum_ij w_i w_j k_ij / (sum w)^2 (biased) or over
   i != j divided by sum_{i != j} w_i w_j (unbiased), cross term sum_ij w_i v_j k_ij / (sum w sum v).
