@@ -4,7 +4,8 @@ backward, and the wide-d fallback of the one-launch backends).
 The sets of each side are gathered into a padded (B, n_max, d) tensor, shifted by their set's
 shift, with weight 0 on the padding; each row pass of :mod:`wae_fast.segment_sums` (its formulas)
 then runs for all sets together, as batched matmuls over blocks of rows: a few torch ops per
-block, whatever the number of sets, and no host synchronisation.  Memory: the padded sides,
+block, whatever the number of sets, and no per-set host synchronisation (the offsets are read
+on the host once, and a shared y's shifts compared once).  Memory: the padded sides,
 O(B n_max d), plus one (B, rows, n_max) block of pairs (at most :data:`PAIRS_PER_BLOCK`).  A y
 shared by every set with one shift (what the glue passes) stays one (1, M, d) side, broadcast.
 """
