@@ -2,7 +2,7 @@
 single ``mmd`` calls and the dense batched formula in plain PyTorch (``torch.cdist`` on (B, N, d)).
 
     python -m benchmarks.bench_segments [--device cpu|cuda] [--backend auto] [--reps 5] [--tiny]
-                                        [--quick] [--threads T] [--clock wall|cpu]
+                                        [--quick] [--threads T] [--clock wall|cpu] [--collect]
 
 Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
 
@@ -63,22 +63,28 @@ def _time(fn, reps):
 
 
 _CLOCK = time.perf_counter
+_COLLECT = False
 
 
 def _run(methods, reps, grad):
     """Interleaved: each rep runs every method once; median seconds per method.  Python's
-    garbage collector is off while timing (as in timeit) and run before each call: the loop and
+    garbage collector is off while timing, as in timeit and torch.utils.benchmark: the loop and
     dense methods create many objects, and a collection landing inside another method's call
-    was measured adding 10-20 ms to a 8 ms call."""
+    was measured adding 10-20 ms to a 8 ms call.  It runs once before the timed calls
+    (``--collect``: before every call instead, which the earlier tables did; its walk over every
+    Python object evicts the caches, and the call after it was measured 0.15-0.45 ms slower on
+    this machine: a plain 10 us torch matmul took 0.15 ms, a tiny mmd_batched call 0.45 ms)."""
     for f in methods.values():
         f(grad)  # warm-up
     times = {k: [] for k in methods}
     enabled = gc.isenabled()
+    gc.collect()
     gc.disable()
     try:
         for _ in range(reps):
             for k, f in methods.items():
-                gc.collect()
+                if _COLLECT:
+                    gc.collect()
                 t0 = _CLOCK()
                 f(grad)
                 times[k].append(_CLOCK() - t0)
@@ -106,11 +112,14 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--quick", action="store_true", help="3 reps (unless --reps is given): under 3 minutes")
+    ap.add_argument("--collect", action="store_true",
+                    help="run the garbage collector before every timed call (cold caches)")
     a = ap.parse_args(argv)
     if a.quick and "--reps" not in (argv if argv is not None else __import__("sys").argv[1:]):
         a.reps = 3
-    global _CLOCK
+    global _CLOCK, _COLLECT
     _CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
+    _COLLECT = a.collect
     if a.threads:
         torch.set_num_threads(a.threads)
     dev, be = a.device, a.backend
@@ -120,7 +129,8 @@ def main(argv=None) -> None:
     rb = 8 if a.tiny else 64
     print(f"# mmd_segments benchmark: device {dev}, backend {be} "
           f"({wae_fast.which_backend(dev, be, family='mmd_segments')}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, reps {a.reps}, clock {a.clock}\n")
+          f"threads {torch.get_num_threads()}, reps {a.reps}, clock {a.clock}"
+          f"{', gc before every call' if a.collect else ''}\n")
     print("| row | d | pass | method | median s | ns/pair | vs loop |")
     print("|---|---|---|---|---|---|---|")
     per_pair = {}  # (row, d, pass, method) -> ns/pair

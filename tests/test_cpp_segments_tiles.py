@@ -97,3 +97,46 @@ def test_unbiased_denominator_with_one_dominant_weight():
     cancel = float(w.sum() ** 2 - (w ** 2).sum())
     assert abs(float(t[0, 0]) - num / exact) <= 1e-12 * abs(num / exact)
     assert abs(num / cancel - num / exact) > 1e-9 * abs(num / exact)  # what the naive form loses
+
+
+# sets of 2 to 70 points: diagonal tiles with 1 to 5 lane blocks of every ISA, partial blocks
+ROT_X_OFF = [0, 2, 19, 36, 100, 170, 177]   # 2, 17, 17, 64, 70, 7 points
+ROT_Y_OFF = [0, 9, 12, 45, 78, 81, 145]     # 9, 3, 33, 33, 3, 64
+
+
+@pytest.mark.parametrize("d", [3, 8, 24, 30])
+@pytest.mark.parametrize("kname,unbiased,dtype,weighted", [
+    ("imq", True, torch.float64, True), ("imq", False, torch.float64, False),
+    ("rbf", False, torch.float64, True), ("rbf", True, torch.float64, False),
+    ("poly", False, torch.float64, True), ("poly", True, torch.float64, False),
+    ("imq", True, torch.float32, True), ("imq", False, torch.float32, False)])
+def test_value_only_diagonal_tiles_against_oracle(isa, d, kname, unbiased, dtype, weighted):
+    """The forward without gradients: its diagonal tiles skip the columns below the diagonal and,
+    for d <= 24, evaluate their diagonal lane blocks by rotations (every pair once, counted
+    twice; the j == i term of the biased estimator once); d = 30 runs the plain tiles."""
+    x, y, xw, yw = segment_data(ROT_X_OFF, ROT_Y_OFF, d, dtype, "cpu", seed=d + 3 * unbiased,
+                                nan_pad=weighted)
+    if not weighted:
+        xw = yw = None
+    with torch.no_grad():
+        t, kind, params = _run(x, y, ROT_X_OFF, ROT_Y_OFF, xw, yw, kname, unbiased, d)
+    gt = torch.zeros(len(ROT_X_OFF) - 1, 3, dtype=torch.float64)
+    want, _ = segment_oracle(x, y, xw, yw, ROT_X_OFF, ROT_Y_OFF, kind, params, unbiased, gt)
+    err = (t - want).abs()
+    assert bool((err <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all()), err.max().item()
+
+
+@pytest.mark.parametrize("d", [4, 8])
+def test_value_only_non_finite_point_stays_in_its_set(isa, d):
+    """A NaN coordinate in the rotated diagonal block of set 1 (lane 5): that set's xx term is
+    NaN, the other sets' terms are finite and right."""
+    x, y, _, _ = segment_data(ROT_X_OFF, ROT_Y_OFF, d, torch.float32, "cpu", seed=5, nan_pad=False)
+    x[ROT_X_OFF[1] + 5, 1] = float("nan")
+    with torch.no_grad():
+        t, kind, params = _run(x, y, ROT_X_OFF, ROT_Y_OFF, None, None, "imq", True, d)
+    assert torch.isnan(t[1, 0]) and torch.isnan(t[1, 2]) and torch.isfinite(t[1, 1])
+    keep = [b for b in range(len(ROT_X_OFF) - 1) if b != 1]
+    assert torch.isfinite(t[keep]).all()
+    gt = torch.zeros(len(ROT_X_OFF) - 1, 3, dtype=torch.float64)
+    want, _ = segment_oracle(x, y, None, None, ROT_X_OFF, ROT_Y_OFF, kind, params, True, gt)
+    assert bool(((t[keep] - want[keep]).abs() <= VAL_TOL[torch.float32] * terms_scale(want[keep])[:, None]).all())

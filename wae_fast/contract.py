@@ -187,7 +187,7 @@ Extension points (keep them this way):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -824,7 +824,7 @@ def reparam(backend: str, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> 
     return op(f"reparam_fwd_{backend}")(mu.contiguous(), logvar.contiguous(), seed)
 
 
-def segment_shifts(kind: int, y: torch.Tensor, y_offsets: list[int], y_weights: torch.Tensor,
+def segment_shifts(kind: int, y: torch.Tensor, y_offsets: Sequence[int], y_weights: torch.Tensor,
                    num_sets: int) -> torch.Tensor:
     """The per-set offsets (B, d) the glue passes to ``mmd_segments``: the mean of each set's y
     rows with a non-zero weight (all rows when unweighted), in the compute dtype; zeros for the
@@ -857,8 +857,15 @@ def segment_shifts(kind: int, y: torch.Tensor, y_offsets: list[int], y_weights: 
     return (mean.expand(num_sets, d) if len(counts) == 1 else mean).contiguous()
 
 
-def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list[int],
-                 y_offsets: list[int], x_weights: Optional[torch.Tensor],
+def _offsets_tensor(offsets, device: torch.device) -> torch.Tensor:
+    """int64 tensor of host offsets: a list, or a ``range`` (equal sets: no per-set loop)."""
+    if isinstance(offsets, range):
+        return torch.arange(offsets.start, offsets.stop, offsets.step, dtype=torch.int64, device=device)
+    return torch.tensor(offsets, dtype=torch.int64, device=device)
+
+
+def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequence[int],
+                 y_offsets: Sequence[int], x_weights: Optional[torch.Tensor],
                  y_weights: Optional[torch.Tensor], kind: int, params: list[float], unbiased: bool,
                  precision: str = "ieee") -> torch.Tensor:
     """Call backend ``backend``'s ``mmd_segments`` forward op through autograd; returns the
@@ -874,8 +881,7 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: list
         shifts = x.new_empty((0,), dtype=ct)
     else:
         shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
-    xo = torch.tensor(x_offsets, dtype=torch.int64, device=x.device)
-    yo = torch.tensor(y_offsets, dtype=torch.int64, device=x.device)
+    xo, yo = _offsets_tensor(x_offsets, x.device), _offsets_tensor(y_offsets, x.device)
     grad_on = torch.is_grad_enabled()
     flags = (grad_on and x.requires_grad, grad_on and y.requires_grad,
              grad_on and xw.requires_grad, grad_on and yw.requires_grad)

@@ -93,6 +93,12 @@ struct Problem {
   const T* wb = nullptr;
   double* ks_rows = nullptr;
   double* ks_cols = nullptr;
+  // Value-only diagonal tiles evaluate their diagonal L x L blocks by lane rotations (pairs
+  // (i, i + s mod L), s = 1..L/2: the L(L-1)/2 pairs of a block in L/2 vectors instead of L):
+  // a 64-point tile then evaluates half its pairs, as the big tiles do.  The sum is added in
+  // another order than with gradients (the same value up to rounding), so the single mmd call,
+  // whose value is the same bit for bit with or without gradients, leaves it off.
+  bool rotate_diag = false;
 };
 
 template <class T>
@@ -192,7 +198,10 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   typedef typename Vec<T>::I I;
   constexpr int L = Vec<T>::L;
   const int64_t dp = pb.dp;
-  const T* __restrict A = pb.a.rows;
+  // the row operand is read from its per-tile transpose too (coordinate k of row i0 + i at
+  // At[k * kTile + i]: four adjacent values per k): a pass without gradients needs no row-major
+  // copy (segments_cpu.cpp packs none), and the values are the same
+  const T* __restrict At = pb.a.cols + (i0 / kTile) * dp * kTile;
   // column operand packed per tile: (n_pad / kTile) blocks of (dp x kTile), contiguous, so the
   // k-rows of a tile do not alias in L1 (a plain (dp x n_pad) transpose has a 4 KiB-multiple stride)
   const T* __restrict Bt = pb.b.cols + (j0 / kTile) * dp * kTile;
@@ -215,9 +224,10 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   // the others are padding; with GRAD their W entries are zeroed below (the gradient matmuls
   // read whole tile rows, and a stale W could be NaN)
   const int jlim = int(std::min<int64_t>(kTile, (pb.b.n - j0 + 2 * L - 1) / (2 * L) * (2 * L)));
-  // a diagonal tile without row / column outputs skips the micro-tiles wholly below the diagonal
-  // (a quarter of a 64-point tile; its sum counts j > i twice, see smask below)
+  // a diagonal tile without row / column outputs skips the vectors of columns wholly below the
+  // diagonal (3/8 of a 64-point tile with 16 lanes; its sum counts j > i twice, see smask below)
   const bool tri = diag && !GRAD && !want_ks;
+  const bool rot = tri && pb.rotate_diag;  // the diagonal blocks by rotations, after the loop
   for (int ib = 0; ib < kTile; ib += 4) {
     const int64_t ibase = i0 + ib;
     if (ibase >= pb.a.n) {  // whole group of rows is padding
@@ -232,17 +242,27 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
     V rs[4] = {zero, zero, zero, zero};
     V rk[4] = {zero, zero, zero, zero};  // WT: per-row sum_j v_j k_ij
     for (int jb = 0; jb < jlim; jb += 2 * L) {
-      if (tri && jb + 2 * L <= ib) continue;  // every column below every row of the group
+      // tri: the vectors h < h0 hold columns below every row of the group (they would add
+      // zeros), or (rot) the group's diagonal block
+      const int h0 = tri ? std::max(0, std::min(2, ((ib / L + (rot ? 1 : 0)) * L - jb) / L)) : 0;
+      if (h0 == 2) continue;
       V acc[4][2];
       for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
-      const T* a0 = A + ibase * dp;
+      const T* a0 = At + ib;
       const T* bp = Bt + jb;
-      for (int64_t k = 0; k < pb.d; ++k) {
-        V b0 = vload<V>(bp + k * ldb), b1 = vload<V>(bp + k * ldb + L);
-        for (int r = 0; r < 4; ++r) {
-          T av = a0[r * dp + k];
-          acc[r][0] += av * b0;
-          acc[r][1] += av * b1;
+      if (h0 == 0) {
+        for (int64_t k = 0; k < pb.d; ++k) {
+          V b0 = vload<V>(bp + k * ldb), b1 = vload<V>(bp + k * ldb + L);
+          for (int r = 0; r < 4; ++r) {
+            T av = a0[k * kTile + r];
+            acc[r][0] += av * b0;
+            acc[r][1] += av * b1;
+          }
+        }
+      } else {
+        for (int64_t k = 0; k < pb.d; ++k) {
+          V b1 = vload<V>(bp + k * ldb + L);
+          for (int r = 0; r < 4; ++r) acc[r][1] += a0[k * kTile + r] * b1;
         }
       }
       V csacc[2] = {zero, zero};  // column sums of these 4 rows (one RMW of CS per vector)
@@ -252,7 +272,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         const I rowvalid = izero + (i < pb.a.n ? -1 : 0);
         const T nai = na[i];
         const T wi = WT ? pb.wa[i] : T(1);
-        for (int h = 0; h < 2; ++h) {
+        for (int h = h0; h < 2; ++h) {
           const int64_t jbase = j0 + jb + h * L;
           V nbv = vload<V>(nb + jbase);
           V rr = nai + nbv - T(2) * acc[r][h];
@@ -334,6 +354,60 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         for (int l = 0; l < L; ++l) s += rk[r][l];
         KR[ib + r] = s;
       }
+  }
+  if (rot) {
+    // diagonal block q: its points p0 + l in the lanes (coordinate k at Bt[k kTile + q L]); the
+    // pair (l, l + s mod L) of rotation s counts twice, except s = L/2, where lanes l and
+    // l + L/2 hold the same pair (once each); j == i (r = 0, as above) once, when counted
+    typedef typename Vec<T>::IS IS;
+    for (int q = 0; q * L < kTile; ++q) {
+      const int64_t p0 = j0 + q * L;
+      if (p0 >= pb.b.n) break;
+      const T* cb = Bt + q * L;
+      const V nv = vload<V>(nb + p0);
+      const I valid = (iota + IS(p0)) < IS(pb.b.n);
+      const V wv = WT ? vload<V>(pb.wb + p0) : zero;
+      auto eval = [&](V rr, V dot) {
+        V kv = zero, wd = zero;
+        if (KIND == wae_fast::KIND_IMQ) {
+#ifdef WAE_CPU_RCP14
+          if constexpr (std::is_same<T, float>::value)
+            wae_fast::imq_eval_rcp<V, T>(rr, P, S, kv, wd, VRcp14());
+          else
+#endif
+            wae_fast::imq_eval<V, T>(rr, P, S, kv, wd);
+        } else if (KIND == wae_fast::KIND_RBF) {
+          wae_fast::rbf_eval<V, T>(rr, P, S, kv, wd, VExpNeg<V>());
+        } else {
+          wae_fast::poly_eval<V, T>(dot, P, kv, wd);
+        }
+        return kv;
+      };
+      if (!pb.unbiased) {
+        V dot = zero;
+        if (KIND == wae_fast::KIND_POLY)
+          for (int64_t k = 0; k < pb.d; ++k) {
+            const V v = vload<V>(cb + k * kTile);
+            dot += v * v;
+          }
+        const V kv = eval(zero, dot);
+        ksum += valid ? (WT ? wv * (kv * wv) : kv) : zero;
+      }
+      for (int sr = 1; sr <= L / 2; ++sr) {
+        const I perm = (iota + IS(sr)) & IS(L - 1);
+        V acc = zero;
+        for (int64_t k = 0; k < pb.d; ++k) {
+          const V v = vload<V>(cb + k * kTile);
+          acc += v * __builtin_shuffle(v, perm);
+        }
+        V rr = nv + __builtin_shuffle(nv, perm) - T(2) * acc;
+        rr = rr < zero ? zero : rr;  // keeps NaN
+        const I ok = valid & __builtin_shuffle(valid, perm);
+        const V kv = eval(rr, acc);
+        const V ks = 2 * sr < L ? kv + kv : kv;
+        ksum += ok ? (WT ? wv * (ks * __builtin_shuffle(wv, perm)) : ks) : zero;
+      }
+    }
   }
   return hsum<T>(ksum);
 }

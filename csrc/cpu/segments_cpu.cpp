@@ -59,6 +59,11 @@ using TileProblem = wae_cpu_generic::Problem<T>;
 template <class T>
 using Operand = wae_cpu_generic::Operand<T>;
 
+// Value-only diagonal tiles by lane rotations (mmd_cpu_kernel.h Problem::rotate_diag) up to this
+// d: each rotation recomputes its dot products (3 d operations per L pairs), which the saved
+// kernel evaluations repay at small d only (measured at B = 256 sets of 64 points, one thread:
+// 6% faster at d = 8, 3% at 16, 1.5% at 24, even at 32, 5% slower at 64)
+constexpr int64_t kRotateMaxD = 24;
 constexpr int64_t kMaxGroups = 32;  // as mmd_cpu.cpp: groups of row blocks per set in the rounds
 
 struct Problem {
@@ -222,7 +227,7 @@ struct Pack {
   int64_t dp = 0, ntiles = 0;
   std::vector<int64_t> tile0, n;  // per set: first tile, packed rows
   Scratch<int64_t> src;  // packed row -> input row (-1 on padding)
-  Scratch<T> rows, cols, nrm, w;
+  Scratch<T> rows, cols, nrm, w;  // rows: only for the gradients to the points (the tiles read cols)
   int64_t blocks(int64_t s) const { return (n[s] + kTile - 1) / kTile; }
   int64_t row0(int64_t s) const { return tile0[s] * kTile; }
   //! Set s as an operand; from its block I on when I > 0 (one block: a sub-operand of rows).
@@ -230,7 +235,8 @@ struct Pack {
     const int64_t r0 = row0(s) + (I > 0 ? I * kTile : 0);
     const int64_t nn = I >= 0 ? std::min<int64_t>(kTile, n[s] - I * kTile) : n[s];
     const int64_t np = I >= 0 ? kTile : std::max<int64_t>(1, blocks(s)) * kTile;
-    return {rows.data() + r0 * dp, cols.data() + (r0 / kTile) * dp * kTile, nrm.data() + r0, nn, np};
+    return {rows.empty() ? nullptr : rows.data() + r0 * dp, cols.data() + (r0 / kTile) * dp * kTile,
+            nrm.data() + r0, nn, np};
   }
   const T* weights(int64_t s, int64_t I = -1) const { return w.data() + row0(s) + (I > 0 ? I * kTile : 0); }
 };
@@ -242,17 +248,21 @@ enum class Keep { kAll, kNonZero, kZero };
 //! weight (1 when W is null or keep == kZero: the rows of a weight-gradient pass), 0 on padding.
 template <class T>
 Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
-                   const T* SH, const std::vector<int64_t>& sh_row, int64_t d, int64_t dp, Keep keep) {
+                   const T* SH, const std::vector<int64_t>& sh_row, int64_t d, int64_t dp, Keep keep,
+                   bool with_rows) {
   Pack<T> pk;
   const int64_t ns = int64_t(r0.size());
   pk.dp = dp;
   pk.tile0.resize(ns);
   pk.n.resize(ns);
+  const bool all = W == nullptr || keep == Keep::kAll;
+  auto kept = [&](int64_t i) { return all || (keep == Keep::kZero) == (W[i] == T(0)); };
   for (int64_t s = 0; s < ns; ++s) {
     int64_t c = 0;
-    for (int64_t i = r0[s]; i < r1[s]; ++i) {
-      const bool zero = W != nullptr && W[i] == T(0);
-      c += keep == Keep::kAll || (keep == Keep::kZero) == zero;
+    if (all) {
+      c = r1[s] - r0[s];
+    } else {
+      for (int64_t i = r0[s]; i < r1[s]; ++i) c += kept(i);
     }
     pk.tile0[s] = pk.ntiles;
     pk.n[s] = c;
@@ -260,49 +270,63 @@ Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const
   }
   const int64_t nrows = pk.ntiles * kTile;
   pk.src.reset(nrows, false);
-  pk.rows.reset(nrows * dp, false);
+  pk.rows.reset(with_rows ? nrows * dp : 0, false);
   pk.cols.reset(nrows * dp, false);
   pk.nrm.reset(nrows, false);
   pk.w.reset(nrows, false);
   const double lim = double(wae_fast::MaxSqNorm<T>::value);
+  // one tile at a time (every element of it is written: padding rows and columns 0, src -1):
+  // the shifted rows, their per-tile transpose (mmd_cpu_kernel.h Operand::cols), and the squared
+  // norms in fp64 from the transpose, 64 independent sums (a chain of d dependent adds per row
+  // cost as much as the tiles at d = 64, N = 64; this loop was 15% of a B = 256, N = 64, d = 8
+  // forward row by row)
   at::parallel_for(0, ns, 1, [&](int64_t s0, int64_t s1) {
+    int64_t srcs[kTile];
+    double acc[kTile];
     for (int64_t s = s0; s < s1; ++s) {
       const T* sh = SH + sh_row[s] * d;
-      int64_t p = pk.row0(s);
-      {  // the padding of the set's tiles (every other element is written below)
-        const int64_t r1v = p + pk.n[s], r1p = (pk.tile0[s] + pk.blocks(s)) * kTile;
-        std::fill(pk.rows.data() + r1v * dp, pk.rows.data() + r1p * dp, T(0));
-        std::fill(pk.nrm.data() + r1v, pk.nrm.data() + r1p, T(0));
-        std::fill(pk.w.data() + r1v, pk.w.data() + r1p, T(0));
-        std::fill(pk.src.data() + r1v, pk.src.data() + r1p, int64_t(-1));
-      }
-      for (int64_t i = r0[s]; i < r1[s]; ++i) {
-        const bool zero = W != nullptr && W[i] == T(0);
-        if (!(keep == Keep::kAll || (keep == Keep::kZero) == zero)) continue;
-        T* row = pk.rows.data() + p * dp;
-        for (int64_t k = 0; k < d; ++k) row[k] = P[i * d + k] - sh[k];
-        for (int64_t k = d; k < dp; ++k) row[k] = T(0);
-        // squared norm in fp64 with 8 partial sums (one chain of d dependent adds cost as much
-        // as the tiles at d = 64, N = 64)
-        double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t k = 0;
-        for (; k + 8 <= d; k += 8)
-          for (int u = 0; u < 8; ++u) part[u] += double(row[k + u]) * double(row[k + u]);
-        for (; k < d; ++k) part[k & 7] += double(row[k]) * double(row[k]);
-        const double nr = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-        // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
-        pk.nrm[p] = nr <= lim ? T(nr) : std::numeric_limits<T>::quiet_NaN();
-        pk.w[p] = (W == nullptr || keep == Keep::kZero) ? T(1) : W[i];
-        pk.src[p] = i;
-        ++p;
-      }
-      // per-tile transpose (mmd_cpu_kernel.h Operand::cols): contiguous writes along a tile's columns
+      int64_t i = r0[s];
       for (int64_t t = pk.tile0[s]; t < pk.tile0[s] + pk.blocks(s); ++t) {
-        const T* rt = pk.rows.data() + t * kTile * dp;
+        int64_t nn = 0;
+        for (; i < r1[s] && nn < kTile; ++i)
+          if (kept(i)) srcs[nn++] = i;
         T* ctile = pk.cols.data() + t * dp * kTile;
-        for (int64_t k = 0; k < d; ++k)
-          for (int64_t c = 0; c < kTile; ++c) ctile[k * kTile + c] = rt[c * dp + k];
+        if (with_rows) {
+          T* rt = pk.rows.data() + t * kTile * dp;
+          for (int64_t c = 0; c < nn; ++c) {
+            const T* q = P + srcs[c] * d;
+            T* row = rt + c * dp;
+            for (int64_t k = 0; k < d; ++k) row[k] = q[k] - sh[k];
+            for (int64_t k = d; k < dp; ++k) row[k] = T(0);
+          }
+          std::fill(rt + nn * dp, rt + kTile * dp, T(0));
+          for (int64_t k = 0; k < d; ++k)
+            for (int64_t c = 0; c < kTile; ++c) ctile[k * kTile + c] = rt[c * dp + k];
+        } else {  // the transpose straight from the input, read row by row (sequential reads)
+          for (int64_t c = 0; c < nn; ++c) {
+            const T* q = P + srcs[c] * d;
+            for (int64_t k = 0; k < d; ++k) ctile[k * kTile + c] = q[k] - sh[k];
+          }
+          for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
+        }
         std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
+        for (int64_t c = 0; c < kTile; ++c) acc[c] = 0.0;
+        for (int64_t k = 0; k < d; ++k)
+          for (int64_t c = 0; c < kTile; ++c) acc[c] += double(ctile[k * kTile + c]) * double(ctile[k * kTile + c]);
+        T* nr = pk.nrm.data() + t * kTile;
+        T* wt = pk.w.data() + t * kTile;
+        int64_t* st = pk.src.data() + t * kTile;
+        // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
+        for (int64_t c = 0; c < nn; ++c) {
+          nr[c] = acc[c] <= lim ? T(acc[c]) : std::numeric_limits<T>::quiet_NaN();
+          wt[c] = (W == nullptr || keep == Keep::kZero) ? T(1) : W[srcs[c]];
+          st[c] = srcs[c];
+        }
+        for (int64_t c = nn; c < kTile; ++c) {
+          nr[c] = T(0);
+          wt[c] = T(0);
+          st[c] = -1;
+        }
       }
     }
   });
@@ -329,6 +353,10 @@ struct Compensated {
 
 template <class T>
 Denoms denoms(const T* w, int64_t n, bool unbiased) {
+  if (w == nullptr) {  // unit weights: n and n (n - 1) or n^2, exact in fp64 (what the sums give)
+    const double dn = double(n);
+    return {dn, unbiased ? dn * (dn - 1.0) : dn * dn};
+  }
   Compensated total, pairs;
   bool bad = false;
   for (int64_t i = 0; i < n; ++i) {
@@ -423,6 +451,7 @@ struct Setup {
     for (int s = 0; s < S; ++s) pb.P[s] = P[s];
     pb.symmetric = sym;
     pb.unbiased = unbiased;
+    pb.rotate_diag = d <= kRotateMaxD;
     if (weighted) {
       pb.wa = wa;
       pb.wb = wb;
@@ -441,7 +470,7 @@ struct Setup {
 template <class T>
 Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y, const at::Tensor& XW,
                     const at::Tensor& YW, const at::Tensor& SH, int kind, const std::vector<double>& params,
-                    bool unbiased) {
+                    bool unbiased, bool with_rows) {
   Setup<T> st;
   st.B = pb.B;
   st.d = X.size(1);
@@ -474,8 +503,8 @@ Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y,
     }
   }
   const Keep keep = st.weighted ? Keep::kNonZero : Keep::kAll;
-  st.px = build_pack<T>(X.data_ptr<T>(), xw, xr0, xr1, SH.data_ptr<T>(), xsh, st.d, st.dp, keep);
-  st.py = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, keep);
+  st.px = build_pack<T>(X.data_ptr<T>(), xw, xr0, xr1, SH.data_ptr<T>(), xsh, st.d, st.dp, keep, with_rows);
+  st.py = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, keep, with_rows);
   for (int64_t b = 0; b < pb.B; ++b) st.dx.push_back(denoms(xw ? xw + xr0[b] : nullptr, xr1[b] - xr0[b], unbiased));
   for (size_t s = 0; s < st.yset.size(); ++s)
     st.dy.push_back(denoms(yw ? yw + st.yr0[s] : nullptr, st.yr1[s] - st.yr0[s], unbiased));
@@ -605,7 +634,7 @@ ZeroRows<T> zero_rows_x(const Setup<T>& st, const Problem& pb, const at::Tensor&
   const int64_t B = st.B;
   std::vector<int64_t> r0(pb.xo.begin(), pb.xo.end() - 1), r1(pb.xo.begin() + 1, pb.xo.end()), sh(B);
   for (int64_t b = 0; b < B; ++b) sh[b] = b;
-  z.pk = build_pack<T>(X.data_ptr<T>(), xw, r0, r1, SH.data_ptr<T>(), sh, st.d, st.dp, Keep::kZero);
+  z.pk = build_pack<T>(X.data_ptr<T>(), xw, r0, r1, SH.data_ptr<T>(), sh, st.d, st.dp, Keep::kZero, false);
   z.self.assign(z.pk.ntiles * kTile, 0.0);
   z.cross.assign(z.pk.ntiles * kTile, 0.0);
   std::vector<std::pair<int64_t, int64_t>> blocks;
@@ -632,7 +661,7 @@ ZeroRows<T> zero_rows_y(const Setup<T>& st, const at::Tensor& Y, const T* yw, co
                         const std::function<double(int64_t, double)>& term) {
   ZeroRows<T> z;
   const int64_t NY = int64_t(st.yset.size());
-  z.pk = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, Keep::kZero);
+  z.pk = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, Keep::kZero, false);
   z.self.assign(z.pk.ntiles * kTile, 0.0);
   std::vector<std::pair<int64_t, int64_t>> blocks;
   for (int64_t s = 0; s < NY; ++s)
@@ -665,7 +694,7 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
                                   const at::Tensor& YW, const at::Tensor& SH, int kind,
                                   const std::vector<double>& params, bool unbiased, bool fx, bool fy, bool fxw,
                                   bool fyw) {
-  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased);
+  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, fx || fy);
   const int64_t B = st.B, d = st.d, dp = st.dp;
   PassSpec spec;
   spec.gx = fx;
@@ -846,7 +875,7 @@ std::vector<at::Tensor> seg_bwd_t(const at::Tensor& GTt, const at::Tensor& TTt, 
                                   const at::Tensor& Y, const Problem& pb, const at::Tensor& XW, const at::Tensor& YW,
                                   const at::Tensor& SH, int kind, const std::vector<double>& params, bool unbiased,
                                   bool grad_x, bool grad_y, bool grad_xw, bool grad_yw) {
-  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased);
+  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, grad_x || grad_y);
   const double* G = GTt.data_ptr<double>();
   const double* TT = TTt.data_ptr<double>();
   const int64_t d = st.d, dp = st.dp, B = st.B, NY = int64_t(st.yset.size());
