@@ -104,24 +104,32 @@ ROT_X_OFF = [0, 2, 19, 36, 100, 170, 177]   # 2, 17, 17, 64, 70, 7 points
 ROT_Y_OFF = [0, 9, 12, 45, 78, 81, 145]     # 9, 3, 33, 33, 3, 64
 
 
+# every set within 4 row blocks (the forward packs each set right before its tiles), and one
+# set of 5 (the plain passes)
+OFFSETS = {"small": (ROT_X_OFF, ROT_Y_OFF), "multi": (X_OFF, Y_OFF),
+           "large": ([0, 300, 310, 330], [0, 20, 290, 300])}
+
+
+@pytest.mark.parametrize("offs", ["small", "multi", "large"])
 @pytest.mark.parametrize("d", [3, 8, 24, 30])
 @pytest.mark.parametrize("kname,unbiased,dtype,weighted", [
     ("imq", True, torch.float64, True), ("imq", False, torch.float64, False),
     ("rbf", False, torch.float64, True), ("rbf", True, torch.float64, False),
     ("poly", False, torch.float64, True), ("poly", True, torch.float64, False),
     ("imq", True, torch.float32, True), ("imq", False, torch.float32, False)])
-def test_value_only_diagonal_tiles_against_oracle(isa, d, kname, unbiased, dtype, weighted):
+def test_value_only_diagonal_tiles_against_oracle(isa, offs, d, kname, unbiased, dtype, weighted):
     """The forward without gradients: its diagonal tiles skip the columns below the diagonal and,
     for d <= 24, evaluate their diagonal lane blocks by rotations (every pair once, counted
-    twice; the j == i term of the biased estimator once); d = 30 runs the plain tiles."""
-    x, y, xw, yw = segment_data(ROT_X_OFF, ROT_Y_OFF, d, dtype, "cpu", seed=d + 3 * unbiased,
-                                nan_pad=weighted)
+    twice; the j == i term of the biased estimator once); d = 30 runs the plain tiles.  Sets
+    within 4 row blocks are packed one at a time right before their tiles."""
+    xo, yo = OFFSETS[offs]
+    x, y, xw, yw = segment_data(xo, yo, d, dtype, "cpu", seed=d + 3 * unbiased, nan_pad=weighted)
     if not weighted:
         xw = yw = None
     with torch.no_grad():
-        t, kind, params = _run(x, y, ROT_X_OFF, ROT_Y_OFF, xw, yw, kname, unbiased, d)
-    gt = torch.zeros(len(ROT_X_OFF) - 1, 3, dtype=torch.float64)
-    want, _ = segment_oracle(x, y, xw, yw, ROT_X_OFF, ROT_Y_OFF, kind, params, unbiased, gt)
+        t, kind, params = _run(x, y, xo, yo, xw, yw, kname, unbiased, d)
+    gt = torch.zeros(len(xo) - 1, 3, dtype=torch.float64)
+    want, _ = segment_oracle(x, y, xw, yw, xo, yo, kind, params, unbiased, gt)
     err = (t - want).abs()
     assert bool((err <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all()), err.max().item()
 
@@ -140,3 +148,19 @@ def test_value_only_non_finite_point_stays_in_its_set(isa, d):
     gt = torch.zeros(len(ROT_X_OFF) - 1, 3, dtype=torch.float64)
     want, _ = segment_oracle(x, y, None, None, ROT_X_OFF, ROT_Y_OFF, kind, params, True, gt)
     assert bool(((t[keep] - want[keep]).abs() <= VAL_TOL[torch.float32] * terms_scale(want[keep])[:, None]).all())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_value_only_forward_equals_the_planned_passes(shared):
+    """The forward without gradients (each set packed right before its tiles, diagonal blocks by
+    rotations) gives the terms of the forward with gradients (the planned passes) to rounding,
+    unweighted and weighted."""
+    xo, yo = ROT_X_OFF, ([0, 40] if shared else ROT_Y_OFF)
+    x, y, xw, yw = segment_data(xo, yo, 8, torch.float64, "cpu", seed=11, nan_pad=False)
+    for w in (False, True):
+        a, b = (xw, yw) if w else (None, None)
+        with torch.no_grad():
+            t0, _, _ = _run(x, y, xo, yo, a, b, "imq", True, 8)
+        xg = x.clone().requires_grad_(True)
+        t1, _, _ = _run(xg, y, xo, yo, a, b, "imq", True, 8)
+        torch.testing.assert_close(t0, t1.detach(), rtol=1e-13, atol=0)

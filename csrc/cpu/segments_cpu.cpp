@@ -37,7 +37,12 @@
 #include <functional>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "wae_fast/tile_math.h"
 
@@ -243,26 +248,133 @@ struct Pack {
 
 enum class Keep { kAll, kNonZero, kZero };
 
-//! Packs rows [r0[s], r1[s]) of P (compute type, (rows, d)) of every set s, shifted by
-//! SH + sh_row[s] * d: all rows, or those whose weight is (non-)zero.  Packed weights: the row's
-//! weight (1 when W is null or keep == kZero: the rows of a weight-gradient pass), 0 on padding.
+//! ct[k kTile + r] = q[r][k] - sh[k] (sh null: no shift) for the four rows r and k < d: the
+//! per-tile transpose of four points, by 4 x 4 blocks of SSE registers in fp32 (scalar copies
+//! were 25% of a B = 256, N = 64, d = 64 forward).
 template <class T>
-Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
-                   const T* SH, const std::vector<int64_t>& sh_row, int64_t d, int64_t dp, Keep keep,
-                   bool with_rows) {
+inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct) {
+  int64_t k = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same<T, float>::value) {
+    for (; k + 4 <= d; k += 4) {
+      __m128 a0 = _mm_loadu_ps(q[0] + k), a1 = _mm_loadu_ps(q[1] + k), a2 = _mm_loadu_ps(q[2] + k),
+             a3 = _mm_loadu_ps(q[3] + k);
+      if (sh != nullptr) {
+        const __m128 v = _mm_loadu_ps(sh + k);
+        a0 = _mm_sub_ps(a0, v);
+        a1 = _mm_sub_ps(a1, v);
+        a2 = _mm_sub_ps(a2, v);
+        a3 = _mm_sub_ps(a3, v);
+      }
+      _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
+      _mm_storeu_ps(ct + k * kTile, a0);
+      _mm_storeu_ps(ct + (k + 1) * kTile, a1);
+      _mm_storeu_ps(ct + (k + 2) * kTile, a2);
+      _mm_storeu_ps(ct + (k + 3) * kTile, a3);
+    }
+  }
+#endif
+  for (; k < d; ++k)
+    for (int r = 0; r < 4; ++r) ct[k * kTile + r] = sh != nullptr ? T(q[r][k] - sh[k]) : q[r][k];
+}
+
+// Where a pack's rows come from: rows [r0[s], r1[s]) of P (compute type, (rows, d)) of every set
+// s, shifted by SH + sh_row[s] * d: all rows, or those whose weight is (non-)zero.
+template <class T>
+struct PackSource {
+  const T* P = nullptr;
+  const T* W = nullptr;
+  std::vector<int64_t> r0, r1, sh_row;
+  const T* SH = nullptr;
+  int64_t d = 0;
+  Keep keep = Keep::kAll;
+  bool with_rows = false;
+  bool kept(int64_t i) const { return W == nullptr || keep == Keep::kAll || (keep == Keep::kZero) == (W[i] == T(0)); }
+};
+
+//! Packs set s of `src` into its tiles of pk (planned by build_pack): one tile at a time, every
+//! element of it written (padding rows and columns 0, src -1): the shifted rows (with_rows),
+//! their per-tile transpose (mmd_cpu_kernel.h Operand::cols), and the squared norms in fp64 from
+//! the transpose, 64 independent sums (a chain of d dependent adds per row cost as much as the
+//! tiles at d = 64, N = 64; this loop was 15% of a B = 256, N = 64, d = 8 forward row by row).
+//! Packed weights: the row's weight (1 when W is null or keep == kZero: the rows of a
+//! weight-gradient pass), 0 on padding.
+template <class T>
+void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
+  const int64_t d = src.d, dp = pk.dp;
+  const bool with_rows = src.with_rows;
+  const double lim = double(wae_fast::MaxSqNorm<T>::value);
+  int64_t srcs[kTile];
+  double acc[kTile];
+  const T* sh = src.SH + src.sh_row[s] * d;
+  int64_t i = src.r0[s];
+  for (int64_t t = pk.tile0[s]; t < pk.tile0[s] + pk.blocks(s); ++t) {
+    int64_t nn = 0;
+    for (; i < src.r1[s] && nn < kTile; ++i)
+      if (src.kept(i)) srcs[nn++] = i;
+    T* ctile = pk.cols.data() + t * dp * kTile;
+    if (with_rows) {
+      T* rt = pk.rows.data() + t * kTile * dp;
+      for (int64_t c = 0; c < nn; ++c) {
+        const T* q = src.P + srcs[c] * d;
+        T* row = rt + c * dp;
+        for (int64_t k = 0; k < d; ++k) row[k] = q[k] - sh[k];
+        for (int64_t k = d; k < dp; ++k) row[k] = T(0);
+      }
+      std::fill(rt + nn * dp, rt + kTile * dp, T(0));
+      for (int64_t c = 0; c < kTile; c += 4) {  // padding rows included (zeros)
+        const T* q[4] = {rt + c * dp, rt + (c + 1) * dp, rt + (c + 2) * dp, rt + (c + 3) * dp};
+        transpose4<T>(q, nullptr, d, ctile + c);
+      }
+    } else {  // the transpose straight from the input
+      int64_t c = 0;
+      for (; c + 4 <= nn; c += 4) {
+        const T* q[4] = {src.P + srcs[c] * d, src.P + srcs[c + 1] * d, src.P + srcs[c + 2] * d, src.P + srcs[c + 3] * d};
+        transpose4<T>(q, sh, d, ctile + c);
+      }
+      for (; c < nn; ++c) {
+        const T* q = src.P + srcs[c] * d;
+        for (int64_t k = 0; k < d; ++k) ctile[k * kTile + c] = q[k] - sh[k];
+      }
+      for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
+    }
+    std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
+    for (int64_t c = 0; c < kTile; ++c) acc[c] = 0.0;
+    for (int64_t k = 0; k < d; ++k)
+      for (int64_t c = 0; c < kTile; ++c) acc[c] += double(ctile[k * kTile + c]) * double(ctile[k * kTile + c]);
+    T* nr = pk.nrm.data() + t * kTile;
+    T* wt = pk.w.data() + t * kTile;
+    int64_t* st = pk.src.data() + t * kTile;
+    // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
+    for (int64_t c = 0; c < nn; ++c) {
+      nr[c] = acc[c] <= lim ? T(acc[c]) : std::numeric_limits<T>::quiet_NaN();
+      wt[c] = (src.W == nullptr || src.keep == Keep::kZero) ? T(1) : src.W[srcs[c]];
+      st[c] = srcs[c];
+    }
+    for (int64_t c = nn; c < kTile; ++c) {
+      nr[c] = T(0);
+      wt[c] = T(0);
+      st[c] = -1;
+    }
+  }
+}
+
+//! Plans the pack of every set of `src` (rows kept, tiles, buffers) and, unless `defer` (the
+//! caller packs each set with pack_set right before its tiles), packs them.
+template <class T>
+Pack<T> build_pack(const PackSource<T>& src, int64_t dp, bool defer = false) {
   Pack<T> pk;
-  const int64_t ns = int64_t(r0.size());
+  const int64_t ns = int64_t(src.r0.size());
   pk.dp = dp;
   pk.tile0.resize(ns);
   pk.n.resize(ns);
-  const bool all = W == nullptr || keep == Keep::kAll;
-  auto kept = [&](int64_t i) { return all || (keep == Keep::kZero) == (W[i] == T(0)); };
+  const bool all = src.W == nullptr || src.keep == Keep::kAll;
   for (int64_t s = 0; s < ns; ++s) {
     int64_t c = 0;
     if (all) {
-      c = r1[s] - r0[s];
+      c = src.r1[s] - src.r0[s];
     } else {
-      for (int64_t i = r0[s]; i < r1[s]; ++i) c += kept(i);
+      for (int64_t i = src.r0[s]; i < src.r1[s]; ++i) c += src.kept(i);
     }
     pk.tile0[s] = pk.ntiles;
     pk.n[s] = c;
@@ -270,67 +382,33 @@ Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const
   }
   const int64_t nrows = pk.ntiles * kTile;
   pk.src.reset(nrows, false);
-  pk.rows.reset(with_rows ? nrows * dp : 0, false);
+  pk.rows.reset(src.with_rows ? nrows * dp : 0, false);
   pk.cols.reset(nrows * dp, false);
   pk.nrm.reset(nrows, false);
   pk.w.reset(nrows, false);
-  const double lim = double(wae_fast::MaxSqNorm<T>::value);
-  // one tile at a time (every element of it is written: padding rows and columns 0, src -1):
-  // the shifted rows, their per-tile transpose (mmd_cpu_kernel.h Operand::cols), and the squared
-  // norms in fp64 from the transpose, 64 independent sums (a chain of d dependent adds per row
-  // cost as much as the tiles at d = 64, N = 64; this loop was 15% of a B = 256, N = 64, d = 8
-  // forward row by row)
-  at::parallel_for(0, ns, 1, [&](int64_t s0, int64_t s1) {
-    int64_t srcs[kTile];
-    double acc[kTile];
-    for (int64_t s = s0; s < s1; ++s) {
-      const T* sh = SH + sh_row[s] * d;
-      int64_t i = r0[s];
-      for (int64_t t = pk.tile0[s]; t < pk.tile0[s] + pk.blocks(s); ++t) {
-        int64_t nn = 0;
-        for (; i < r1[s] && nn < kTile; ++i)
-          if (kept(i)) srcs[nn++] = i;
-        T* ctile = pk.cols.data() + t * dp * kTile;
-        if (with_rows) {
-          T* rt = pk.rows.data() + t * kTile * dp;
-          for (int64_t c = 0; c < nn; ++c) {
-            const T* q = P + srcs[c] * d;
-            T* row = rt + c * dp;
-            for (int64_t k = 0; k < d; ++k) row[k] = q[k] - sh[k];
-            for (int64_t k = d; k < dp; ++k) row[k] = T(0);
-          }
-          std::fill(rt + nn * dp, rt + kTile * dp, T(0));
-          for (int64_t k = 0; k < d; ++k)
-            for (int64_t c = 0; c < kTile; ++c) ctile[k * kTile + c] = rt[c * dp + k];
-        } else {  // the transpose straight from the input, read row by row (sequential reads)
-          for (int64_t c = 0; c < nn; ++c) {
-            const T* q = P + srcs[c] * d;
-            for (int64_t k = 0; k < d; ++k) ctile[k * kTile + c] = q[k] - sh[k];
-          }
-          for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
-        }
-        std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
-        for (int64_t c = 0; c < kTile; ++c) acc[c] = 0.0;
-        for (int64_t k = 0; k < d; ++k)
-          for (int64_t c = 0; c < kTile; ++c) acc[c] += double(ctile[k * kTile + c]) * double(ctile[k * kTile + c]);
-        T* nr = pk.nrm.data() + t * kTile;
-        T* wt = pk.w.data() + t * kTile;
-        int64_t* st = pk.src.data() + t * kTile;
-        // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
-        for (int64_t c = 0; c < nn; ++c) {
-          nr[c] = acc[c] <= lim ? T(acc[c]) : std::numeric_limits<T>::quiet_NaN();
-          wt[c] = (W == nullptr || keep == Keep::kZero) ? T(1) : W[srcs[c]];
-          st[c] = srcs[c];
-        }
-        for (int64_t c = nn; c < kTile; ++c) {
-          nr[c] = T(0);
-          wt[c] = T(0);
-          st[c] = -1;
-        }
-      }
-    }
-  });
+  if (!defer)
+    at::parallel_for(0, ns, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) pack_set<T>(pk, src, s);
+    });
   return pk;
+}
+
+//! build_pack of rows [r0[s], r1[s]) of P of every set s (see PackSource).
+template <class T>
+Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
+                   const T* SH, const std::vector<int64_t>& sh_row, int64_t d, int64_t dp, Keep keep,
+                   bool with_rows, bool defer = false) {
+  PackSource<T> src;
+  src.P = P;
+  src.W = W;
+  src.r0 = r0;
+  src.r1 = r1;
+  src.SH = SH;
+  src.sh_row = sh_row;
+  src.d = d;
+  src.keep = keep;
+  src.with_rows = with_rows;
+  return build_pack<T>(src, dp, defer);
 }
 
 //! sum w and the self-term denominator of one set, in fp64; NaN for a negative or non-finite
@@ -432,6 +510,8 @@ struct Setup {
   int isa = 0;
   bool weighted = false, shared = false;
   Pack<T> px, py;
+  PackSource<T> sx, sy;        // what px / py pack (deferred: fill_x / fill_y)
+  bool fill_x = false, fill_y = false;  // px / py planned, each set packed by run_values_fused
   std::vector<int64_t> ysi;    // x set b -> y pack set
   std::vector<int64_t> yset;   // y pack set -> the first x set using it
   std::vector<int64_t> yr0, yr1;
@@ -470,7 +550,7 @@ struct Setup {
 template <class T>
 Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y, const at::Tensor& XW,
                     const at::Tensor& YW, const at::Tensor& SH, int kind, const std::vector<double>& params,
-                    bool unbiased, bool with_rows) {
+                    bool unbiased, bool with_rows, bool defer = false) {
   Setup<T> st;
   st.B = pb.B;
   st.d = X.size(1);
@@ -503,8 +583,27 @@ Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y,
     }
   }
   const Keep keep = st.weighted ? Keep::kNonZero : Keep::kAll;
-  st.px = build_pack<T>(X.data_ptr<T>(), xw, xr0, xr1, SH.data_ptr<T>(), xsh, st.d, st.dp, keep, with_rows);
-  st.py = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, keep, with_rows);
+  auto source = [&](const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
+                    const std::vector<int64_t>& shr) {
+    PackSource<T> src;
+    src.P = P;
+    src.W = W;
+    src.r0 = r0;
+    src.r1 = r1;
+    src.SH = SH.data_ptr<T>();
+    src.sh_row = shr;
+    src.d = st.d;
+    src.keep = keep;
+    src.with_rows = with_rows;
+    return src;
+  };
+  st.sx = source(X.data_ptr<T>(), xw, xr0, xr1, xsh);
+  st.sy = source(Y.data_ptr<T>(), yw, st.yr0, st.yr1, st.yset);
+  // deferred packs (run_values_fused): a y pack set used by several x sets is packed here
+  st.fill_x = defer;
+  st.fill_y = defer && st.yset.size() == size_t(st.B);
+  st.px = build_pack<T>(st.sx, st.dp, st.fill_x);
+  st.py = build_pack<T>(st.sy, st.dp, st.fill_y);
   for (int64_t b = 0; b < pb.B; ++b) st.dx.push_back(denoms(xw ? xw + xr0[b] : nullptr, xr1[b] - xr0[b], unbiased));
   for (size_t s = 0; s < st.yset.size(); ++s)
     st.dy.push_back(denoms(yw ? yw + st.yr0[s] : nullptr, st.yr1[s] - st.yr0[s], unbiased));
@@ -585,6 +684,63 @@ void run_pass(const Setup<T>& st, const PassSpec& spec, RowSums& rs, std::vector
       const Task& k = phases[ph][t];
       (k.term == kXX ? sxx : k.term == kXY ? sxy : syy)[k.set] += sums[ph][t];
     }
+}
+
+//! Sets of at most this many row blocks on each side: a forward without gradients packs each set
+//! right before its tiles, one task per set (run_values_fused).
+constexpr int64_t kFuseMaxBlocks = 4;
+
+template <class T>
+bool fuse_values(const Problem& pb) {
+  for (int64_t b = 0; b < pb.B; ++b)
+    if (pb.xo[b + 1] - pb.xo[b] > kFuseMaxBlocks * kTile || pb.yo[2 * b + 1] - pb.yo[2 * b] > kFuseMaxBlocks * kTile)
+      return false;
+  return true;
+}
+
+//! The kernel sums of every term without gradients (run_pass's value-only tasks, the same sums
+//! in the same order), one task per set that first packs the set's x rows (and its y rows, when
+//! no other set uses them): the packed tiles are read from the cache right after they are
+//! written (packing every set first, then the tiles, sent them through memory: at d = 64 the
+//! pack was a quarter of a B = 256, N = 64 forward).
+template <class T>
+void run_values_fused(Setup<T>& st, std::vector<double>& sxx, std::vector<double>& sxy, std::vector<double>& syy) {
+  const int64_t NY = int64_t(st.yset.size());
+  sxx.assign(st.B, 0.0);
+  sxy.assign(st.B, 0.0);
+  syy.assign(NY, 0.0);
+  at::parallel_for(0, st.B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t s = st.ysi[b];
+      const bool own_y = st.yset[s] == b;  // this task takes the y pack set's yy term
+      if (st.fill_x) pack_set<T>(st.px, st.sx, b);
+      if (st.fill_y && own_y) pack_set<T>(st.py, st.sy, s);
+      if (b + 1 < b1) {  // the next set's input rows come in while this set's tiles run
+        auto prefetch = [](const T* p, int64_t n) {
+          const char* c = reinterpret_cast<const char*>(p);
+          for (int64_t o = 0; o < n * int64_t(sizeof(T)); o += 64) __builtin_prefetch(c + o);
+        };
+        if (st.fill_x) prefetch(st.sx.P + st.sx.r0[b + 1] * st.d, (st.sx.r1[b + 1] - st.sx.r0[b + 1]) * st.d);
+        if (st.fill_y && st.yset[st.ysi[b + 1]] == b + 1) {
+          const int64_t s1 = st.ysi[b + 1];
+          prefetch(st.sy.P + st.sy.r0[s1] * st.d, (st.sy.r1[s1] - st.sy.r0[s1]) * st.d);
+        }
+      }
+      const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(s);
+      if (nbx > 0) {
+        const TileProblem<T> txx = st.term_problem(kXX, b);
+        for (int64_t I = 0; I < nbx; ++I) sxx[b] += wae_cpu_tiles::run_block<T>(txx, I, I + 1, I, nbx, true, nullptr, nullptr, st.isa);
+        if (nby > 0) {
+          const TileProblem<T> txy = st.term_problem(kXY, b);
+          for (int64_t I = 0; I < nbx; ++I) sxy[b] += wae_cpu_tiles::run_block<T>(txy, I, I + 1, 0, nby, false, nullptr, nullptr, st.isa);
+        }
+      }
+      if (own_y && nby > 0) {
+        const TileProblem<T> tyy = st.term_problem(kYY, s);
+        for (int64_t I = 0; I < nby; ++I) syy[s] += wae_cpu_tiles::run_block<T>(tyy, I, I + 1, I, nby, true, nullptr, nullptr, st.isa);
+      }
+    }
+  });
 }
 
 // Rows of pack `rows` (pack set s, blocks) against the x sets b using y pack set s, one block per
@@ -694,7 +850,8 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
                                   const at::Tensor& YW, const at::Tensor& SH, int kind,
                                   const std::vector<double>& params, bool unbiased, bool fx, bool fy, bool fxw,
                                   bool fyw) {
-  const Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, fx || fy);
+  const bool fused = !(fx || fy || fxw || fyw) && fuse_values<T>(pb);
+  Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, fx || fy, fused);
   const int64_t B = st.B, d = st.d, dp = st.dp;
   PassSpec spec;
   spec.gx = fx;
@@ -704,7 +861,10 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   spec.values = true;
   RowSums rs;
   std::vector<double> sxx, sxy, syy;
-  run_pass<T>(st, spec, rs, sxx, sxy, syy);
+  if (fused)
+    run_values_fused<T>(st, sxx, sxy, syy);
+  else
+    run_pass<T>(st, spec, rs, sxx, sxy, syy);
   at::Tensor terms = at::empty({B, 3}, X.options().dtype(at::kDouble));
   double* out = terms.data_ptr<double>();
   for (int64_t b = 0; b < B; ++b) {
