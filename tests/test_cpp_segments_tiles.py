@@ -164,3 +164,50 @@ def test_value_only_forward_equals_the_planned_passes(shared):
         xg = x.clone().requires_grad_(True)
         t1, _, _ = _run(xg, y, xo, yo, a, b, "imq", True, 8)
         torch.testing.assert_close(t0, t1.detach(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("offs", ["small", "multi", "large"])
+@pytest.mark.parametrize("kname,unbiased,dtype,weighted,grads", [
+    ("imq", True, torch.float64, False, "xy"), ("imq", False, torch.float64, True, "x"),
+    ("rbf", True, torch.float64, True, "y"), ("poly", True, torch.float64, False, "xy"),
+    ("imq", True, torch.float32, True, "xy"), ("rbf", False, torch.float32, False, "x")])
+def test_point_gradients_per_set_tasks_against_oracle(isa, offs, kname, unbiased, dtype, weighted, grads):
+    """Gradients to the points without the weights' (weights, if any, constants): sets within 4
+    row blocks run one task each (pack, the three terms with their row and column sides, the
+    parts); a set of 5 blocks runs the planned rounds."""
+    xo, yo = OFFSETS[offs]
+    x, y, xw, yw = segment_data(xo, yo, 6, dtype, "cpu", seed=21 + unbiased, nan_pad=weighted)
+    if not weighted:
+        xw = yw = None
+    ins = [x.requires_grad_("x" in grads), y.requires_grad_("y" in grads)]
+    t, kind, params = _run(*ins, xo, yo, xw, yw, kname, unbiased, 6)
+    gt = torch.linspace(-1.0, 2.0, 3 * (len(xo) - 1), dtype=torch.float64).view(-1, 3)
+    need = [a for a in ins if a.requires_grad]
+    got = torch.autograd.grad((t * gt).sum(), need)
+    want, gw = segment_oracle(x, y, xw, yw, xo, yo, kind, params, unbiased, gt)
+    assert bool(((t.detach() - want).abs() <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all())
+    pairs = [(g, w, n) for g, w, n in zip(got, [gw[i] for i, a in enumerate(ins) if a.requires_grad],
+                                             [n for n, a in zip("xy", ins) if a.requires_grad])]
+    for a, b, name in pairs:
+        if weighted:
+            keep = (xw if name == "x" else yw) != 0
+            assert bool((a[~keep] == 0).all()), f"{isa} d{name}: weight-0 rows"
+        e = (a.double() - b).norm().item()
+        assert e <= GRAD_TOL[dtype] * b.norm().item(), f"{isa} d{name}: {e:.3g} vs {b.norm():.3g}"
+
+
+def test_per_set_tasks_do_not_depend_on_the_thread_count():
+    g = torch.Generator().manual_seed(4)
+    xo, yo = ROT_X_OFF, ROT_Y_OFF
+    x = torch.randn(xo[-1], 7, generator=g, requires_grad=True)
+    y = torch.randn(yo[-1], 7, generator=g, requires_grad=True)
+    old = torch.get_num_threads()
+    res = []
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            t, _, _ = _run(x, y, xo, yo, None, None, "imq", True, 7)
+            res.append((t, *torch.autograd.grad((t * torch.tensor([1.0, 2.0, -3.0])).sum(), (x, y))))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(*res))

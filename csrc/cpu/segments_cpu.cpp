@@ -698,6 +698,19 @@ bool fuse_values(const Problem& pb) {
   return true;
 }
 
+//! Prefetches the input rows that packing set b will read (deferred packs): they come in while
+//! the previous set's tiles run (measured 11% of a B = 256, N = 64, d = 64 forward).
+template <class T>
+void prefetch_set(const Setup<T>& st, int64_t b) {
+  auto prefetch = [](const T* p, int64_t n) {
+    const char* c = reinterpret_cast<const char*>(p);
+    for (int64_t o = 0; o < n * int64_t(sizeof(T)); o += 64) __builtin_prefetch(c + o);
+  };
+  if (st.fill_x) prefetch(st.sx.P + st.sx.r0[b] * st.d, (st.sx.r1[b] - st.sx.r0[b]) * st.d);
+  const int64_t s = st.ysi[b];
+  if (st.fill_y && st.yset[s] == b) prefetch(st.sy.P + st.sy.r0[s] * st.d, (st.sy.r1[s] - st.sy.r0[s]) * st.d);
+}
+
 //! The kernel sums of every term without gradients (run_pass's value-only tasks, the same sums
 //! in the same order), one task per set that first packs the set's x rows (and its y rows, when
 //! no other set uses them): the packed tiles are read from the cache right after they are
@@ -715,17 +728,7 @@ void run_values_fused(Setup<T>& st, std::vector<double>& sxx, std::vector<double
       const bool own_y = st.yset[s] == b;  // this task takes the y pack set's yy term
       if (st.fill_x) pack_set<T>(st.px, st.sx, b);
       if (st.fill_y && own_y) pack_set<T>(st.py, st.sy, s);
-      if (b + 1 < b1) {  // the next set's input rows come in while this set's tiles run
-        auto prefetch = [](const T* p, int64_t n) {
-          const char* c = reinterpret_cast<const char*>(p);
-          for (int64_t o = 0; o < n * int64_t(sizeof(T)); o += 64) __builtin_prefetch(c + o);
-        };
-        if (st.fill_x) prefetch(st.sx.P + st.sx.r0[b + 1] * st.d, (st.sx.r1[b + 1] - st.sx.r0[b + 1]) * st.d);
-        if (st.fill_y && st.yset[st.ysi[b + 1]] == b + 1) {
-          const int64_t s1 = st.ysi[b + 1];
-          prefetch(st.sy.P + st.sy.r0[s1] * st.d, (st.sy.r1[s1] - st.sy.r0[s1]) * st.d);
-        }
-      }
+      if (b + 1 < b1) prefetch_set(st, b + 1);
       const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(s);
       if (nbx > 0) {
         const TileProblem<T> txx = st.term_problem(kXX, b);
@@ -850,29 +853,23 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
                                   const at::Tensor& YW, const at::Tensor& SH, int kind,
                                   const std::vector<double>& params, bool unbiased, bool fx, bool fy, bool fxw,
                                   bool fyw) {
-  const bool fused = !(fx || fy || fxw || fyw) && fuse_values<T>(pb);
+  // sets within kFuseMaxBlocks row blocks: one task per set packs it right before its tiles
+  // (without gradients; with gradients to the points, also the row sums and the parts, all in
+  // the cache: not for the weights' gradients, whose weight-0 rows take passes of their own, nor
+  // for a y shared by several sets)
+  const bool small = fuse_values<T>(pb);
+  const bool fuse_grad = (fx || fy) && !fxw && !fyw && !pb.shared && small;
+  const bool fused = (!(fx || fy || fxw || fyw) && small) || fuse_grad;
   Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, fx || fy, fused);
   const int64_t B = st.B, d = st.d, dp = st.dp;
-  PassSpec spec;
-  spec.gx = fx;
-  spec.gy = fy;
-  spec.kx = fxw;
-  spec.ky = fyw;
-  spec.values = true;
-  RowSums rs;
-  std::vector<double> sxx, sxy, syy;
-  if (fused)
-    run_values_fused<T>(st, sxx, sxy, syy);
-  else
-    run_pass<T>(st, spec, rs, sxx, sxy, syy);
   at::Tensor terms = at::empty({B, 3}, X.options().dtype(at::kDouble));
   double* out = terms.data_ptr<double>();
-  for (int64_t b = 0; b < B; ++b) {
+  auto set_terms = [&](int64_t b, double sxx, double sxy, double syy) {
     const int64_t s = st.ysi[b];
-    out[3 * b] = sxx[b] / st.dx[b].D;
-    out[3 * b + 1] = syy[s] / st.dy[s].D;
-    out[3 * b + 2] = sxy[b] / (st.dx[b].sum * st.dy[s].sum);
-  }
+    out[3 * b] = sxx / st.dx[b].D;
+    out[3 * b + 1] = syy / st.dy[s].D;
+    out[3 * b + 2] = sxy / (st.dx[b].sum * st.dy[s].sum);
+  };
   const auto ct = X.scalar_type();
   auto none = [&](at::ScalarType t) { return at::empty({0}, X.options().dtype(t)); };
   // every row is written below: the packed ones from the sums, the weight-0 ones zero
@@ -880,15 +877,23 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   at::Tensor gyp = fy ? at::empty({2, Y.size(0), d}, Y.options()) : none(ct);
   at::Tensor gxwp = fxw ? at::empty({2, X.size(0)}, X.options().dtype(at::kDouble)) : none(at::kDouble);
   at::Tensor gywp = fyw ? at::empty({2, Y.size(0)}, Y.options().dtype(at::kDouble)) : none(at::kDouble);
-  if (!(fx || fy || fxw || fyw)) return {terms, gxp, gyp, gxwp, gywp};
+  RowSums rs;
+  std::vector<double> sxx, sxy, syy;
+  if (!(fx || fy || fxw || fyw)) {
+    if (fused) {
+      run_values_fused<T>(st, sxx, sxy, syy);
+    } else {
+      PassSpec spec;
+      spec.values = true;
+      run_pass<T>(st, spec, rs, sxx, sxy, syy);
+    }
+    for (int64_t b = 0; b < B; ++b) set_terms(b, sxx[b], sxy[b], syy[st.ysi[b]]);
+    return {terms, gxp, gyp, gxwp, gywp};
+  }
 
   const T* xw = XW.numel() ? XW.data_ptr<T>() : nullptr;
   const T* yw = YW.numel() ? YW.data_ptr<T>() : nullptr;
   const int64_t nx = X.size(0), ny = Y.size(0);
-  ZeroRows<T> zx, zy;
-  if (fxw && xw != nullptr) zx = zero_rows_x<T>(st, pb, X, xw, SH);
-  if (fyw && yw != nullptr)  // fyw: y not shared, one x set per pack set
-    zy = zero_rows_y<T>(st, Y, yw, SH, [](int64_t, double v) { return v; });
   T* GX = fx ? gxp.data_ptr<T>() : nullptr;
   T* GY = fy ? gyp.data_ptr<T>() : nullptr;
   double* GXW = fxw ? gxwp.data_ptr<double>() : nullptr;
@@ -938,6 +943,57 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
         GW[n + z.pk.src[p]] = (z.cross[p] / other - tc) / own;
       }
   };
+  ZeroRows<T> zx, zy;
+  if (fuse_grad) {
+    // one task per set (its own x and y rows: no other task writes them): pack, the three terms
+    // (the symmetric ones with row and column sides, as one big call), the parts
+    const int64_t nxr = st.px.ntiles * kTile, nyr = st.py.ntiles * kTile;
+    if (fx) rs.gxx.reset(nxr * dp, false), rs.gxy_x.reset(nxr * dp, false);
+    if (fy) rs.gyy.reset(nyr * dp, false), rs.gxy_y.reset(nyr * dp, false);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        pack_set<T>(st.px, st.sx, b);
+        pack_set<T>(st.py, st.sy, b);  // not shared: y pack set b is set b's alone
+        if (b + 1 < b1) prefetch_set(st, b + 1);
+        const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(b);
+        auto rows = [&](Scratch<double>& v, const Pack<T>& pk, int64_t nb) -> double* {
+          if (v.empty()) return nullptr;
+          double* p = v.data() + pk.row0(b) * dp;
+          std::fill(p, p + nb * kTile * dp, 0.0);
+          return p;
+        };
+        double* gxx = rows(rs.gxx, st.px, nbx);
+        double* gxy_x = rows(rs.gxy_x, st.px, nbx);
+        double* gyy = rows(rs.gyy, st.py, nby);
+        double* gxy_y = rows(rs.gxy_y, st.py, nby);
+        double vxx = 0.0, vxy = 0.0, vyy = 0.0;
+        if (nbx > 0) vxx = wae_cpu_tiles::run_block<T>(st.term_problem(kXX, b), 0, nbx, 0, nbx, true, gxx, gxx, st.isa);
+        if (nbx > 0 && nby > 0)
+          vxy = wae_cpu_tiles::run_block<T>(st.term_problem(kXY, b), 0, nbx, 0, nby, false, gxy_x, gxy_y, st.isa);
+        if (nby > 0) vyy = wae_cpu_tiles::run_block<T>(st.term_problem(kYY, b), 0, nby, 0, nby, true, gyy, gyy, st.isa);
+        set_terms(b, vxx, vxy, vyy);
+        const double sw = st.dx[b].sum, sv = st.dy[b].sum;
+        if (fx)
+          side(st.px, b, rs.gxx, rs.gxy_x, rs.ksxx, rs.ksxy_x, zx, xw, pb.xo[b], pb.xo[b + 1], GX, GXW, nx,
+               st.dx[b].D, sw, sv, out[3 * b], out[3 * b + 2]);
+        if (fy)
+          side(st.py, b, rs.gyy, rs.gxy_y, rs.ksyy, rs.ksxy_y, zy, yw, st.yr0[b], st.yr1[b], GY, GYW, ny,
+               st.dy[b].D, sv, sw, out[3 * b + 1], out[3 * b + 2]);
+      }
+    });
+    return {terms, gxp, gyp, gxwp, gywp};
+  }
+  PassSpec spec;
+  spec.gx = fx;
+  spec.gy = fy;
+  spec.kx = fxw;
+  spec.ky = fyw;
+  spec.values = true;
+  run_pass<T>(st, spec, rs, sxx, sxy, syy);
+  for (int64_t b = 0; b < B; ++b) set_terms(b, sxx[b], sxy[b], syy[st.ysi[b]]);
+  if (fxw && xw != nullptr) zx = zero_rows_x<T>(st, pb, X, xw, SH);
+  if (fyw && yw != nullptr)  // fyw: y not shared, one x set per pack set
+    zy = zero_rows_y<T>(st, Y, yw, SH, [](int64_t, double v) { return v; });
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t s = st.ysi[b];
