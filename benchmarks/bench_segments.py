@@ -3,6 +3,7 @@ single ``mmd`` calls and the dense batched formula in plain PyTorch (``torch.cdi
 
     python -m benchmarks.bench_segments [--device cpu|cuda] [--backend auto] [--reps 5] [--tiny]
                                         [--quick] [--threads T] [--clock wall|cpu] [--collect]
+                                        [--interleave]
 
 Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
 
@@ -12,9 +13,9 @@ Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
 
 Methods: ``wae_fast`` (one call), ``wae_fast_w`` (the same with random weights in [0.5, 1.5] on
 x and y), ``loop`` (one ``mmd`` call per set), ``dense`` (the (B, N, N) kernel matrices from
-``torch.cdist``, equal-size sets only).  Time: median of ``--reps`` calls after one warm-up, the
-methods of a row interleaved in one process (the load of a shared machine moves between rows),
-but ``dense`` after the others (the memory it frees disturbed the calls that followed it).
+``torch.cdist``, equal-size sets only).  Time: median of ``--reps`` calls after one warm-up,
+each method's calls back to back (``--interleave``: each rep runs every method once), ``dense``
+after the others (the memory it frees disturbed the calls that followed it); see ``_run``.
 ``ns/pair``: time over the pairs of the estimator, counted as ordered pairs sum_b (N_b^2 + M_b^2 +
 N_b M_b), the same count for every method and the single call.  Output: a markdown table on stdout.
 ``--clock cpu`` times the process CPU time (``time.process_time``) instead of the wall clock: with
@@ -64,29 +65,41 @@ def _time(fn, reps):
 
 _CLOCK = time.perf_counter
 _COLLECT = False
+_INTERLEAVE = False
 
 
 def _run(methods, reps, grad):
-    """Interleaved: each rep runs every method once; median seconds per method.  Python's
-    garbage collector is off while timing, as in timeit and torch.utils.benchmark: the loop and
-    dense methods create many objects, and a collection landing inside another method's call
-    was measured adding 10-20 ms to a 8 ms call.  It runs once before the timed calls
-    (``--collect``: before every call instead, which the earlier tables did; its walk over every
-    Python object evicts the caches, and the call after it was measured 0.15-0.45 ms slower on
-    this machine: a plain 10 us torch matmul took 0.15 ms, a tiny mmd_batched call 0.45 ms)."""
-    for f in methods.values():
-        f(grad)  # warm-up
+    """Median seconds per method over ``reps`` calls after a warm-up call: each method's calls back
+    to back (as torch.utils.benchmark times a statement, and as a training loop calls the same
+    function every step), every method measured the same way as the single call it is compared
+    with.  ``--interleave``: each rep runs every method once instead (the earlier tables: on a
+    shared machine the load then moves between methods alike; but a call right after the loop
+    method's 256 calls finds its code and data evicted, measured 0.3-0.4 ms slower for a 1.5 ms
+    mmd_batched call at B = 256, N = 64, d = 8).  Python's garbage collector is off while
+    timing, as in timeit: the loop and dense methods create many objects, and a collection
+    landing inside another method's call was measured adding 10-20 ms to a 8 ms call.  It runs
+    once before the timed calls (``--collect``: before every call instead, which the earlier
+    tables did; its walk over every Python object evicts the caches, and the call after it was
+    measured 0.15-0.45 ms slower: a plain 10 us torch matmul took 0.15 ms, a tiny
+    mmd_batched call 0.45 ms)."""
+    if _INTERLEAVE:
+        for f in methods.values():
+            f(grad)  # warm-up
     times = {k: [] for k in methods}
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+    # back to back: one warm-up call right before each method's timed calls (a warm-up at the
+    # start, before the other methods ran, left the first two of 3 timed calls 0.3 ms slower)
+    order = ([(k, f, False) for _ in range(reps) for k, f in methods.items()] if _INTERLEAVE
+             else [(k, f, r < 0) for k, f in methods.items() for r in range(-1, reps)])
     try:
-        for _ in range(reps):
-            for k, f in methods.items():
-                if _COLLECT:
-                    gc.collect()
-                t0 = _CLOCK()
-                f(grad)
+        for k, f, warm_up in order:
+            if _COLLECT:
+                gc.collect()
+            t0 = _CLOCK()
+            f(grad)
+            if not warm_up:
                 times[k].append(_CLOCK() - t0)
     finally:
         if enabled:
@@ -114,12 +127,15 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="3 reps (unless --reps is given): under 3 minutes")
     ap.add_argument("--collect", action="store_true",
                     help="run the garbage collector before every timed call (cold caches)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="each rep runs every method once (default: each method's reps back to back)")
     a = ap.parse_args(argv)
     if a.quick and "--reps" not in (argv if argv is not None else __import__("sys").argv[1:]):
         a.reps = 3
-    global _CLOCK, _COLLECT
+    global _CLOCK, _COLLECT, _INTERLEAVE
     _CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
     _COLLECT = a.collect
+    _INTERLEAVE = a.interleave
     if a.threads:
         torch.set_num_threads(a.threads)
     dev, be = a.device, a.backend
@@ -130,7 +146,8 @@ def main(argv=None) -> None:
     print(f"# mmd_segments benchmark: device {dev}, backend {be} "
           f"({wae_fast.which_backend(dev, be, family='mmd_segments')}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, reps {a.reps}, clock {a.clock}"
-          f"{', gc before every call' if a.collect else ''}\n")
+          f"{', gc before every call' if a.collect else ''}"
+          f"{', methods interleaved' if a.interleave else ', each method back to back'}\n")
     print("| row | d | pass | method | median s | ns/pair | vs loop |")
     print("|---|---|---|---|---|---|---|")
     per_pair = {}  # (row, d, pass, method) -> ns/pair

@@ -104,13 +104,24 @@ ROT_X_OFF = [0, 2, 19, 36, 100, 170, 177]   # 2, 17, 17, 64, 70, 7 points
 ROT_Y_OFF = [0, 9, 12, 45, 78, 81, 145]     # 9, 3, 33, 33, 3, 64
 
 
-# every set within 4 row blocks (the forward packs each set right before its tiles), and one
-# set of 5 (the plain passes)
-OFFSETS = {"small": (ROT_X_OFF, ROT_Y_OFF), "multi": (X_OFF, Y_OFF),
+def _cum(sizes):
+    out = [0]
+    for n in sizes:
+        out.append(out[-1] + n)
+    return out
+
+
+# one task per set (segments_cpu.cpp fuse_values): every set within one 64-row block ("one"), or
+# at least 16 sets within 8 blocks ("many": up to 5 blocks); the planned passes otherwise
+# ("small": a 70-point set among 6, "multi": up to 3 blocks among 5, "large": 5 blocks)
+OFFSETS = {"one": (_cum([2, 17, 17, 64, 7, 33]), _cum([9, 3, 33, 33, 3, 64])),
+           "many": (_cum([2, 70, 17, 130, 5, 64, 300, 9, 40, 65, 3, 128, 20, 33, 190, 12, 2]),
+                    _cum([64, 3, 150, 2, 290, 17, 40, 129, 8, 64, 77, 5, 30, 2, 66, 100, 9])),
+           "small": (ROT_X_OFF, ROT_Y_OFF), "multi": (X_OFF, Y_OFF),
            "large": ([0, 300, 310, 330], [0, 20, 290, 300])}
 
 
-@pytest.mark.parametrize("offs", ["small", "multi", "large"])
+@pytest.mark.parametrize("offs", ["one", "many", "small", "multi", "large"])
 @pytest.mark.parametrize("d", [3, 8, 24, 30])
 @pytest.mark.parametrize("kname,unbiased,dtype,weighted", [
     ("imq", True, torch.float64, True), ("imq", False, torch.float64, False),
@@ -120,8 +131,8 @@ OFFSETS = {"small": (ROT_X_OFF, ROT_Y_OFF), "multi": (X_OFF, Y_OFF),
 def test_value_only_diagonal_tiles_against_oracle(isa, offs, d, kname, unbiased, dtype, weighted):
     """The forward without gradients: its diagonal tiles skip the columns below the diagonal and,
     for d <= 24, evaluate their diagonal lane blocks by rotations (every pair once, counted
-    twice; the j == i term of the biased estimator once); d = 30 runs the plain tiles.  Sets
-    within 4 row blocks are packed one at a time right before their tiles."""
+    twice; the j == i term of the biased estimator once); d = 30 runs the plain tiles.  "one"
+    and "many" pack each set right before its tiles (one task per set)."""
     xo, yo = OFFSETS[offs]
     x, y, xw, yw = segment_data(xo, yo, d, dtype, "cpu", seed=d + 3 * unbiased, nan_pad=weighted)
     if not weighted:
@@ -151,11 +162,13 @@ def test_value_only_non_finite_point_stays_in_its_set(isa, d):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_value_only_forward_equals_the_planned_passes(shared):
+@pytest.mark.parametrize("offs", ["one", "many", "small"])
+def test_value_only_forward_equals_the_planned_passes(shared, offs):
     """The forward without gradients (each set packed right before its tiles, diagonal blocks by
     rotations) gives the terms of the forward with gradients (the planned passes) to rounding,
     unweighted and weighted."""
-    xo, yo = ROT_X_OFF, ([0, 40] if shared else ROT_Y_OFF)
+    xo, yo = OFFSETS[offs]
+    yo = [0, 40] if shared else yo
     x, y, xw, yw = segment_data(xo, yo, 8, torch.float64, "cpu", seed=11, nan_pad=False)
     for w in (False, True):
         a, b = (xw, yw) if w else (None, None)
@@ -166,15 +179,15 @@ def test_value_only_forward_equals_the_planned_passes(shared):
         torch.testing.assert_close(t0, t1.detach(), rtol=1e-13, atol=0)
 
 
-@pytest.mark.parametrize("offs", ["small", "multi", "large"])
+@pytest.mark.parametrize("offs", ["one", "many", "small", "multi", "large"])
 @pytest.mark.parametrize("kname,unbiased,dtype,weighted,grads", [
     ("imq", True, torch.float64, False, "xy"), ("imq", False, torch.float64, True, "x"),
     ("rbf", True, torch.float64, True, "y"), ("poly", True, torch.float64, False, "xy"),
     ("imq", True, torch.float32, True, "xy"), ("rbf", False, torch.float32, False, "x")])
 def test_point_gradients_per_set_tasks_against_oracle(isa, offs, kname, unbiased, dtype, weighted, grads):
-    """Gradients to the points without the weights' (weights, if any, constants): sets within 4
-    row blocks run one task each (pack, the three terms with their row and column sides, the
-    parts); a set of 5 blocks runs the planned rounds."""
+    """Gradients to the points without the weights' (weights, if any, constants): "one" and
+    "many" run one task per set (pack, the three terms with their row and column sides, the
+    parts), the others the planned rounds."""
     xo, yo = OFFSETS[offs]
     x, y, xw, yw = segment_data(xo, yo, 6, dtype, "cpu", seed=21 + unbiased, nan_pad=weighted)
     if not weighted:
@@ -196,9 +209,10 @@ def test_point_gradients_per_set_tasks_against_oracle(isa, offs, kname, unbiased
         assert e <= GRAD_TOL[dtype] * b.norm().item(), f"{isa} d{name}: {e:.3g} vs {b.norm():.3g}"
 
 
-def test_per_set_tasks_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("offs", ["one", "many"])
+def test_per_set_tasks_do_not_depend_on_the_thread_count(offs):
     g = torch.Generator().manual_seed(4)
-    xo, yo = ROT_X_OFF, ROT_Y_OFF
+    xo, yo = OFFSETS[offs]
     x = torch.randn(xo[-1], 7, generator=g, requires_grad=True)
     y = torch.randn(yo[-1], 7, generator=g, requires_grad=True)
     old = torch.get_num_threads()
@@ -208,6 +222,8 @@ def test_per_set_tasks_do_not_depend_on_the_thread_count():
             torch.set_num_threads(th)
             t, _, _ = _run(x, y, xo, yo, None, None, "imq", True, 7)
             res.append((t, *torch.autograd.grad((t * torch.tensor([1.0, 2.0, -3.0])).sum(), (x, y))))
+            with torch.no_grad():
+                res[-1] += (_run(x, y, xo, yo, None, None, "imq", True, 7)[0],)
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(a, b) for a, b in zip(*res))
