@@ -229,6 +229,10 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   // diagonal (3/8 of a 64-point tile with 16 lanes; its sum counts j > i twice, see smask below)
   const bool tri = diag && !GRAD && !want_ks;
   const bool rot = tri && pb.rotate_diag;  // the diagonal blocks by rotations, after the loop
+  // (rotate_diag) a diagonal tile with GRAD evaluates the vectors on and above its diagonal L x L
+  // blocks only, and fills the blocks below by mirroring (W is symmetric), their row sums from
+  // the mirrored blocks' column sums: after the loop
+  const bool mirror = diag && GRAD && !want_ks && pb.rotate_diag;
   for (int ib = 0; ib < kTile; ib += 4) {
     const int64_t ibase = i0 + ib;
     if (ibase >= pb.a.n) {  // whole group of rows is padding
@@ -244,8 +248,9 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
     V rk[4] = {zero, zero, zero, zero};  // WT: per-row sum_j v_j k_ij
     for (int jb = 0; jb < jlim; jb += 2 * L) {
       // tri: the vectors h < h0 hold columns below every row of the group (they would add
-      // zeros), or (rot) the group's diagonal block
-      const int h0 = tri ? std::max(0, std::min(2, ((ib / L + (rot ? 1 : 0)) * L - jb) / L)) : 0;
+      // zeros), or (rot) the group's diagonal block; mirror: the blocks below the diagonal
+      // (their sums add zeros too: the value is the same bit for bit)
+      const int h0 = tri || mirror ? std::max(0, std::min(2, ((ib / L + (rot ? 1 : 0)) * L - jb) / L)) : 0;
       if (h0 == 2) continue;
       V acc[4][2];
       for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = zero;
@@ -363,6 +368,22 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         T s = T(0);
         for (int l = 0; l < L; ++l) s += rk[r][l];
         KR[ib + r] = s;
+      }
+  }
+  if (mirror) {
+    // block (q, p) below the diagonal = the transpose of block (p, q) above it; the row sums of
+    // its rows are the column sums of block (p, q).  Padding rows and columns of W are 0 in
+    // both (rows past the last valid group were zeroed above, columns by the valid mask).
+    for (int q = 1; q * L < kTile; ++q)
+      for (int p = 0; p < q; ++p) {
+        V cs = zero;
+        for (int jj = 0; jj < L; ++jj) {
+          const V u = vload<V>(W + (p * L + jj) * kTile + q * L);
+          cs += u;
+          for (int ii = 0; ii < L; ++ii) W[(q * L + ii) * kTile + p * L + jj] = u[ii];
+        }
+        if (KIND != wae_fast::KIND_POLY)
+          for (int ii = 0; ii < L; ++ii) RS[q * L + ii] += cs[ii];
       }
   }
   if (rot) {
