@@ -28,6 +28,11 @@
 // self term; a Latin square for the cross term), round r of every set in one parallel phase, so
 // that no two concurrent tasks write one row.  The per-task sums are combined in a fixed order:
 // results do not depend on the thread count.  Memory: O((total points) dp).
+// Per-set tasks (fuse_values: many small sets, a choice of the shapes only): one task per set
+// packs the set right before its tiles and runs its three terms (with gradients to the points:
+// their row and column sides, then the set's parts), so the packed tiles and the row sums are
+// read from the cache; the planned passes above serve the other calls (few or big sets, the
+// weights' gradients, a y shared by several sets).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
