@@ -398,11 +398,10 @@ Pack<T> build_pack(const PackSource<T>& src, int64_t dp, bool defer = false) {
   return pk;
 }
 
-//! build_pack of rows [r0[s], r1[s]) of P of every set s (see PackSource).
+//! The PackSource of rows [r0[s], r1[s]) of P of every set s.
 template <class T>
-Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
-                   const T* SH, const std::vector<int64_t>& sh_row, int64_t d, int64_t dp, Keep keep,
-                   bool with_rows, bool defer = false) {
+PackSource<T> pack_source(const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
+                          const T* SH, const std::vector<int64_t>& sh_row, int64_t d, Keep keep, bool with_rows) {
   PackSource<T> src;
   src.P = P;
   src.W = W;
@@ -413,7 +412,7 @@ Pack<T> build_pack(const T* P, const T* W, const std::vector<int64_t>& r0, const
   src.d = d;
   src.keep = keep;
   src.with_rows = with_rows;
-  return build_pack<T>(src, dp, defer);
+  return src;
 }
 
 //! sum w and the self-term denominator of one set, in fp64; NaN for a negative or non-finite
@@ -588,22 +587,8 @@ Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y,
     }
   }
   const Keep keep = st.weighted ? Keep::kNonZero : Keep::kAll;
-  auto source = [&](const T* P, const T* W, const std::vector<int64_t>& r0, const std::vector<int64_t>& r1,
-                    const std::vector<int64_t>& shr) {
-    PackSource<T> src;
-    src.P = P;
-    src.W = W;
-    src.r0 = r0;
-    src.r1 = r1;
-    src.SH = SH.data_ptr<T>();
-    src.sh_row = shr;
-    src.d = st.d;
-    src.keep = keep;
-    src.with_rows = with_rows;
-    return src;
-  };
-  st.sx = source(X.data_ptr<T>(), xw, xr0, xr1, xsh);
-  st.sy = source(Y.data_ptr<T>(), yw, st.yr0, st.yr1, st.yset);
+  st.sx = pack_source<T>(X.data_ptr<T>(), xw, xr0, xr1, SH.data_ptr<T>(), xsh, st.d, keep, with_rows);
+  st.sy = pack_source<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, keep, with_rows);
   // deferred packs (run_values_fused): a y pack set used by several x sets is packed here
   st.fill_x = defer;
   st.fill_y = defer && st.yset.size() == size_t(st.B);
@@ -804,7 +789,8 @@ ZeroRows<T> zero_rows_x(const Setup<T>& st, const Problem& pb, const at::Tensor&
   const int64_t B = st.B;
   std::vector<int64_t> r0(pb.xo.begin(), pb.xo.end() - 1), r1(pb.xo.begin() + 1, pb.xo.end()), sh(B);
   for (int64_t b = 0; b < B; ++b) sh[b] = b;
-  z.pk = build_pack<T>(X.data_ptr<T>(), xw, r0, r1, SH.data_ptr<T>(), sh, st.d, st.dp, Keep::kZero, false);
+  z.pk = build_pack<T>(pack_source<T>(X.data_ptr<T>(), xw, r0, r1, SH.data_ptr<T>(), sh, st.d, Keep::kZero, false),
+                       st.dp);
   z.self.assign(z.pk.ntiles * kTile, 0.0);
   z.cross.assign(z.pk.ntiles * kTile, 0.0);
   std::vector<std::pair<int64_t, int64_t>> blocks;
@@ -831,7 +817,8 @@ ZeroRows<T> zero_rows_y(const Setup<T>& st, const at::Tensor& Y, const T* yw, co
                         const std::function<double(int64_t, double)>& term) {
   ZeroRows<T> z;
   const int64_t NY = int64_t(st.yset.size());
-  z.pk = build_pack<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, st.dp, Keep::kZero, false);
+  z.pk = build_pack<T>(
+      pack_source<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, Keep::kZero, false), st.dp);
   z.self.assign(z.pk.ntiles * kTile, 0.0);
   std::vector<std::pair<int64_t, int64_t>> blocks;
   for (int64_t s = 0; s < NY; ++s)
