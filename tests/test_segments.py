@@ -9,6 +9,7 @@ are rounded before the oracle sees them, so only the compute (fp32) error remain
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -525,6 +526,40 @@ def test_cpp_empty_shifts_are_the_glue_shifts(shared, kname):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
+@pytest.mark.parametrize("grads", ["none", "points", "weights"])
+@pytest.mark.parametrize("sizes", ["one_block", "many_sets"])
+def test_cpp_empty_shifts_in_the_set_tasks(grads, sizes):
+    """The forward's one task per set computes each set's shift itself, right before packing it
+    (empty shifts, a y per set): the terms and fused parts equal those given the glue's shifts,
+    in the passes with one task per set (sets of <= 64 points, or >= 16 sets of <= 8 blocks;
+    without gradients, or with the points') and in the planned passes (the weights' gradients)."""
+    if wae_fast.which_backend(torch.zeros(1), "cpp", family="mmd_segments") != "cpp":
+        pytest.skip("cpp backend unavailable")
+    if sizes == "one_block":
+        xo, yo = [0, 5, 69, 100], [0, 64, 70, 103]
+    else:
+        xo = list(itertools.accumulate([0] + [3 + (37 * b) % 140 for b in range(17)]))
+        yo = list(itertools.accumulate([0] + [2 + (53 * b) % 150 for b in range(17)]))
+    nsets = len(xo) - 1
+    x, y, xw, yw = segment_data(xo, yo, 5, torch.float32, "cpu", seed=31, nan_pad=False)
+    y = y + 300.0  # far from the origin: an unshifted fp32 set loses its digits, a NaN shift is NaN
+    x = x + 300.0
+    kind, params = wae_fast.IMQ().lower(5)
+    xo_t, yo_t = torch.tensor(xo), torch.tensor(yo)
+    flags = {"none": (False,) * 4, "points": (True, True, False, False), "weights": (True,) * 4}[grads]
+    glue = contract.segment_shifts(kind, y, yo, yw, nsets)
+    outs = []
+    for sh in (glue, torch.empty(0)):
+        args = (x, y, xo_t, yo_t, xw, yw, sh, int(kind), [float(p) for p in params], True)
+        outs.append(contract.op("mmd_segments_fwd_cpp")(*args, *flags, "ieee"))
+    for k, (a, b) in enumerate(zip(*outs)):
+        assert a.shape == b.shape and (a.numel() > 0) == (k == 0 or flags[k - 1]), k
+        if a.numel() == 0:
+            continue
+        assert torch.isfinite(a).all() and torch.isfinite(b).all(), k
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
 @pytest.mark.parametrize("where", ["x", "y"])
 def test_non_finite_point_gradients_stay_in_its_set(seg_backend, where):
     """A NaN coordinate (weight != 0) in set 1: that set's value and every gradient row paired
@@ -550,3 +585,27 @@ def test_non_finite_point_gradients_stay_in_its_set(seg_backend, where):
         inside[offs[1]:offs[2]] = True
         assert torch.isnan(g[inside]).flatten(1).all(1).all() if g.dim() > 1 else torch.isnan(g[inside]).all()
         torch.testing.assert_close(g[~inside], gc[~inside], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("entry", ["mmd_batched", "mmd_terms"])
+def test_backward_fills_no_zeros_for_the_parts(entry):
+    """The forward ops' gradient parts are outputs no loss uses: their backward gets None, not a
+    zero tensor of their size each (at B = 256 sets of 64 points, d = 64, 8 MB filled per call)."""
+    if wae_fast.which_backend(torch.zeros(1), "cpp", family="mmd_segments") != "cpp":
+        pytest.skip("cpp backend unavailable")
+    g = torch.Generator().manual_seed(3)
+    if entry == "mmd_batched":
+        x, y = torch.randn(4, 16, 3, generator=g), torch.randn(4, 16, 3, generator=g)
+        fn = wae_fast.mmd_batched
+    else:
+        x, y = torch.randn(16, 3, generator=g), torch.randn(16, 3, generator=g)
+        fn = wae_fast.mmd_terms
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    loss = fn(x, y, backend="cpp").sum()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        loss.backward()
+    filled = [e for e in prof.events() if e.name in ("aten::fill_", "aten::zero_", "aten::zeros")]
+    sizes = [math.prod(e.input_shapes[0]) if e.input_shapes and e.input_shapes[0] else 0 for e in filled]
+    assert all(n < 2 * x.numel() for n in sizes), sizes  # parts: (2, rows, d); sum(0)'s fill: rows d
+    assert x.grad is not None and torch.isfinite(x.grad).all() and y.grad is not None

@@ -229,10 +229,11 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   // diagonal (3/8 of a 64-point tile with 16 lanes; its sum counts j > i twice, see smask below)
   const bool tri = diag && !GRAD && !want_ks;
   const bool rot = tri && pb.rotate_diag;  // the diagonal blocks by rotations, after the loop
-  // (rotate_diag) a diagonal tile with GRAD evaluates the vectors on and above its diagonal L x L
-  // blocks only, and fills the blocks below by mirroring (W is symmetric), their row sums from
-  // the mirrored blocks' column sums: after the loop
-  const bool mirror = diag && GRAD && !want_ks && pb.rotate_diag;
+  // a diagonal tile with GRAD evaluates the vectors on and above its diagonal L x L blocks only,
+  // and fills the blocks below by mirroring (W is symmetric bit for bit: the same products in the
+  // same order), their row sums from the mirrored blocks' column sums: after the loop (at every
+  // d: B = 256 sets of 64 points, forward + backward, 2-5% faster at d = 64, 8-12% at d = 8)
+  const bool mirror = diag && GRAD && !want_ks;
   for (int ib = 0; ib < kTile; ib += 4) {
     const int64_t ibase = i0 + ib;
     if (ibase >= pb.a.n) {  // whole group of rows is padding

@@ -249,18 +249,35 @@ struct Pack {
             nrm.data() + r0, nn, np};
   }
   const T* weights(int64_t s, int64_t I = -1) const { return w.data() + row0(s) + (I > 0 ? I * kTile : 0); }
+  void alloc(int64_t tiles, bool with_rows) {
+    ntiles = tiles;
+    const int64_t nrows = tiles * kTile;
+    src.reset(nrows, false);
+    rows.reset(with_rows ? nrows * dp : 0, false);
+    cols.reset(nrows * dp, false);
+    nrm.reset(nrows, false);
+    w.reset(nrows, false);
+  }
 };
 
 enum class Keep { kAll, kNonZero, kZero };
 
 //! ct[k kTile + r] = q[r][k] - sh[k] (sh null: no shift) for the four rows r and k < d: the
 //! per-tile transpose of four points, by 4 x 4 blocks of SSE registers in fp32 (scalar copies
-//! were 25% of a B = 256, N = 64, d = 64 forward).
+//! were 25% of a B = 256, N = 64, d = 64 forward); nrm[r] += sum_k ct[k kTile + r]^2 in fp64, k
+//! ascending (the squared norms from the registers: a separate loop over the tile cost as much
+//! as the transpose).
 template <class T>
-inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct) {
+inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double* nrm) {
   int64_t k = 0;
 #if defined(__SSE2__)
   if constexpr (std::is_same<T, float>::value) {
+    __m128d n01 = _mm_loadu_pd(nrm), n23 = _mm_loadu_pd(nrm + 2);
+    auto acc = [&](__m128 v) {
+      const __m128d lo = _mm_cvtps_pd(v), hi = _mm_cvtps_pd(_mm_movehl_ps(v, v));
+      n01 = _mm_add_pd(n01, _mm_mul_pd(lo, lo));
+      n23 = _mm_add_pd(n23, _mm_mul_pd(hi, hi));
+    };
     for (; k + 4 <= d; k += 4) {
       __m128 a0 = _mm_loadu_ps(q[0] + k), a1 = _mm_loadu_ps(q[1] + k), a2 = _mm_loadu_ps(q[2] + k),
              a3 = _mm_loadu_ps(q[3] + k);
@@ -276,11 +293,21 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct) {
       _mm_storeu_ps(ct + (k + 1) * kTile, a1);
       _mm_storeu_ps(ct + (k + 2) * kTile, a2);
       _mm_storeu_ps(ct + (k + 3) * kTile, a3);
+      acc(a0);
+      acc(a1);
+      acc(a2);
+      acc(a3);
     }
+    _mm_storeu_pd(nrm, n01);
+    _mm_storeu_pd(nrm + 2, n23);
   }
 #endif
   for (; k < d; ++k)
-    for (int r = 0; r < 4; ++r) ct[k * kTile + r] = sh != nullptr ? T(q[r][k] - sh[k]) : q[r][k];
+    for (int r = 0; r < 4; ++r) {
+      const T v = sh != nullptr ? T(q[r][k] - sh[k]) : q[r][k];
+      ct[k * kTile + r] = v;
+      nrm[r] += double(v) * double(v);
+    }
 }
 
 // Where a pack's rows come from: rows [r0[s], r1[s]) of P (compute type, (rows, d)) of every set
@@ -299,9 +326,9 @@ struct PackSource {
 
 //! Packs set s of `src` into its tiles of pk (planned by build_pack): one tile at a time, every
 //! element of it written (padding rows and columns 0, src -1): the shifted rows (with_rows),
-//! their per-tile transpose (mmd_cpu_kernel.h Operand::cols), and the squared norms in fp64 from
-//! the transpose, 64 independent sums (a chain of d dependent adds per row cost as much as the
-//! tiles at d = 64, N = 64; this loop was 15% of a B = 256, N = 64, d = 8 forward row by row).
+//! their per-tile transpose (mmd_cpu_kernel.h Operand::cols), and the squared norms in fp64, k
+//! ascending, summed four rows at a time from the transpose's registers (a chain of d dependent
+//! adds per row cost as much as the tiles at d = 64, N = 64).
 //! Packed weights: the row's weight (1 when W is null or keep == kZero: the rows of a
 //! weight-gradient pass), 0 on padding.
 template <class T>
@@ -318,6 +345,7 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
     for (; i < src.r1[s] && nn < kTile; ++i)
       if (src.kept(i)) srcs[nn++] = i;
     T* ctile = pk.cols.data() + t * dp * kTile;
+    std::fill(acc, acc + kTile, 0.0);  // squared norms, fp64 (padding rows: 0)
     if (with_rows) {
       T* rt = pk.rows.data() + t * kTile * dp;
       for (int64_t c = 0; c < nn; ++c) {
@@ -329,24 +357,25 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
       std::fill(rt + nn * dp, rt + kTile * dp, T(0));
       for (int64_t c = 0; c < kTile; c += 4) {  // padding rows included (zeros)
         const T* q[4] = {rt + c * dp, rt + (c + 1) * dp, rt + (c + 2) * dp, rt + (c + 3) * dp};
-        transpose4<T>(q, nullptr, d, ctile + c);
+        transpose4<T>(q, nullptr, d, ctile + c, acc + c);
       }
     } else {  // the transpose straight from the input
       int64_t c = 0;
       for (; c + 4 <= nn; c += 4) {
         const T* q[4] = {src.P + srcs[c] * d, src.P + srcs[c + 1] * d, src.P + srcs[c + 2] * d, src.P + srcs[c + 3] * d};
-        transpose4<T>(q, sh, d, ctile + c);
+        transpose4<T>(q, sh, d, ctile + c, acc + c);
       }
       for (; c < nn; ++c) {
         const T* q = src.P + srcs[c] * d;
-        for (int64_t k = 0; k < d; ++k) ctile[k * kTile + c] = q[k] - sh[k];
+        for (int64_t k = 0; k < d; ++k) {
+          const T v = q[k] - sh[k];
+          ctile[k * kTile + c] = v;
+          acc[c] += double(v) * double(v);
+        }
       }
       for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
     }
     std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
-    for (int64_t c = 0; c < kTile; ++c) acc[c] = 0.0;
-    for (int64_t k = 0; k < d; ++k)
-      for (int64_t c = 0; c < kTile; ++c) acc[c] += double(ctile[k * kTile + c]) * double(ctile[k * kTile + c]);
     T* nr = pk.nrm.data() + t * kTile;
     T* wt = pk.w.data() + t * kTile;
     int64_t* st = pk.src.data() + t * kTile;
@@ -385,16 +414,28 @@ Pack<T> build_pack(const PackSource<T>& src, int64_t dp, bool defer = false) {
     pk.n[s] = c;
     pk.ntiles += (c + kTile - 1) / kTile;
   }
-  const int64_t nrows = pk.ntiles * kTile;
-  pk.src.reset(nrows, false);
-  pk.rows.reset(src.with_rows ? nrows * dp : 0, false);
-  pk.cols.reset(nrows * dp, false);
-  pk.nrm.reset(nrows, false);
-  pk.w.reset(nrows, false);
-  if (!defer)
-    at::parallel_for(0, ns, 1, [&](int64_t s0, int64_t s1) {
-      for (int64_t s = s0; s < s1; ++s) pack_set<T>(pk, src, s);
-    });
+  if (defer) return pk;  // a plan: each task packs into a window (pack_window)
+  pk.alloc(pk.ntiles, src.with_rows);
+  at::parallel_for(0, ns, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) pack_set<T>(pk, src, s);
+  });
+  return pk;
+}
+
+//! A task's pack for one set at a time, on a deferred plan: every set maps to tile 0 and the
+//! buffers fit the plan's largest set, so the set packed last is read (and its row sums written)
+//! from the cache.  With the plan's buffers for every set (16 MB of packs and 32 MB of fp64 row
+//! sums at B = 256, N = 64, d = 64), each set's stores went to cold memory: the pack, the zeroed
+//! row sums and the parts read back from them were a third of that forward + backward.
+template <class T>
+Pack<T> pack_window(const Pack<T>& plan, bool with_rows) {
+  Pack<T> pk;
+  pk.dp = plan.dp;
+  pk.n = plan.n;
+  pk.tile0.assign(plan.n.size(), 0);
+  int64_t most = 0;
+  for (size_t s = 0; s < plan.n.size(); ++s) most = std::max(most, plan.blocks(int64_t(s)));
+  pk.alloc(most, with_rows);
   return pk;
 }
 
@@ -507,6 +548,20 @@ void schedule(std::vector<std::vector<Task>>& phases, int term, int64_t set, int
     }
 }
 
+//! One set's shift (wae_fast.contract.segment_shifts): the mean of rows [r0, r1) of y (n, d) with
+//! a non-zero weight (w null: all), accumulated in fp64 (acc: d doubles).  A weight-0 row is not read.
+template <class T>
+void set_shift(const T* y, const T* w, int64_t r0, int64_t r1, int64_t d, double* acc, T* out) {
+  std::fill(acc, acc + d, 0.0);
+  int64_t n = 0;
+  for (int64_t i = r0; i < r1; ++i) {
+    if (w != nullptr && w[i] == T(0)) continue;
+    for (int64_t k = 0; k < d; ++k) acc[k] += double(y[i * d + k]);
+    ++n;
+  }
+  for (int64_t k = 0; k < d; ++k) out[k] = T(acc[k] / double(std::max<int64_t>(n, 1)));
+}
+
 // Everything both passes share: the packed sides, the y pack set of every x set, the kernel.
 template <class T>
 struct Setup {
@@ -520,6 +575,7 @@ struct Setup {
   std::vector<int64_t> yset;   // y pack set -> the first x set using it
   std::vector<int64_t> yr0, yr1;
   std::vector<Denoms> dx, dy;  // per x set / per y pack set
+  T* shift_out = nullptr;      // the shifts, each computed by its set's task (seg_fwd_t)
   int kind = 0, S = 0;
   T P[wae_fast::kMaxScales];
   bool unbiased = false;
@@ -542,12 +598,19 @@ struct Setup {
     }
     return pb;
   }
-  //! Term `term` of x set / y pack set `s` (kXY: x set s against its y pack set).
-  TileProblem<T> term_problem(int term, int64_t s) const {
-    if (term == kXX) return problem(px.operand(s), px.weights(s), px.operand(s), px.weights(s), true);
-    if (term == kYY) return problem(py.operand(s), py.weights(s), py.operand(s), py.weights(s), true);
+  //! Term `term` of x set / y pack set `s` (kXY: x set s against its y pack set), from the packs
+  //! x and y (px / py or a task's windows).
+  TileProblem<T> term_problem(int term, int64_t s, const Pack<T>& x, const Pack<T>& y) const {
+    if (term == kXX) return problem(x.operand(s), x.weights(s), x.operand(s), x.weights(s), true);
+    if (term == kYY) return problem(y.operand(s), y.weights(s), y.operand(s), y.weights(s), true);
     const int64_t t = ysi[s];
-    return problem(px.operand(s), px.weights(s), py.operand(t), py.weights(t), false);
+    return problem(x.operand(s), x.weights(s), y.operand(t), y.weights(t), false);
+  }
+  TileProblem<T> term_problem(int term, int64_t s) const { return term_problem(term, s, px, py); }
+  //! Set b's shift when its task computes it (a fused task, y not shared: y pack set b), before
+  //! it packs the set (its y rows are then read from the cache); acc: d doubles.
+  void shift_set(int64_t b, double* acc) const {
+    if (shift_out != nullptr) set_shift<T>(sy.P, sy.W, sy.r0[b], sy.r1[b], d, acc, shift_out + b * d);
   }
 };
 
@@ -695,7 +758,8 @@ bool fuse_values(const Problem& pb) {
 }
 
 //! Prefetches the input rows that packing set b will read (deferred packs): they come in while
-//! the previous set's tiles run (measured 11% of a B = 256, N = 64, d = 64 forward).
+//! the previous set's tiles run (measured 11% of a B = 256, N = 64, d = 64 forward with packs for
+//! every set; 1-3% with the tasks' windows, whose stores no longer miss).
 template <class T>
 void prefetch_set(const Setup<T>& st, int64_t b) {
   auto prefetch = [](const T* p, int64_t n) {
@@ -719,23 +783,30 @@ void run_values_fused(Setup<T>& st, std::vector<double>& sxx, std::vector<double
   sxy.assign(st.B, 0.0);
   syy.assign(NY, 0.0);
   at::parallel_for(0, st.B, 1, [&](int64_t b0, int64_t b1) {
+    Pack<T> wx, wy;
+    if (st.fill_x) wx = pack_window(st.px, st.sx.with_rows);
+    if (st.fill_y) wy = pack_window(st.py, st.sy.with_rows);
+    const Pack<T>& px = st.fill_x ? wx : st.px;
+    const Pack<T>& py = st.fill_y ? wy : st.py;
+    std::vector<double> acc(st.d);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t s = st.ysi[b];
       const bool own_y = st.yset[s] == b;  // this task takes the y pack set's yy term
-      if (st.fill_x) pack_set<T>(st.px, st.sx, b);
-      if (st.fill_y && own_y) pack_set<T>(st.py, st.sy, s);
+      st.shift_set(b, acc.data());
+      if (st.fill_x) pack_set<T>(wx, st.sx, b);
+      if (st.fill_y && own_y) pack_set<T>(wy, st.sy, s);
       if (b + 1 < b1) prefetch_set(st, b + 1);
-      const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(s);
+      const int64_t nbx = px.blocks(b), nby = py.blocks(s);
       if (nbx > 0) {
-        const TileProblem<T> txx = st.term_problem(kXX, b);
+        const TileProblem<T> txx = st.term_problem(kXX, b, px, py);
         for (int64_t I = 0; I < nbx; ++I) sxx[b] += wae_cpu_tiles::run_block<T>(txx, I, I + 1, I, nbx, true, nullptr, nullptr, st.isa);
         if (nby > 0) {
-          const TileProblem<T> txy = st.term_problem(kXY, b);
+          const TileProblem<T> txy = st.term_problem(kXY, b, px, py);
           for (int64_t I = 0; I < nbx; ++I) sxy[b] += wae_cpu_tiles::run_block<T>(txy, I, I + 1, 0, nby, false, nullptr, nullptr, st.isa);
         }
       }
       if (own_y && nby > 0) {
-        const TileProblem<T> tyy = st.term_problem(kYY, s);
+        const TileProblem<T> tyy = st.term_problem(kYY, s, px, py);
         for (int64_t I = 0; I < nby; ++I) syy[s] += wae_cpu_tiles::run_block<T>(tyy, I, I + 1, I, nby, true, nullptr, nullptr, st.isa);
       }
     }
@@ -848,7 +919,7 @@ at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at:
 // y alike (wae_fast/segment_sums.py: the reference's formulas).
 template <class T>
 std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, const Problem& pb, const at::Tensor& XW,
-                                  const at::Tensor& YW, const at::Tensor& SH, int kind,
+                                  const at::Tensor& YW, const at::Tensor& SH, bool defer_shifts, int kind,
                                   const std::vector<double>& params, bool unbiased, bool fx, bool fy, bool fxw,
                                   bool fyw) {
   // sets within kFuseMaxBlocks row blocks: one task per set packs it right before its tiles
@@ -858,7 +929,17 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   const bool small = fuse_values<T>(pb);
   const bool fuse_grad = (fx || fy) && !fxw && !fyw && !pb.shared && small;
   const bool fused = (!(fx || fy || fxw || fyw) && small) || fuse_grad;
+  T* shp = SH.data_ptr<T>();
+  if (defer_shifts && !fused) {  // every set's shift before the packs
+    const T* y = Y.data_ptr<T>();
+    const T* w = YW.numel() ? YW.data_ptr<T>() : nullptr;
+    at::parallel_for(0, pb.B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<double> acc(X.size(1));
+      for (int64_t b = b0; b < b1; ++b) set_shift<T>(y, w, pb.yo[2 * b], pb.yo[2 * b + 1], X.size(1), acc.data(), shp + b * X.size(1));
+    });
+  }
   Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, fx || fy, fused);
+  if (defer_shifts && fused) st.shift_out = shp;
   const int64_t B = st.B, d = st.d, dp = st.dp;
   at::Tensor terms = at::empty({B, 3}, X.options().dtype(at::kDouble));
   double* out = terms.data_ptr<double>();
@@ -945,38 +1026,44 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   if (fuse_grad) {
     // one task per set (its own x and y rows: no other task writes them): pack, the three terms
     // (the symmetric ones with row and column sides, as one big call), the parts
-    const int64_t nxr = st.px.ntiles * kTile, nyr = st.py.ntiles * kTile;
-    if (fx) rs.gxx.reset(nxr * dp, false), rs.gxy_x.reset(nxr * dp, false);
-    if (fy) rs.gyy.reset(nyr * dp, false), rs.gxy_y.reset(nyr * dp, false);
+    // (the packs and row sums in windows of the task, every set at row 0: see pack_window)
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      Pack<T> px = pack_window(st.px, st.sx.with_rows), py = pack_window(st.py, st.sy.with_rows);
+      RowSums ws;
+      if (fx) ws.gxx.reset(px.ntiles * kTile * dp, false), ws.gxy_x.reset(px.ntiles * kTile * dp, false);
+      if (fy) ws.gyy.reset(py.ntiles * kTile * dp, false), ws.gxy_y.reset(py.ntiles * kTile * dp, false);
+      std::vector<double> acc(d);
       for (int64_t b = b0; b < b1; ++b) {
-        pack_set<T>(st.px, st.sx, b);
-        pack_set<T>(st.py, st.sy, b);  // not shared: y pack set b is set b's alone
+        st.shift_set(b, acc.data());
+        pack_set<T>(px, st.sx, b);
+        pack_set<T>(py, st.sy, b);  // not shared: y pack set b is set b's alone
         if (b + 1 < b1) prefetch_set(st, b + 1);
-        const int64_t nbx = st.px.blocks(b), nby = st.py.blocks(b);
-        auto rows = [&](Scratch<double>& v, const Pack<T>& pk, int64_t nb) -> double* {
+        const int64_t nbx = px.blocks(b), nby = py.blocks(b);
+        auto rows = [&](Scratch<double>& v, int64_t nb) -> double* {
           if (v.empty()) return nullptr;
-          double* p = v.data() + pk.row0(b) * dp;
-          std::fill(p, p + nb * kTile * dp, 0.0);
-          return p;
+          std::fill(v.data(), v.data() + nb * kTile * dp, 0.0);
+          return v.data();
         };
-        double* gxx = rows(rs.gxx, st.px, nbx);
-        double* gxy_x = rows(rs.gxy_x, st.px, nbx);
-        double* gyy = rows(rs.gyy, st.py, nby);
-        double* gxy_y = rows(rs.gxy_y, st.py, nby);
+        double* gxx = rows(ws.gxx, nbx);
+        double* gxy_x = rows(ws.gxy_x, nbx);
+        double* gyy = rows(ws.gyy, nby);
+        double* gxy_y = rows(ws.gxy_y, nby);
         double vxx = 0.0, vxy = 0.0, vyy = 0.0;
-        if (nbx > 0) vxx = wae_cpu_tiles::run_block<T>(st.term_problem(kXX, b), 0, nbx, 0, nbx, true, gxx, gxx, st.isa);
+        if (nbx > 0)
+          vxx = wae_cpu_tiles::run_block<T>(st.term_problem(kXX, b, px, py), 0, nbx, 0, nbx, true, gxx, gxx, st.isa);
         if (nbx > 0 && nby > 0)
-          vxy = wae_cpu_tiles::run_block<T>(st.term_problem(kXY, b), 0, nbx, 0, nby, false, gxy_x, gxy_y, st.isa);
-        if (nby > 0) vyy = wae_cpu_tiles::run_block<T>(st.term_problem(kYY, b), 0, nby, 0, nby, true, gyy, gyy, st.isa);
+          vxy = wae_cpu_tiles::run_block<T>(st.term_problem(kXY, b, px, py), 0, nbx, 0, nby, false, gxy_x, gxy_y,
+                                            st.isa);
+        if (nby > 0)
+          vyy = wae_cpu_tiles::run_block<T>(st.term_problem(kYY, b, px, py), 0, nby, 0, nby, true, gyy, gyy, st.isa);
         set_terms(b, vxx, vxy, vyy);
         const double sw = st.dx[b].sum, sv = st.dy[b].sum;
         if (fx)
-          side(st.px, b, rs.gxx, rs.gxy_x, rs.ksxx, rs.ksxy_x, zx, xw, pb.xo[b], pb.xo[b + 1], GX, GXW, nx,
-               st.dx[b].D, sw, sv, out[3 * b], out[3 * b + 2]);
+          side(px, b, ws.gxx, ws.gxy_x, ws.ksxx, ws.ksxy_x, zx, xw, pb.xo[b], pb.xo[b + 1], GX, GXW, nx, st.dx[b].D,
+               sw, sv, out[3 * b], out[3 * b + 2]);
         if (fy)
-          side(st.py, b, rs.gyy, rs.gxy_y, rs.ksyy, rs.ksxy_y, zy, yw, st.yr0[b], st.yr1[b], GY, GYW, ny,
-               st.dy[b].D, sv, sw, out[3 * b + 1], out[3 * b + 2]);
+          side(py, b, ws.gyy, ws.gxy_y, ws.ksyy, ws.ksxy_y, zy, yw, st.yr0[b], st.yr1[b], GY, GYW, ny, st.dy[b].D,
+               sv, sw, out[3 * b + 1], out[3 * b + 2]);
       }
     });
     return {terms, gxp, gyp, gxwp, gywp};
@@ -1009,10 +1096,8 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
 
 at::Tensor to_ct(const at::Tensor& t, at::ScalarType ct) { return t.to(ct).contiguous(); }
 
-//! The glue's per-set shifts (wae_fast.contract.segment_shifts), for an empty `shifts`: the mean
-//! of each set's y rows with a non-zero weight (all rows unweighted; a y shared by every set: one
-//! mean), accumulated in fp64; zeros for the polynomial.  A weight-0 row is not read.  Y, YW in
-//! the compute dtype.
+//! The glue's per-set shifts, for an empty `shifts`: set_shift of each set's y rows (a y shared
+//! by every set: one mean); zeros for the polynomial.  Y, YW in the compute dtype.
 template <class T>
 at::Tensor set_shifts_t(const at::Tensor& Y, const at::Tensor& YW, const at::Tensor& y_offsets, int64_t B,
                         int64_t kind) {
@@ -1031,14 +1116,7 @@ at::Tensor set_shifts_t(const at::Tensor& Y, const at::Tensor& YW, const at::Ten
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = o[shared ? 0 : b], r1 = o[shared ? 1 : b + 1];
       TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= Y.size(0), "wae_fast cpp backend: bad y_offsets");
-      std::fill(acc.begin(), acc.end(), 0.0);
-      int64_t n = 0;
-      for (int64_t i = r0; i < r1; ++i) {
-        if (w != nullptr && w[i] == T(0)) continue;
-        for (int64_t k = 0; k < d; ++k) acc[k] += double(y[i * d + k]);
-        ++n;
-      }
-      for (int64_t k = 0; k < d; ++k) out[b * d + k] = T(acc[k] / double(std::max<int64_t>(n, 1)));
+      set_shift<T>(y, w, r0, r1, d, acc.data(), out + b * d);
     }
   });
   if (shared)
@@ -1063,8 +1141,13 @@ FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x
   const auto ct = compute_type(x);
   at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct);
   at::Tensor XW = to_ct(x_weights, ct), YW = to_ct(y_weights, ct);
-  at::Tensor SH = call_shifts(shifts, Y, YW, y_offsets, x_offsets, kind, ct);
-  Problem pb = make_problem(x_offsets, y_offsets, SH, y.size(0));
+  // per-set y, shifts to compute: seg_fwd_t computes each set's (in its task, when fused: the
+  // y rows are then packed from the cache; computing them first read all of y from memory twice)
+  const bool defer_shifts =
+      shifts.numel() == 0 && kind != wae_fast::KIND_POLY && y_offsets.numel() == x_offsets.numel();
+  at::Tensor SH = defer_shifts ? at::empty({x_offsets.numel() - 1, y.size(1)}, Y.options())
+                               : call_shifts(shifts, Y, YW, y_offsets, x_offsets, kind, ct);
+  Problem pb = make_problem(x_offsets, y_offsets, SH, y.size(0));  // (SH read only for a shared y)
   TORCH_CHECK(pb.xo[pb.B] <= x.size(0) && SH.size(0) == pb.B, "wae_fast cpp backend: x_offsets / shifts mismatch");
   // the parts of wae_fast.contract.segments_fused_flags (a y shared by B > 1 sets: none)
   const bool shared = pb.shared && pb.B > 1;
@@ -1072,8 +1155,10 @@ FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x
              fyw = grad_yw && !shared && y_weights.numel() > 0;
   const std::vector<double> P(params.begin(), params.end());
   std::vector<at::Tensor> o = ct == at::kDouble
-                                  ? seg_fwd_t<double>(X, Y, pb, XW, YW, SH, int(kind), P, unbiased, fx, fy, fxw, fyw)
-                                  : seg_fwd_t<float>(X, Y, pb, XW, YW, SH, int(kind), P, unbiased, fx, fy, fxw, fyw);
+                                  ? seg_fwd_t<double>(X, Y, pb, XW, YW, SH, defer_shifts, int(kind), P, unbiased,
+                                                      fx, fy, fxw, fyw)
+                                  : seg_fwd_t<float>(X, Y, pb, XW, YW, SH, defer_shifts, int(kind), P, unbiased,
+                                                     fx, fy, fxw, fyw);
   return {o[0], o[1], o[2], o[3], o[4]};
 }
 
