@@ -45,6 +45,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -310,6 +314,74 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define WAE_PACK_AVX2 1
+//! transpose4 for sixteen rows at once, by 8 x 8 blocks of AVX2 registers (fp32; the caller
+//! checked the CPU's AVX2): the same stores and the same squared norms, bit for bit (products and
+//! sums rounded one at a time, k ascending: this function's target has no FMA to contract them
+//! into).  Four rows' norms were two chains of d dependent adds each, the pack's bound.
+__attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* const* q, const float* sh, int64_t d,
+                                                               float* ct, double* nrm) {
+  int64_t k = 0;
+  __m256d n[4] = {_mm256_loadu_pd(nrm), _mm256_loadu_pd(nrm + 4), _mm256_loadu_pd(nrm + 8),
+                  _mm256_loadu_pd(nrm + 12)};
+  for (; k + 8 <= d; k += 8) {
+    const __m256 v = sh != nullptr ? _mm256_loadu_ps(sh + k) : _mm256_setzero_ps();
+    for (int g = 0; g < 2; ++g) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        r[i] = _mm256_loadu_ps(q[8 * g + i] + k);
+        if (sh != nullptr) r[i] = _mm256_sub_ps(r[i], v);
+      }
+      __m256 t[8], u[8];
+      for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      for (int h = 0; h < 2; ++h) {  // rows 4h..4h+3
+        u[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+      }
+      for (int j = 0; j < 4; ++j) {  // coordinates k + j and k + 4 + j of the eight rows
+        r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+      }
+      for (int j = 0; j < 8; ++j) {
+        _mm256_storeu_ps(ct + (k + j) * kTile + 8 * g, r[j]);
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(r[j]));
+        const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(r[j], 1));
+        n[2 * g] = _mm256_add_pd(n[2 * g], _mm256_mul_pd(lo, lo));
+        n[2 * g + 1] = _mm256_add_pd(n[2 * g + 1], _mm256_mul_pd(hi, hi));
+      }
+    }
+  }
+  for (int i = 0; i < 4; ++i) _mm256_storeu_pd(nrm + 4 * i, n[i]);
+  for (; k < d; ++k)
+    for (int r = 0; r < 16; ++r) {
+      const float v = sh != nullptr ? float(q[r][k] - sh[k]) : q[r][k];
+      ct[k * kTile + r] = v;
+      nrm[r] += double(v) * double(v);
+    }
+}
+#endif
+
+//! Rows c..c+15 (isa >= 1: AVX2) or c..c+3 of a tile by transpose16_avx2 / transpose4; returns
+//! the rows done.
+template <class T>
+inline int64_t transpose_rows(const T* const* q, const T* sh, int64_t d, T* ct, double* nrm, int isa, int64_t left) {
+#ifdef WAE_PACK_AVX2
+  if constexpr (std::is_same<T, float>::value)
+    if (isa >= 1 && left >= 16) {
+      transpose16_avx2(q, sh, d, ct, nrm);
+      return 16;
+    }
+#endif
+  transpose4<T>(q, sh, d, ct, nrm);
+  return 4;
+}
+
 // Where a pack's rows come from: rows [r0[s], r1[s]) of P (compute type, (rows, d)) of every set
 // s, shifted by SH + sh_row[s] * d: all rows, or those whose weight is (non-)zero.
 template <class T>
@@ -321,6 +393,7 @@ struct PackSource {
   int64_t d = 0;
   Keep keep = Keep::kAll;
   bool with_rows = false;
+  int isa = 0;  // wae_cpu_tiles::current_isa() of the call (>= 1: AVX2 transposes)
   bool kept(int64_t i) const { return W == nullptr || keep == Keep::kAll || (keep == Keep::kZero) == (W[i] == T(0)); }
 };
 
@@ -355,16 +428,15 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
         for (int64_t k = d; k < dp; ++k) row[k] = T(0);
       }
       std::fill(rt + nn * dp, rt + kTile * dp, T(0));
-      for (int64_t c = 0; c < kTile; c += 4) {  // padding rows included (zeros)
-        const T* q[4] = {rt + c * dp, rt + (c + 1) * dp, rt + (c + 2) * dp, rt + (c + 3) * dp};
-        transpose4<T>(q, nullptr, d, ctile + c, acc + c);
-      }
+      const T* q[kTile];
+      for (int64_t c = 0; c < kTile; ++c) q[c] = rt + c * dp;
+      for (int64_t c = 0; c < kTile;)  // padding rows included (zeros)
+        c += transpose_rows<T>(q + c, nullptr, d, ctile + c, acc + c, src.isa, kTile - c);
     } else {  // the transpose straight from the input
+      const T* q[kTile];
+      for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
       int64_t c = 0;
-      for (; c + 4 <= nn; c += 4) {
-        const T* q[4] = {src.P + srcs[c] * d, src.P + srcs[c + 1] * d, src.P + srcs[c + 2] * d, src.P + srcs[c + 3] * d};
-        transpose4<T>(q, sh, d, ctile + c, acc + c);
-      }
+      while (c + 4 <= nn) c += transpose_rows<T>(q + c, sh, d, ctile + c, acc + c, src.isa, nn - c);
       for (; c < nn; ++c) {
         const T* q = src.P + srcs[c] * d;
         for (int64_t k = 0; k < d; ++k) {
@@ -652,6 +724,7 @@ Setup<T> make_setup(const Problem& pb, const at::Tensor& X, const at::Tensor& Y,
   const Keep keep = st.weighted ? Keep::kNonZero : Keep::kAll;
   st.sx = pack_source<T>(X.data_ptr<T>(), xw, xr0, xr1, SH.data_ptr<T>(), xsh, st.d, keep, with_rows);
   st.sy = pack_source<T>(Y.data_ptr<T>(), yw, st.yr0, st.yr1, SH.data_ptr<T>(), st.yset, st.d, keep, with_rows);
+  st.sx.isa = st.sy.isa = st.isa;
   // deferred packs (run_values_fused): a y pack set used by several x sets is packed here
   st.fill_x = defer;
   st.fill_y = defer && st.yset.size() == size_t(st.B);
