@@ -180,20 +180,22 @@ def test_value_only_forward_equals_the_planned_passes(shared, offs):
 
 
 @pytest.mark.parametrize("offs", ["one", "many", "small", "multi", "large"])
+@pytest.mark.parametrize("d", [6, 40])
 @pytest.mark.parametrize("kname,unbiased,dtype,weighted,grads", [
     ("imq", True, torch.float64, False, "xy"), ("imq", False, torch.float64, True, "x"),
     ("rbf", True, torch.float64, True, "y"), ("poly", True, torch.float64, False, "xy"),
     ("imq", True, torch.float32, True, "xy"), ("rbf", False, torch.float32, False, "x")])
-def test_point_gradients_per_set_tasks_against_oracle(isa, offs, kname, unbiased, dtype, weighted, grads):
+def test_point_gradients_per_set_tasks_against_oracle(isa, offs, d, kname, unbiased, dtype, weighted, grads):
     """Gradients to the points without the weights' (weights, if any, constants): "one" and
     "many" run one task per set (pack, the three terms with their row and column sides, the
-    parts), the others the planned rounds."""
+    parts), the others the planned rounds.  d = 40: the fp32 packs' 16-row transposes (AVX-512:
+    two 16-coordinate blocks, the AVX2 variant for the last 8; AVX2: five 8 x 8 blocks)."""
     xo, yo = OFFSETS[offs]
-    x, y, xw, yw = segment_data(xo, yo, 6, dtype, "cpu", seed=21 + unbiased, nan_pad=weighted)
+    x, y, xw, yw = segment_data(xo, yo, d, dtype, "cpu", seed=21 + unbiased, nan_pad=weighted)
     if not weighted:
         xw = yw = None
     ins = [x.requires_grad_("x" in grads), y.requires_grad_("y" in grads)]
-    t, kind, params = _run(*ins, xo, yo, xw, yw, kname, unbiased, 6)
+    t, kind, params = _run(*ins, xo, yo, xw, yw, kname, unbiased, d)
     gt = torch.linspace(-1.0, 2.0, 3 * (len(xo) - 1), dtype=torch.float64).view(-1, 3)
     need = [a for a in ins if a.requires_grad]
     got = torch.autograd.grad((t * gt).sum(), need)

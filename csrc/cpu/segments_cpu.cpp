@@ -321,7 +321,13 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
 //! sums rounded one at a time, k ascending: this function's target has no FMA to contract them
 //! into).  Four rows' norms were two chains of d dependent adds each, the pack's bound.
 __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* const* q, const float* sh, int64_t d,
-                                                               float* ct, double* nrm) {
+                                                               float* ct, double* nrm, int64_t k0 = 0) {
+  // coordinates k0 .. k0 + d - 1 (from k0 > 0: transpose16_avx512's last ones)
+  const float* qq[16];
+  for (int i = 0; i < 16; ++i) qq[i] = q[i] + k0;
+  q = qq;
+  if (sh != nullptr) sh += k0;
+  ct += k0 * kTile;
   int64_t k = 0;
   __m256d n[4] = {_mm256_loadu_pd(nrm), _mm256_loadu_pd(nrm + 4), _mm256_loadu_pd(nrm + 8),
                   _mm256_loadu_pd(nrm + 12)};
@@ -367,6 +373,53 @@ __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* con
 }
 #endif
 
+//! transpose16_avx2 by 16 x 16 blocks of AVX-512 registers (the caller checked the CPU's AVX-512
+//! F): half the instructions per element.  The products and sums of the norms take an explicit
+//! rounding mode, so that they stay two roundings (this target has FMA to contract them into).
+__attribute__((target("avx512f"), noinline)) void transpose16_avx512(const float* const* q, const float* sh,
+                                                                     int64_t d, float* ct, double* nrm) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  int64_t k = 0;
+  __m512d n0 = _mm512_loadu_pd(nrm), n1 = _mm512_loadu_pd(nrm + 8);
+  for (; k + 16 <= d; k += 16) {
+    const __m512 v = sh != nullptr ? _mm512_loadu_ps(sh + k) : _mm512_setzero_ps();
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i) {
+      r[i] = _mm512_loadu_ps(q[i] + k);
+      if (sh != nullptr) r[i] = _mm512_sub_ps(r[i], v);
+    }
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 4; ++h) {  // rows 4h..4h+3 in each 128-bit lane
+      r[4 * h] = _mm512_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+      r[4 * h + 1] = _mm512_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+      r[4 * h + 2] = _mm512_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+      r[4 * h + 3] = _mm512_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+    }
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 4; ++j) {
+        t[8 * h + j] = _mm512_shuffle_f32x4(r[8 * h + j], r[8 * h + 4 + j], 0x88);
+        t[8 * h + 4 + j] = _mm512_shuffle_f32x4(r[8 * h + j], r[8 * h + 4 + j], 0xDD);
+      }
+    for (int j = 0; j < 8; ++j) {
+      r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+      r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+    }
+    for (int j = 0; j < 16; ++j) {  // r[j]: coordinate k + j of the sixteen rows
+      _mm512_storeu_ps(ct + (k + j) * kTile, r[j]);
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(r[j]));
+      const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r[j]), 1)));
+      n0 = _mm512_add_round_pd(n0, _mm512_mul_round_pd(lo, lo, kRn), kRn);
+      n1 = _mm512_add_round_pd(n1, _mm512_mul_round_pd(hi, hi, kRn), kRn);
+    }
+  }
+  _mm512_storeu_pd(nrm, n0);
+  _mm512_storeu_pd(nrm + 8, n1);
+  if (k < d) transpose16_avx2(q, sh, d - k, ct, nrm, k);
+}
+
 //! Rows c..c+15 (isa >= 1: AVX2) or c..c+3 of a tile by transpose16_avx2 / transpose4; returns
 //! the rows done.
 template <class T>
@@ -374,7 +427,10 @@ inline int64_t transpose_rows(const T* const* q, const T* sh, int64_t d, T* ct, 
 #ifdef WAE_PACK_AVX2
   if constexpr (std::is_same<T, float>::value)
     if (isa >= 1 && left >= 16) {
-      transpose16_avx2(q, sh, d, ct, nrm);
+      if (isa >= 2)
+        transpose16_avx512(q, sh, d, ct, nrm);
+      else
+        transpose16_avx2(q, sh, d, ct, nrm);
       return 16;
     }
 #endif
@@ -620,12 +676,54 @@ void schedule(std::vector<std::vector<Task>>& phases, int term, int64_t set, int
     }
 }
 
+#ifdef WAE_PACK_AVX2
+//! acc[k] += y[i][k] in fp64 over rows i in [r0, r1) with a non-zero weight (w null: all), rows
+//! ascending for every k as set_shift's loop (the same sums, bit for bit), 32 coordinates at a
+//! time in eight AVX2 accumulators (the caller checked the CPU's AVX2); returns the rows summed.
+//! The loop with acc in memory was 6% of a B = 256, N = 64, d = 64 forward.
+__attribute__((target("avx2"), noinline)) int64_t column_sums_avx2(const float* y, const float* w, int64_t r0,
+                                                                   int64_t r1, int64_t d, double* acc) {
+  int64_t n = 0;
+  for (int64_t i = r0; i < r1; ++i) n += (w == nullptr || w[i] != 0.0f);
+  int64_t k = 0;
+  for (; k + 32 <= d; k += 32) {
+    __m256d a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_pd(acc + k + 4 * j);
+    for (int64_t i = r0; i < r1; ++i) {
+      if (w != nullptr && w[i] == 0.0f) continue;
+      const float* row = y + i * d + k;
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_add_pd(a[j], _mm256_cvtps_pd(_mm_loadu_ps(row + 4 * j)));
+    }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_pd(acc + k + 4 * j, a[j]);
+  }
+  for (; k + 4 <= d; k += 4) {
+    __m256d a = _mm256_loadu_pd(acc + k);
+    for (int64_t i = r0; i < r1; ++i)
+      if (w == nullptr || w[i] != 0.0f) a = _mm256_add_pd(a, _mm256_cvtps_pd(_mm_loadu_ps(y + i * d + k)));
+    _mm256_storeu_pd(acc + k, a);
+  }
+  for (; k < d; ++k)
+    for (int64_t i = r0; i < r1; ++i)
+      if (w == nullptr || w[i] != 0.0f) acc[k] += double(y[i * d + k]);
+  return n;
+}
+#endif
+
 //! One set's shift (wae_fast.contract.segment_shifts): the mean of rows [r0, r1) of y (n, d) with
-//! a non-zero weight (w null: all), accumulated in fp64 (acc: d doubles).  A weight-0 row is not read.
+//! a non-zero weight (w null: all), accumulated in fp64 (acc: d doubles).  A weight-0 row is not
+//! read.  isa >= 1 (wae_cpu_tiles::current_isa()): the sums by column_sums_avx2 (fp32).
 template <class T>
-void set_shift(const T* y, const T* w, int64_t r0, int64_t r1, int64_t d, double* acc, T* out) {
+void set_shift(const T* y, const T* w, int64_t r0, int64_t r1, int64_t d, double* acc, T* out, int isa = 0) {
   std::fill(acc, acc + d, 0.0);
   int64_t n = 0;
+#ifdef WAE_PACK_AVX2
+  if constexpr (std::is_same<T, float>::value)
+    if (isa >= 1) {
+      n = column_sums_avx2(y, w, r0, r1, d, acc);
+      for (int64_t k = 0; k < d; ++k) out[k] = T(acc[k] / double(std::max<int64_t>(n, 1)));
+      return;
+    }
+#endif
   for (int64_t i = r0; i < r1; ++i) {
     if (w != nullptr && w[i] == T(0)) continue;
     for (int64_t k = 0; k < d; ++k) acc[k] += double(y[i * d + k]);
@@ -682,7 +780,7 @@ struct Setup {
   //! Set b's shift when its task computes it (a fused task, y not shared: y pack set b), before
   //! it packs the set (its y rows are then read from the cache); acc: d doubles.
   void shift_set(int64_t b, double* acc) const {
-    if (shift_out != nullptr) set_shift<T>(sy.P, sy.W, sy.r0[b], sy.r1[b], d, acc, shift_out + b * d);
+    if (shift_out != nullptr) set_shift<T>(sy.P, sy.W, sy.r0[b], sy.r1[b], d, acc, shift_out + b * d, isa);
   }
 };
 
@@ -1006,9 +1104,11 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   if (defer_shifts && !fused) {  // every set's shift before the packs
     const T* y = Y.data_ptr<T>();
     const T* w = YW.numel() ? YW.data_ptr<T>() : nullptr;
+    const int isa = wae_cpu_tiles::current_isa();
     at::parallel_for(0, pb.B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<double> acc(X.size(1));
-      for (int64_t b = b0; b < b1; ++b) set_shift<T>(y, w, pb.yo[2 * b], pb.yo[2 * b + 1], X.size(1), acc.data(), shp + b * X.size(1));
+      for (int64_t b = b0; b < b1; ++b)
+        set_shift<T>(y, w, pb.yo[2 * b], pb.yo[2 * b + 1], X.size(1), acc.data(), shp + b * X.size(1), isa);
     });
   }
   Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, fx || fy, fused);
