@@ -272,7 +272,8 @@ enum class Keep { kAll, kNonZero, kZero };
 //! ascending (the squared norms from the registers: a separate loop over the tile cost as much
 //! as the transpose).
 template <class T>
-inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double* nrm) {
+inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double* nrm, T* ro = nullptr,
+                       int64_t ldr = 0) {
   int64_t k = 0;
 #if defined(__SSE2__)
   if constexpr (std::is_same<T, float>::value) {
@@ -292,6 +293,12 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
         a2 = _mm_sub_ps(a2, v);
         a3 = _mm_sub_ps(a3, v);
       }
+      if (ro != nullptr) {
+        _mm_storeu_ps(ro + k, a0);
+        _mm_storeu_ps(ro + ldr + k, a1);
+        _mm_storeu_ps(ro + 2 * ldr + k, a2);
+        _mm_storeu_ps(ro + 3 * ldr + k, a3);
+      }
       _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
       _mm_storeu_ps(ct + k * kTile, a0);
       _mm_storeu_ps(ct + (k + 1) * kTile, a1);
@@ -310,6 +317,7 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
     for (int r = 0; r < 4; ++r) {
       const T v = sh != nullptr ? T(q[r][k] - sh[k]) : q[r][k];
       ct[k * kTile + r] = v;
+      if (ro != nullptr) ro[r * ldr + k] = v;
       nrm[r] += double(v) * double(v);
     }
 }
@@ -321,12 +329,14 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
 //! sums rounded one at a time, k ascending: this function's target has no FMA to contract them
 //! into).  Four rows' norms were two chains of d dependent adds each, the pack's bound.
 __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* const* q, const float* sh, int64_t d,
-                                                               float* ct, double* nrm, int64_t k0 = 0) {
+                                                               float* ct, double* nrm, float* ro, int64_t ldr,
+                                                               int64_t k0 = 0) {
   // coordinates k0 .. k0 + d - 1 (from k0 > 0: transpose16_avx512's last ones)
   const float* qq[16];
   for (int i = 0; i < 16; ++i) qq[i] = q[i] + k0;
   q = qq;
   if (sh != nullptr) sh += k0;
+  if (ro != nullptr) ro += k0;
   ct += k0 * kTile;
   int64_t k = 0;
   __m256d n[4] = {_mm256_loadu_pd(nrm), _mm256_loadu_pd(nrm + 4), _mm256_loadu_pd(nrm + 8),
@@ -338,6 +348,7 @@ __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* con
       for (int i = 0; i < 8; ++i) {
         r[i] = _mm256_loadu_ps(q[8 * g + i] + k);
         if (sh != nullptr) r[i] = _mm256_sub_ps(r[i], v);
+        if (ro != nullptr) _mm256_storeu_ps(ro + (8 * g + i) * ldr + k, r[i]);
       }
       __m256 t[8], u[8];
       for (int i = 0; i < 4; ++i) {
@@ -368,6 +379,7 @@ __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* con
     for (int r = 0; r < 16; ++r) {
       const float v = sh != nullptr ? float(q[r][k] - sh[k]) : q[r][k];
       ct[k * kTile + r] = v;
+      if (ro != nullptr) ro[r * ldr + k] = v;
       nrm[r] += double(v) * double(v);
     }
 }
@@ -377,7 +389,8 @@ __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* con
 //! F): half the instructions per element.  The products and sums of the norms take an explicit
 //! rounding mode, so that they stay two roundings (this target has FMA to contract them into).
 __attribute__((target("avx512f"), noinline)) void transpose16_avx512(const float* const* q, const float* sh,
-                                                                     int64_t d, float* ct, double* nrm) {
+                                                                     int64_t d, float* ct, double* nrm, float* ro,
+                                                                     int64_t ldr) {
   constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   int64_t k = 0;
   __m512d n0 = _mm512_loadu_pd(nrm), n1 = _mm512_loadu_pd(nrm + 8);
@@ -387,6 +400,7 @@ __attribute__((target("avx512f"), noinline)) void transpose16_avx512(const float
     for (int i = 0; i < 16; ++i) {
       r[i] = _mm512_loadu_ps(q[i] + k);
       if (sh != nullptr) r[i] = _mm512_sub_ps(r[i], v);
+      if (ro != nullptr) _mm512_storeu_ps(ro + i * ldr + k, r[i]);
     }
     for (int i = 0; i < 8; ++i) {
       t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -417,24 +431,25 @@ __attribute__((target("avx512f"), noinline)) void transpose16_avx512(const float
   }
   _mm512_storeu_pd(nrm, n0);
   _mm512_storeu_pd(nrm + 8, n1);
-  if (k < d) transpose16_avx2(q, sh, d - k, ct, nrm, k);
+  if (k < d) transpose16_avx2(q, sh, d - k, ct, nrm, ro, ldr, k);
 }
 
 //! Rows c..c+15 (isa >= 1: AVX2) or c..c+3 of a tile by transpose16_avx2 / transpose4; returns
 //! the rows done.
 template <class T>
-inline int64_t transpose_rows(const T* const* q, const T* sh, int64_t d, T* ct, double* nrm, int isa, int64_t left) {
+inline int64_t transpose_rows(const T* const* q, const T* sh, int64_t d, T* ct, double* nrm, int isa, int64_t left,
+                              T* ro, int64_t ldr) {
 #ifdef WAE_PACK_AVX2
   if constexpr (std::is_same<T, float>::value)
     if (isa >= 1 && left >= 16) {
       if (isa >= 2)
-        transpose16_avx512(q, sh, d, ct, nrm);
+        transpose16_avx512(q, sh, d, ct, nrm, ro, ldr);
       else
-        transpose16_avx2(q, sh, d, ct, nrm);
+        transpose16_avx2(q, sh, d, ct, nrm, ro, ldr);
       return 16;
     }
 #endif
-  transpose4<T>(q, sh, d, ct, nrm);
+  transpose4<T>(q, sh, d, ct, nrm, ro, ldr);
   return 4;
 }
 
@@ -475,33 +490,24 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
       if (src.kept(i)) srcs[nn++] = i;
     T* ctile = pk.cols.data() + t * dp * kTile;
     std::fill(acc, acc + kTile, 0.0);  // squared norms, fp64 (padding rows: 0)
-    if (with_rows) {
-      T* rt = pk.rows.data() + t * kTile * dp;
-      for (int64_t c = 0; c < nn; ++c) {
-        const T* q = src.P + srcs[c] * d;
-        T* row = rt + c * dp;
-        for (int64_t k = 0; k < d; ++k) row[k] = q[k] - sh[k];
-        for (int64_t k = d; k < dp; ++k) row[k] = T(0);
+    // the transpose straight from the input, the shifted rows written on the way (with_rows)
+    T* rt = with_rows ? pk.rows.data() + t * kTile * dp : nullptr;
+    const T* q[kTile];
+    for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
+    int64_t c = 0;
+    while (c + 4 <= nn)
+      c += transpose_rows<T>(q + c, sh, d, ctile + c, acc + c, src.isa, nn - c, rt ? rt + c * dp : nullptr, dp);
+    for (; c < nn; ++c)
+      for (int64_t k = 0; k < d; ++k) {
+        const T v = q[c][k] - sh[k];
+        ctile[k * kTile + c] = v;
+        if (rt != nullptr) rt[c * dp + k] = v;
+        acc[c] += double(v) * double(v);
       }
+    for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
+    if (rt != nullptr) {  // zeros: coordinates d .. dp - 1, padding rows
+      for (int64_t r = 0; r < nn; ++r) std::fill(rt + r * dp + d, rt + (r + 1) * dp, T(0));
       std::fill(rt + nn * dp, rt + kTile * dp, T(0));
-      const T* q[kTile];
-      for (int64_t c = 0; c < kTile; ++c) q[c] = rt + c * dp;
-      for (int64_t c = 0; c < kTile;)  // padding rows included (zeros)
-        c += transpose_rows<T>(q + c, nullptr, d, ctile + c, acc + c, src.isa, kTile - c);
-    } else {  // the transpose straight from the input
-      const T* q[kTile];
-      for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
-      int64_t c = 0;
-      while (c + 4 <= nn) c += transpose_rows<T>(q + c, sh, d, ctile + c, acc + c, src.isa, nn - c);
-      for (; c < nn; ++c) {
-        const T* q = src.P + srcs[c] * d;
-        for (int64_t k = 0; k < d; ++k) {
-          const T v = q[k] - sh[k];
-          ctile[k * kTile + c] = v;
-          acc[c] += double(v) * double(v);
-        }
-      }
-      for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
     }
     std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
     T* nr = pk.nrm.data() + t * kTile;
