@@ -29,10 +29,11 @@
 // that no two concurrent tasks write one row.  The per-task sums are combined in a fixed order:
 // results do not depend on the thread count.  Memory: O((total points) dp).
 // Per-set tasks (fuse_values: many small sets, a choice of the shapes only): one task per set
-// packs the set right before its tiles and runs its three terms (with gradients to the points:
-// their row and column sides, then the set's parts), so the packed tiles and the row sums are
-// read from the cache; the planned passes above serve the other calls (few or big sets, the
-// weights' gradients, a y shared by several sets).
+// computes the set's shift (empty shifts, a y per set), packs the set right before its tiles and
+// runs its three terms (with gradients to the points: their row and column sides, then the set's
+// parts), in buffers of the task reused set after set (pack_window: every set at row 0), so the
+// packed tiles and the row sums are read from the cache; the planned passes above serve the
+// other calls (few or big sets, the weights' gradients, a y shared by several sets).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
