@@ -295,8 +295,13 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           rr = rr < zero ? zero : rr;  // keeps NaN (a NaN distance is not r = 0)
           I jidx = iota + (typename Vec<T>::IS)(jbase);
           I valid = (jidx < (typename Vec<T>::IS)(pb.b.n)) & rowvalid;
+          // a diagonal tile's vector wholly above row i (every j > i: no j == i to exclude, every
+          // pair counted twice) skips the masks of the diagonal, the same values (B = 256 sets of
+          // 64 points, forward: 0-4% faster)
+          const bool above = diag && jbase > i;
+          const bool dg = diag && !above;
           I dmask = izero;
-          if (diag) {
+          if (dg) {
             dmask = jidx == (typename Vec<T>::IS)(i);
             rr = dmask ? zero : rr;
           }
@@ -318,8 +323,8 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           // j < i not at all, with or without GRAD (the same value either way, bit for bit:
           // the micro-tiles a value-only pass skips would add zeros)
           I smask = kmask;
-          V ks = kv;
-          if (diag) {
+          V ks = above ? kv + kv : kv;
+          if (dg) {
             smask = kmask & (jidx >= (typename Vec<T>::IS)(i));
             ks = (jidx > (typename Vec<T>::IS)(i)) ? kv + kv : kv;
           }
