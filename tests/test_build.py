@@ -232,3 +232,21 @@ def test_no_compiler_is_a_clear_error(tmp_path):
     assert "/nonexistent/bin/c++" in r["missing"] and "No such file" in r["missing"], r["missing"]
     assert "out of coffee" in r["failing"] and "compiling the cpp backend failed" in r["failing"], r["failing"]
     assert "failed to build" in r["after"] and "out of coffee" in r["after"], r["after"]
+
+
+def test_segments_source_compiles_without_its_x86_paths(tmp_path):
+    """csrc/cpu/segments_cpu.cpp's pack and shift helpers with GCC x86-64 function targets are
+    guarded; with the guard off (WAE_NO_X86_PACK, as on ARM or clang) the file still compiles
+    (a helper outside the guard once broke that build, which this x86 CI never compiles)."""
+    from torch.utils.cpp_extension import include_paths
+    import sysconfig
+
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    root = Path(__file__).resolve().parents[1]
+    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-DWAE_NO_X86_PACK", f"-I{root / 'csrc' / 'include'}",
+           f"-I{root / 'csrc' / 'cpu'}", f"-I{sysconfig.get_paths()['include']}",
+           *[f"-I{p}" for p in include_paths()], str(root / "csrc" / "cpu" / "segments_cpu.cpp")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]

@@ -323,7 +323,9 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// GCC on x86-64 only (function targets); WAE_NO_X86_PACK: the portable path on any compiler
+// (tests/test_build.py compiles it so, as an ARM or clang build would)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(WAE_NO_X86_PACK)
 #define WAE_PACK_AVX2 1
 //! transpose4 for sixteen rows at once, by 8 x 8 blocks of AVX2 registers (fp32; the caller
 //! checked the CPU's AVX2): the same stores and the same squared norms, bit for bit (products and
@@ -384,8 +386,6 @@ __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* con
       nrm[r] += double(v) * double(v);
     }
 }
-#endif
-
 //! transpose16_avx2 by 16 x 16 blocks of AVX-512 registers (the caller checked the CPU's AVX-512
 //! F): half the instructions per element.  The products and sums of the norms take an explicit
 //! rounding mode, so that they stay two roundings (this target has FMA to contract them into).
@@ -434,6 +434,8 @@ __attribute__((target("avx512f"), noinline)) void transpose16_avx512(const float
   _mm512_storeu_pd(nrm + 8, n1);
   if (k < d) transpose16_avx2(q, sh, d - k, ct, nrm, ro, ldr, k);
 }
+
+#endif
 
 //! Rows c..c+15 (isa >= 1: AVX2) or c..c+3 of a tile by transpose16_avx2 / transpose4; returns
 //! the rows done.
