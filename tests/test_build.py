@@ -14,10 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 import pytest
+from torch.utils.cpp_extension import include_paths
 
 import wae_fast
 from wae_fast import build
@@ -238,9 +240,6 @@ def test_segments_source_compiles_without_its_x86_paths(tmp_path):
     """csrc/cpu/segments_cpu.cpp's pack and shift helpers with GCC x86-64 function targets are
     guarded; with the guard off (WAE_NO_X86_PACK, as on ARM or clang) the file still compiles
     (a helper outside the guard once broke that build, which this x86 CI never compiles)."""
-    from torch.utils.cpp_extension import include_paths
-    import sysconfig
-
     cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     if cxx is None:
         pytest.skip("no C++ compiler")

@@ -44,6 +44,7 @@
 #include <limits>
 #include <new>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -724,21 +725,33 @@ __attribute__((target("avx2"), noinline)) int64_t column_sums_avx2(const float* 
 template <class T>
 void set_shift(const T* y, const T* w, int64_t r0, int64_t r1, int64_t d, double* acc, T* out, int isa = 0) {
   std::fill(acc, acc + d, 0.0);
-  int64_t n = 0;
+  int64_t n = -1;
 #ifdef WAE_PACK_AVX2
   if constexpr (std::is_same<T, float>::value)
-    if (isa >= 1) {
-      n = column_sums_avx2(y, w, r0, r1, d, acc);
-      for (int64_t k = 0; k < d; ++k) out[k] = T(acc[k] / double(std::max<int64_t>(n, 1)));
-      return;
-    }
+    if (isa >= 1) n = column_sums_avx2(y, w, r0, r1, d, acc);
 #endif
-  for (int64_t i = r0; i < r1; ++i) {
-    if (w != nullptr && w[i] == T(0)) continue;
-    for (int64_t k = 0; k < d; ++k) acc[k] += double(y[i * d + k]);
-    ++n;
+  if (n < 0) {
+    n = 0;
+    for (int64_t i = r0; i < r1; ++i) {
+      if (w != nullptr && w[i] == T(0)) continue;
+      for (int64_t k = 0; k < d; ++k) acc[k] += double(y[i * d + k]);
+      ++n;
+    }
   }
   for (int64_t k = 0; k < d; ++k) out[k] = T(acc[k] / double(std::max<int64_t>(n, 1)));
+}
+
+//! set_shift of sets 0 .. nsets - 1 into out (nsets x d), set b's rows range(b) = {r0, r1}, in
+//! one parallel loop.
+template <class T, class Range>
+void set_shifts_into(T* out, const T* y, const T* w, int64_t nsets, int64_t d, int isa, const Range& range) {
+  at::parallel_for(0, nsets, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> acc(d);
+    for (int64_t b = b0; b < b1; ++b) {
+      const std::pair<int64_t, int64_t> r = range(b);
+      set_shift<T>(y, w, r.first, r.second, d, acc.data(), out + b * d, isa);
+    }
+  });
 }
 
 // Everything both passes share: the packed sides, the y pack set of every x set, the kernel.
@@ -1110,16 +1123,10 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   const bool fuse_grad = (fx || fy) && !fxw && !fyw && !pb.shared && small;
   const bool fused = (!(fx || fy || fxw || fyw) && small) || fuse_grad;
   T* shp = SH.data_ptr<T>();
-  if (defer_shifts && !fused) {  // every set's shift before the packs
-    const T* y = Y.data_ptr<T>();
-    const T* w = YW.numel() ? YW.data_ptr<T>() : nullptr;
-    const int isa = wae_cpu_tiles::current_isa();
-    at::parallel_for(0, pb.B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<double> acc(X.size(1));
-      for (int64_t b = b0; b < b1; ++b)
-        set_shift<T>(y, w, pb.yo[2 * b], pb.yo[2 * b + 1], X.size(1), acc.data(), shp + b * X.size(1), isa);
-    });
-  }
+  if (defer_shifts && !fused)  // every set's shift before the packs
+    set_shifts_into<T>(shp, Y.data_ptr<T>(), YW.numel() ? YW.data_ptr<T>() : nullptr, pb.B, X.size(1),
+                       wae_cpu_tiles::current_isa(),
+                       [&](int64_t b) { return std::make_pair(pb.yo[2 * b], pb.yo[2 * b + 1]); });
   Setup<T> st = make_setup<T>(pb, X, Y, XW, YW, SH, kind, params, unbiased, fx || fy, fused);
   if (defer_shifts && fused) st.shift_out = shp;
   const int64_t B = st.B, d = st.d, dp = st.dp;
@@ -1290,17 +1297,13 @@ at::Tensor set_shifts_t(const at::Tensor& Y, const at::Tensor& YW, const at::Ten
   const int64_t* o = yo.data_ptr<int64_t>();
   const bool shared = yo.numel() == 2;
   TORCH_CHECK(shared || yo.numel() == B + 1, "wae_fast cpp backend: y_offsets must have B + 1 or 2 entries");
-  const T* y = Y.data_ptr<T>();
-  const T* w = YW.numel() ? YW.data_ptr<T>() : nullptr;
   T* out = SH.data_ptr<T>();
-  at::parallel_for(0, shared ? 1 : B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<double> acc(d);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = o[shared ? 0 : b], r1 = o[shared ? 1 : b + 1];
-      TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= Y.size(0), "wae_fast cpp backend: bad y_offsets");
-      set_shift<T>(y, w, r0, r1, d, acc.data(), out + b * d);
-    }
-  });
+  set_shifts_into<T>(out, Y.data_ptr<T>(), YW.numel() ? YW.data_ptr<T>() : nullptr, shared ? 1 : B, d,
+                     wae_cpu_tiles::current_isa(), [&](int64_t b) {
+                       const int64_t r0 = o[shared ? 0 : b], r1 = o[shared ? 1 : b + 1];
+                       TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= Y.size(0), "wae_fast cpp backend: bad y_offsets");
+                       return std::make_pair(r0, r1);
+                     });
   if (shared)
     for (int64_t b = 1; b < B; ++b) std::copy(out, out + d, out + b * d);
   return SH;
