@@ -38,6 +38,7 @@ namespace WAE_CPU_NS {
 
 using wae_fast::kMaxScales;
 constexpr int64_t kTile = 64;  // rows and columns of a pair tile
+constexpr int64_t kRotChunk = 32;  // coordinates per chunk of a rotated diagonal block (tile_forward)
 
 //! Vectors of WAE_CPU_VBYTES bytes: L lanes of T, and the same-width integer vector.
 template <class T> struct Vec;
@@ -430,13 +431,28 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         const V kv = eval(zero, dot);
         ksum += valid ? (WT ? wv * (kv * wv) : kv) : zero;
       }
+      // the dot products of the rotations from a copy of the block's coordinates with every
+      // point twice (lanes l and l + L: point l), where rotation s is the (unaligned) vector at
+      // lane s: loads instead of lane shuffles (B = 256 sets of 64 points, forward: 3-4% faster
+      // at d = 32 and 64; the same at 8 and 16); the sums over k in the same order (same bits)
+      V dots[L / 2];
+      for (int sr = 0; sr < L / 2; ++sr) dots[sr] = zero;
+      alignas(64) T dbl[kRotChunk * 2 * L];
+      for (int64_t k0 = 0; k0 < pb.d; k0 += kRotChunk) {
+        const int64_t kn = std::min<int64_t>(kRotChunk, pb.d - k0);
+        for (int64_t k = 0; k < kn; ++k) {
+          const V v = vload<V>(cb + (k0 + k) * kTile);
+          vstore(dbl + k * 2 * L, v);
+          vstore(dbl + k * 2 * L + L, v);
+        }
+        for (int64_t k = 0; k < kn; ++k) {
+          const V v = vload<V>(dbl + k * 2 * L);
+          for (int sr = 1; sr <= L / 2; ++sr) dots[sr - 1] += v * vload<V>(dbl + k * 2 * L + sr);
+        }
+      }
       for (int sr = 1; sr <= L / 2; ++sr) {
         const I perm = (iota + IS(sr)) & IS(L - 1);
-        V acc = zero;
-        for (int64_t k = 0; k < pb.d; ++k) {
-          const V v = vload<V>(cb + k * kTile);
-          acc += v * __builtin_shuffle(v, perm);
-        }
+        const V acc = dots[sr - 1];
         V rr = nv + __builtin_shuffle(nv, perm) - T(2) * acc;
         rr = rr < zero ? zero : rr;  // keeps NaN
         const I ok = valid & __builtin_shuffle(valid, perm);

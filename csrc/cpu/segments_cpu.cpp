@@ -76,10 +76,11 @@ template <class T>
 using Operand = wae_cpu_generic::Operand<T>;
 
 // Value-only diagonal tiles by lane rotations (mmd_cpu_kernel.h Problem::rotate_diag) up to this
-// d: each rotation recomputes its dot products (3 d operations per L pairs), which the saved
-// kernel evaluations repay at small d only (measured at B = 256 sets of 64 points, one thread:
-// 6% faster at d = 8, 3% at 16, 1.5% at 24, even at 32, 5% slower at 64)
-constexpr int64_t kRotateMaxD = 24;
+// d: each rotation recomputes its dot products (2 d loads and d FMAs per L pairs), which the saved
+// kernel evaluations and the skipped half of each diagonal block repay up to d = 64 (measured at
+// B = 256 sets of 64 points, one thread, forward: 3-4% faster at d = 32 and 64; d = 128 within
+// the host's noise); with lane shuffles instead of the loads, d = 64 was 5% slower
+constexpr int64_t kRotateMaxD = 64;
 constexpr int64_t kMaxGroups = 32;  // as mmd_cpu.cpp: groups of row blocks per set in the rounds
 
 struct Problem {
