@@ -453,6 +453,15 @@ def test_bench_segments_tiny_runs(capsys):
     assert out.count("| batched") == 16 and out.count("| ragged") == 12 and out.count("| single") == 4
 
 
+def test_bench_segments_split_tiny_runs(capsys):
+    """The time-split script's smoke run (tiny shapes, one rep) prints one row per d."""
+    from benchmarks import bench_segments_split
+
+    bench_segments_split.main(["--tiny", "--reps", "1", "--single-reps", "1", "--d", "3", "5"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| 3 |") or r.startswith("| 5 |")]
+    assert len(rows) == 2 and all(r.count(" ms") == 6 and r.count("x |") == 3 for r in rows)
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_fused_parts_are_the_backward_per_term(seg_backend, shared):
     """The forward's gradient parts (a backend that fuses them: cpp) are the backward op's
