@@ -54,7 +54,15 @@ def main(argv=None) -> None:
     ap.add_argument("--single-reps", type=int, default=11)
     ap.add_argument("--tiny", action="store_true", help="B = 4 sets of 16 points, single N = 64 (smoke)")
     args = ap.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        _table(args)
+    finally:  # a caller in the same process (the smoke test) keeps its thread count
+        torch.set_num_threads(threads)
+
+
+def _table(args) -> None:
     B, N, S = (4, 16, 64) if args.tiny else (256, 64, 4096)
     print(f"# mmd_batched B={B} N=M={N} against one mmd call N=M={S}: {torch.__version__}, one thread, "
           f"process CPU time, medians of {args.reps} / {args.single_reps} calls\n")

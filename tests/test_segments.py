@@ -457,7 +457,9 @@ def test_bench_segments_split_tiny_runs(capsys):
     """The time-split script's smoke run (tiny shapes, one rep) prints one row per d."""
     from benchmarks import bench_segments_split
 
+    threads = torch.get_num_threads()
     bench_segments_split.main(["--tiny", "--reps", "1", "--single-reps", "1", "--d", "3", "5"])
+    assert torch.get_num_threads() == threads
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| 3 |") or r.startswith("| 5 |")]
     assert len(rows) == 2 and all(r.count(" ms") == 6 and r.count("x |") == 3 for r in rows)
 
