@@ -9,6 +9,11 @@ runs of 1,000 calls, mmd and mse alternated in one process (no cache keyed on te
 ``--vs-dense`` instead times mmd against the dense formula as published WAE code writes it
 (:func:`benchmarks.bench_train_step.dense_wae_mmd`), forward + backward, N = M in {64, 128, 256,
 1024}, d in {8, 64} (same method, fewer calls for the large sets; target: mmd >= 4x faster).
+
+``--sets`` times many small MMDs per call (the training regime of per-class / per-group MMD):
+``mmd_batched`` of B sets of N points (and with ``x_weights``), a Python loop of B ``mmd``
+calls, and ``F.mse_loss`` on the same (B N, d) tensors, forward + backward of the sum,
+B in {1, 8, 32} (same method, 200 calls per run unless ``--calls``).
 """
 from __future__ import annotations
 
@@ -56,19 +61,52 @@ def vs_dense(backend: str, runs: int) -> None:
                   f"{med['dense'] / med['mmd']:.2f} |")
 
 
+def sets(backend: str, runs: int, n: int, d: int, calls: int) -> None:
+    print(f"backend={wae_fast.which_backend('cpu', backend)} N=M={n} d={d} threads=1 runs={runs}x{calls}, "
+          "fwd+bwd of the sum, fp32, us per call")
+    print("| B | mmd_batched | mmd_batched, x_weights | loop of B mmd | mse_loss |")
+    print("|---|---|---|---|---|")
+    for nsets in (1, 8, 32):
+        x = torch.randn(nsets * n, d, requires_grad=True)
+        y = torch.randn(nsets * n, d)
+        w = torch.rand(nsets, n) + 0.5
+        fns = {
+            "batched": lambda u, v: wae_fast.mmd_batched(u.view(nsets, n, d), v.view(nsets, n, d),
+                                                         backend=backend).sum(),
+            "weighted": lambda u, v: wae_fast.mmd_batched(u.view(nsets, n, d), v.view(nsets, n, d),
+                                                          x_weights=w, backend=backend).sum(),
+            "loop": lambda u, v: sum(wae_fast.mmd(a, b, backend=backend)
+                                     for a, b in zip(u.split(n), v.split(n))),
+            "mse": lambda u, v: F.mse_loss(u, v),
+        }
+        times = {k: [] for k in fns}
+        for f in fns.values():
+            _run(f, x, y, min(calls, 20))
+        for _ in range(runs):
+            for k, f in fns.items():
+                times[k].append(_run(f, x, y, calls))
+        med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+        print(f"| {nsets} | {med['batched']:.0f} | {med['weighted']:.0f} | {med['loop']:.0f} | "
+              f"{med['mse']:.0f} |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--d", type=int, default=8)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--calls", type=int, default=None, help="calls per run (1000; --sets: 200)")
     ap.add_argument("--vs-dense", action="store_true")
+    ap.add_argument("--sets", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if a.vs_dense:
         vs_dense(a.backend, a.runs)
+        return
+    if a.sets:
+        sets(a.backend, a.runs, a.n, a.d, a.calls or 200)
         return
     x = torch.randn(a.n, a.d, requires_grad=True)
     y = torch.randn(a.n, a.d)
@@ -79,10 +117,10 @@ def main(argv=None) -> None:
         _run(f, x, y, 50)
     for _ in range(a.runs):
         for k, f in fns.items():
-            times[k].append(_run(f, x, y, a.calls))
+            times[k].append(_run(f, x, y, (a.calls or 1000)))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"backend={wae_fast.which_backend(x, a.backend)} N=M={a.n} d={a.d} threads=1 "
-          f"runs={a.runs}x{a.calls}")
+          f"runs={a.runs}x{a.calls or 1000}")
     print(f"mmd fwd+bwd {med['mmd'] * 1e6:.1f} us | mse_loss fwd+bwd {med['mse'] * 1e6:.1f} us | "
           f"ratio {med['mmd'] / med['mse']:.2f} (target <= 3)")
 

@@ -181,7 +181,7 @@ def test_value_only_forward_equals_the_planned_passes(shared, offs):
 
 
 @pytest.mark.parametrize("offs", ["one", "many", "small", "multi", "large"])
-@pytest.mark.parametrize("d", [6, 40])
+@pytest.mark.parametrize("d", [3, 6, 40])
 @pytest.mark.parametrize("kname,unbiased,dtype,weighted,grads", [
     ("imq", True, torch.float64, False, "xy"), ("imq", False, torch.float64, True, "x"),
     ("rbf", True, torch.float64, True, "y"), ("poly", True, torch.float64, False, "xy"),
@@ -189,8 +189,11 @@ def test_value_only_forward_equals_the_planned_passes(shared, offs):
 def test_point_gradients_per_set_tasks_against_oracle(isa, offs, d, kname, unbiased, dtype, weighted, grads):
     """Gradients to the points without the weights' (weights, if any, constants): "one" and
     "many" run one task per set (pack, the three terms with their row and column sides, the
-    parts), the others the planned rounds.  d = 40: the fp32 packs' 16-row transposes (AVX-512:
-    two 16-coordinate blocks, the AVX2 variant for the last 8; AVX2: five 8 x 8 blocks)."""
+    parts), the others the planned rounds; in a task, a set of at most 64 points on both sides
+    writes its row sides straight to the parts.  d = 3, 6, 40: the row sides' small-d, paired
+    and plain products (fp32 AVX-512; fewer lanes take other ones).  d = 40: the fp32 packs'
+    16-row transposes (AVX-512: two 16-coordinate blocks, the AVX2 variant for the last 8; AVX2:
+    five 8 x 8 blocks)."""
     xo, yo = OFFSETS[offs]
     x, y, xw, yw = segment_data(xo, yo, d, dtype, "cpu", seed=21 + unbiased, nan_pad=weighted)
     if not weighted:

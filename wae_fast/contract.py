@@ -371,7 +371,7 @@ def _define_mmd(backend: str) -> None:
             ctx.args = (kind, params, unbiased, precision)
             ctx.xdtype, ctx.ydtype = x.dtype, y.dtype
             ctx.save_for_backward(x, y, offset, gx_parts, gy_parts)
-            return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
+            return torch.dot(terms, mmd_weights(terms.device)).to(out_dtype)
 
         @staticmethod
         def backward(ctx, grad):
@@ -389,7 +389,7 @@ def _define_mmd(backend: str) -> None:
             rx, ry = need_x and not fused_x, need_y and not fused_y
             if rx or ry:
                 kind, params, unbiased, precision = ctx.args
-                grad_terms = grad.to(torch.float64) * _MMD_WEIGHTS.to(grad.device)
+                grad_terms = grad.to(torch.float64) * mmd_weights(grad.device)
                 bx, by = op(bwd)(grad_terms, x, y, offset, kind, params, unbiased, rx, ry, precision)
                 gx = bx if rx else gx
                 gy = by if ry else gy
@@ -556,17 +556,17 @@ def _define_segments(backend: str) -> None:
         ctx.save_for_backward(*output, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts)
         _no_zero_grads(ctx)
 
-    def backward(ctx, grad_terms, *_grad_parts):
-        if torch.is_grad_enabled():
-            raise RuntimeError(DOUBLE_BACKWARD_MSG)
-        if grad_terms is None:  # only the parts reached the loss: they carry no gradient
-            return (None,) * 15
+    def grads(ctx, grad_terms: torch.Tensor, need) -> list:
+        """Gradients (x, y, x_weights, y_weights) of sum_b grad_terms[b] . terms[b]; ``need``:
+        which of the four are asked for."""
         terms, *parts = ctx.saved_tensors[:5]
         x, y, x_offsets, y_offsets, x_weights, y_weights, shifts = ctx.saved_tensors[5:]
-        need = ctx.needs_input_grad
-        flags = (need[0], need[1], need[4] and x_weights.numel() > 0,
-                 need[5] and y_weights.numel() > 0)
+        flags = (need[0], need[1], need[2] and x_weights.numel() > 0,
+                 need[3] and y_weights.numel() > 0)
         grad_terms = grad_terms.to(torch.float64).contiguous()
+        # equal sets (the eager batched path knows their size): each set's coefficients
+        # broadcast over a (B, n, ...) view of the parts, no per-row copy of them
+        uniform = getattr(ctx, "uniform", (0, 0))
         out: list[Optional[torch.Tensor]] = [None, None, None, None]
         # fused parts (x, y, x_weights, y_weights): each row's two derivatives times the two
         # coefficients of its set (in the parts' dtype, as mmd's backward), O(rows d) with one
@@ -575,8 +575,16 @@ def _define_segments(backend: str) -> None:
             if not flag or p.numel() == 0:
                 continue
             side = k % 2  # 0: x rows (terms 0 and 2), 1: y rows (terms 1 and 2)
-            c = _rows_of_sets(grad_terms.to(p.dtype), y_offsets if side else x_offsets,
-                              (y if side else x).shape[0])
+            g = grad_terms.to(p.dtype)
+            n = uniform[side]
+            if n:
+                nsets = g.shape[0]
+                view = (nsets, n) + tuple(p.shape[2:])
+                coef = (nsets, 1) + (1,) * (p.dim() - 2)
+                out[k] = torch.mul(p[0].view(view), g[:, 1 if side else 0].view(coef)).addcmul_(
+                    p[1].view(view), g[:, 2].view(coef)).view(p.shape[1:]).to(ctx.dtypes[k])
+                continue
+            c = _rows_of_sets(g, y_offsets if side else x_offsets, (y if side else x).shape[0])
             c0, c1 = c[:, 1 if side else 0], c[:, 2]
             if k < 2:
                 c0, c1 = c0.unsqueeze(1), c1.unsqueeze(1)
@@ -586,10 +594,54 @@ def _define_segments(backend: str) -> None:
             got = op(bwd)(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights,
                           shifts, *ctx.args, *rest, ctx.precision)
             out = [g if r else o for g, r, o in zip(got, rest, out)]
-        gx, gy, gxw, gyw = out
+        return out
+
+    def backward(ctx, grad_terms, *_grad_parts):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        if grad_terms is None:  # only the parts reached the loss: they carry no gradient
+            return (None,) * 15
+        need = ctx.needs_input_grad
+        gx, gy, gxw, gyw = grads(ctx, grad_terms, (need[0], need[1], need[4], need[5]))
         return gx, gy, None, None, gxw, gyw, None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
+    fwd_overload = op(fwd).default
+
+    class EagerSegments(torch.autograd.Function):
+        """MMD^2 of every set, terms (B, 3) . (1, 1, -2) as one autograd node (eager calls of
+        ``mmd_batched`` / ``mmd_varlen``): the op's forward applied below the Autograd keys,
+        its setup and backward applied directly.  torch.library's per-call Python autograd
+        wrapper (default filling of the 15 arguments, a second Function) and the dot and cast
+        nodes cost ~150 us a call: most of a training step's MMD of small sets.
+        torch.compile traces the op itself (see :func:`mmd_segments`).  Inputs: the points and
+        weights (differentiable), then the op's other arguments, the equal-set sizes and the
+        output dtype, in one tuple (Function.apply walks every argument)."""
+
+        @staticmethod
+        def forward(ctx, x, y, x_weights, y_weights, meta):
+            (x_offsets, y_offsets, shifts, kind, params, unbiased, flags, precision, uniform,
+             out_dtype) = meta
+            inputs = (x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
+                      unbiased, *flags, precision)
+            with torch._C._AutoDispatchBelowAutograd():
+                out = fwd_overload(*inputs)
+            setup_context(ctx, inputs, out)
+            ctx.uniform = uniform
+            return (out[0] @ mmd_weights(out[0].device)).to(out_dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            if torch.is_grad_enabled():
+                raise RuntimeError(DOUBLE_BACKWARD_MSG)
+            if grad is None:  # undefined (setup_context turned off zero-filled gradients)
+                return None, None, None, None, None
+            # the terms path's dot backward, the same values: grad_b * (1, 1, -2)
+            grad_terms = grad.to(torch.float64).unsqueeze(1) * mmd_weights(grad.device)
+            gx, gy, gxw, gyw = grads(ctx, grad_terms, ctx.needs_input_grad[:4])
+            return gx, gy, gxw, gyw, None
+
+    _EAGER_SEG_VALUE[backend] = EagerSegments
 
 
 _FUSES: dict[str, bool] = {}
@@ -599,8 +651,10 @@ _SHIFTS_IN_BACKEND: dict[str, bool] = {}
 _ONE_LAUNCH: dict[str, Callable] = {}
 _EAGER_MMD: dict[str, type] = {}
 _EAGER_MMD_VALUE: dict[str, type] = {}
+_EAGER_SEG_VALUE: dict[str, type] = {}
 # MMD^2 = terms . (1, 1, -2); the fused parts (xx or yy, xy) of one input enter it with (1, -2)
 _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
+_MMD_WEIGHTS_ON: dict[torch.device, torch.Tensor] = {}
 _PART_WEIGHTS: dict[tuple, torch.Tensor] = {}
 _NO_OFFSET: dict[tuple, torch.Tensor] = {}
 
@@ -621,6 +675,18 @@ def _part_weights(like: torch.Tensor) -> torch.Tensor:
     w = _PART_WEIGHTS.get(key)
     if w is None:
         w = _PART_WEIGHTS[key] = torch.tensor([1.0, -2.0], dtype=like.dtype, device=like.device).view(2, 1, 1)
+    return w
+
+
+def mmd_weights(device: torch.device) -> torch.Tensor:
+    """(1, 1, -2) float64 on ``device`` (MMD^2 = terms . it), copied once per device: no
+    host-to-device copy per call (which a CUDA graph capture refuses); not cached while
+    tracing."""
+    w = _MMD_WEIGHTS_ON.get(device)
+    if w is None:
+        w = _MMD_WEIGHTS.to(device)
+        if not torch.compiler.is_compiling():
+            _MMD_WEIGHTS_ON[device] = w
     return w
 
 
@@ -750,7 +816,7 @@ def mmd_value(
     :func:`mmd_terms` and a dot.  Inputs are assumed validated (``params``: floats)."""
     if kind == KIND_POLY or torch.compiler.is_compiling() or backend not in _EAGER_MMD_VALUE:
         terms = mmd_terms(backend, x, y, kind, params, unbiased, precision)
-        return torch.dot(terms, _MMD_WEIGHTS.to(terms.device)).to(out_dtype)
+        return torch.dot(terms, mmd_weights(terms.device)).to(out_dtype)
     x = x.contiguous()
     y = y.contiguous()
     offset = _no_offset(x) if shifts_in_backend(backend, x, y, kind) else term_shifts(kind, x, y)
@@ -877,14 +943,22 @@ def _offsets_tensor(offsets, device: torch.device) -> torch.Tensor:
     return torch.tensor(offsets, dtype=torch.int64, device=device)
 
 
+def _equal_sets(offsets: Sequence[int]) -> int:
+    """The size of every set when ``offsets`` is the ``range`` of equal sets the batched entry
+    points pass, else 0 (ragged, or a shared y's [0, M])."""
+    return offsets.step if isinstance(offsets, range) and offsets.step > 0 else 0
+
+
 def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequence[int],
                  y_offsets: Sequence[int], x_weights: Optional[torch.Tensor],
                  y_weights: Optional[torch.Tensor], kind: int, params: list[float], unbiased: bool,
-                 precision: str = "ieee") -> torch.Tensor:
+                 precision: str = "ieee", out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Call backend ``backend``'s ``mmd_segments`` forward op through autograd; returns the
-    float64 (B, 3) terms of every set.  ``x_offsets`` (B + 1 host ints, cumulative from 0),
-    ``y_offsets`` likewise or [0, M] (y shared by every set); weights None for unit weights.
-    Inputs are assumed validated (:mod:`wae_fast.segments`)."""
+    float64 (B, 3) terms of every set, or with ``out_dtype`` the (B,) MMD^2 = terms . (1, 1, -2)
+    in that dtype (eagerly one autograd node, see ``EagerSegments`` in :func:`_define_segments`;
+    under torch.compile the op and a product).  ``x_offsets`` (B + 1 host ints, cumulative from
+    0; a ``range`` for equal sets), ``y_offsets`` likewise or [0, M] (y shared by every set);
+    weights None for unit weights.  Inputs are assumed validated (:mod:`wae_fast.segments`)."""
     x, y = x.contiguous(), y.contiguous()
     ct = compute_dtype(x.dtype)
     xw = x.new_empty((0,), dtype=ct) if x_weights is None else x_weights.contiguous()
@@ -898,9 +972,14 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
     grad_on = torch.is_grad_enabled()
     flags = (grad_on and x.requires_grad, grad_on and y.requires_grad,
              grad_on and xw.requires_grad, grad_on and yw.requires_grad)
-    return op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind),
-                                               [float(p) for p in params], bool(unbiased), *flags,
-                                               precision)[0]
+    params = [float(p) for p in params]
+    if out_dtype is not None and backend in _EAGER_SEG_VALUE and not torch.compiler.is_compiling():
+        uniform = (_equal_sets(x_offsets), _equal_sets(y_offsets))
+        return _EAGER_SEG_VALUE[backend].apply(x, y, xw, yw, (
+            xo, yo, shifts, int(kind), params, bool(unbiased), flags, precision, uniform, out_dtype))
+    terms = op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind), params,
+                                              bool(unbiased), *flags, precision)[0]
+    return terms if out_dtype is None else (terms @ mmd_weights(terms.device)).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from .validation import check_finite as _check_finite
 from .validation import check_in_range, check_points, check_poly_in_range, check_tensor
 
 _DEFAULT_KERNEL = IMQ()
-_MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
 _LOWERED: dict = {}
 
 
@@ -136,33 +135,22 @@ def mmd(
         0-dim tensor, float32 for fp16/bf16/fp32 inputs and float64 for fp64 inputs. Gradients
         flow to ``x`` and ``y`` in their own dtype; double backward is not supported.
     """
-    if x_weights is not None or y_weights is not None or (check_finite and not isinstance(
-            kernel, (IMQ, RBF))):  # weighted, or a polynomial range check on the terms
+    if x_weights is not None or y_weights is not None:  # the weighted estimators: one set pair
+        x, y = check_points(x, y, estimator)
+        return weighted_terms(x, y, x_weights, y_weights, kernel, estimator=estimator,
+                              backend=backend, check_finite=check_finite, precision=precision,
+                              value=True)
+    if check_finite and not isinstance(kernel, (IMQ, RBF)):  # a polynomial range check on the terms
         terms = mmd_terms(x, y, kernel, estimator=estimator, backend=backend,
-                          check_finite=check_finite, precision=precision, x_weights=x_weights,
-                          y_weights=y_weights)
+                          check_finite=check_finite, precision=precision)
         out_dtype = torch.float64 if torch.promote_types(x.dtype, y.dtype) == torch.float64 else torch.float32
         # one dot with (1, 1, -2) instead of three selects (each a zeros + copy in backward)
-        return torch.dot(terms, _mmd_weights(terms.device)).to(out_dtype)
+        return torch.dot(terms, contract.mmd_weights(terms.device)).to(out_dtype)
     x, y = check_points(x, y, estimator)
     name, kind, params = _resolve(x, y, kernel, estimator, backend, check_finite, precision)
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     # eagerly one autograd node: the value formed in the op's forward, the fused parts scaled
     return contract.mmd_value(name, x, y, kind, params, estimator == "unbiased", precision, out_dtype)
-
-
-_WEIGHTS_ON: dict = {}
-
-
-def _mmd_weights(device: torch.device) -> torch.Tensor:
-    """(1, 1, -2) on ``device``, copied once per device: no host-to-device copy per call (which a
-    CUDA graph capture refuses)."""
-    w = _WEIGHTS_ON.get(device)
-    if w is None:
-        w = _MMD_WEIGHTS.to(device)
-        if not torch.compiler.is_compiling():
-            _WEIGHTS_ON[device] = w
-    return w
 
 
 def reparameterize(

@@ -34,7 +34,6 @@ from .validation import ESTIMATORS, check_rows_in_range, check_tensor
 
 Offsets = Union[torch.Tensor, Sequence[int]]
 _DEFAULT_KERNEL = IMQ()
-_MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
 
 
 def host_offsets(name: str, offsets: Offsets, rows: int) -> list[int]:
@@ -135,9 +134,11 @@ def _check_finite_sets(x, y, xo, yo, xw, yw, unbiased, kind) -> None:
 
 
 def segment_terms(x, y, x_offsets: Sequence[int], y_offsets: Sequence[int], x_weights, y_weights, kernel,
-                  estimator: str, backend: str, check_finite: bool, precision: str) -> torch.Tensor:
-    """(B, 3) float64 terms of every set; x, y validated 2-D, offsets validated host lists
-    (``y_offsets`` [0, M] for a shared y), weights checked by :func:`check_weights`."""
+                  estimator: str, backend: str, check_finite: bool, precision: str,
+                  out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """(B, 3) float64 terms of every set, or with ``out_dtype`` the (B,) MMD^2 in that dtype;
+    x, y validated 2-D, offsets validated host lists (``y_offsets`` [0, M] for a shared y; a
+    ``range`` for equal sets), weights checked by :func:`check_weights`."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
     if precision not in contract.PRECISIONS:
@@ -153,7 +154,7 @@ def segment_terms(x, y, x_offsets: Sequence[int], y_offsets: Sequence[int], x_we
     if check_finite:
         _check_finite_sets(x, y, x_offsets, y_offsets, x_weights, y_weights, unbiased, kind)
     return contract.mmd_segments(name, x, y, x_offsets, y_offsets, x_weights, y_weights, kind,
-                                 params, unbiased, precision)
+                                 params, unbiased, precision, out_dtype)
 
 
 def _points(name: str, t, dims: tuple[int, ...]) -> None:
@@ -176,19 +177,21 @@ def _common(x, y):
     return x, y
 
 
-def _to_mmd(terms: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    out = torch.float64 if dtype == torch.float64 else torch.float32
-    return (terms @ _MMD_WEIGHTS.to(terms.device)).to(out)
+def _value_dtype(dtype: torch.dtype) -> torch.dtype:
+    """MMD^2's dtype: float64 for fp64 points, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def weighted_terms(x, y, x_weights, y_weights, kernel, *, estimator, backend, check_finite,
-                   precision) -> torch.Tensor:
-    """(3,) terms of one weighted pair of sets (``mmd``/``mmd_terms`` with weights): B = 1.
-    x, y already checked 2-D by the caller."""
+                   precision, value: bool = False) -> torch.Tensor:
+    """(3,) terms of one weighted pair of sets (``mmd``/``mmd_terms`` with weights): B = 1;
+    with ``value``, the 0-dim MMD^2 (float32, float64 for fp64 points).  x, y already checked
+    2-D (and in their common dtype) by the caller."""
     xw = check_weights("x_weights", x_weights, x.shape[:1], x)
     yw = check_weights("y_weights", y_weights, y.shape[:1], y)
     return segment_terms(x, y, [0, x.shape[0]], [0, y.shape[0]], xw, yw, kernel, estimator,
-                         backend, check_finite, precision)[0]
+                         backend, check_finite, precision,
+                         _value_dtype(x.dtype) if value else None)[0]
 
 
 def mmd_terms_batched(
@@ -205,6 +208,13 @@ def mmd_terms_batched(
 ) -> torch.Tensor:
     """The (B, 3) float64 terms ``(mean k(x,x'), mean k(y,y'), mean k(x,y))`` of every set of
     :func:`mmd_batched` (weighted means with weights), so ``mmd = t[:, 0] + t[:, 1] - 2 t[:, 2]``."""
+    return _batched(x, y, kernel, x_weights, y_weights, estimator, backend, check_finite,
+                    precision, value=False)
+
+
+def _batched(x, y, kernel, x_weights, y_weights, estimator, backend, check_finite, precision,
+             value: bool) -> torch.Tensor:
+    """:func:`mmd_terms_batched` (``value`` False) or :func:`mmd_batched` (True)."""
     _points("x", x, (3,))
     _points("y", y, (2, 3))
     x, y = _common(x, y)
@@ -224,7 +234,7 @@ def mmd_terms_batched(
     return segment_terms(x.reshape(nsets * n, x.shape[-1]), y.reshape(-1, y.shape[-1]), xo, yo,
                          None if xw is None else xw.reshape(-1),
                          None if yw is None else yw.reshape(-1), kernel, estimator, backend,
-                         check_finite, precision)
+                         check_finite, precision, _value_dtype(x.dtype) if value else None)
 
 
 def mmd_batched(
@@ -253,10 +263,8 @@ def mmd_batched(
         (B,) tensor, float32 (float64 for fp64 inputs).  Gradients flow to x, y and the
         weights; each set uses its own shift (the mean of its y rows).
     """
-    terms = mmd_terms_batched(x, y, kernel, x_weights=x_weights, y_weights=y_weights,
-                              estimator=estimator, backend=backend, check_finite=check_finite,
-                              precision=precision)
-    return _to_mmd(terms, torch.promote_types(x.dtype, y.dtype))
+    return _batched(x, y, kernel, x_weights, y_weights, estimator, backend, check_finite,
+                    precision, value=True)
 
 
 def mmd_varlen(
@@ -302,5 +310,5 @@ def mmd_varlen(
                              f"B={len(xo) - 1}; they must match")
     xw = check_weights("x_weights", x_weights, x.shape[:1], x)
     yw = check_weights("y_weights", y_weights, y.shape[:1], y)
-    terms = segment_terms(x, y, xo, yo, xw, yw, kernel, estimator, backend, check_finite, precision)
-    return _to_mmd(terms, x.dtype)
+    return segment_terms(x, y, xo, yo, xw, yw, kernel, estimator, backend, check_finite, precision,
+                         _value_dtype(x.dtype))

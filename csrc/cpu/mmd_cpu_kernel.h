@@ -100,6 +100,14 @@ struct Problem {
   // another order than with gradients (the same value up to rounding), so the single mmd call,
   // whose value is the same bit for bit with or without gradients, leaves it off.
   bool rotate_diag = false;
+  // Direct row output (segments_cpu.cpp: a set term of one row block against one column block,
+  // whose row sums no other tile adds to): the row side's result v of row i goes straight to
+  // out_rows[out_src[i] * d + k] = T(out_scale * double(v)), what the caller's pass over the
+  // fp64 g_rows would write (0 + v, scaled, rounded once: the same bits) without their
+  // zeroing, adds and read-back.  g_rows is then not written (padding rows: out_src -1).
+  T* out_rows = nullptr;
+  const int64_t* out_src = nullptr;
+  double out_scale = 0.0;
 };
 
 template <class T>
@@ -465,8 +473,24 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   return hsum<T>(ksum);
 }
 
+//! Row i's coordinates k0 .. k0 + n - 1 of a row-side result: added to the fp64 g, or written
+//! to pb.out_rows (see Problem::out_rows; coordinates >= d and padding rows are not written).
+template <bool DIRECT, class T, class V>
+static inline __attribute__((always_inline)) void put_row(const Problem<T>& pb, double* __restrict g, int64_t i,
+                                                          int64_t k0, const V& out, int n) {
+  if constexpr (!DIRECT) {
+    double* gp = g + i * pb.dp + k0;
+    for (int l = 0; l < n; ++l) gp[l] += double(out[l]);
+    return;
+  }
+  if (i >= pb.a.n) return;
+  T* op = pb.out_rows + pb.out_src[i] * pb.d + k0;
+  const int m = int(std::min<int64_t>(n, pb.d - k0));
+  for (int l = 0; l < m; ++l) op[l] = T(pb.out_scale * (0.0 + double(out[l])));  // 0 + v: -0 as g gives
+}
+
 // Row side: g[i0 + i] += RS_i a_i - (W b)_i   (g: fp64, n_pad x dp)
-template <class T>
+template <class T, bool DIRECT = false>
 static void tile_grad_rows(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
                            const T* __restrict RS, double* __restrict g) {
   typedef typename Vec<T>::V V;
@@ -494,8 +518,7 @@ static void tile_grad_rows(const Problem<T>& pb, int64_t i0, int64_t j0, const T
         const int64_t i = i0 + ib + r;
         for (int h = 0; h < 2; ++h) {
           V out = RS[ib + r] * vload<V>(A + i * dp + kc + h * L) - acc[r][h];
-          double* gp = g + i * dp + kc + h * L;
-          for (int l = 0; l < L; ++l) gp[l] += double(out[l]);
+          put_row<DIRECT>(pb, g, i, kc + h * L, out, L);
         }
       }
     }
@@ -508,8 +531,7 @@ static void tile_grad_rows(const Problem<T>& pb, int64_t i0, int64_t j0, const T
       for (int r = 0; r < 4; ++r) {
         const int64_t i = i0 + ib + r;
         V out = RS[ib + r] * vload<V>(A + i * dp + kc) - acc[r];
-        double* gp = g + i * dp + kc;
-        for (int l = 0; l < L; ++l) gp[l] += double(out[l]);
+        put_row<DIRECT>(pb, g, i, kc, out, L);
       }
     }
   }
@@ -590,7 +612,7 @@ static inline __attribute__((always_inline)) T hsum_tree(V v) {
   return t[0];
 }
 
-template <class T>
+template <class T, bool DIRECT = false>
 static void tile_grad_rows_small(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
                                  const T* __restrict RS, double* __restrict g) {
   typedef typename Vec<T>::V V;
@@ -605,7 +627,11 @@ static void tile_grad_rows_small(const Problem<T>& pb, int64_t i0, int64_t j0, c
       V acc = V{};
       for (int jb = 0; jb < kTile; jb += L) acc += vload<V>(wr + jb) * vload<V>(Bt + k * kTile + jb);
       const T wb = hsum_tree<T>(acc);
-      g[(i0 + i) * dp + k] += double(RS[i] * A[(i0 + i) * dp + k] - wb);
+      const T v = RS[i] * A[(i0 + i) * dp + k] - wb;
+      if constexpr (!DIRECT)
+        g[(i0 + i) * dp + k] += double(v);
+      else
+        pb.out_rows[pb.out_src[i0 + i] * d + k] = T(pb.out_scale * (0.0 + double(v)));
     }
   }
 }
@@ -672,7 +698,7 @@ static inline Vec<double>::V bcast_pair(const double* p) {
   return v;
 }
 
-template <class T>
+template <class T, bool DIRECT = false>
 static void tile_grad_rows_pair(const Problem<T>& pb, int64_t i0, int64_t j0, const T* __restrict W,
                                 const T* __restrict RS, double* __restrict g) {
   typedef typename Vec<T>::V V;
@@ -703,8 +729,7 @@ static void tile_grad_rows_pair(const Problem<T>& pb, int64_t i0, int64_t j0, co
       const int64_t i = i0 + ib + r;
       const V s = __builtin_shuffle(acc[r] + __builtin_shuffle(acc[r], swap), evens);  // lane k < H: (W b)_ik
       const V out = RS[ib + r] * vload<V>(A + i * dp) - s;
-      double* gp = g + i * dp;
-      for (int l = 0; l < H; ++l) gp[l] += double(out[l]);
+      put_row<DIRECT>(pb, g, i, 0, out, H);
     }
   }
 }
@@ -770,14 +795,20 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
       const bool diag = pb.symmetric && I == J;
       double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
+      // the row side straight to the caller's output (Problem::out_rows) in its own
+      // instantiation: a test per row in the shared one cost the single call 4% at d = 64
+      const bool direct = pb.out_rows != nullptr;
       if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
-        if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && direct) tile_grad_rows_small<T, true>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && !direct) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
       } else if (GRAD && KIND != wae_fast::KIND_POLY && pair_d_grad(pb)) {
-        if (g_rows) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && direct) tile_grad_rows_pair<T, true>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && !direct) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols_pair<T>(pb, i0, j0, W, CS, g_cols);
       } else if (GRAD) {
-        if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && direct) tile_grad_rows<T, true>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && !direct) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
       }
     }
@@ -818,14 +849,20 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
         if (pb.ks_cols != nullptr && !diag)
           for (int64_t c = 0; c < jn; ++c) pb.ks_cols[j0 + c] += double(KC[c]);
       }
+      // the row side straight to the caller's output (Problem::out_rows) in its own
+      // instantiation: a test per row in the shared one cost the single call 4% at d = 64
+      const bool direct = pb.out_rows != nullptr;
       if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
-        if (g_rows) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && direct) tile_grad_rows_small<T, true>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && !direct) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
       } else if (GRAD && KIND != wae_fast::KIND_POLY && pair_d_grad(pb)) {
-        if (g_rows) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && direct) tile_grad_rows_pair<T, true>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && !direct) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols_pair<T>(pb, i0, j0, W, CS, g_cols);
       } else if (GRAD) {
-        if (g_rows) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && direct) tile_grad_rows<T, true>(pb, i0, j0, W, RS, g_rows);
+        if (g_rows && !direct) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
         if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
       }
     }
