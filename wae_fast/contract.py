@@ -581,8 +581,8 @@ def _define_segments(backend: str) -> None:
                 nsets = g.shape[0]
                 view = (nsets, n) + tuple(p.shape[2:])
                 coef = (nsets, 1) + (1,) * (p.dim() - 2)
-                out[k] = torch.mul(p[0].view(view), g[:, 1 if side else 0].view(coef)).addcmul_(
-                    p[1].view(view), g[:, 2].view(coef)).view(p.shape[1:]).to(ctx.dtypes[k])
+                out[k] = torch.mul(p[0].reshape(view), g[:, 1 if side else 0].view(coef)).addcmul_(
+                    p[1].reshape(view), g[:, 2].view(coef)).view(p.shape[1:]).to(ctx.dtypes[k])
                 continue
             c = _rows_of_sets(g, y_offsets if side else x_offsets, (y if side else x).shape[0])
             c0, c1 = c[:, 1 if side else 0], c[:, 2]
@@ -613,7 +613,7 @@ def _define_segments(backend: str) -> None:
         ``mmd_batched`` / ``mmd_varlen``): the op's forward applied below the Autograd keys,
         its setup and backward applied directly.  torch.library's per-call Python autograd
         wrapper (default filling of the 15 arguments, a second Function) and the dot and cast
-        nodes cost ~150 us a call: most of a training step's MMD of small sets.
+        nodes cost ~110 us a call (one set of 64 points, forward + backward: 240 -> 130 us).
         torch.compile traces the op itself (see :func:`mmd_segments`).  Inputs: the points and
         weights (differentiable), then the op's other arguments, the equal-set sizes and the
         output dtype, in one tuple (Function.apply walks every argument)."""
