@@ -776,6 +776,29 @@ static void tile_grad_cols_pair(const Problem<T>& pb, int64_t i0, int64_t j0, co
   }
 }
 
+// The gradient sides of one tile (after tile_forward<GRAD>): the row side into g_rows (or, with
+// Problem::out_rows, straight to the caller's output, in its own instantiation: a test per row
+// in the shared one cost the single call 4% at d = 64), the column side into g_cols unless the
+// tile is diagonal (its mirrored W already holds both); the variant by d (small, paired, plain).
+template <class T, int KIND>
+static inline void tile_grad(const Problem<T>& pb, int64_t i0, int64_t j0, bool diag, const T* W, const T* RS,
+                             const T* CS, double* g_rows, double* g_cols) {
+  const bool direct = pb.out_rows != nullptr;
+  if (KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
+    if (g_rows && direct) tile_grad_rows_small<T, true>(pb, i0, j0, W, RS, g_rows);
+    if (g_rows && !direct) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
+    if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
+  } else if (KIND != wae_fast::KIND_POLY && pair_d_grad(pb)) {
+    if (g_rows && direct) tile_grad_rows_pair<T, true>(pb, i0, j0, W, RS, g_rows);
+    if (g_rows && !direct) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
+    if (g_cols && !diag) tile_grad_cols_pair<T>(pb, i0, j0, W, CS, g_cols);
+  } else {
+    if (g_rows && direct) tile_grad_rows<T, true>(pb, i0, j0, W, RS, g_rows);
+    if (g_rows && !direct) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
+    if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
+  }
+}
+
 // Runs stripe `s` of `nstripes`: row blocks I = s, s + nstripes, ...; returns the stripe's
 // kernel sum (off-diagonal tiles of a symmetric term doubled).  g_rows / g_cols (fp64, may be
 // null) receive the row-side / column-side gradient sums.
@@ -795,22 +818,7 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
       const bool diag = pb.symmetric && I == J;
       double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
-      // the row side straight to the caller's output (Problem::out_rows) in its own
-      // instantiation: a test per row in the shared one cost the single call 4% at d = 64
-      const bool direct = pb.out_rows != nullptr;
-      if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
-        if (g_rows && direct) tile_grad_rows_small<T, true>(pb, i0, j0, W, RS, g_rows);
-        if (g_rows && !direct) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
-        if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
-      } else if (GRAD && KIND != wae_fast::KIND_POLY && pair_d_grad(pb)) {
-        if (g_rows && direct) tile_grad_rows_pair<T, true>(pb, i0, j0, W, RS, g_rows);
-        if (g_rows && !direct) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
-        if (g_cols && !diag) tile_grad_cols_pair<T>(pb, i0, j0, W, CS, g_cols);
-      } else if (GRAD) {
-        if (g_rows && direct) tile_grad_rows<T, true>(pb, i0, j0, W, RS, g_rows);
-        if (g_rows && !direct) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
-        if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
-      }
+      if (GRAD) tile_grad<T, KIND>(pb, i0, j0, diag, W, RS, CS, g_rows, g_cols);
     }
     total += row_total;
   }
@@ -849,22 +857,7 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
         if (pb.ks_cols != nullptr && !diag)
           for (int64_t c = 0; c < jn; ++c) pb.ks_cols[j0 + c] += double(KC[c]);
       }
-      // the row side straight to the caller's output (Problem::out_rows) in its own
-      // instantiation: a test per row in the shared one cost the single call 4% at d = 64
-      const bool direct = pb.out_rows != nullptr;
-      if (GRAD && KIND != wae_fast::KIND_POLY && small_d_grad(pb)) {
-        if (g_rows && direct) tile_grad_rows_small<T, true>(pb, i0, j0, W, RS, g_rows);
-        if (g_rows && !direct) tile_grad_rows_small<T>(pb, i0, j0, W, RS, g_rows);
-        if (g_cols && !diag) tile_grad_cols_small<T>(pb, i0, j0, W, CS, g_cols);
-      } else if (GRAD && KIND != wae_fast::KIND_POLY && pair_d_grad(pb)) {
-        if (g_rows && direct) tile_grad_rows_pair<T, true>(pb, i0, j0, W, RS, g_rows);
-        if (g_rows && !direct) tile_grad_rows_pair<T>(pb, i0, j0, W, RS, g_rows);
-        if (g_cols && !diag) tile_grad_cols_pair<T>(pb, i0, j0, W, CS, g_cols);
-      } else if (GRAD) {
-        if (g_rows && direct) tile_grad_rows<T, true>(pb, i0, j0, W, RS, g_rows);
-        if (g_rows && !direct) tile_grad_rows<T>(pb, i0, j0, W, RS, g_rows);
-        if (g_cols && !diag) tile_grad_cols<T>(pb, i0, j0, W, CS, g_cols);
-      }
+      if (GRAD) tile_grad<T, KIND>(pb, i0, j0, diag, W, RS, CS, g_rows, g_cols);
     }
     total += row_total;
   }
