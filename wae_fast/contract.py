@@ -7,7 +7,9 @@ autograd of every op family live here (:data:`FAMILIES`), written once for every
 Eager mmd calls take a shorter road with the same numbers (the host cost dominates small sets):
 :func:`mmd_value` applies one ``autograd.Function`` per backend that calls the forward op below
 the Autograd keys, forms MMD^2 in its forward and scales the fused gradient parts in its
-backward; torch.compile traces the op and its registered autograd.
+backward; :func:`mmd_segments` with ``out_dtype`` does the same for the ``mmd_segments`` family
+(``mmd_batched``, ``mmd_varlen``, weighted ``mmd``); torch.compile traces the op and its
+registered autograd.
 
 MMD: every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides two ops in the
 ``wae_fast`` namespace, with exactly these schemas (:data:`MMD_FWD_SCHEMA`, :data:`MMD_BWD_SCHEMA`)::
