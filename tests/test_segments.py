@@ -105,10 +105,11 @@ def test_batched_and_equal_weights_equal_plain_mmd_fp64(seg_backend, estimator):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_batched_value_node_per_set_gradients(seg_backend, weighted, dtype):
-    """mmd_batched's eager one-node path (the value formed in its forward; equal sets: the parts
-    scaled through a (B, n) view in its backward): values the same bits as the terms path's
-    terms . (1, 1, -2), gradients of sum_b g_b mmd_b (a different g_b per set) to x, y and the
-    weights against the oracle."""
+    """mmd_batched's and mmd_terms_batched's eager one-node path (the value formed in its
+    forward; equal sets: the parts scaled through a (B, n) view in its backward): the value the
+    same bits as terms . (1, 1, -2), gradients of sum_b g_b mmd_b (a different g_b per set) and
+    of sum_b g_b . terms_b (a different coefficient per set and term) to x, y and the weights
+    against the oracle."""
     name, dev = seg_backend
     xo, yo = [0, 7, 14, 21], [0, 5, 10, 15]
     x, y, xw, yw = segment_data(xo, yo, 3, dtype, dev, seed=21, zero_frac=0.2 if weighted else 0.0,
@@ -119,23 +120,29 @@ def test_batched_value_node_per_set_gradients(seg_backend, weighted, dtype):
         ins += [xw.view(3, 7).clone().requires_grad_(True), yw.view(3, 5).clone().requires_grad_(True)]
         kw = {"x_weights": ins[2], "y_weights": ins[3]}
     v = wae_fast.mmd_batched(ins[0], ins[1], backend=name, **kw)
-    assert type(v.grad_fn).__name__ == "EagerSegmentsBackward"  # one node, not dot and cast
     t = wae_fast.mmd_terms_batched(ins[0], ins[1], backend=name, **kw)
+    for out in (v, t):  # one node each, not torch.library's wrapper (and dot and cast)
+        assert type(out.grad_fn).__name__ == "EagerSegmentsBackward"
     assert torch.equal(v, (t @ torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64, device=dev)).to(v.dtype))
     gv = torch.tensor([1.5, -0.5, 2.0], dtype=v.dtype, device=dev)
-    got = torch.autograd.grad((v * gv).sum(), ins)
     kind, params = wae_fast.IMQ().lower(3)
-    gt = gv.double().cpu()[:, None] * torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
-    want, gw = segment_oracle(x, y, xw if weighted else None, yw if weighted else None, xo, yo, kind,
-                              params, True, gt)
-    assert bool(((t.detach().cpu() - want).abs() <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all())
-    got = [got[0].reshape(-1, 3), got[1].reshape(-1, 3)] + [g.reshape(-1) for g in got[2:]]
-    if weighted:  # the weights' gradients where the weight is not 0 (as the other tests)
-        kx, ky = (xw != 0).cpu(), (yw != 0).cpu()
-        # rows of weight 0 (NaN padding): no contribution
-        assert bool((got[0].cpu()[~kx] == 0).all()) and bool((got[1].cpu()[~ky] == 0).all())
-        got[2], got[3], gw = got[2][kx], got[3][ky], (gw[0], gw[1], gw[2][kx], gw[3][ky])
-    _compare_grads(got, gw[:len(got)], dtype, f"{name} batched value")
+    # the value's gradients, then the terms' with a different coefficient per set and term
+    g_terms = torch.tensor([[1.0, 2.0, -3.0], [0.5, -1.0, 1.0], [2.0, 0.25, 0.2]], dtype=torch.float64)
+    for what, out, gt in (("value", v, gv.double().cpu()[:, None] * torch.tensor([1.0, 1.0, -2.0],
+                                                                                dtype=torch.float64)),
+                          ("terms", t, g_terms)):
+        got = torch.autograd.grad((out * (gv if what == "value" else gt.to(dev))).sum(), ins,
+                                  retain_graph=True)
+        want, gw = segment_oracle(x, y, xw if weighted else None, yw if weighted else None, xo, yo,
+                                  kind, params, True, gt)
+        assert bool(((t.detach().cpu() - want).abs() <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all())
+        got = [got[0].reshape(-1, 3), got[1].reshape(-1, 3)] + [g.reshape(-1) for g in got[2:]]
+        if weighted:  # the weights' gradients where the weight is not 0 (as the other tests)
+            kx, ky = (xw != 0).cpu(), (yw != 0).cpu()
+            # rows of weight 0 (NaN padding): no contribution
+            assert bool((got[0].cpu()[~kx] == 0).all()) and bool((got[1].cpu()[~ky] == 0).all())
+            got[2], got[3], gw = got[2][kx], got[3][ky], (gw[0], gw[1], gw[2][kx], gw[3][ky])
+        _compare_grads(got, gw[:len(got)], dtype, f"{name} batched {what}")
 
 
 @pytest.mark.parametrize("chunk", [8, 2])

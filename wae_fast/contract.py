@@ -7,8 +7,8 @@ autograd of every op family live here (:data:`FAMILIES`), written once for every
 Eager mmd calls take a shorter road with the same numbers (the host cost dominates small sets):
 :func:`mmd_value` applies one ``autograd.Function`` per backend that calls the forward op below
 the Autograd keys, forms MMD^2 in its forward and scales the fused gradient parts in its
-backward; :func:`mmd_segments` with ``out_dtype`` does the same for the ``mmd_segments`` family
-(``mmd_batched``, ``mmd_varlen``, weighted ``mmd``); torch.compile traces the op and its
+backward; :func:`mmd_segments` does the same for the ``mmd_segments`` family (``mmd_batched``,
+``mmd_varlen``, ``mmd_terms_batched``, weighted ``mmd``); torch.compile traces the op and its
 registered autograd.
 
 MMD: every backend ``B`` (``reference``, ``cpp``, ``triton``, ``cuda``) provides two ops in the
@@ -611,14 +611,16 @@ def _define_segments(backend: str) -> None:
     fwd_overload = op(fwd).default
 
     class EagerSegments(torch.autograd.Function):
-        """MMD^2 of every set, terms (B, 3) . (1, 1, -2) as one autograd node (eager calls of
-        ``mmd_batched`` / ``mmd_varlen``): the op's forward applied below the Autograd keys,
-        its setup and backward applied directly.  torch.library's per-call Python autograd
-        wrapper (default filling of the 15 arguments, a second Function) and the dot and cast
-        nodes cost ~110 us a call (one set of 64 points, forward + backward: 240 -> 130 us).
-        torch.compile traces the op itself (see :func:`mmd_segments`).  Inputs: the points and
-        weights (differentiable), then the op's other arguments, the equal-set sizes and the
-        output dtype, in one tuple (Function.apply walks every argument)."""
+        """The op's forward applied below the Autograd keys, its setup and backward applied
+        directly, as one autograd node (eager calls of ``mmd_batched``, ``mmd_varlen``,
+        ``mmd_terms_batched`` and weighted ``mmd`` / ``mmd_terms``): the (B, 3) terms, or with
+        an ``out_dtype`` MMD^2 = terms . (1, 1, -2) of every set.  torch.library's per-call
+        Python autograd wrapper (default filling of the 15 arguments, a second Function) and
+        the dot and cast nodes cost ~110 us a call (one set of 64 points, forward + backward:
+        240 -> 130 us).  torch.compile traces the op itself (see :func:`mmd_segments`).
+        Inputs: the points and weights (differentiable), then the op's other arguments, the
+        equal-set sizes and the output dtype, in one tuple (Function.apply walks every
+        argument)."""
 
         @staticmethod
         def forward(ctx, x, y, x_weights, y_weights, meta):
@@ -630,7 +632,9 @@ def _define_segments(backend: str) -> None:
                 out = fwd_overload(*inputs)
             setup_context(ctx, inputs, out)
             ctx.uniform = uniform
-            return (out[0] @ mmd_weights(out[0].device)).to(out_dtype)
+            ctx.value = out_dtype is not None
+            terms = out[0]
+            return terms if out_dtype is None else (terms @ mmd_weights(terms.device)).to(out_dtype)
 
         @staticmethod
         def backward(ctx, grad):
@@ -638,12 +642,13 @@ def _define_segments(backend: str) -> None:
                 raise RuntimeError(DOUBLE_BACKWARD_MSG)
             if grad is None:  # undefined (setup_context turned off zero-filled gradients)
                 return None, None, None, None, None
-            # the terms path's dot backward, the same values: grad_b * (1, 1, -2)
-            grad_terms = grad.to(torch.float64).unsqueeze(1) * mmd_weights(grad.device)
+            # the value: the terms path's dot backward, the same values, grad_b * (1, 1, -2)
+            grad_terms = (grad.to(torch.float64).unsqueeze(1) * mmd_weights(grad.device)
+                          if ctx.value else grad)
             gx, gy, gxw, gyw = grads(ctx, grad_terms, ctx.needs_input_grad[:4])
             return gx, gy, gxw, gyw, None
 
-    _EAGER_SEG_VALUE[backend] = EagerSegments
+    _EAGER_SEG[backend] = EagerSegments
 
 
 _FUSES: dict[str, bool] = {}
@@ -653,7 +658,7 @@ _SHIFTS_IN_BACKEND: dict[str, bool] = {}
 _ONE_LAUNCH: dict[str, Callable] = {}
 _EAGER_MMD: dict[str, type] = {}
 _EAGER_MMD_VALUE: dict[str, type] = {}
-_EAGER_SEG_VALUE: dict[str, type] = {}
+_EAGER_SEG: dict[str, type] = {}
 # MMD^2 = terms . (1, 1, -2); the fused parts (xx or yy, xy) of one input enter it with (1, -2)
 _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
 _MMD_WEIGHTS_ON: dict[torch.device, torch.Tensor] = {}
@@ -958,7 +963,7 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
     """Call backend ``backend``'s ``mmd_segments`` forward op through autograd; returns the
     float64 (B, 3) terms of every set, or with ``out_dtype`` the (B,) MMD^2 = terms . (1, 1, -2)
     in that dtype (eagerly one autograd node, see ``EagerSegments`` in :func:`_define_segments`;
-    under torch.compile the op and a product).  ``x_offsets`` (B + 1 host ints, cumulative from
+    under torch.compile the op, and for MMD^2 a product).  ``x_offsets`` (B + 1 host ints, cumulative from
     0; a ``range`` for equal sets), ``y_offsets`` likewise or [0, M] (y shared by every set);
     weights None for unit weights.  Inputs are assumed validated (:mod:`wae_fast.segments`)."""
     x, y = x.contiguous(), y.contiguous()
@@ -975,9 +980,9 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
     flags = (grad_on and x.requires_grad, grad_on and y.requires_grad,
              grad_on and xw.requires_grad, grad_on and yw.requires_grad)
     params = [float(p) for p in params]
-    if out_dtype is not None and backend in _EAGER_SEG_VALUE and not torch.compiler.is_compiling():
+    if backend in _EAGER_SEG and not torch.compiler.is_compiling():
         uniform = (_equal_sets(x_offsets), _equal_sets(y_offsets))
-        return _EAGER_SEG_VALUE[backend].apply(x, y, xw, yw, (
+        return _EAGER_SEG[backend].apply(x, y, xw, yw, (
             xo, yo, shifts, int(kind), params, bool(unbiased), flags, precision, uniform, out_dtype))
     terms = op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind), params,
                                               bool(unbiased), *flags, precision)[0]
