@@ -5,6 +5,7 @@ Method: x requires grad, y does not, both refilled in place before each call; me
 runs of 1,000 calls, mmd and mse alternated in one process (no cache keyed on tensor identity).
 
     python -m benchmarks.bench_overhead [--n 64] [--d 8] [--backend auto] [--runs 7] [--calls 1000]
+                                        [--vs-dense | --sets | --weights]
 
 ``--vs-dense`` instead times mmd against the dense formula as published WAE code writes it
 (:func:`benchmarks.bench_train_step.dense_wae_mmd`), forward + backward, N = M in {64, 128, 256,
@@ -14,6 +15,10 @@ runs of 1,000 calls, mmd and mse alternated in one process (no cache keyed on te
 ``mmd_batched`` of B sets of N points (and with ``x_weights``), a Python loop of B ``mmd``
 calls, and ``F.mse_loss`` on the same (B N, d) tensors, forward + backward of the sum,
 B in {1, 8, 32} (same method, 200 calls per run unless ``--calls``).
+
+``--weights`` times a weighted ``mmd`` (``x_weights``, and both weights) against the unweighted
+call, forward + backward, N = M in {64, 256, 1024} at ``--d`` (same method, fewer calls for the
+larger sets; issue 16's target: weighted <= 1.2x unweighted).
 """
 from __future__ import annotations
 
@@ -90,6 +95,32 @@ def sets(backend: str, runs: int, n: int, d: int, calls: int) -> None:
               f"{med['mse']:.0f} |")
 
 
+def weights(backend: str, runs: int, d: int, calls: int) -> None:
+    print(f"backend={wae_fast.which_backend('cpu', backend)} d={d} threads=1 runs={runs}, fwd+bwd, fp32, "
+          "w, v = rand + 0.5, us per call")
+    print("| N = M | mmd | mmd, x_weights | mmd, x_weights and y_weights | x_weights / mmd | both / mmd |")
+    print("|---|---|---|---|---|---|")
+    for n in (64, 256, 1024):
+        x = torch.randn(n, d, requires_grad=True)
+        y = torch.randn(n, d)
+        w, v = torch.rand(n) + 0.5, torch.rand(n) + 0.5
+        fns = {
+            "mmd": lambda a, b: wae_fast.mmd(a, b, backend=backend),
+            "xw": lambda a, b: wae_fast.mmd(a, b, backend=backend, x_weights=w),
+            "both": lambda a, b: wae_fast.mmd(a, b, backend=backend, x_weights=w, y_weights=v),
+        }
+        k_calls = max(2, calls * 64 // n if n <= 256 else calls // 100)
+        times = {k: [] for k in fns}
+        for f in fns.values():
+            _run(f, x, y, 2)
+        for _ in range(runs):
+            for k, f in fns.items():
+                times[k].append(_run(f, x, y, k_calls))
+        med = {k: statistics.median(t) * 1e6 for k, t in times.items()}
+        print(f"| {n} | {med['mmd']:.1f} | {med['xw']:.1f} | {med['both']:.1f} | "
+              f"{med['xw'] / med['mmd']:.2f} | {med['both'] / med['mmd']:.2f} |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64)
@@ -99,6 +130,7 @@ def main(argv=None) -> None:
     ap.add_argument("--calls", type=int, default=None, help="calls per run (1000; --sets: 200)")
     ap.add_argument("--vs-dense", action="store_true")
     ap.add_argument("--sets", action="store_true")
+    ap.add_argument("--weights", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -107,6 +139,9 @@ def main(argv=None) -> None:
         return
     if a.sets:
         sets(a.backend, a.runs, a.n, a.d, a.calls or 200)
+        return
+    if a.weights:
+        weights(a.backend, a.runs, a.d, a.calls or 1000)
         return
     x = torch.randn(a.n, a.d, requires_grad=True)
     y = torch.randn(a.n, a.d)

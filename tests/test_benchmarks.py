@@ -205,12 +205,14 @@ def test_train_step_dense_peer_is_the_wae_formula_and_benchmarks_run_tiny(capsys
     try:
         bench_overhead.main(["--n", "8", "--d", "3", "--runs", "1", "--calls", "3"])
         bench_overhead.main(["--sets", "--n", "8", "--d", "3", "--runs", "1", "--calls", "2"])
+        bench_overhead.main(["--weights", "--d", "3", "--runs", "1", "--calls", "2"])
         bench_train_step.main(["--configs", "digits", "--runs", "1", "--steps", "1"])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "ratio" in out and "| digits (mlp) | 100 | 8 |" in out
     assert "| 32 |" in out  # the --sets table's last row
+    assert "| 1024 |" in out  # the --weights table's last row
 
 
 # ---- the honest CPU floor (benchmarks/floor.py cpu_floor) -----------------------------------

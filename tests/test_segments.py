@@ -145,6 +145,70 @@ def test_batched_value_node_per_set_gradients(seg_backend, weighted, dtype):
         _compare_grads(got, gw[:len(got)], dtype, f"{name} batched {what}")
 
 
+@pytest.mark.parametrize("form", ["sum", "addcmul"])
+@pytest.mark.parametrize("entry", ["batched", "varlen"])
+def test_value_from_parts_per_set_gradients(seg_backend, form, entry, monkeypatch):
+    """MMD^2 whose every asked gradient is in the fused parts (cpp; the other backends take the
+    backward op): the backward scales the saved parts by grad_b (1, -2) alone, by equal-set
+    views (``batched``: one product and a sum for small parts, ``form`` "sum", or a product
+    and an addcmul_ above contract._SUM_FORM_MAX, "addcmul") or per-row coefficients
+    (``varlen``); gradients of sum_b g_b mmd_b (a different g_b per set, one of them 0) to x and
+    y against the oracle, fp64."""
+    name, dev = seg_backend
+    monkeypatch.setattr(contract, "_SUM_FORM_MAX", 1 << 30 if form == "sum" else 0)
+    xo, yo = ([0, 6, 12, 18, 24], [0, 9, 18, 27, 36]) if entry == "batched" else ([0, 6, 13, 40, 42], [0, 9, 11, 30, 70])
+    x, y, _, _ = segment_data(xo, yo, 3, torch.float64, dev, seed=31, zero_frac=0.0, nan_pad=False)
+    px, py = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    if entry == "batched":
+        out = wae_fast.mmd_batched(px.view(4, 6, 3), py.view(4, 9, 3), backend=name)
+    else:
+        out = wae_fast.mmd_varlen(px, py, xo, yo, backend=name)
+    assert type(out.grad_fn).__name__ == "EagerSegmentsBackward"
+    gv = torch.tensor([1.5, -0.5, 0.0, 2.0], dtype=torch.float64)
+    got = torch.autograd.grad((out * gv.to(dev)).sum(), (px, py))
+    kind, params = wae_fast.IMQ().lower(3)
+    gt = gv[:, None] * torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
+    _, want = segment_oracle(x, y, None, None, xo, yo, kind, params, True, gt)
+    _compare_grads(got, want, torch.float64, f"{name} {entry} {form}")
+    assert bool((got[0][xo[2]:xo[3]] == 0).all())  # g_b = 0: that set's rows get 0
+
+
+@pytest.mark.parametrize("weights_grad", [False, True])
+def test_weighted_mmd_is_one_node_and_a_scalar(seg_backend, weights_grad):
+    """A weighted ``mmd`` / ``mmd_terms`` is one set of the segments op without the set dimension
+    (0-dim / (3,)): one autograd node (no select after it), an output that may be modified in
+    place, and gradients to x, y (and the weights) against the oracle, fp64."""
+    name, dev = seg_backend
+    xo, yo = [0, 11], [0, 8]
+    x, y, xw, yw = segment_data(xo, yo, 4, torch.float64, dev, seed=33, zero_frac=0.2, nan_pad=True)
+    ins = [x.clone().requires_grad_(True), y.clone().requires_grad_(True), xw.clone(), yw.clone()]
+    if weights_grad:
+        ins[2].requires_grad_(True)
+        ins[3].requires_grad_(True)
+    kind, params = wae_fast.IMQ().lower(4)
+    gt_terms = torch.tensor([[0.5, -1.5, 2.0]], dtype=torch.float64)
+    for what in ("value", "terms"):
+        fn = wae_fast.mmd if what == "value" else wae_fast.mmd_terms
+        out = fn(ins[0], ins[1], backend=name, x_weights=ins[2], y_weights=ins[3])
+        assert type(out.grad_fn).__name__ == "EagerSegmentsBackward"
+        assert out.shape == (() if what == "value" else (3,))
+        out += 0.0  # in place on the output: allowed (not a view made inside the node)
+        gt = (1.25 * torch.tensor([[1.0, 1.0, -2.0]], dtype=torch.float64) if what == "value" else gt_terms)
+        got = torch.autograd.grad((out * gt.view(out.shape).to(dev)).sum() if what == "terms" else 1.25 * out,
+                                  [t for t in ins if t.requires_grad])
+        want_t, want = segment_oracle(x, y, xw, yw, xo, yo, kind, params, True, gt)
+        if what == "value":
+            ref = want_t[0] @ torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
+            assert abs(float(out.detach().cpu()) - float(ref)) <= VAL_TOL[torch.float64] * float(terms_scale(want_t)[0])
+        got = [got[0].reshape(-1, 4), got[1].reshape(-1, 4)] + [g for g in got[2:]]
+        kx, ky = (xw != 0).cpu(), (yw != 0).cpu()
+        assert bool((got[0].cpu()[~kx] == 0).all()) and bool((got[1].cpu()[~ky] == 0).all())
+        want = list(want)
+        if weights_grad:
+            got[2], got[3], want[2], want[3] = got[2][kx], got[3][ky], want[2][kx], want[3][ky]
+        _compare_grads(got, want[:len(got)], torch.float64, f"{name} weighted {what}")
+
+
 @pytest.mark.parametrize("chunk", [8, 2])
 def test_shared_y_and_float32_batched(seg_backend, chunk, monkeypatch):
     """A 2-D y is shared by every set (its gradient sums over the sets; chunk 2: the one-launch

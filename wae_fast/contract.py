@@ -520,7 +520,7 @@ def segments_unfused(terms: torch.Tensor, x: torch.Tensor) -> tuple:
 
 
 def _rows_of_sets(g: torch.Tensor, offsets: torch.Tensor, rows: int) -> torch.Tensor:
-    """(rows, 3): row i gets g[b] of the set b holding it (offsets cumulative from 0 to rows)."""
+    """(rows, ...): row i gets g[b] of the set b holding it (offsets cumulative from 0 to rows)."""
     return g.repeat_interleave(offsets.diff(), dim=0, output_size=rows)
 
 
@@ -625,28 +625,82 @@ def _define_segments(backend: str) -> None:
         @staticmethod
         def forward(ctx, x, y, x_weights, y_weights, meta):
             (x_offsets, y_offsets, shifts, kind, params, unbiased, flags, precision, uniform,
-             out_dtype) = meta
+             out_dtype, scalar) = meta
             inputs = (x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
                       unbiased, *flags, precision)
             with torch._C._AutoDispatchBelowAutograd():
                 out = fwd_overload(*inputs)
-            setup_context(ctx, inputs, out)
-            ctx.uniform = uniform
+            terms, parts = out[0], out[1:]
             ctx.value = out_dtype is not None
-            terms = out[0]
-            return terms if out_dtype is None else (terms @ mmd_weights(terms.device)).to(out_dtype)
+            ctx.uniform = uniform
+            ctx.nsets = terms.shape[0]
+            # MMD^2 with every asked gradient in the fused parts: the backward needs only those
+            # parts, each set's two scaled by grad_b * (1, -2) (saving the op's twelve tensors
+            # and scaling through the terms' (B, 3) gradient cost a one-set call ~40 us)
+            asked = [k for k in range(4) if flags[k]]
+            ctx.parts_only = ctx.value and all(parts[k].numel() > 0 for k in asked)
+            if ctx.parts_only:
+                ctx.dtypes = (x.dtype, y.dtype, x_weights.dtype, y_weights.dtype)
+                ctx.offsets = (x_offsets, y_offsets)  # made by the caller, not inputs
+                ctx.asked = asked
+                ctx.save_for_backward(*(parts[k] for k in asked))
+                _no_zero_grads(ctx)
+            else:
+                setup_context(ctx, inputs, out)
+            if out_dtype is None:  # one set read as (3,) (weighted mmd_terms): a copy, not a view
+                return terms.view(3).clone() if scalar else terms
+            value = terms @ mmd_weights(terms.device)
+            # one set as a 0-dim value (weighted mmd): no select node after this one, and a
+            # copy (an output viewing a tensor made in here could not be modified in place)
+            return value.view(()).to(out_dtype, copy=True) if scalar else value.to(out_dtype)
 
         @staticmethod
         def backward(ctx, grad):
             if torch.is_grad_enabled():
                 raise RuntimeError(DOUBLE_BACKWARD_MSG)
-            if grad is None:  # undefined (setup_context turned off zero-filled gradients)
+            if grad is None:  # undefined (set_materialize_grads(False))
                 return None, None, None, None, None
+            if ctx.parts_only:
+                return (*value_grads(ctx, grad), None)
+            if grad.dim() < (1 if ctx.value else 2):  # the scalar form: one set
+                grad = grad.unsqueeze(0)
             # the value: the terms path's dot backward, the same values, grad_b * (1, 1, -2)
             grad_terms = (grad.to(torch.float64).unsqueeze(1) * mmd_weights(grad.device)
                           if ctx.value else grad)
             gx, gy, gxw, gyw = grads(ctx, grad_terms, ctx.needs_input_grad[:4])
             return gx, gy, gxw, gyw, None
+
+    def value_grads(ctx, grad: torch.Tensor) -> list:
+        """Gradients (x, y, x_weights, y_weights) of sum_b grad[b] MMD^2_b from the fused parts
+        (the ones asked for, saved by the forward): row i of set b gets part0_i grad_b +
+        part1_i (-2 grad_b), the terms path's formula (grad converts exactly to the parts'
+        dtype, -2 grad_b is exact; the product-and-sum forms round the two products before
+        adding, where addcmul_ may fuse them: the last bit can differ)."""
+        out: list[Optional[torch.Tensor]] = [None, None, None, None]
+        nsets = ctx.nsets
+        for k, p in zip(ctx.asked, ctx.saved_tensors):
+            side = k % 2  # 0: x rows, 1: y rows
+            g = grad if grad.dtype == p.dtype else grad.to(p.dtype)  # (B,), or 0-dim (scalar)
+            n = ctx.uniform[side]
+            if nsets == 1:  # one set (a weighted mmd): (1, -2) grad, a product and a sum
+                r = (p * (_part_weights(p, p.dim()) * g)).sum(0)
+            elif n and p.numel() <= _SUM_FORM_MAX:
+                # small (a training step): both coefficients of every set in one (2, B) tensor,
+                # one product and a sum over the two parts (fewer ops: 13 -> 8 us at B = 8)
+                c = (_part_weights(p, 2) * g).view((2, nsets, 1) + (1,) * (p.dim() - 2))
+                r = (p.view((2, nsets, n) + tuple(p.shape[2:])) * c).sum(0).view(p.shape[1:])
+            elif n:  # equal sets: grad_b over a (B, n, ...) view of the parts, no temporary pair
+                view = (nsets, n) + tuple(p.shape[2:])
+                c = g.view((nsets, 1) + (1,) * (p.dim() - 2))
+                r = torch.mul(p[0].reshape(view), c).addcmul_(p[1].reshape(view), c * -2.0)
+                r = r.view(p.shape[1:])
+            else:
+                c = _rows_of_sets(g, ctx.offsets[side], p.shape[1])
+                if k < 2:
+                    c = c.unsqueeze(1)
+                r = torch.mul(p[0], c).addcmul_(p[1], c * -2.0)
+            out[k] = r if r.dtype == ctx.dtypes[k] else r.to(ctx.dtypes[k])
+        return out
 
     _EAGER_SEG[backend] = EagerSegments
 
@@ -662,13 +716,18 @@ _EAGER_SEG: dict[str, type] = {}
 # MMD^2 = terms . (1, 1, -2); the fused parts (xx or yy, xy) of one input enter it with (1, -2)
 _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
 _MMD_WEIGHTS_ON: dict[torch.device, torch.Tensor] = {}
+# up to this many elements of a (2, rows, ...) pair of parts, EagerSegments' backward scales them
+# by one product and a sum (fewer ops); above it by a product and an addcmul_ into one output
+# (B = 256 sets of 64 points: 33 -> 66 us at d = 8, 0.19 -> 0.47 ms at d = 64 for the sum)
+_SUM_FORM_MAX = 1 << 14
 _PART_WEIGHTS: dict[tuple, torch.Tensor] = {}
 _NO_OFFSET: dict[tuple, torch.Tensor] = {}
 
 
 def _no_offset(x: torch.Tensor) -> torch.Tensor:
-    """The empty (0,) offset (compute dtype, x's device) that asks a ``computes_shifts`` backend
-    for the term shifts: made once per (dtype, device), never written (eager calls only)."""
+    """The empty (0,) tensor (compute dtype, x's device) of eager calls: the offset that asks a
+    ``computes_shifts`` backend for the term shifts, and ``mmd_segments``' unit weights and
+    backend-computed shifts; made once per (dtype, device), never written."""
     key = (x.dtype, x.device)
     e = _NO_OFFSET.get(key)
     if e is None:
@@ -676,12 +735,14 @@ def _no_offset(x: torch.Tensor) -> torch.Tensor:
     return e
 
 
-def _part_weights(like: torch.Tensor) -> torch.Tensor:
-    """(1, -2) as a (2, 1, 1) tensor of ``like``'s dtype and device, made once per pair."""
-    key = (like.dtype, like.device)
+def _part_weights(like: torch.Tensor, dim: int = 3) -> torch.Tensor:
+    """(1, -2) as a (2, 1, ...) tensor of ``dim`` dimensions, ``like``'s dtype and device, made
+    once per key."""
+    key = (like.dtype, like.device, dim)
     w = _PART_WEIGHTS.get(key)
     if w is None:
-        w = _PART_WEIGHTS[key] = torch.tensor([1.0, -2.0], dtype=like.dtype, device=like.device).view(2, 1, 1)
+        w = _PART_WEIGHTS[key] = torch.tensor([1.0, -2.0], dtype=like.dtype,
+                                              device=like.device).view((2,) + (1,) * (dim - 1))
     return w
 
 
@@ -943,11 +1004,26 @@ def segment_shifts(kind: int, y: torch.Tensor, y_offsets: Sequence[int], y_weigh
     return (mean.expand(num_sets, d) if len(counts) == 1 else mean).contiguous()
 
 
+_RANGE_OFFSETS: dict[tuple, torch.Tensor] = {}
+_RANGE_OFFSETS_MAX = 64
+
+
 def _offsets_tensor(offsets, device: torch.device) -> torch.Tensor:
-    """int64 tensor of host offsets: a list, or a ``range`` (equal sets: no per-set loop)."""
-    if isinstance(offsets, range):
+    """int64 tensor of host offsets: a list, or a ``range`` (equal sets: no per-set loop).
+    Eagerly a range's tensor is made once (a training loop's sets keep their sizes: two
+    ``arange`` were 3 us of a 30 us one-set call) and never written (the ops read offsets)."""
+    if not isinstance(offsets, range):
+        return torch.tensor(offsets, dtype=torch.int64, device=device)
+    if torch.compiler.is_compiling():
         return torch.arange(offsets.start, offsets.stop, offsets.step, dtype=torch.int64, device=device)
-    return torch.tensor(offsets, dtype=torch.int64, device=device)
+    key = (offsets.start, offsets.stop, offsets.step, device)
+    t = _RANGE_OFFSETS.get(key)
+    if t is None:
+        if len(_RANGE_OFFSETS) >= _RANGE_OFFSETS_MAX:  # many sizes: start over, bounded
+            _RANGE_OFFSETS.clear()
+        t = _RANGE_OFFSETS[key] = torch.arange(offsets.start, offsets.stop, offsets.step,
+                                               dtype=torch.int64, device=device)
+    return t
 
 
 def _equal_sets(offsets: Sequence[int]) -> int:
@@ -959,34 +1035,40 @@ def _equal_sets(offsets: Sequence[int]) -> int:
 def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequence[int],
                  y_offsets: Sequence[int], x_weights: Optional[torch.Tensor],
                  y_weights: Optional[torch.Tensor], kind: int, params: list[float], unbiased: bool,
-                 precision: str = "ieee", out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                 precision: str = "ieee", out_dtype: Optional[torch.dtype] = None,
+                 scalar: bool = False) -> torch.Tensor:
     """Call backend ``backend``'s ``mmd_segments`` forward op through autograd; returns the
     float64 (B, 3) terms of every set, or with ``out_dtype`` the (B,) MMD^2 = terms . (1, 1, -2)
     in that dtype (eagerly one autograd node, see ``EagerSegments`` in :func:`_define_segments`;
-    under torch.compile the op, and for MMD^2 a product).  ``x_offsets`` (B + 1 host ints, cumulative from
+    under torch.compile the op, and for MMD^2 a product); ``scalar`` (one set): without the set
+    dimension, (3,) or 0-dim.  ``x_offsets`` (B + 1 host ints, cumulative from
     0; a ``range`` for equal sets), ``y_offsets`` likewise or [0, M] (y shared by every set);
     weights None for unit weights.  Inputs are assumed validated (:mod:`wae_fast.segments`)."""
     x, y = x.contiguous(), y.contiguous()
-    ct = compute_dtype(x.dtype)
-    xw = x.new_empty((0,), dtype=ct) if x_weights is None else x_weights.contiguous()
-    yw = y.new_empty((0,), dtype=ct) if y_weights is None else y_weights.contiguous()
+    eager = backend in _EAGER_SEG and not torch.compiler.is_compiling()
+    # (0,) for unit weights / backend shifts: eagerly one cached empty tensor (never written)
+    empty = _no_offset(x) if eager else x.new_empty((0,), dtype=compute_dtype(x.dtype))
+    xw = empty if x_weights is None else x_weights.contiguous()
+    yw = empty if y_weights is None else y_weights.contiguous()
     num_sets = len(x_offsets) - 1
     if _SHIFTS_IN_BACKEND.get(backend, False):  # the backend computes segment_shifts itself
-        shifts = x.new_empty((0,), dtype=ct)
+        shifts = empty
     else:
         shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
     xo, yo = _offsets_tensor(x_offsets, x.device), _offsets_tensor(y_offsets, x.device)
     grad_on = torch.is_grad_enabled()
     flags = (grad_on and x.requires_grad, grad_on and y.requires_grad,
              grad_on and xw.requires_grad, grad_on and yw.requires_grad)
-    params = [float(p) for p in params]
-    if backend in _EAGER_SEG and not torch.compiler.is_compiling():
+    params = params if type(params) is list else [float(p) for p in params]
+    if eager:
         uniform = (_equal_sets(x_offsets), _equal_sets(y_offsets))
         return _EAGER_SEG[backend].apply(x, y, xw, yw, (
-            xo, yo, shifts, int(kind), params, bool(unbiased), flags, precision, uniform, out_dtype))
+            xo, yo, shifts, int(kind), params, bool(unbiased), flags, precision, uniform, out_dtype,
+            scalar))
     terms = op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind), params,
                                               bool(unbiased), *flags, precision)[0]
-    return terms if out_dtype is None else (terms @ mmd_weights(terms.device)).to(out_dtype)
+    res = terms if out_dtype is None else (terms @ mmd_weights(terms.device)).to(out_dtype)
+    return res[0] if scalar else res
 
 
 # ----------------------------------------------------------------------------------------------

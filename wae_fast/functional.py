@@ -8,35 +8,13 @@ import torch
 
 from . import contract
 from .dispatch import Request, select_backend, select_mmd_backend
-from .kernel_specs import IMQ, KIND_POLY, RBF, KernelSpec, check_compute_range, resolve_kernel
+from .kernel_specs import IMQ, KIND_POLY, RBF, KernelSpec, lower_checked, resolve_kernel
 from .philox import resolve_seed
 from .segments import weighted_terms
 from .validation import check_finite as _check_finite
 from .validation import check_in_range, check_points, check_poly_in_range, check_tensor
 
 _DEFAULT_KERNEL = IMQ()
-_LOWERED: dict = {}
-
-
-def _lower(spec: KernelSpec, d: int, dtype: torch.dtype) -> tuple[int, list[float], Optional[str]]:
-    """``spec.lower(d)`` and the fp range error for ``dtype`` (None if in range), cached per
-    (spec, d, dtype) (specs are frozen, hashable dataclasses): a training loop pays one lookup."""
-    key = (spec, d, dtype)
-    hit = _LOWERED.get(key)
-    if hit is None:
-        kind, params = spec.lower(d)
-        params = [float(p) for p in params]
-        try:
-            check_compute_range(kind, params, dtype, spec, d)
-            err = None
-        except ValueError as exc:
-            err = str(exc)
-        hit = (kind, params, err)
-        if not torch.compiler.is_compiling():  # filling a dict inside a trace breaks its guards
-            _LOWERED[key] = hit
-    return hit
-
-
 def mmd_terms(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -73,7 +51,7 @@ def _resolve(x: torch.Tensor, y: torch.Tensor, kernel, estimator: str, backend: 
     spec = resolve_kernel(kernel)
     if precision not in contract.PRECISIONS:
         raise ValueError(f"precision: unknown precision {precision!r}; expected one of {contract.PRECISIONS}")
-    kind, params, range_error = _lower(spec, x.shape[1], x.dtype)
+    kind, params, range_error = lower_checked(spec, x.shape[1], x.dtype)
     name = select_mmd_backend(backend, x.device, kind, len(params), x.dtype, estimator, precision)
     if range_error is not None:
         raise ValueError(range_error)

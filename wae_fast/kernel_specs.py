@@ -253,6 +253,29 @@ def check_compute_range(kind: int, params: list[float], dtype: torch.dtype,
                 + ("" if ct == torch.float64 else " or pass float64 inputs"))
 
 
+_LOWERED: dict = {}
+
+
+def lower_checked(spec: "KernelSpec", d: int, dtype: torch.dtype) -> tuple[int, list[float], "str | None"]:
+    """``spec.lower(d)`` (params as floats) and the message of :func:`check_compute_range` for
+    ``dtype`` (None when in range), cached per (spec, d, dtype) (specs are frozen, hashable
+    dataclasses): a training loop pays one lookup.  The params list is shared: never modify it."""
+    key = (spec, d, dtype)
+    hit = _LOWERED.get(key)
+    if hit is None:
+        kind, params = spec.lower(d)
+        params = [float(p) for p in params]
+        try:
+            check_compute_range(kind, params, dtype, spec, d)
+            err = None
+        except ValueError as exc:
+            err = str(exc)
+        hit = (kind, params, err)
+        if not torch.compiler.is_compiling():  # filling a dict inside a trace breaks its guards
+            _LOWERED[key] = hit
+    return hit
+
+
 def resolve_kernel(kernel: Union[KernelSpec, str, None]) -> KernelSpec:
     """Accept a spec object, the names "imq"/"rbf" (their defaults), or None (the default IMQ)."""
     if kernel is None:

@@ -28,8 +28,7 @@ import torch
 
 from . import contract
 from .dispatch import Request, select_backend
-from .kernel_specs import (IMQ, TRANSLATION_INVARIANT, KernelSpec, check_compute_range,
-                           resolve_kernel)
+from .kernel_specs import IMQ, TRANSLATION_INVARIANT, KernelSpec, lower_checked, resolve_kernel
 from .validation import ESTIMATORS, check_rows_in_range, check_tensor
 
 Offsets = Union[torch.Tensor, Sequence[int]]
@@ -93,7 +92,8 @@ def check_weights(name: str, w, shape: tuple, points: torch.Tensor) -> Optional[
                          f"{tuple(w.shape)}")
     if w.device != points.device:
         raise ValueError(f"{name} is on {w.device} but the points are on {points.device}")
-    return w.to(contract.compute_dtype(points.dtype))
+    ct = contract.compute_dtype(points.dtype)
+    return w if w.dtype == ct else w.to(ct)
 
 
 def _check_finite_sets(x, y, xo, yo, xw, yw, unbiased, kind) -> None:
@@ -135,8 +135,9 @@ def _check_finite_sets(x, y, xo, yo, xw, yw, unbiased, kind) -> None:
 
 def segment_terms(x, y, x_offsets: Sequence[int], y_offsets: Sequence[int], x_weights, y_weights, kernel,
                   estimator: str, backend: str, check_finite: bool, precision: str,
-                  out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """(B, 3) float64 terms of every set, or with ``out_dtype`` the (B,) MMD^2 in that dtype;
+                  out_dtype: Optional[torch.dtype] = None, scalar: bool = False) -> torch.Tensor:
+    """(B, 3) float64 terms of every set, or with ``out_dtype`` the (B,) MMD^2 in that dtype
+    (``scalar``, one set: (3,) or 0-dim);
     x, y validated 2-D, offsets validated host lists (``y_offsets`` [0, M] for a shared y; a
     ``range`` for equal sets), weights checked by :func:`check_weights`."""
     if estimator not in ESTIMATORS:
@@ -147,14 +148,15 @@ def segment_terms(x, y, x_offsets: Sequence[int], y_offsets: Sequence[int], x_we
     check_set_sizes("x", x_offsets, unbiased)
     check_set_sizes("y", y_offsets, unbiased)
     spec = resolve_kernel(kernel)
-    kind, params = spec.lower(x.shape[1])
+    kind, params, range_error = lower_checked(spec, x.shape[1], x.dtype)
     name = select_backend(backend, x.device, Request("mmd_segments", kind, len(params), x.dtype,
                                                      estimator, precision))
-    check_compute_range(kind, params, x.dtype)
+    if range_error is not None:
+        raise ValueError(range_error)
     if check_finite:
         _check_finite_sets(x, y, x_offsets, y_offsets, x_weights, y_weights, unbiased, kind)
     return contract.mmd_segments(name, x, y, x_offsets, y_offsets, x_weights, y_weights, kind,
-                                 params, unbiased, precision, out_dtype)
+                                 params, unbiased, precision, out_dtype, scalar)
 
 
 def _points(name: str, t, dims: tuple[int, ...]) -> None:
@@ -189,9 +191,10 @@ def weighted_terms(x, y, x_weights, y_weights, kernel, *, estimator, backend, ch
     2-D (and in their common dtype) by the caller."""
     xw = check_weights("x_weights", x_weights, x.shape[:1], x)
     yw = check_weights("y_weights", y_weights, y.shape[:1], y)
-    return segment_terms(x, y, [0, x.shape[0]], [0, y.shape[0]], xw, yw, kernel, estimator,
-                         backend, check_finite, precision,
-                         _value_dtype(x.dtype) if value else None)[0]
+    # one set of each size: the offsets of equal sets (the backward scales the parts by views)
+    return segment_terms(x, y, uniform_offsets(1, x.shape[0]), uniform_offsets(1, y.shape[0]), xw, yw,
+                         kernel, estimator, backend, check_finite, precision,
+                         _value_dtype(x.dtype) if value else None, scalar=True)
 
 
 def mmd_terms_batched(
