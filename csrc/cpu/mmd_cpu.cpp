@@ -32,6 +32,7 @@
 #include "mmd_cpu_kernel.h"
 #undef WAE_CPU_NS
 #undef WAE_CPU_VBYTES
+#include "pack_rows.h"
 
 #ifdef WAE_HAVE_X86_VARIANTS  // compiled in tiles_avx2.cpp / tiles_avx512.cpp; declarations only
 #define WAE_CPU_DECL_ONLY 1
@@ -134,9 +135,13 @@ struct Prepared {
 //! Rows of a prepared operand: n rounded up to whole tiles (at least one).
 int64_t padded_rows(int64_t n) { return std::max<int64_t>(kTile, (n + kTile - 1) / kTile * kTile); }
 
-//! Points pts (n x d, row-major, compute type) minus off (d values; null: no shift), padded.
+//! Points pts (n x d, row-major, compute type) minus off (d values; null: no shift), padded:
+//! the rows, their per-tile transpose and the squared norms of a tile at once, sixteen rows at a
+//! time in registers of `isa` (pack_rows.h; the norms k ascending in fp64, the bits of a scalar
+//! loop).  A scalar loop with one chain of d dependent fp64 adds per row, then a strided
+//! transpose, was a quarter of a one-set call at N = 64, d = 64.
 template <class T>
-Prepared<T> prepare_raw(const T* pts, int64_t n, int64_t d, const T* off, int64_t dp) {
+Prepared<T> prepare_raw(const T* pts, int64_t n, int64_t d, const T* off, int64_t dp, Isa isa) {
   constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
   Prepared<T> p;
   p.n = n;
@@ -153,27 +158,31 @@ Prepared<T> prepare_raw(const T* pts, int64_t n, int64_t d, const T* off, int64_
   // supported magnitude range (or holding NaN/Inf) gets a NaN norm, so its pairs are NaN
   // (tile_math.h: MaxSqNorm, the hostile-input contract)
   at::parallel_for(0, p.n_pad / kTile, 64, [&](int64_t tb, int64_t te) {
+    const T* q[kTile];
+    double acc[kTile];
     for (int64_t t = tb; t < te; ++t) {
-      for (int64_t i = t * kTile; i < (t + 1) * kTile; ++i) {
-        T* r = rows + i * dp;
-        double s = 0.0;
-        int64_t k = 0;
-        if (i < n) {
-          const T* q = pts + i * d;
-          for (; k < d; ++k) {
-            const T v = off ? T(q[k] - off[k]) : q[k];
-            r[k] = v;
-            s += double(v) * double(v);
-          }
+      const int64_t i0 = t * kTile, nn = std::max<int64_t>(0, std::min<int64_t>(kTile, n - i0));
+      T* ct = cols + t * dp * kTile;  // the per-tile transpose: (dp x kTile) block t
+      T* rt = rows + i0 * dp;
+      std::fill(acc, acc + kTile, 0.0);
+      for (int64_t c = 0; c < nn; ++c) q[c] = pts + (i0 + c) * d;
+      int64_t c = 0;
+      while (c + 4 <= nn)
+        c += wae_cpu_pack::transpose_rows<T>(q + c, off, d, ct + c, acc + c, int(isa), nn - c, rt + c * dp, dp);
+      for (; c < nn; ++c)  // the last rows (fewer than four)
+        for (int64_t k = 0; k < d; ++k) {
+          const T v = off ? T(q[c][k] - off[k]) : q[c][k];
+          ct[k * kTile + c] = v;
+          rt[c * dp + k] = v;
+          acc[c] += double(v) * double(v);
         }
-        for (; k < dp; ++k) r[k] = T(0);
-        nrm[i] = s <= lim ? T(s) : std::numeric_limits<T>::quiet_NaN();
-      }
-      // per-tile transpose: (dp x kTile) block t
-      T* c = cols + t * dp * kTile;
-      const T* rb = rows + t * kTile * dp;
-      for (int64_t k = 0; k < dp; ++k)
-        for (int64_t j = 0; j < kTile; ++j) c[k * kTile + j] = rb[j * dp + k];
+      // zeros: coordinates d .. dp - 1, padding rows, and their places in the transpose
+      for (int64_t r = 0; r < nn; ++r) std::fill(rt + r * dp + d, rt + (r + 1) * dp, T(0));
+      std::fill(rt + nn * dp, rt + kTile * dp, T(0));
+      for (int64_t k = 0; k < d; ++k) std::fill(ct + k * kTile + nn, ct + (k + 1) * kTile, T(0));
+      std::fill(ct + d * kTile, ct + dp * kTile, T(0));
+      for (int64_t r = 0; r < kTile; ++r)
+        nrm[i0 + r] = acc[r] <= lim ? T(acc[r]) : std::numeric_limits<T>::quiet_NaN();
     }
   });
   p.rows = rows;
@@ -186,7 +195,7 @@ template <class T>
 Prepared<T> prepare(const at::Tensor& pts, const at::Tensor& offset, int64_t dp) {
   constexpr auto st = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
   at::Tensor q = pts.to(st).contiguous(), o = offset.to(st).contiguous();
-  return prepare_raw<T>(q.template data_ptr<T>(), q.size(0), q.size(1), o.template data_ptr<T>(), dp);
+  return prepare_raw<T>(q.template data_ptr<T>(), q.size(0), q.size(1), o.template data_ptr<T>(), dp, cpu_isa());
 }
 
 template <class T>
@@ -392,26 +401,10 @@ T column_median(const T* p, int64_t n, int64_t d, int64_t k, std::vector<T>& scr
 //! coordinates of two rows (branch free, vectorised over the columns): O(n log^2 n d) without a
 //! branch misprediction, measured several times faster than one nth_element per column at
 //! n = 128..256, d = 64 (the medians then cost more than the pair tiles).
+//! Sorts every column of a (np x d, np a power of two, row-major) ascending at once: a bitonic
+//! network over the rows, each compare-exchange over the d columns (min / max: exact).
 template <class T>
-void column_medians(const T* p, int64_t n, int64_t d, T* out) {
-  if (d < 4) {  // too few lanes to vectorise over: one selection per column
-    std::vector<T> scratch;
-    for (int64_t k = 0; k < d; ++k) out[k] = column_median(p, n, d, k, scratch);
-    return;
-  }
-  int64_t np = 1;
-  while (np < n) np <<= 1;
-  const T inf = std::numeric_limits<T>::infinity();
-  std::vector<T> s(np * d, inf);
-  std::vector<unsigned char> nan(d, 0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < d; ++c) {
-      const T v = p[i * d + c];
-      const bool isn = v != v;
-      nan[c] |= isn;
-      s[i * d + c] = isn ? inf : v;  // NaN sorted as +inf; its column's median is NaN below
-    }
-  T* a = s.data();
+inline __attribute__((always_inline)) void bitonic_columns(T* a, int64_t np, int64_t d) {
   for (int64_t k = 2; k <= np; k <<= 1)
     for (int64_t j = k >> 1; j > 0; j >>= 1)
       for (int64_t i = 0; i < np; ++i) {
@@ -432,6 +425,57 @@ void column_medians(const T* p, int64_t n, int64_t d, T* out) {
             w[c] = lo;
           }
       }
+}
+
+#ifdef WAE_HAVE_X86_VARIANTS
+// bitonic_columns compiled for AVX2 / AVX-512 (this file's default target is baseline x86-64:
+// SSE, 4 floats a vector): the medians of the single call's term shifts, N = 64 and d = 64,
+// were an eighth of its forward + backward.  Callers check the CPU (cpu_isa()).
+template <class T>
+__attribute__((target("avx2"), noinline)) void bitonic_columns_avx2(T* a, int64_t np, int64_t d) {
+  bitonic_columns(a, np, d);
+}
+template <class T>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2"), noinline)) void bitonic_columns_avx512(
+    T* a, int64_t np, int64_t d) {
+  bitonic_columns(a, np, d);
+}
+#endif
+
+template <class T>
+void column_medians(const T* p, int64_t n, int64_t d, T* out) {
+  if (d < 4) {  // too few lanes to vectorise over: one selection per column
+    std::vector<T> scratch;
+    for (int64_t k = 0; k < d; ++k) out[k] = column_median(p, n, d, k, scratch);
+    return;
+  }
+  int64_t np = 1;
+  while (np < n) np <<= 1;
+  const T inf = std::numeric_limits<T>::infinity();
+  std::vector<T> s(np * d, inf);
+  std::vector<unsigned char> nan(d, 0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; ++c) {
+      const T v = p[i * d + c];
+      const bool isn = v != v;
+      nan[c] |= isn;
+      s[i * d + c] = isn ? inf : v;  // NaN sorted as +inf; its column's median is NaN below
+    }
+  T* a = s.data();
+  bool done = false;
+#ifdef WAE_HAVE_X86_VARIANTS
+  if (d >= 8) {  // the compare-exchanges in the widest vectors this CPU runs
+    const Isa isa = cpu_isa();
+    if (isa == Isa::kAvx512) {
+      bitonic_columns_avx512(a, np, d);
+      done = true;
+    } else if (isa == Isa::kAvx2) {
+      bitonic_columns_avx2(a, np, d);
+      done = true;
+    }
+  }
+#endif
+  if (!done) bitonic_columns(a, np, d);
   const T* mid = a + (n - 1) / 2 * d;
   for (int64_t c = 0; c < d; ++c) out[c] = nan[c] ? std::numeric_limits<T>::quiet_NaN() : mid[c];
 }
@@ -503,16 +547,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x_, co
   // offset[2]), prepared one term at a time: at most two copies alive, as with one shift.
   double sxx = 0.0, syy = 0.0, sxy = 0.0;
   if (n > 0) {
-    Prepared<T> p = prepare_raw<T>(xp, n, d, sh.data(), dp);
+    Prepared<T> p = prepare_raw<T>(xp, n, d, sh.data(), dp, isa);
     sxx = run_term<T>(p, p, true, int(kind), params, unbiased, gxx, nullptr, isa);
   }
   if (m > 0) {
-    Prepared<T> p = prepare_raw<T>(yp, m, d, sh.data() + d, dp);
+    Prepared<T> p = prepare_raw<T>(yp, m, d, sh.data() + d, dp, isa);
     syy = run_term<T>(p, p, true, int(kind), params, unbiased, gyy, nullptr, isa);
   }
   if (n > 0 && m > 0) {
-    Prepared<T> px = prepare_raw<T>(xp, n, d, sh.data() + 2 * d, dp);
-    Prepared<T> py = prepare_raw<T>(yp, m, d, sh.data() + 2 * d, dp);
+    Prepared<T> px = prepare_raw<T>(xp, n, d, sh.data() + 2 * d, dp, isa);
+    Prepared<T> py = prepare_raw<T>(yp, m, d, sh.data() + 2 * d, dp, isa);
     if (grad_y && !grad_x)  // rows = y: its gradient needs no per-stripe copies
       sxy = run_term<T>(py, px, false, int(kind), params, unbiased, gxy_y, nullptr, isa);
     else
