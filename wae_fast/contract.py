@@ -1014,7 +1014,9 @@ def _offsets_tensor(offsets, device: torch.device) -> torch.Tensor:
     ``arange`` were 3 us of a 30 us one-set call) and never written (the ops read offsets)."""
     if not isinstance(offsets, range):
         return torch.tensor(offsets, dtype=torch.int64, device=device)
-    if torch.compiler.is_compiling():
+    # not cached while tracing, nor inside a CUDA graph capture (its arange would run only at
+    # the graph's replay: a later eager call would read the tensor unfilled)
+    if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return torch.arange(offsets.start, offsets.stop, offsets.step, dtype=torch.int64, device=device)
     key = (offsets.start, offsets.stop, offsets.step, device)
     t = _RANGE_OFFSETS.get(key)

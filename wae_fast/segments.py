@@ -191,7 +191,7 @@ def weighted_terms(x, y, x_weights, y_weights, kernel, *, estimator, backend, ch
     2-D (and in their common dtype) by the caller."""
     xw = check_weights("x_weights", x_weights, x.shape[:1], x)
     yw = check_weights("y_weights", y_weights, y.shape[:1], y)
-    # one set of each size: the offsets of equal sets (the backward scales the parts by views)
+    # one set of each size, as equal sets: ranges (cached offset tensors, the one-set backward)
     return segment_terms(x, y, uniform_offsets(1, x.shape[0]), uniform_offsets(1, y.shape[0]), xw, yw,
                          kernel, estimator, backend, check_finite, precision,
                          _value_dtype(x.dtype) if value else None, scalar=True)
