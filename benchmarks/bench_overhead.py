@@ -43,6 +43,18 @@ def _run(fn, x, y, calls: int) -> float:
     return (time.perf_counter() - t0) / calls
 
 
+def _medians(fns: dict, x, y, runs: int, calls: int, warm: int) -> dict:
+    """Median seconds per call of each of ``fns`` over ``runs`` runs of ``calls`` calls, the
+    methods alternated run by run, after ``warm`` warm-up calls of each."""
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        _run(f, x, y, warm)
+    for _ in range(runs):
+        for k, f in fns.items():
+            times[k].append(_run(f, x, y, calls))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def vs_dense(backend: str, runs: int) -> None:
     from .bench_train_step import dense_wae_mmd
 
@@ -55,13 +67,7 @@ def vs_dense(backend: str, runs: int) -> None:
             x = torch.randn(n, d, requires_grad=True)
             y = torch.randn(n, d)
             fns = {"mmd": lambda u, v: wae_fast.mmd(u, v, backend=backend), "dense": dense_wae_mmd}
-            times = {k: [] for k in fns}
-            for f in fns.values():
-                _run(f, x, y, 2)
-            for _ in range(runs):
-                for k, f in fns.items():
-                    times[k].append(_run(f, x, y, calls))
-            med = {k: statistics.median(v) for k, v in times.items()}
+            med = _medians(fns, x, y, runs, calls, 2)
             print(f"| {n} | {d} | {med['mmd'] * 1e6:.0f} | {med['dense'] * 1e6:.0f} | "
                   f"{med['dense'] / med['mmd']:.2f} |")
 
@@ -84,13 +90,7 @@ def sets(backend: str, runs: int, n: int, d: int, calls: int) -> None:
                                      for a, b in zip(u.split(n), v.split(n))),
             "mse": lambda u, v: F.mse_loss(u, v),
         }
-        times = {k: [] for k in fns}
-        for f in fns.values():
-            _run(f, x, y, min(calls, 20))
-        for _ in range(runs):
-            for k, f in fns.items():
-                times[k].append(_run(f, x, y, calls))
-        med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+        med = {k: t * 1e6 for k, t in _medians(fns, x, y, runs, calls, min(calls, 20)).items()}
         print(f"| {nsets} | {med['batched']:.0f} | {med['weighted']:.0f} | {med['loop']:.0f} | "
               f"{med['mse']:.0f} |")
 
@@ -110,13 +110,7 @@ def weights(backend: str, runs: int, d: int, calls: int) -> None:
             "both": lambda a, b: wae_fast.mmd(a, b, backend=backend, x_weights=w, y_weights=v),
         }
         k_calls = max(2, calls * 64 // n if n <= 256 else calls // 100)
-        times = {k: [] for k in fns}
-        for f in fns.values():
-            _run(f, x, y, 2)
-        for _ in range(runs):
-            for k, f in fns.items():
-                times[k].append(_run(f, x, y, k_calls))
-        med = {k: statistics.median(t) * 1e6 for k, t in times.items()}
+        med = {k: t * 1e6 for k, t in _medians(fns, x, y, runs, k_calls, 2).items()}
         print(f"| {n} | {med['mmd']:.1f} | {med['xw']:.1f} | {med['both']:.1f} | "
               f"{med['xw'] / med['mmd']:.2f} | {med['both'] / med['mmd']:.2f} |")
 
@@ -147,13 +141,7 @@ def main(argv=None) -> None:
     y = torch.randn(a.n, a.d)
     fns = {"mmd": lambda u, v: wae_fast.mmd(u, v, backend=a.backend),
            "mse": lambda u, v: F.mse_loss(u, v)}
-    times = {k: [] for k in fns}
-    for f in fns.values():  # warm-up (backend import, allocator)
-        _run(f, x, y, 50)
-    for _ in range(a.runs):
-        for k, f in fns.items():
-            times[k].append(_run(f, x, y, (a.calls or 1000)))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _medians(fns, x, y, a.runs, a.calls or 1000, 50)  # warm-up: backend import, allocator
     print(f"backend={wae_fast.which_backend(x, a.backend)} N=M={a.n} d={a.d} threads=1 "
           f"runs={a.runs}x{a.calls or 1000}")
     print(f"mmd fwd+bwd {med['mmd'] * 1e6:.1f} us | mse_loss fwd+bwd {med['mse'] * 1e6:.1f} us | "
