@@ -166,16 +166,7 @@ Prepared<T> prepare_raw(const T* pts, int64_t n, int64_t d, const T* off, int64_
       T* rt = rows + i0 * dp;
       std::fill(acc, acc + kTile, 0.0);
       for (int64_t c = 0; c < nn; ++c) q[c] = pts + (i0 + c) * d;
-      int64_t c = 0;
-      while (c + 4 <= nn)
-        c += wae_cpu_pack::transpose_rows<T>(q + c, off, d, ct + c, acc + c, int(isa), nn - c, rt + c * dp, dp);
-      for (; c < nn; ++c)  // the last rows (fewer than four)
-        for (int64_t k = 0; k < d; ++k) {
-          const T v = off ? T(q[c][k] - off[k]) : q[c][k];
-          ct[k * kTile + c] = v;
-          rt[c * dp + k] = v;
-          acc[c] += double(v) * double(v);
-        }
+      wae_cpu_pack::pack_tile<T>(q, off, d, nn, ct, acc, int(isa), rt, dp);
       // zeros: coordinates d .. dp - 1, padding rows, and their places in the transpose
       for (int64_t r = 0; r < nn; ++r) std::fill(rt + r * dp + d, rt + (r + 1) * dp, T(0));
       std::fill(rt + nn * dp, rt + kTile * dp, T(0));

@@ -17,6 +17,20 @@ namespace wae_cpu_pack {
 
 using wae_cpu_generic::kTile;
 
+//! Rows 0 .. rows - 1 of q, coordinates k0 .. d - 1, one value at a time: the tails of the
+//! register transposes below and a tile's last rows (the same stores and norms, k ascending).
+template <class T>
+inline __attribute__((always_inline)) void pack_scalar(const T* const* q, const T* sh, int64_t k0, int64_t d,
+                                                       int64_t rows, T* ct, double* nrm, T* ro, int64_t ldr) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = k0; k < d; ++k) {
+      const T v = sh != nullptr ? T(q[r][k] - sh[k]) : q[r][k];
+      ct[k * kTile + r] = v;
+      if (ro != nullptr) ro[r * ldr + k] = v;
+      nrm[r] += double(v) * double(v);
+    }
+}
+
 //! ct[k kTile + r] = q[r][k] - sh[k] (sh null: no shift) for the four rows r and k < d: the
 //! per-tile transpose of four points, by 4 x 4 blocks of SSE registers in fp32 (scalar copies
 //! were 25% of a B = 256, N = 64, d = 64 forward); nrm[r] += sum_k ct[k kTile + r]^2 in fp64, k
@@ -64,13 +78,7 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
     _mm_storeu_pd(nrm + 2, n23);
   }
 #endif
-  for (; k < d; ++k)
-    for (int r = 0; r < 4; ++r) {
-      const T v = sh != nullptr ? T(q[r][k] - sh[k]) : q[r][k];
-      ct[k * kTile + r] = v;
-      if (ro != nullptr) ro[r * ldr + k] = v;
-      nrm[r] += double(v) * double(v);
-    }
+  pack_scalar<T>(q, sh, k, d, 4, ct, nrm, ro, ldr);
 }
 
 // GCC on x86-64 only (function targets); WAE_NO_X86_PACK: the portable path on any compiler
@@ -128,13 +136,7 @@ static __attribute__((target("avx2"), noinline)) void transpose16_avx2(const flo
     }
   }
   for (int i = 0; i < 4; ++i) _mm256_storeu_pd(nrm + 4 * i, n[i]);
-  for (; k < d; ++k)
-    for (int r = 0; r < 16; ++r) {
-      const float v = sh != nullptr ? float(q[r][k] - sh[k]) : q[r][k];
-      ct[k * kTile + r] = v;
-      if (ro != nullptr) ro[r * ldr + k] = v;
-      nrm[r] += double(v) * double(v);
-    }
+  pack_scalar<float>(q, sh, k, d, 16, ct, nrm, ro, ldr);
 }
 //! transpose16_avx2 by 16 x 16 blocks of AVX-512 registers (the caller checked the CPU's AVX-512
 //! F): half the instructions per element.  The products and sums of the norms take an explicit
@@ -204,6 +206,17 @@ inline int64_t transpose_rows(const T* const* q, const T* sh, int64_t d, T* ct, 
 #endif
   transpose4<T>(q, sh, d, ct, nrm, ro, ldr);
   return 4;
+}
+
+//! The nn rows of one tile (row c at q[c]; ro null: no row copy): sixteen (isa >= 1) or four at
+//! a time in registers, the last ones by pack_scalar; nrm[c] += their squared norms.
+template <class T>
+inline void pack_tile(const T* const* q, const T* sh, int64_t d, int64_t nn, T* ct, double* nrm, int isa, T* ro,
+                      int64_t ldr) {
+  int64_t c = 0;
+  while (c + 4 <= nn)
+    c += transpose_rows<T>(q + c, sh, d, ct + c, nrm + c, isa, nn - c, ro ? ro + c * ldr : nullptr, ldr);
+  pack_scalar<T>(q + c, sh, 0, d, nn - c, ct + c, nrm + c, ro ? ro + c * ldr : nullptr, ldr);
 }
 
 }  // namespace wae_cpu_pack

@@ -71,7 +71,6 @@
 namespace {
 
 using wae_cpu_generic::kTile;
-using wae_cpu_pack::transpose_rows;
 template <class T>
 using TileProblem = wae_cpu_generic::Problem<T>;
 template <class T>
@@ -312,16 +311,7 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
     T* rt = with_rows ? pk.rows.data() + t * kTile * dp : nullptr;
     const T* q[kTile];
     for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
-    int64_t c = 0;
-    while (c + 4 <= nn)
-      c += transpose_rows<T>(q + c, sh, d, ctile + c, acc + c, src.isa, nn - c, rt ? rt + c * dp : nullptr, dp);
-    for (; c < nn; ++c)
-      for (int64_t k = 0; k < d; ++k) {
-        const T v = q[c][k] - sh[k];
-        ctile[k * kTile + c] = v;
-        if (rt != nullptr) rt[c * dp + k] = v;
-        acc[c] += double(v) * double(v);
-      }
+    wae_cpu_pack::pack_tile<T>(q, sh, d, nn, ctile, acc, src.isa, rt, dp);
     for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
     if (rt != nullptr) {  // zeros: coordinates d .. dp - 1, padding rows
       for (int64_t r = 0; r < nn; ++r) std::fill(rt + r * dp + d, rt + (r + 1) * dp, T(0));
