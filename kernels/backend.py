@@ -250,7 +250,7 @@ def kernel_matmul_bwd(grad_out, x, y, v, offset, kind, params, grad_x, grad_y, p
 
 
 def mmd_segments_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-                     grad_x, grad_y, grad_xw, grad_yw, precision):
+                     grad_x, grad_y, grad_xw, grad_yw, precision, value_parts=False):
     """wae_fast::mmd_segments_fwd_triton: (B, 3) terms (see :mod:`wae_fast.kernels.segments`);
     the gradients are the backward's (no fused parts)."""
     if x.shape[1] > _seg.MAX_D:

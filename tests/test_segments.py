@@ -145,17 +145,14 @@ def test_batched_value_node_per_set_gradients(seg_backend, weighted, dtype):
         _compare_grads(got, gw[:len(got)], dtype, f"{name} batched {what}")
 
 
-@pytest.mark.parametrize("form", ["sum", "addcmul"])
 @pytest.mark.parametrize("entry", ["batched", "varlen"])
-def test_value_from_parts_per_set_gradients(seg_backend, form, entry, monkeypatch):
+def test_value_from_parts_per_set_gradients(seg_backend, entry):
     """MMD^2 whose every asked gradient is in the fused parts (cpp; the other backends take the
-    backward op): the backward scales the saved parts by grad_b (1, -2) alone, by equal-set
-    views (``batched``: one product and a sum for small parts, ``form`` "sum", or a product
-    and an addcmul_ above contract._SUM_FORM_MAX, "addcmul") or per-row coefficients
+    backward op): the forward returns MMD^2's own parts (value_parts) and the backward scales
+    them by grad_b alone, by an equal-set view (``batched``) or per-row coefficients
     (``varlen``); gradients of sum_b g_b mmd_b (a different g_b per set, one of them 0) to x and
     y against the oracle, fp64."""
     name, dev = seg_backend
-    monkeypatch.setattr(contract, "_SUM_FORM_MAX", 1 << 30 if form == "sum" else 0)
     xo, yo = ([0, 6, 12, 18, 24], [0, 9, 18, 27, 36]) if entry == "batched" else ([0, 6, 13, 40, 42], [0, 9, 11, 30, 70])
     x, y, _, _ = segment_data(xo, yo, 3, torch.float64, dev, seed=31, zero_frac=0.0, nan_pad=False)
     px, py = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
@@ -169,8 +166,42 @@ def test_value_from_parts_per_set_gradients(seg_backend, form, entry, monkeypatc
     kind, params = wae_fast.IMQ().lower(3)
     gt = gv[:, None] * torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
     _, want = segment_oracle(x, y, None, None, xo, yo, kind, params, True, gt)
-    _compare_grads(got, want, torch.float64, f"{name} {entry} {form}")
+    _compare_grads(got, want, torch.float64, f"{name} {entry}")
     assert bool((got[0][xo[2]:xo[3]] == 0).all())  # g_b = 0: that set's rows get 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("weights_grad", [False, True])
+def test_value_parts_are_the_first_minus_twice_the_second(seg_backend, dtype, weights_grad):
+    """``value_parts``: each part the forward returns is MMD^2's, one per input: the terms' first
+    part minus twice the second (a backend that fuses them: cpp, both with the per-set tasks'
+    tiles writing the rows, gradients to the points only, and with the weights' gradients);
+    the terms are the same bit for bit; the others return (0,) parts either way.  (The weights'
+    parts are NaN at weight-0 rows holding NaN: their true derivative reads them.)"""
+    name, dev = seg_backend
+    if weights_grad:  # ragged, weight-0 rows (NaN padding): the row-sum passes
+        xo, yo = [0, 5, 12, 150], [0, 4, 9, 80]
+        x, y, xw, yw = segment_data(xo, yo, 3, dtype, dev, seed=12, nan_pad=True)
+    else:  # small equal sets, unit weights: the rows written by the tiles (out_rows, out_add)
+        xo, yo = [0, 30, 60, 90], [0, 20, 40, 60]
+        x, y, _, _ = segment_data(xo, yo, 5, dtype, dev, seed=12, zero_frac=0.0, nan_pad=False)
+        xw = yw = x.new_empty((0,))
+    xo_t, yo_t = torch.tensor(xo, device=dev), torch.tensor(yo, device=dev)
+    kind, params = wae_fast.IMQ().lower(x.shape[1])
+    common = (x, y, xo_t, yo_t, xw, yw, contract.segment_shifts(kind, y, yo, yw, 3), int(kind),
+              [float(p) for p in params], True, True, True, weights_grad, weights_grad, "ieee")
+    two = contract.op(f"mmd_segments_fwd_{name}")(*common)
+    one = contract.op(f"mmd_segments_fwd_{name}")(*common, True)
+    assert torch.equal(one[0], two[0])
+    for k, (p1, p2) in enumerate(zip(one[1:], two[1:])):
+        if p2.numel() == 0:
+            assert p1.numel() == 0
+            continue
+        assert p1.shape == (1,) + p2.shape[1:], (k, p1.shape, p2.shape)
+        want = p2[0].double() - 2.0 * p2[1].double()
+        # fp32: both rounded from fp64 sums, the pair's difference once more
+        tol = dict(rtol=1e-11, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p1[0].double(), want, **tol, equal_nan=True, msg=f"{name} part {k}")
 
 
 @pytest.mark.parametrize("weights_grad", [False, True])
@@ -315,14 +346,17 @@ def test_opcheck_and_compile(seg_backend):
     xo = torch.tensor([0, 5, 12], device=dev)
     yo = torch.tensor([0, 4, 9], device=dev)
     shifts = torch.zeros(2, 3, device=dev)
-    # the flags ask a fusing backend (cpp) for the gradient parts (none when y is shared)
-    for (wx, wy), flags, yo_ in itertools.product(
+    # the flags ask a fusing backend (cpp) for the gradient parts (none when y is shared), as
+    # the terms' or (value_parts) as MMD^2's
+    for (wx, wy), flags, yo_, value_parts in itertools.product(
             [(xw, yw), (x.new_empty((0,)), x.new_empty((0,)))],
             [(False,) * 4, (True,) * 4, (True, False, False, True)],
-            [yo, torch.tensor([0, 9], device=dev)]):
+            [yo, torch.tensor([0, 9], device=dev)], [False, True]):
+        if value_parts and not any(flags):
+            continue
         args = (x.clone().requires_grad_(True), y.clone().requires_grad_(True), xo, yo_,
                 wx.clone().requires_grad_(wx.numel() > 0), wy.clone().requires_grad_(wy.numel() > 0),
-                shifts, 0, [1.0, 3.0], True, *flags, "ieee")
+                shifts, 0, [1.0, 3.0], True, *flags, "ieee") + ((True,) if value_parts else ())
         torch.library.opcheck(op, args)
     xr = x.clone().requires_grad_(True)
 

@@ -105,7 +105,8 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
     wae_fast::mmd_segments_fwd_B(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets,
                                  Tensor x_weights, Tensor y_weights, Tensor shifts, int kind,
                                  float[] params, bool unbiased, bool grad_x, bool grad_y,
-                                 bool grad_xw, bool grad_yw, str precision)
+                                 bool grad_xw, bool grad_yw, str precision,
+                                 bool value_parts=False)
         -> (Tensor terms, Tensor gx_parts, Tensor gy_parts, Tensor gxw_parts, Tensor gyw_parts)
     wae_fast::mmd_segments_bwd_B(Tensor grad_terms, Tensor terms, <the forward's inputs>,
                                  bool grad_x, bool grad_y, bool grad_xw, bool grad_yw)
@@ -135,6 +136,10 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
   same for the weights (with ``x_weights`` non-empty).  Never for a y shared by B > 1 sets (its
   cross-term gradient sums over the sets: ``gy_parts`` and ``gyw_parts`` stay (0,) and the
   backward op computes them).  Rows outside every packed set (weight 0) have zero x / y parts.
+  With ``value_parts`` each returned part is one derivative instead (first dimension 1), that of
+  MMD^2_b = terms[b] . (1, 1, -2): the first part minus twice the second (x: d t_xx/dx_i -
+  2 d t_xy/dx_i).  The eager MMD^2 path asks for it when the backend fuses every asked part:
+  its backward then scales one part per row by grad_b (half the parts' memory and stores).
 * ``mmd_segments_bwd_B`` returns the gradients of sum_b grad_terms[b] . terms[b] (grad_terms
   float64 (B, 3)) to x, y (input dtype) and the weights (their dtype), or (0,) where the flag is
   off; ``terms`` are the forward's.  Formulas: :mod:`wae_fast.segment_sums`.
@@ -225,7 +230,8 @@ KMM_BWD_SCHEMA = (
 SEG_FWD_SCHEMA = (
     "(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, Tensor x_weights, Tensor y_weights, "
     "Tensor shifts, int kind, float[] params, bool unbiased, bool grad_x, bool grad_y, "
-    "bool grad_xw, bool grad_yw, str precision) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "bool grad_xw, bool grad_yw, str precision, bool value_parts=False) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 SEG_BWD_SCHEMA = (
     "(Tensor grad_terms, Tensor terms, Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, "
@@ -531,16 +537,17 @@ def _define_segments(backend: str) -> None:
 
     @torch.library.register_fake(f"{NAMESPACE}::{fwd}")
     def _fwd_fake(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-                  grad_x, grad_y, grad_xw, grad_yw, precision):
+                  grad_x, grad_y, grad_xw, grad_yw, precision, value_parts=False):
         fx, fy, fxw, fyw = segments_fused_flags(backend, x_offsets, y_offsets, x_weights,
                                                 y_weights, grad_x, grad_y, grad_xw, grad_yw)
         ct = compute_dtype(x.dtype)
         f64 = torch.float64
+        n = 1 if value_parts else 2
         return (x.new_empty((x_offsets.shape[0] - 1, 3), dtype=f64),
-                x.new_empty((2, x.shape[0], x.shape[1]) if fx else (0,), dtype=ct),
-                y.new_empty((2, y.shape[0], y.shape[1]) if fy else (0,), dtype=ct),
-                x.new_empty((2, x.shape[0]) if fxw else (0,), dtype=f64),
-                y.new_empty((2, y.shape[0]) if fyw else (0,), dtype=f64))
+                x.new_empty((n, x.shape[0], x.shape[1]) if fx else (0,), dtype=ct),
+                y.new_empty((n, y.shape[0], y.shape[1]) if fy else (0,), dtype=ct),
+                x.new_empty((n, x.shape[0]) if fxw else (0,), dtype=f64),
+                y.new_empty((n, y.shape[0]) if fyw else (0,), dtype=f64))
 
     @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
     def _bwd_fake(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
@@ -551,7 +558,9 @@ def _define_segments(backend: str) -> None:
 
     def setup_context(ctx, inputs, output):
         (x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased, _gx,
-         _gy, _gxw, _gyw, precision) = inputs
+         _gy, _gxw, _gyw, precision) = inputs[:15]
+        # value parts (one per input) are MMD^2's, not the terms': the backward op serves them
+        ctx.value_parts = len(inputs) > 15 and bool(inputs[15])
         ctx.args = (kind, params, unbiased)
         ctx.precision = precision
         ctx.dtypes = (x.dtype, y.dtype, x_weights.dtype, y_weights.dtype)
@@ -574,7 +583,7 @@ def _define_segments(backend: str) -> None:
         # coefficients of its set (in the parts' dtype, as mmd's backward), O(rows d) with one
         # allocation of the size of the gradient (fresh pages cost more than the arithmetic)
         for k, (flag, p) in enumerate(zip(flags, parts)):
-            if not flag or p.numel() == 0:
+            if not flag or p.numel() == 0 or getattr(ctx, "value_parts", False):
                 continue
             side = k % 2  # 0: x rows (terms 0 and 2), 1: y rows (terms 1 and 2)
             g = grad_terms.to(p.dtype)
@@ -601,11 +610,12 @@ def _define_segments(backend: str) -> None:
     def backward(ctx, grad_terms, *_grad_parts):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        n_in = len(ctx.needs_input_grad)  # 15, or 16 with value_parts
         if grad_terms is None:  # only the parts reached the loss: they carry no gradient
-            return (None,) * 15
+            return (None,) * n_in
         need = ctx.needs_input_grad
         gx, gy, gxw, gyw = grads(ctx, grad_terms, (need[0], need[1], need[4], need[5]))
-        return gx, gy, None, None, gxw, gyw, None, None, None, None, None, None, None, None, None
+        return (gx, gy, None, None, gxw, gyw) + (None,) * (n_in - 6)
 
     torch.library.register_autograd(f"{NAMESPACE}::{fwd}", backward, setup_context=setup_context)
     fwd_overload = op(fwd).default
@@ -626,19 +636,23 @@ def _define_segments(backend: str) -> None:
         def forward(ctx, x, y, x_weights, y_weights, meta):
             (x_offsets, y_offsets, shifts, kind, params, unbiased, flags, precision, uniform,
              out_dtype, scalar) = meta
+            ctx.value = out_dtype is not None
+            # MMD^2 with every asked gradient in the fused parts: the backward needs only those
+            # parts, asked as MMD^2's own (value_parts: one per input, scaled by grad_b alone;
+            # two per input, the terms', cost twice their stores and memory: B = 256 sets of 64
+            # points at d = 64, forward + backward 6.4 -> 5.8 ms of user time, fewer page faults)
+            asked = [k for k in range(4) if flags[k]]
+            fused = segments_fused_flags(backend, x_offsets, y_offsets, x_weights, y_weights,
+                                         *flags)
+            value_parts = ctx.value and bool(asked) and all(fused[k] for k in asked)
             inputs = (x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
-                      unbiased, *flags, precision)
+                      unbiased, *flags, precision, value_parts)
             with torch._C._AutoDispatchBelowAutograd():
                 out = fwd_overload(*inputs)
             terms, parts = out[0], out[1:]
-            ctx.value = out_dtype is not None
             ctx.uniform = uniform
             ctx.nsets = terms.shape[0]
-            # MMD^2 with every asked gradient in the fused parts: the backward needs only those
-            # parts, each set's two scaled by grad_b * (1, -2) (saving the op's twelve tensors
-            # and scaling through the terms' (B, 3) gradient cost a one-set call ~40 us)
-            asked = [k for k in range(4) if flags[k]]
-            ctx.parts_only = ctx.value and all(parts[k].numel() > 0 for k in asked)
+            ctx.parts_only = value_parts
             if ctx.parts_only:
                 ctx.dtypes = (x.dtype, y.dtype, x_weights.dtype, y_weights.dtype)
                 ctx.offsets = (x_offsets, y_offsets)  # made by the caller, not inputs
@@ -671,34 +685,24 @@ def _define_segments(backend: str) -> None:
             return gx, gy, gxw, gyw, None
 
     def value_grads(ctx, grad: torch.Tensor) -> list:
-        """Gradients (x, y, x_weights, y_weights) of sum_b grad[b] MMD^2_b from the fused parts
-        (the ones asked for, saved by the forward): row i of set b gets part0_i grad_b +
-        part1_i (-2 grad_b), the terms path's formula (grad converts exactly to the parts'
-        dtype, -2 grad_b is exact; the product-and-sum forms round the two products before
-        adding, where addcmul_ may fuse them: the last bit can differ)."""
+        """Gradients (x, y, x_weights, y_weights) of sum_b grad[b] MMD^2_b from the fused value
+        parts (the ones asked for, saved by the forward, one derivative of MMD^2_b per row):
+        row i of set b gets part_i grad_b (grad converts exactly to the parts' dtype)."""
         out: list[Optional[torch.Tensor]] = [None, None, None, None]
         nsets = ctx.nsets
         for k, p in zip(ctx.asked, ctx.saved_tensors):
             side = k % 2  # 0: x rows, 1: y rows
             g = grad if grad.dtype == p.dtype else grad.to(p.dtype)  # (B,), or 0-dim (scalar)
             n = ctx.uniform[side]
-            if nsets == 1:  # one set (a weighted mmd): (1, -2) grad, a product and a sum
-                r = (p * (_part_weights(p, p.dim()) * g)).sum(0)
-            elif n and p.numel() <= _SUM_FORM_MAX:
-                # small (a training step): both coefficients of every set in one (2, B) tensor,
-                # one product and a sum over the two parts (fewer ops: 13 -> 8 us at B = 8)
-                c = (_part_weights(p, 2) * g).view((2, nsets, 1) + (1,) * (p.dim() - 2))
-                r = (p.view((2, nsets, n) + tuple(p.shape[2:])) * c).sum(0).view(p.shape[1:])
-            elif n:  # equal sets: grad_b over a (B, n, ...) view of the parts, no temporary pair
-                view = (nsets, n) + tuple(p.shape[2:])
-                c = g.view((nsets, 1) + (1,) * (p.dim() - 2))
-                r = torch.mul(p[0].reshape(view), c).addcmul_(p[1].reshape(view), c * -2.0)
-                r = r.view(p.shape[1:])
+            p = p[0]  # (rows, ...)
+            if nsets == 1:  # one set (a weighted mmd): grad is 0-dim or (1,)
+                r = p * g.reshape(())
+            elif n:  # equal sets: grad_b over a (B, n, ...) view of the part
+                view = (nsets, n) + tuple(p.shape[1:])
+                r = torch.mul(p.view(view), g.view((nsets, 1) + (1,) * (p.dim() - 1))).view(p.shape)
             else:
-                c = _rows_of_sets(g, ctx.offsets[side], p.shape[1])
-                if k < 2:
-                    c = c.unsqueeze(1)
-                r = torch.mul(p[0], c).addcmul_(p[1], c * -2.0)
+                c = _rows_of_sets(g, ctx.offsets[side], p.shape[0])
+                r = p * (c.unsqueeze(1) if k < 2 else c)
             out[k] = r if r.dtype == ctx.dtypes[k] else r.to(ctx.dtypes[k])
         return out
 
@@ -716,10 +720,6 @@ _EAGER_SEG: dict[str, type] = {}
 # MMD^2 = terms . (1, 1, -2); the fused parts (xx or yy, xy) of one input enter it with (1, -2)
 _MMD_WEIGHTS = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
 _MMD_WEIGHTS_ON: dict[torch.device, torch.Tensor] = {}
-# up to this many elements of a (2, rows, ...) pair of parts, EagerSegments' backward scales them
-# by one product and a sum (fewer ops); above it by a product and an addcmul_ into one output
-# (B = 256 sets of 64 points: 33 -> 66 us at d = 8, 0.19 -> 0.47 ms at d = 64 for the sum)
-_SUM_FORM_MAX = 1 << 14
 _PART_WEIGHTS: dict[tuple, torch.Tensor] = {}
 _NO_OFFSET: dict[tuple, torch.Tensor] = {}
 
@@ -735,14 +735,13 @@ def _no_offset(x: torch.Tensor) -> torch.Tensor:
     return e
 
 
-def _part_weights(like: torch.Tensor, dim: int = 3) -> torch.Tensor:
-    """(1, -2) as a (2, 1, ...) tensor of ``dim`` dimensions, ``like``'s dtype and device, made
-    once per key."""
-    key = (like.dtype, like.device, dim)
+def _part_weights(like: torch.Tensor) -> torch.Tensor:
+    """(1, -2) as a (2, 1, 1) tensor of ``like``'s dtype and device, made once per key."""
+    key = (like.dtype, like.device)
     w = _PART_WEIGHTS.get(key)
     if w is None:
         w = _PART_WEIGHTS[key] = torch.tensor([1.0, -2.0], dtype=like.dtype,
-                                              device=like.device).view((2,) + (1,) * (dim - 1))
+                                              device=like.device).view(2, 1, 1)
     return w
 
 

@@ -234,7 +234,7 @@ def _prior_bwd(grad_terms, x, kind, params, sigma2, unbiased, num_samples, seed,
 
 
 def _seg_fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-             grad_x, grad_y, grad_xw, grad_yw, precision):
+             grad_x, grad_y, grad_xw, grad_yw, precision, value_parts=False):
     return segments_unfused(segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts,
                                           kind, params, unbiased, compute_dtype(x.dtype)), x)
 

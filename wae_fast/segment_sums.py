@@ -147,8 +147,8 @@ def plan_ops(extension, block: int, max_d: int):
     returns the built module.  Feature dimensions above ``max_d`` run the reference's passes."""
 
     def fwd(x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params, unbiased,
-            grad_x, grad_y, grad_xw, grad_yw, precision):
-        # the gradients are the backward's: no fused parts
+            grad_x, grad_y, grad_xw, grad_yw, precision, value_parts=False):
+        # the gradients are the backward's: no fused parts (value_parts changes nothing then)
         if x.shape[1] > max_d:
             ct = torch.float64 if x.dtype == torch.float64 else torch.float32
             return segments_unfused(segment_terms(x, y, x_offsets, y_offsets, x_weights, y_weights,

@@ -105,9 +105,12 @@ struct Problem {
   // out_rows[out_src[i] * d + k] = T(out_scale * double(v)), what the caller's pass over the
   // fp64 g_rows would write (0 + v, scaled, rounded once: the same bits) without their
   // zeroing, adds and read-back.  g_rows is then not written (padding rows: out_src -1).
+  // out_add: out_rows[...] = T(double(out_rows[...]) + out_scale * double(v)) instead (a second
+  // term's part added to the first's: the mmd_segments value parts, one per input).
   T* out_rows = nullptr;
   const int64_t* out_src = nullptr;
   double out_scale = 0.0;
+  bool out_add = false;
 };
 
 template <class T>
@@ -133,6 +136,33 @@ static inline __attribute__((always_inline)) double hsum(V v) {
   double s = 0;
   for (int l = 0; l < Vec<T>::L; ++l) s += double(v[l]);
   return s;
+}
+
+//! The lane sums of four vectors (a micro-tile's four rows), as trees: two-source shuffles fold
+//! the four into one vector of L/4 partial sums per row, then L/4 -> 1 within it.  The chain of
+//! L - 1 dependent scalar adds per row it replaces was ~4% of a 64-point diagonal tile with
+//! gradients (B = 256 sets of 64 points, d = 8, forward + backward).
+template <class T, class V>
+static inline __attribute__((always_inline)) void hsum4(const V (&v)[4], T* out) {
+  typedef typename Vec<T>::I I;
+  constexpr int L = Vec<T>::L, Q = L / 4;
+  I lo, hi, lo2, hi2;
+  for (int l = 0; l < L; ++l) {
+    lo[l] = l < L / 2 ? l : L + (l - L / 2);  // [a's low half | b's low half]
+    hi[l] = lo[l] + L / 2;
+    const int q = l / Q;  // quarter q: row q's partials, from t0 (rows 0, 1) or t1 (rows 2, 3)
+    lo2[l] = (q < 2 ? 0 : L) + (q % 2) * (L / 2) + l % Q;
+    hi2[l] = lo2[l] + Q;
+  }
+  const V t0 = __builtin_shuffle(v[0], v[1], lo) + __builtin_shuffle(v[0], v[1], hi);
+  const V t1 = __builtin_shuffle(v[2], v[3], lo) + __builtin_shuffle(v[2], v[3], hi);
+  V u = __builtin_shuffle(t0, t1, lo2) + __builtin_shuffle(t0, t1, hi2);
+  for (int w = Q / 2; w >= 1; w /= 2) {
+    I p;
+    for (int l = 0; l < L; ++l) p[l] = l % Q < w ? l + w : l;
+    u += __builtin_shuffle(u, p);
+  }
+  for (int r = 0; r < 4; ++r) out[r] = u[r * Q];
 }
 
 // Vectorised exp for x <= 0 (Cephes expf polynomial, ~1 ulp), flushing to 0 below -87.3.
@@ -371,13 +401,23 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         vstore(KC + jb + L, vload<V>(KC + jb + L) + ckacc[1]);
       }
     }
-    if (GRAD)
-      for (int r = 0; r < 4; ++r) {
-        T s = T(0);
-        for (int l = 0; l < L; ++l) s += rs[r][l];
-        RS[ib + r] = s;
-        for (int j = jlim; j < kTile; ++j) W[(ib + r) * kTile + j] = T(0);
+    if (GRAD) {
+      // a diagonal tile's row sums as trees: its short rows (the blocks below the diagonal
+      // skipped) leave too little work to hide the scalar chain behind (B = 256 sets of 64
+      // points, d = 8, forward + backward: ~3% faster); the big tiles keep the chain (the
+      // trees' shuffles took ~2% of an N = M = 4096 call at d = 8)
+      if (diag) {
+        hsum4<T>(rs, RS + ib);
+      } else {
+        for (int r = 0; r < 4; ++r) {
+          T s = T(0);
+          for (int l = 0; l < L; ++l) s += rs[r][l];
+          RS[ib + r] = s;
+        }
       }
+      for (int r = 0; r < 4; ++r)
+        for (int j = jlim; j < kTile; ++j) W[(ib + r) * kTile + j] = T(0);
+    }
     if (want_ks)
       for (int r = 0; r < 4; ++r) {
         T s = T(0);
@@ -389,14 +429,29 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
     // block (q, p) below the diagonal = the transpose of block (p, q) above it; the row sums of
     // its rows are the column sums of block (p, q).  Padding rows and columns of W are 0 in
     // both (rows past the last valid group were zeroed above, columns by the valid mask).
+    // The transpose by 4 x 4 sub-blocks in registers (two rounds of two-source shuffles): one
+    // scalar store per element was ~6% of a diagonal tile (B = 256 sets of 64 points, d = 8)
+    typedef T V4 __attribute__((vector_size(4 * sizeof(T))));
+    typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type E4;
+    typedef E4 I4 __attribute__((vector_size(4 * sizeof(T))));
+    const I4 lo = {0, 4, 1, 5}, hi = {2, 6, 3, 7}, lo2 = {0, 1, 4, 5}, hi2 = {2, 3, 6, 7};
     for (int q = 1; q * L < kTile; ++q)
       for (int p = 0; p < q; ++p) {
         V cs = zero;
-        for (int jj = 0; jj < L; ++jj) {
-          const V u = vload<V>(W + (p * L + jj) * kTile + q * L);
-          cs += u;
-          for (int ii = 0; ii < L; ++ii) W[(q * L + ii) * kTile + p * L + jj] = u[ii];
-        }
+        for (int jj = 0; jj < L; ++jj) cs += vload<V>(W + (p * L + jj) * kTile + q * L);
+        for (int a = 0; a < L; a += 4)
+          for (int b = 0; b < L; b += 4) {
+            const T* src = W + (p * L + a) * kTile + q * L + b;
+            const V4 r0 = vload<V4>(src), r1 = vload<V4>(src + kTile), r2 = vload<V4>(src + 2 * kTile),
+                     r3 = vload<V4>(src + 3 * kTile);
+            const V4 t0 = __builtin_shuffle(r0, r1, lo), t1 = __builtin_shuffle(r0, r1, hi),
+                     t2 = __builtin_shuffle(r2, r3, lo), t3 = __builtin_shuffle(r2, r3, hi);
+            T* dst = W + (q * L + b) * kTile + p * L + a;
+            vstore(dst, __builtin_shuffle(t0, t2, lo2));
+            vstore(dst + kTile, __builtin_shuffle(t0, t2, hi2));
+            vstore(dst + 2 * kTile, __builtin_shuffle(t1, t3, lo2));
+            vstore(dst + 3 * kTile, __builtin_shuffle(t1, t3, hi2));
+          }
         if (KIND != wae_fast::KIND_POLY)
           for (int ii = 0; ii < L; ++ii) RS[q * L + ii] += cs[ii];
       }
@@ -473,6 +528,13 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   return hsum<T>(ksum);
 }
 
+//! One coordinate v of a direct row output at op (Problem::out_rows): written, or added (out_add).
+template <class T>
+static inline __attribute__((always_inline)) void put_direct(const Problem<T>& pb, T* op, T v) {
+  const double s = pb.out_scale * (0.0 + double(v));  // 0 + v: -0 as g gives
+  *op = pb.out_add ? T(double(*op) + s) : T(s);
+}
+
 //! Row i's coordinates k0 .. k0 + n - 1 of a row-side result: added to the fp64 g, or written
 //! to pb.out_rows (see Problem::out_rows; coordinates >= d and padding rows are not written).
 template <bool DIRECT, class T, class V>
@@ -485,8 +547,16 @@ static inline __attribute__((always_inline)) void put_row(const Problem<T>& pb, 
   }
   if (i >= pb.a.n) return;
   T* op = pb.out_rows + pb.out_src[i] * pb.d + k0;
+  constexpr int L = Vec<T>::L;
+  if (n == L && k0 + L <= pb.d) {  // a whole vector: converted, scaled and stored as one
+    typedef double VD __attribute__((vector_size(sizeof(double) * L)));
+    VD s = pb.out_scale * (__builtin_convertvector(out, VD) + 0.0);
+    if (pb.out_add) s = __builtin_convertvector(vload<V>(op), VD) + s;
+    vstore(op, __builtin_convertvector(s, V));
+    return;
+  }
   const int m = int(std::min<int64_t>(n, pb.d - k0));
-  for (int l = 0; l < m; ++l) op[l] = T(pb.out_scale * (0.0 + double(out[l])));  // 0 + v: -0 as g gives
+  for (int l = 0; l < m; ++l) put_direct(pb, op + l, out[l]);
 }
 
 // Row side: g[i0 + i] += RS_i a_i - (W b)_i   (g: fp64, n_pad x dp)
@@ -631,7 +701,7 @@ static void tile_grad_rows_small(const Problem<T>& pb, int64_t i0, int64_t j0, c
       if constexpr (!DIRECT)
         g[(i0 + i) * dp + k] += double(v);
       else
-        pb.out_rows[pb.out_src[i0 + i] * d + k] = T(pb.out_scale * (0.0 + double(v)));
+        put_direct(pb, pb.out_rows + pb.out_src[i0 + i] * d + k, v);
     }
   }
 }

@@ -18,7 +18,8 @@
 // Gradients: the forward, asked for them by its flags, returns the contract's fused parts (the
 // derivatives of each set's two terms per row, wae_fast/contract.py) from the same tile pass as
 // the terms, so a training step runs the tiles once; the backward op (recomputing the tiles)
-// serves what the forward did not fuse (a y shared by B > 1 sets).
+// serves what the forward did not fuse (a y shared by B > 1 sets).  With value_parts, one part
+// per input, MMD^2's (the first minus twice the second), half the parts' stores and memory.
 //
 // Scheduling: one list of (set, term, row/column block range) tasks over all sets, run by
 // at::parallel_for (small sets grouped by the loop's chunking, big sets split into row blocks).
@@ -246,6 +247,10 @@ struct Pack {
   std::vector<int64_t> tile0, n;  // per set: first tile, packed rows
   Scratch<int64_t> src;  // packed row -> input row (-1 on padding)
   Scratch<T> rows, cols, nrm, w;  // rows: only for the gradients to the points (the tiles read cols)
+  // a window (pack_window: every set at tile 0): its tiles [0, zeroed) hold zeros in columns
+  // d .. dp - 1 from an earlier set (nothing else writes there), which pack_set then skips
+  bool window = false;
+  int64_t zeroed = 0;
   int64_t blocks(int64_t s) const { return (n[s] + kTile - 1) / kTile; }
   int64_t row0(int64_t s) const { return tile0[s] * kTile; }
   //! Set s as an operand; from its block I on when I > 0 (one block: a sub-operand of rows).
@@ -313,11 +318,15 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
     for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
     wae_cpu_pack::pack_tile<T>(q, sh, d, nn, ctile, acc, src.isa, rt, dp);
     for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
-    if (rt != nullptr) {  // zeros: coordinates d .. dp - 1, padding rows
-      for (int64_t r = 0; r < nn; ++r) std::fill(rt + r * dp + d, rt + (r + 1) * dp, T(0));
+    // zeros: coordinates d .. dp - 1 (once per window tile: B = 256 sets of 64 points, d = 8,
+    // 2-3% of a forward + backward rewrote them), padding rows
+    const bool pad = d < dp && !(pk.window && t < pk.zeroed);
+    if (rt != nullptr) {
+      if (pad)
+        for (int64_t r = 0; r < nn; ++r) std::fill(rt + r * dp + d, rt + (r + 1) * dp, T(0));
       std::fill(rt + nn * dp, rt + kTile * dp, T(0));
     }
-    std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
+    if (pad) std::fill(ctile + d * kTile, ctile + dp * kTile, T(0));
     T* nr = pk.nrm.data() + t * kTile;
     T* wt = pk.w.data() + t * kTile;
     int64_t* st = pk.src.data() + t * kTile;
@@ -333,6 +342,7 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
       st[c] = -1;
     }
   }
+  if (pk.window) pk.zeroed = std::max(pk.zeroed, pk.tile0[s] + pk.blocks(s));
 }
 
 //! Plans the pack of every set of `src` (rows kept, tiles, buffers) and, unless `defer` (the
@@ -375,6 +385,7 @@ Pack<T> pack_window(const Pack<T>& plan, bool with_rows) {
   pk.dp = plan.dp;
   pk.n = plan.n;
   pk.tile0.assign(plan.n.size(), 0);
+  pk.window = true;
   int64_t most = 0;
   for (size_t s = 0; s < plan.n.size(); ++s) most = std::max(most, plan.blocks(int64_t(s)));
   pk.alloc(most, with_rows);
@@ -913,12 +924,14 @@ at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at:
 // computes the terms and the row sums together (the backward then only scales them):
 //   x rows of set b:  d t_xx/dx_i = 4 g^xx_i / D_x,  d t_xy/dx_i = 2 g^xy_i / (sum w sum v)
 //   x weights:        d t_xx/dw_i = (2 s^xx_i - t_xx dD_x/dw_i) / D_x,  d t_xy/dw_i = (s^xy_i / sum v - t_xy) / sum w
-// y alike (wae_fast/segment_sums.py: the reference's formulas).
+// y alike (wae_fast/segment_sums.py: the reference's formulas).  vp (value_parts): one part per
+// input instead, the derivative of MMD^2_b = t_xx + t_yy - 2 t_xy: x's part = the xx part - 2 the
+// xy part (the tiles' row sides add the second into the first, Problem::out_add).
 template <class T>
 std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, const Problem& pb, const at::Tensor& XW,
                                   const at::Tensor& YW, const at::Tensor& SH, bool defer_shifts, int kind,
                                   const std::vector<double>& params, bool unbiased, bool fx, bool fy, bool fxw,
-                                  bool fyw) {
+                                  bool fyw, bool vp) {
   // sets within kFuseMaxBlocks row blocks: one task per set packs it right before its tiles
   // (without gradients; with gradients to the points, also the row sums and the parts, all in
   // the cache: not for the weights' gradients, whose weight-0 rows take passes of their own, nor
@@ -945,10 +958,11 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   const auto ct = X.scalar_type();
   auto none = [&](at::ScalarType t) { return at::empty({0}, X.options().dtype(t)); };
   // every row is written below: the packed ones from the sums, the weight-0 ones zero
-  at::Tensor gxp = fx ? at::empty({2, X.size(0), d}, X.options()) : none(ct);
-  at::Tensor gyp = fy ? at::empty({2, Y.size(0), d}, Y.options()) : none(ct);
-  at::Tensor gxwp = fxw ? at::empty({2, X.size(0)}, X.options().dtype(at::kDouble)) : none(at::kDouble);
-  at::Tensor gywp = fyw ? at::empty({2, Y.size(0)}, Y.options().dtype(at::kDouble)) : none(at::kDouble);
+  const int64_t np = vp ? 1 : 2;  // parts per input
+  at::Tensor gxp = fx ? at::empty({np, X.size(0), d}, X.options()) : none(ct);
+  at::Tensor gyp = fy ? at::empty({np, Y.size(0), d}, Y.options()) : none(ct);
+  at::Tensor gxwp = fxw ? at::empty({np, X.size(0)}, X.options().dtype(at::kDouble)) : none(at::kDouble);
+  at::Tensor gywp = fyw ? at::empty({np, Y.size(0)}, Y.options().dtype(at::kDouble)) : none(at::kDouble);
   RowSums rs;
   std::vector<double> sxx, sxy, syy;
   if (!(fx || fy || fxw || fyw)) {
@@ -971,8 +985,8 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
   double* GXW = fxw ? gxwp.data_ptr<double>() : nullptr;
   double* GYW = fyw ? gywp.data_ptr<double>() : nullptr;
   // rows outside every set (offsets that do not span the rows: only a direct op call): zero
-  auto zero_outside = [d](T* g, double* gw, int64_t n, int64_t r0, int64_t r1) {
-    for (int64_t h = 0; h < 2; ++h) {
+  auto zero_outside = [d, np](T* g, double* gw, int64_t n, int64_t r0, int64_t r1) {
+    for (int64_t h = 0; h < np; ++h) {
       if (g != nullptr) {
         std::fill(g + h * n * d, g + (h * n + r0) * d, T(0));
         std::fill(g + (h * n + r1) * d, g + (h + 1) * n * d, T(0));
@@ -992,27 +1006,42 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
                   int64_t r0, int64_t r1, T* G, double* GW, int64_t n, double D, double own, double other,
                   double ts, double tc, bool direct_s = false, bool direct_c = false) {
     const double cs = 4.0 / D, cc = 2.0 / (own * other);
+    // vp: the cross part enters MMD^2 with -2, added to the self part (one rounding when neither
+    // came from the tiles; direct_c implies direct_s: a direct self part, then the cross part)
+    auto put2 = [&](int64_t i, double a, double c) {
+      if (vp) {
+        GW[i] = a - 2.0 * c;
+      } else {
+        GW[i] = a;
+        GW[n + i] = c;
+      }
+    };
     for (int64_t p = pk.row0(ps); p < pk.row0(ps) + pk.n[ps]; ++p) {
       const int64_t i = pk.src[p];
-      if (G != nullptr && !direct_s)  // direct_s / _c: the tiles wrote that part (Problem::out_rows)
-        for (int64_t k = 0; k < d; ++k) G[i * d + k] = T(cs * gs[p * dp + k]);
-      if (G != nullptr && !direct_c)
-        for (int64_t k = 0; k < d; ++k) G[(n + i) * d + k] = T(cc * gc[p * dp + k]);
+      if (G != nullptr && vp) {
+        T* gi = G + i * d;
+        if (!direct_s)
+          for (int64_t k = 0; k < d; ++k) gi[k] = T(cs * gs[p * dp + k] - 2.0 * cc * gc[p * dp + k]);
+        else if (!direct_c)
+          for (int64_t k = 0; k < d; ++k) gi[k] = T(double(gi[k]) - 2.0 * cc * gc[p * dp + k]);
+      } else if (G != nullptr) {
+        if (!direct_s)  // direct_s / _c: the tiles wrote that part (Problem::out_rows)
+          for (int64_t k = 0; k < d; ++k) G[i * d + k] = T(cs * gs[p * dp + k]);
+        if (!direct_c)
+          for (int64_t k = 0; k < d; ++k) G[(n + i) * d + k] = T(cc * gc[p * dp + k]);
+      }
       if (GW != nullptr) {
         const double wi = double(pk.w[p]), dD = unbiased ? 2.0 * (own - wi) : 2.0 * own;
-        GW[i] = (2.0 * ks[p] - ts * dD) / D;
-        GW[n + i] = (kc[p] / other - tc) / own;
+        put2(i, (2.0 * ks[p] - ts * dD) / D, (kc[p] / other - tc) / own);
       }
     }
     if (G != nullptr && w != nullptr)  // weight-0 rows: no contribution
       for (int64_t i = r0; i < r1; ++i)
         if (w[i] == T(0))
-          for (int64_t k = 0; k < d; ++k) G[i * d + k] = G[(n + i) * d + k] = T(0);
+          for (int64_t h = 0; h < np; ++h) std::fill(G + (h * n + i) * d, G + (h * n + i + 1) * d, T(0));
     if (!z.self.empty())
-      for (int64_t p = z.pk.row0(ps); p < z.pk.row0(ps) + z.pk.n[ps]; ++p) {
-        GW[z.pk.src[p]] = (2.0 * z.self[p] - ts * 2.0 * own) / D;
-        GW[n + z.pk.src[p]] = (z.cross[p] / other - tc) / own;
-      }
+      for (int64_t p = z.pk.row0(ps); p < z.pk.row0(ps) + z.pk.n[ps]; ++p)
+        put2(z.pk.src[p], (2.0 * z.self[p] - ts * 2.0 * own) / D, (z.cross[p] / other - tc) / own);
   };
   ZeroRows<T> zx, zy;
   if (fuse_grad) {
@@ -1061,7 +1090,12 @@ std::vector<at::Tensor> seg_fwd_t(const at::Tensor& X, const at::Tensor& Y, cons
         }
         if (nbx > 0 && nby > 0) {
           TileProblem<T> tp = st.term_problem(kXY, b, px, py);
-          if (dx) tp = direct(tp, GX + nx * d, px, 2.0 / (sw * sv));
+          if (dx && vp) {  // added to the xx part the tiles just wrote, with -2
+            tp = direct(tp, GX, px, -4.0 / (sw * sv));
+            tp.out_add = true;
+          } else if (dx) {
+            tp = direct(tp, GX + nx * d, px, 2.0 / (sw * sv));
+          }
           vxy = wae_cpu_tiles::run_block<T>(tp, 0, nbx, 0, nby, false, gxy_x, gxy_y, st.isa);
         }
         if (nby > 0) {
@@ -1144,7 +1178,7 @@ using FwdOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Te
 FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_offsets, const at::Tensor& y_offsets,
                    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& shifts, int64_t kind,
                    at::ArrayRef<double> params, bool unbiased, bool grad_x, bool grad_y, bool grad_xw, bool grad_yw,
-                   c10::string_view precision) {
+                   c10::string_view precision, bool value_parts) {
   check_inputs(x, y, x_weights, y_weights, shifts, kind, params);
   const auto ct = compute_type(x);
   at::Tensor X = to_ct(x, ct), Y = to_ct(y, ct);
@@ -1164,9 +1198,9 @@ FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x
   const std::vector<double> P(params.begin(), params.end());
   std::vector<at::Tensor> o = ct == at::kDouble
                                   ? seg_fwd_t<double>(X, Y, pb, XW, YW, SH, defer_shifts, int(kind), P, unbiased,
-                                                      fx, fy, fxw, fyw)
+                                                      fx, fy, fxw, fyw, value_parts)
                                   : seg_fwd_t<float>(X, Y, pb, XW, YW, SH, defer_shifts, int(kind), P, unbiased,
-                                                     fx, fy, fxw, fyw);
+                                                     fx, fy, fxw, fyw, value_parts);
   return {o[0], o[1], o[2], o[3], o[4]};
 }
 
