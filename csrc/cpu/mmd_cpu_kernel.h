@@ -226,7 +226,8 @@ struct VRcp14 {
 #endif
 
 // One kTile x kTile tile: returns the kernel sum over valid pairs (in fp64, from a compute-type
-// vector accumulator); with GRAD, stores W (kTile x kTile), row sums RS and column sums CS.
+// vector accumulator); with GRAD, stores W (kTile x kTile), row sums RS and column sums CS (CS
+// null: no column side reads them, a diagonal tile's or one without g_cols; not accumulated).
 // WT (weighted, pb.wa / pb.wb): pairs count w_i v_j k_ij, W holds w_i v_j W_ij, and with
 // KR != nullptr, KR / KC receive the tile's sum_j v_j k_ij per row and sum_i w_i k_ij per column.
 template <class T, int KIND, bool GRAD, bool WT = false>
@@ -255,7 +256,8 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   const I izero = I{} + 0;
   const I iota = Vec<T>::iota();
   V ksum = zero;
-  if (GRAD)
+  const bool want_cs = GRAD && CS != nullptr;
+  if (want_cs)
     for (int j = 0; j < kTile; ++j) CS[j] = T(0);
   const bool want_ks = WT && KR != nullptr;
   if (want_ks)
@@ -387,12 +389,12 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
             vstore(W + (ib + r) * kTile + jb + h * L, wv);
             if (KIND != wae_fast::KIND_POLY) {
               rs[r] += wv;
-              csacc[h] += wv;
+              if (want_cs) csacc[h] += wv;
             }
           }
         }
       }
-      if (GRAD) {
+      if (want_cs) {
         vstore(CS + jb, vload<V>(CS + jb) + csacc[0]);
         vstore(CS + jb + L, vload<V>(CS + jb + L) + csacc[1]);
       }
@@ -886,7 +888,7 @@ static double run_stripe_k(const Problem<T>& pb, int64_t s, int64_t nstripes, do
     for (int64_t J = pb.symmetric ? I : 0; J < nbj; ++J) {
       const int64_t j0 = J * kTile;
       const bool diag = pb.symmetric && I == J;
-      double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, CS);
+      double ks = tile_forward<T, KIND, GRAD>(pb, i0, j0, diag, W, RS, g_cols && !diag ? CS : nullptr);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
       if (GRAD) tile_grad<T, KIND>(pb, i0, j0, diag, W, RS, CS, g_rows, g_cols);
     }
@@ -917,7 +919,8 @@ static double run_block_k(const Problem<T>& pb, int64_t I0, int64_t I1, int64_t 
     for (int64_t J = tri ? std::max(I, J0) : J0; J < J1; ++J) {
       const int64_t j0 = J * kTile;
       const bool diag = pb.symmetric && I == J;
-      double ks = tile_forward<T, KIND, GRAD, WT>(pb, i0, j0, diag, W, RS, CS, want_ks ? KR : nullptr,
+      double ks = tile_forward<T, KIND, GRAD, WT>(pb, i0, j0, diag, W, RS, g_cols && !diag ? CS : nullptr,
+                                                  want_ks ? KR : nullptr,
                                                   want_ks ? KC : nullptr);
       row_total += (pb.symmetric && !diag) ? 2.0 * ks : ks;
       if (want_ks) {
