@@ -139,9 +139,9 @@ static inline __attribute__((always_inline)) double hsum(V v) {
 }
 
 //! The lane sums of four vectors (a micro-tile's four rows), as trees: two-source shuffles fold
-//! the four into one vector of L/4 partial sums per row, then L/4 -> 1 within it.  The chain of
-//! L - 1 dependent scalar adds per row it replaces was ~4% of a 64-point diagonal tile with
-//! gradients (B = 256 sets of 64 points, d = 8, forward + backward).
+//! the four into one vector of L/4 partial sums per row, then L/4 -> 1 within it (the chain of
+//! L - 1 dependent scalar adds per row: ~4% of the samples in the tiles with gradients, B = 256
+//! sets of 64 points, d = 8, forward + backward).
 template <class T, class V>
 static inline __attribute__((always_inline)) void hsum4(const V (&v)[4], T* out) {
   typedef typename Vec<T>::I I;
@@ -405,9 +405,9 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
     }
     if (GRAD) {
       // a diagonal tile's row sums as trees: its short rows (the blocks below the diagonal
-      // skipped) leave too little work to hide the scalar chain behind (B = 256 sets of 64
-      // points, d = 8, forward + backward: ~3% faster); the big tiles keep the chain (the
-      // trees' shuffles took ~2% of an N = M = 4096 call at d = 8)
+      // skipped) leave little work to hide the scalar chain behind (B = 256 sets of 64 points,
+      // d = 8, forward + backward: 2-4% faster with it, near this host's noise); the big
+      // tiles keep the chain (with trees an N = M = 4096 call at d = 8 measured ~2% slower)
       if (diag) {
         hsum4<T>(rs, RS + ib);
       } else {
@@ -432,7 +432,8 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
     // its rows are the column sums of block (p, q).  Padding rows and columns of W are 0 in
     // both (rows past the last valid group were zeroed above, columns by the valid mask).
     // The transpose by 4 x 4 sub-blocks in registers (two rounds of two-source shuffles): one
-    // scalar store per element was ~6% of a diagonal tile (B = 256 sets of 64 points, d = 8)
+    // scalar store per element was ~6% of the samples in the tiles with gradients (B = 256
+    // sets of 64 points, d = 8, forward + backward; ~4% of the call faster without it)
     typedef T V4 __attribute__((vector_size(4 * sizeof(T))));
     typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type E4;
     typedef E4 I4 __attribute__((vector_size(4 * sizeof(T))));

@@ -318,8 +318,8 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
     for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
     wae_cpu_pack::pack_tile<T>(q, sh, d, nn, ctile, acc, src.isa, rt, dp);
     for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
-    // zeros: coordinates d .. dp - 1 (once per window tile: B = 256 sets of 64 points, d = 8,
-    // 2-3% of a forward + backward rewrote them), padding rows
+    // zeros: coordinates d .. dp - 1 (once per window tile: rewriting them for every set cost
+    // ~3% of a B = 256 sets of 64 points, d = 8 forward + backward), padding rows
     const bool pad = d < dp && !(pk.window && t < pk.zeroed);
     if (rt != nullptr) {
       if (pad)
