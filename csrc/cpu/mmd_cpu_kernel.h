@@ -111,6 +111,13 @@ struct Problem {
   const int64_t* out_src = nullptr;
   double out_scale = 0.0;
   bool out_add = false;
+  // Software prefetch (segments_cpu.cpp's per-set tasks: the next set's input rows, which the
+  // task reads right after this set's tiles): row block I's first tile (its diagonal tile for a
+  // symmetric term, column block 0 otherwise) prefetches chunk I of [prefetch, + prefetch_bytes)
+  // cut into a.n_pad / kTile chunks, a few lines per group of 4 rows, into L2.  All at once (up
+  // to 512 lines before a set's tiles) it changed nothing: the loads miss as often as without.
+  const char* prefetch = nullptr;
+  int64_t prefetch_bytes = 0;
 };
 
 template <class T>
@@ -275,8 +282,20 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
   // same order), their row sums from the mirrored blocks' column sums: after the loop (at every
   // d: B = 256 sets of 64 points, forward + backward, 2-5% faster at d = 64, 8-12% at d = 8)
   const bool mirror = diag && GRAD && !want_ks;
+  // this tile's chunk of the prefetch range (Problem::prefetch), pf_per bytes per row group
+  int64_t pf0 = 0, pf1 = 0, pf_per = 0;
+  if (pb.prefetch != nullptr && (pb.symmetric ? diag : j0 == 0)) {
+    const int64_t chunk = (pb.prefetch_bytes + pb.a.n_pad / kTile * 64 - 1) / (pb.a.n_pad / kTile * 64) * 64;
+    pf0 = std::min(pb.prefetch_bytes, i0 / kTile * chunk);
+    pf1 = std::min(pb.prefetch_bytes, pf0 + chunk);
+    const int64_t groups = (std::min<int64_t>(kTile, pb.a.n - i0) + 3) / 4;  // up to the padding's break
+    pf_per = (chunk + 64 * groups - 1) / (64 * groups) * 64;
+  }
   for (int ib = 0; ib < kTile; ib += 4) {
     const int64_t ibase = i0 + ib;
+    // into L2 (prefetcht1): into L1 measured the same, and would evict this tile's operands
+    for (int64_t o = pf0 + (ib / 4) * pf_per, o1 = std::min(pf1, o + pf_per); o < o1; o += 64)
+      __builtin_prefetch(pb.prefetch + o, 0, 2);
     if (ibase >= pb.a.n) {  // whole group of rows is padding
       if (GRAD) {
         for (int r = ib; r < kTile; ++r) {
