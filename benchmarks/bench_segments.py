@@ -3,7 +3,7 @@ single ``mmd`` calls and the dense batched formula in plain PyTorch (``torch.cdi
 
     python -m benchmarks.bench_segments [--device cpu|cuda] [--backend auto] [--reps 5] [--tiny]
                                         [--quick] [--threads T] [--clock wall|cpu] [--collect]
-                                        [--interleave]
+                                        [--interleave] [--warmup 8]
 
 Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
 
@@ -13,9 +13,10 @@ Rows (7-scale IMQ, unbiased, fp32; x requires grad for fwd+bwd):
 
 Methods: ``wae_fast`` (one call), ``wae_fast_w`` (the same with random weights in [0.5, 1.5] on
 x and y), ``loop`` (one ``mmd`` call per set), ``dense`` (the (B, N, N) kernel matrices from
-``torch.cdist``, equal-size sets only).  Time: median of ``--reps`` calls after one warm-up,
-each method's calls back to back (``--interleave``: each rep runs every method once), ``dense``
-after the others (the memory it frees disturbed the calls that followed it); see ``_run``.
+``torch.cdist``, equal-size sets only).  Time: median of ``--reps`` calls after ``--warmup``
+calls (default 8), each method's calls back to back (``--interleave``: each rep runs every
+method once), ``dense`` after the others (the memory it frees disturbed the calls that followed
+it); see ``_run``.
 ``ns/pair``: time over the pairs of the estimator, counted as ordered pairs sum_b (N_b^2 + M_b^2 +
 N_b M_b), the same count for every method and the single call.  Output: a markdown table on stdout.
 ``--clock cpu`` times the process CPU time (``time.process_time``) instead of the wall clock: with
@@ -66,10 +67,16 @@ def _time(fn, reps):
 _CLOCK = time.perf_counter
 _COLLECT = False
 _INTERLEAVE = False
+# Warm-up calls per method: a process's first calls of a method run slower while glibc's
+# malloc adapts its thresholds to the call's buffers (B = 256 sets of 64 points, d = 8, forward
+# + backward, a fresh process: calls 2 to 8 took 4.0-4.3 ms, with 257, 128 and 256 page faults
+# in calls 2, 5 and 8; calls 9 on 3.55-3.9 ms and no faults).  With one warm-up, in a fresh
+# process, 7 of 21 timed calls would fall in that window.  A training loop runs in the steady state.
+_WARMUP = 8
 
 
 def _run(methods, reps, grad):
-    """Median seconds per method over ``reps`` calls after a warm-up call: each method's calls back
+    """Median seconds per method over ``reps`` calls after ``_WARMUP`` calls: each method's calls back
     to back (as torch.utils.benchmark times a statement, and as a training loop calls the same
     function every step), every method measured the same way as the single call it is compared
     with.  ``--interleave``: each rep runs every method once instead (the earlier tables: on a
@@ -83,16 +90,17 @@ def _run(methods, reps, grad):
     measured 0.15-0.45 ms slower: a plain 10 us torch matmul took 0.15 ms, a tiny
     mmd_batched call 0.45 ms)."""
     if _INTERLEAVE:
-        for f in methods.values():
-            f(grad)  # warm-up
+        for _ in range(_WARMUP):
+            for f in methods.values():
+                f(grad)  # warm-up
     times = {k: [] for k in methods}
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()
-    # back to back: one warm-up call right before each method's timed calls (a warm-up at the
+    # back to back: the warm-up calls right before each method's timed calls (a warm-up at the
     # start, before the other methods ran, left the first two of 3 timed calls 0.3 ms slower)
     order = ([(k, f, False) for _ in range(reps) for k, f in methods.items()] if _INTERLEAVE
-             else [(k, f, r < 0) for k, f in methods.items() for r in range(-1, reps)])
+             else [(k, f, r < 0) for k, f in methods.items() for r in range(-_WARMUP, reps)])
     try:
         for k, f, warm_up in order:
             if _COLLECT:
@@ -129,13 +137,15 @@ def main(argv=None) -> None:
                     help="run the garbage collector before every timed call (cold caches)")
     ap.add_argument("--interleave", action="store_true",
                     help="each rep runs every method once (default: each method's reps back to back)")
+    ap.add_argument("--warmup", type=int, default=8, help="untimed calls of each method before its reps")
     a = ap.parse_args(argv)
     if a.quick and "--reps" not in (argv if argv is not None else __import__("sys").argv[1:]):
         a.reps = 3
-    global _CLOCK, _COLLECT, _INTERLEAVE
+    global _CLOCK, _COLLECT, _INTERLEAVE, _WARMUP
     _CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
     _COLLECT = a.collect
     _INTERLEAVE = a.interleave
+    _WARMUP = max(1, a.warmup)
     if a.threads:
         torch.set_num_threads(a.threads)
     dev, be = a.device, a.backend
@@ -145,7 +155,7 @@ def main(argv=None) -> None:
     rb = 8 if a.tiny else 64
     print(f"# mmd_segments benchmark: device {dev}, backend {be} "
           f"({wae_fast.which_backend(dev, be, family='mmd_segments')}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, reps {a.reps}, clock {a.clock}"
+          f"threads {torch.get_num_threads()}, reps {a.reps} after {_WARMUP} warm-up calls, clock {a.clock}"
           f"{', gc before every call' if a.collect else ''}"
           f"{', methods interleaved' if a.interleave else ', each method back to back'}\n")
     print("| row | d | pass | method | median s | ns/pair | vs loop |")

@@ -637,6 +637,13 @@ def _define_segments(backend: str) -> None:
             (x_offsets, y_offsets, shifts, kind, params, unbiased, flags, precision, uniform,
              out_dtype, scalar) = meta
             ctx.value = out_dtype is not None
+            # batched (B, N, d) points arrive as they are and are flattened here, where autograd
+            # does not record it: no view node per input in the graph, no reshape in backward
+            ctx.shapes = (x.shape, y.shape)
+            if x.dim() != 2:
+                x = x.view(-1, x.shape[-1])
+            if y.dim() != 2:
+                y = y.view(-1, y.shape[-1])
             # MMD^2 with every asked gradient in the fused parts: the backward needs only those
             # parts, asked as MMD^2's own (value_parts: one per input, scaled by grad_b alone;
             # the terms' two per input took twice the stores and the saved memory, 8 MB at
@@ -663,7 +670,7 @@ def _define_segments(backend: str) -> None:
                 setup_context(ctx, inputs, out)
             if out_dtype is None:  # one set read as (3,) (weighted mmd_terms): a copy, not a view
                 return terms.view(3).clone() if scalar else terms
-            value = terms @ mmd_weights(terms.device)
+            value = torch.mv(terms, mmd_weights(terms.device))
             # one set as a 0-dim value (weighted mmd): no select node after this one, and a
             # copy (an output viewing a tensor made in here could not be modified in place)
             return value.view(()).to(out_dtype, copy=True) if scalar else value.to(out_dtype)
@@ -682,6 +689,11 @@ def _define_segments(backend: str) -> None:
             grad_terms = (grad.to(torch.float64).unsqueeze(1) * mmd_weights(grad.device)
                           if ctx.value else grad)
             gx, gy, gxw, gyw = grads(ctx, grad_terms, ctx.needs_input_grad[:4])
+            xs, ys = ctx.shapes
+            if gx is not None and gx.shape != xs:
+                gx = gx.view(xs)
+            if gy is not None and gy.shape != ys:
+                gy = gy.view(ys)
             return gx, gy, gxw, gyw, None
 
     def value_grads(ctx, grad: torch.Tensor) -> list:
@@ -694,15 +706,18 @@ def _define_segments(backend: str) -> None:
             side = k % 2  # 0: x rows, 1: y rows
             g = grad if grad.dtype == p.dtype else grad.to(p.dtype)  # (B,), or 0-dim (scalar)
             n = ctx.uniform[side]
-            p = p[0]  # (rows, ...)
-            if nsets == 1:  # one set (a weighted mmd): grad is 0-dim or (1,)
-                r = p * g.reshape(())
+            # p: (1, rows, ...); the gradient in the input's shape ((B, n, d) batched points)
+            shape = ctx.shapes[side] if k < 2 else p.shape[1:]
+            if nsets == 1:  # one set (a weighted mmd, or B = 1): grad is 0-dim or (1,)
+                r = torch.mul(p.view(shape), g.reshape(()))
             elif n:  # equal sets: grad_b over a (B, n, ...) view of the part
-                view = (nsets, n) + tuple(p.shape[1:])
-                r = torch.mul(p.view(view), g.view((nsets, 1) + (1,) * (p.dim() - 1))).view(p.shape)
+                coef = g.view((nsets, 1) + (1,) * (p.dim() - 2))
+                r = torch.mul(p.view((nsets, n) + p.shape[2:]), coef)
+                if r.shape != shape:
+                    r = r.view(shape)
             else:
-                c = _rows_of_sets(g, ctx.offsets[side], p.shape[0])
-                r = p * (c.unsqueeze(1) if k < 2 else c)
+                c = _rows_of_sets(g, ctx.offsets[side], p.shape[1])
+                r = p[0] * (c.unsqueeze(1) if k < 2 else c)
             out[k] = r if r.dtype == ctx.dtypes[k] else r.to(ctx.dtypes[k])
         return out
 
@@ -1047,6 +1062,10 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
     weights None for unit weights.  Inputs are assumed validated (:mod:`wae_fast.segments`)."""
     x, y = x.contiguous(), y.contiguous()
     eager = backend in _EAGER_SEG and not torch.compiler.is_compiling()
+    # batched (B, N, d) points: the op and the shifts read their (rows, d) views; the eager node
+    # takes the points as they are (it flattens them without a view node in the graph)
+    xf = x if x.dim() == 2 else x.view(-1, x.shape[-1])
+    yf = y if y.dim() == 2 else y.view(-1, y.shape[-1])
     # (0,) for unit weights / backend shifts: eagerly one cached empty tensor (never written)
     empty = _no_offset(x) if eager else x.new_empty((0,), dtype=compute_dtype(x.dtype))
     xw = empty if x_weights is None else x_weights.contiguous()
@@ -1055,7 +1074,7 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
     if _SHIFTS_IN_BACKEND.get(backend, False):  # the backend computes segment_shifts itself
         shifts = empty
     else:
-        shifts = segment_shifts(kind, y, y_offsets, yw, num_sets)
+        shifts = segment_shifts(kind, yf, y_offsets, yw, num_sets)
     xo, yo = _offsets_tensor(x_offsets, x.device), _offsets_tensor(y_offsets, x.device)
     grad_on = torch.is_grad_enabled()
     flags = (grad_on and x.requires_grad, grad_on and y.requires_grad,
@@ -1066,7 +1085,7 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
         return _EAGER_SEG[backend].apply(x, y, xw, yw, (
             xo, yo, shifts, int(kind), params, bool(unbiased), flags, precision, uniform, out_dtype,
             scalar))
-    terms = op(f"mmd_segments_fwd_{backend}")(x, y, xo, yo, xw, yw, shifts, int(kind), params,
+    terms = op(f"mmd_segments_fwd_{backend}")(xf, yf, xo, yo, xw, yw, shifts, int(kind), params,
                                               bool(unbiased), *flags, precision)[0]
     res = terms if out_dtype is None else (terms @ mmd_weights(terms.device)).to(out_dtype)
     return res[0] if scalar else res

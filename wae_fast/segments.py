@@ -98,6 +98,7 @@ def check_weights(name: str, w, shape: tuple, points: torch.Tensor) -> Optional[
 
 def _check_finite_sets(x, y, xo, yo, xw, yw, unbiased, kind) -> None:
     """check_finite=True: weights valid and points finite and in range, per set (syncs)."""
+    x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])  # batched: the (rows, d) form
     shared = len(yo) == 2 and len(xo) > 2
     y_sets = [(0, yo[1])] if shared else list(zip(yo[:-1], yo[1:]))
     for pname, wname, w, offs in (("x", "x_weights", xw, list(zip(xo[:-1], xo[1:]))),
@@ -138,8 +139,9 @@ def segment_terms(x, y, x_offsets: Sequence[int], y_offsets: Sequence[int], x_we
                   out_dtype: Optional[torch.dtype] = None, scalar: bool = False) -> torch.Tensor:
     """(B, 3) float64 terms of every set, or with ``out_dtype`` the (B,) MMD^2 in that dtype
     (``scalar``, one set: (3,) or 0-dim);
-    x, y validated 2-D, offsets validated host lists (``y_offsets`` [0, M] for a shared y; a
-    ``range`` for equal sets), weights checked by :func:`check_weights`."""
+    x, y validated: (rows, d), or batched (B, N, d) and (B, M, d) or (M, d); offsets validated
+    host lists (``y_offsets`` [0, M] for a shared y; a ``range`` for equal sets), weights
+    checked by :func:`check_weights`."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
     if precision not in contract.PRECISIONS:
@@ -148,7 +150,7 @@ def segment_terms(x, y, x_offsets: Sequence[int], y_offsets: Sequence[int], x_we
     check_set_sizes("x", x_offsets, unbiased)
     check_set_sizes("y", y_offsets, unbiased)
     spec = resolve_kernel(kernel)
-    kind, params, range_error = lower_checked(spec, x.shape[1], x.dtype)
+    kind, params, range_error = lower_checked(spec, x.shape[-1], x.dtype)
     name = select_backend(backend, x.device, Request("mmd_segments", kind, len(params), x.dtype,
                                                      estimator, precision))
     if range_error is not None:
@@ -233,9 +235,9 @@ def _batched(x, y, kernel, x_weights, y_weights, estimator, backend, check_finit
     yw = check_weights("y_weights", y_weights, y.shape[:-1], y)
     xo = uniform_offsets(nsets, n)
     yo = [0, m] if shared else uniform_offsets(nsets, m)
-    # the varlen form is a view of the batched one (reshape copies only a non-contiguous input)
-    return segment_terms(x.reshape(nsets * n, x.shape[-1]), y.reshape(-1, y.shape[-1]), xo, yo,
-                         None if xw is None else xw.reshape(-1),
+    # the varlen form of the batched one: the points go down as they are (the contract flattens
+    # them; a reshape here would put a view node per input in the autograd graph)
+    return segment_terms(x, y, xo, yo, None if xw is None else xw.reshape(-1),
                          None if yw is None else yw.reshape(-1), kernel, estimator, backend,
                          check_finite, precision, _value_dtype(x.dtype) if value else None)
 
