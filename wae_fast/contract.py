@@ -640,10 +640,7 @@ def _define_segments(backend: str) -> None:
             # batched (B, N, d) points arrive as they are and are flattened here, where autograd
             # does not record it: no view node per input in the graph, no reshape in backward
             ctx.shapes = (x.shape, y.shape)
-            if x.dim() != 2:
-                x = x.view(-1, x.shape[-1])
-            if y.dim() != 2:
-                y = y.view(-1, y.shape[-1])
+            x, y = _flat_rows(x), _flat_rows(y)
             # MMD^2 with every asked gradient in the fused parts: the backward needs only those
             # parts, asked as MMD^2's own (value_parts: one per input, scaled by grad_b alone;
             # the terms' two per input took twice the stores and the saved memory, 8 MB at
@@ -1042,6 +1039,11 @@ def _offsets_tensor(offsets, device: torch.device) -> torch.Tensor:
     return t
 
 
+def _flat_rows(t: torch.Tensor) -> torch.Tensor:
+    """(rows, d): t itself, or the view of batched (B, N, d) points."""
+    return t if t.dim() == 2 else t.view(-1, t.shape[-1])
+
+
 def _equal_sets(offsets: Sequence[int]) -> int:
     """The size of every set when ``offsets`` is the ``range`` of equal sets the batched entry
     points pass, else 0 (ragged, or a shared y's [0, M])."""
@@ -1062,10 +1064,6 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
     weights None for unit weights.  Inputs are assumed validated (:mod:`wae_fast.segments`)."""
     x, y = x.contiguous(), y.contiguous()
     eager = backend in _EAGER_SEG and not torch.compiler.is_compiling()
-    # batched (B, N, d) points: the op and the shifts read their (rows, d) views; the eager node
-    # takes the points as they are (it flattens them without a view node in the graph)
-    xf = x if x.dim() == 2 else x.view(-1, x.shape[-1])
-    yf = y if y.dim() == 2 else y.view(-1, y.shape[-1])
     # (0,) for unit weights / backend shifts: eagerly one cached empty tensor (never written)
     empty = _no_offset(x) if eager else x.new_empty((0,), dtype=compute_dtype(x.dtype))
     xw = empty if x_weights is None else x_weights.contiguous()
@@ -1074,19 +1072,21 @@ def mmd_segments(backend: str, x: torch.Tensor, y: torch.Tensor, x_offsets: Sequ
     if _SHIFTS_IN_BACKEND.get(backend, False):  # the backend computes segment_shifts itself
         shifts = empty
     else:
-        shifts = segment_shifts(kind, yf, y_offsets, yw, num_sets)
-    xo, yo = _offsets_tensor(x_offsets, x.device), _offsets_tensor(y_offsets, x.device)
+        shifts = segment_shifts(kind, _flat_rows(y), y_offsets, yw, num_sets)
+    device = x.device
+    xo, yo = _offsets_tensor(x_offsets, device), _offsets_tensor(y_offsets, device)
     grad_on = torch.is_grad_enabled()
     flags = (grad_on and x.requires_grad, grad_on and y.requires_grad,
              grad_on and xw.requires_grad, grad_on and yw.requires_grad)
     params = params if type(params) is list else [float(p) for p in params]
     if eager:
         uniform = (_equal_sets(x_offsets), _equal_sets(y_offsets))
+        # batched (B, N, d) points as they are: the node flattens them (no view node in the graph)
         return _EAGER_SEG[backend].apply(x, y, xw, yw, (
             xo, yo, shifts, int(kind), params, bool(unbiased), flags, precision, uniform, out_dtype,
             scalar))
-    terms = op(f"mmd_segments_fwd_{backend}")(xf, yf, xo, yo, xw, yw, shifts, int(kind), params,
-                                              bool(unbiased), *flags, precision)[0]
+    terms = op(f"mmd_segments_fwd_{backend}")(_flat_rows(x), _flat_rows(y), xo, yo, xw, yw, shifts,
+                                              int(kind), params, bool(unbiased), *flags, precision)[0]
     res = terms if out_dtype is None else (terms @ mmd_weights(terms.device)).to(out_dtype)
     return res[0] if scalar else res
 
