@@ -170,6 +170,31 @@ def test_value_from_parts_per_set_gradients(seg_backend, entry):
     assert bool((got[0][xo[2]:xo[3]] == 0).all())  # g_b = 0: that set's rows get 0
 
 
+def test_value_output_gradient_through_the_op():
+    """The op's value output (cpp, value_parts) is differentiable through the op's registered
+    autograd: d value_b = d terms[b] . (1, 1, -2), so sum_b g_b value_b and sum_b g_b terms[b] .
+    (1, 1, -2) give the same gradients to x, y and the weights, fp64 (alone and with the terms)."""
+    xo, yo = [0, 6, 13], [0, 5, 9]
+    x, y, xw, yw = segment_data(xo, yo, 3, torch.float64, "cpu", seed=41, zero_frac=0.0,
+                                nan_pad=False)
+    kind, params = wae_fast.IMQ().lower(3)
+    fwd = contract.op("mmd_segments_fwd_cpp")
+    g = torch.tensor([1.5, -0.5], dtype=torch.float64)
+    w = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64)
+    grads = []
+    for use in ("value", "terms", "both"):
+        ins = [t.clone().requires_grad_(True) for t in (x, y, xw, yw)]
+        out = fwd(ins[0], ins[1], torch.tensor(xo), torch.tensor(yo), ins[2], ins[3], torch.empty(0),
+                  int(kind), [float(p) for p in params], True, True, True, True, True, "ieee", True)
+        assert out[5].shape == (2,) and torch.equal(out[5], out[0] @ w)
+        loss = {"value": (g * out[5]).sum(), "terms": (g * (out[0] @ w)).sum(),
+                "both": (0.5 * g * out[5]).sum() + (0.5 * g * (out[0] @ w)).sum()}[use]
+        grads.append(torch.autograd.grad(loss, ins))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("weights_grad", [False, True])
 def test_value_parts_are_the_first_minus_twice_the_second(seg_backend, dtype, weights_grad):
@@ -193,7 +218,15 @@ def test_value_parts_are_the_first_minus_twice_the_second(seg_backend, dtype, we
     two = contract.op(f"mmd_segments_fwd_{name}")(*common)
     one = contract.op(f"mmd_segments_fwd_{name}")(*common, True)
     assert torch.equal(one[0], two[0])
-    for k, (p1, p2) in enumerate(zip(one[1:], two[1:])):
+    # the value output: a fusing backend's MMD^2 of every set with value_parts, the same bits as
+    # terms . (1, 1, -2) rounded to the value dtype; else empty
+    w = torch.tensor([1.0, 1.0, -2.0], dtype=torch.float64, device=dev)
+    assert two[5].numel() == 0 and one[5].dtype == contract.segments_value_dtype(dtype)
+    if name == "cpp":
+        assert torch.equal(one[5], (one[0] @ w).to(one[5].dtype)), (one[5], one[0] @ w)
+    else:
+        assert one[5].numel() == 0
+    for k, (p1, p2) in enumerate(zip(one[1:5], two[1:5])):
         if p2.numel() == 0:
             assert p1.numel() == 0
             continue
@@ -704,7 +737,7 @@ def test_cpp_empty_shifts_in_the_set_tasks(grads, sizes):
     for sh in (glue, torch.empty(0)):
         args = (x, y, xo_t, yo_t, xw, yw, sh, int(kind), [float(p) for p in params], True)
         outs.append(contract.op("mmd_segments_fwd_cpp")(*args, *flags, "ieee"))
-    for k, (a, b) in enumerate(zip(*outs)):
+    for k, (a, b) in enumerate(zip(*(o[:5] for o in outs))):
         assert a.shape == b.shape and (a.numel() > 0) == (k == 0 or flags[k - 1]), k
         if a.numel() == 0:
             continue

@@ -107,7 +107,8 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
                                  float[] params, bool unbiased, bool grad_x, bool grad_y,
                                  bool grad_xw, bool grad_yw, str precision,
                                  bool value_parts=False)
-        -> (Tensor terms, Tensor gx_parts, Tensor gy_parts, Tensor gxw_parts, Tensor gyw_parts)
+        -> (Tensor terms, Tensor gx_parts, Tensor gy_parts, Tensor gxw_parts, Tensor gyw_parts,
+            Tensor value)
     wae_fast::mmd_segments_bwd_B(Tensor grad_terms, Tensor terms, <the forward's inputs>,
                                  bool grad_x, bool grad_y, bool grad_xw, bool grad_yw)
         -> (Tensor gx, Tensor gy, Tensor gxw, Tensor gyw)
@@ -140,6 +141,10 @@ Many (weighted) MMDs in one call (``mmd_batched``, ``mmd_varlen``, weights on ``
   MMD^2_b = terms[b] . (1, 1, -2): the first part minus twice the second (x: d t_xx/dx_i -
   2 d t_xy/dx_i).  The eager MMD^2 path asks for it when the backend fuses every asked part:
   its backward then scales one part per row by grad_b (half the parts' memory and stores).
+* ``value``: with ``value_parts``, a fusing backend also returns MMD^2_b = terms[b] . (1, 1, -2)
+  of every set, (B,), formed in float64 as (t_xx + t_yy) - 2 t_xy and rounded once to float64
+  for fp64 points, float32 otherwise (:func:`segments_value_dtype`); else (0,).  The eager MMD^2
+  path returns it as is: no product and cast ops after the kernel.  Differentiable like terms.
 * ``mmd_segments_bwd_B`` returns the gradients of sum_b grad_terms[b] . terms[b] (grad_terms
   float64 (B, 3)) to x, y (input dtype) and the weights (their dtype), or (0,) where the flag is
   off; ``terms`` are the forward's.  Formulas: :mod:`wae_fast.segment_sums`.
@@ -231,7 +236,7 @@ SEG_FWD_SCHEMA = (
     "(Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, Tensor x_weights, Tensor y_weights, "
     "Tensor shifts, int kind, float[] params, bool unbiased, bool grad_x, bool grad_y, "
     "bool grad_xw, bool grad_yw, str precision, bool value_parts=False) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 SEG_BWD_SCHEMA = (
     "(Tensor grad_terms, Tensor terms, Tensor x, Tensor y, Tensor x_offsets, Tensor y_offsets, "
@@ -518,11 +523,18 @@ def segments_fused_flags(backend: str, x_offsets, y_offsets, x_weights, y_weight
 
 
 def segments_unfused(terms: torch.Tensor, x: torch.Tensor) -> tuple:
-    """The forward outputs of a backend that does not fuse the gradients: the terms and four
-    empty parts (distinct tensors: an op's outputs may not alias)."""
+    """The forward outputs of a backend that does not fuse the gradients: the terms, four
+    empty parts and an empty value (distinct tensors: an op's outputs may not alias)."""
     ct = compute_dtype(x.dtype)
     return (terms, x.new_empty((0,), dtype=ct), x.new_empty((0,), dtype=ct),
-            x.new_empty((0,), dtype=torch.float64), x.new_empty((0,), dtype=torch.float64))
+            x.new_empty((0,), dtype=torch.float64), x.new_empty((0,), dtype=torch.float64),
+            x.new_empty((0,), dtype=segments_value_dtype(x.dtype)))
+
+
+def segments_value_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of ``mmd_segments_fwd``'s value output (and of MMD^2): float64 for fp64
+    points, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _rows_of_sets(g: torch.Tensor, offsets: torch.Tensor, rows: int) -> torch.Tensor:
@@ -543,11 +555,14 @@ def _define_segments(backend: str) -> None:
         ct = compute_dtype(x.dtype)
         f64 = torch.float64
         n = 1 if value_parts else 2
-        return (x.new_empty((x_offsets.shape[0] - 1, 3), dtype=f64),
+        nsets = x_offsets.shape[0] - 1
+        return (x.new_empty((nsets, 3), dtype=f64),
                 x.new_empty((n, x.shape[0], x.shape[1]) if fx else (0,), dtype=ct),
                 y.new_empty((n, y.shape[0], y.shape[1]) if fy else (0,), dtype=ct),
                 x.new_empty((n, x.shape[0]) if fxw else (0,), dtype=f64),
-                y.new_empty((n, y.shape[0]) if fyw else (0,), dtype=f64))
+                y.new_empty((n, y.shape[0]) if fyw else (0,), dtype=f64),
+                x.new_empty((nsets,) if value_parts and _SEG_FUSES.get(backend, False) else (0,),
+                            dtype=segments_value_dtype(x.dtype)))
 
     @torch.library.register_fake(f"{NAMESPACE}::{bwd}")
     def _bwd_fake(grad_terms, terms, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind,
@@ -564,7 +579,7 @@ def _define_segments(backend: str) -> None:
         ctx.args = (kind, params, unbiased)
         ctx.precision = precision
         ctx.dtypes = (x.dtype, y.dtype, x_weights.dtype, y_weights.dtype)
-        ctx.save_for_backward(*output, x, y, x_offsets, y_offsets, x_weights, y_weights, shifts)
+        ctx.save_for_backward(*output[:5], x, y, x_offsets, y_offsets, x_weights, y_weights, shifts)
         _no_zero_grads(ctx)
 
     def grads(ctx, grad_terms: torch.Tensor, need) -> list:
@@ -607,10 +622,16 @@ def _define_segments(backend: str) -> None:
             out = [g if r else o for g, r, o in zip(got, rest, out)]
         return out
 
-    def backward(ctx, grad_terms, *_grad_parts):
+    def backward(ctx, grad_terms, *grad_rest):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
         n_in = len(ctx.needs_input_grad)  # 15, or 16 with value_parts
+        grad_value = grad_rest[4] if len(grad_rest) > 4 else None
+        # the value output (when not (0,)): d value_b = d terms[b] . (1, 1, -2)
+        if grad_value is not None and grad_value.numel() > 0:
+            g = grad_value.to(torch.float64)
+            gv = torch.stack((g, g, -2.0 * g), 1)  # no constant tensor: traced by aot too
+            grad_terms = gv if grad_terms is None else grad_terms + gv
         if grad_terms is None:  # only the parts reached the loss: they carry no gradient
             return (None,) * n_in
         need = ctx.needs_input_grad
@@ -644,16 +665,18 @@ def _define_segments(backend: str) -> None:
             # MMD^2 with every asked gradient in the fused parts: the backward needs only those
             # parts, asked as MMD^2's own (value_parts: one per input, scaled by grad_b alone;
             # the terms' two per input took twice the stores and the saved memory, 8 MB at
-            # B = 256 sets of 64 points, d = 64, and a product and an addcmul_ to scale)
+            # B = 256 sets of 64 points, d = 64, and a product and an addcmul_ to scale), and
+            # the value itself (none asked too: a forward only); see value_grads
             asked = [k for k in range(4) if flags[k]]
             fused = segments_fused_flags(backend, x_offsets, y_offsets, x_weights, y_weights,
                                          *flags)
-            value_parts = ctx.value and bool(asked) and all(fused[k] for k in asked)
+            value_parts = (ctx.value and _SEG_FUSES.get(backend, False)
+                           and all(fused[k] for k in asked))
             inputs = (x, y, x_offsets, y_offsets, x_weights, y_weights, shifts, kind, params,
                       unbiased, *flags, precision, value_parts)
             with torch._C._AutoDispatchBelowAutograd():
                 out = fwd_overload(*inputs)
-            terms, parts = out[0], out[1:]
+            terms, parts = out[0], out[1:5]
             ctx.uniform = uniform
             ctx.nsets = terms.shape[0]
             ctx.parts_only = value_parts
@@ -667,6 +690,9 @@ def _define_segments(backend: str) -> None:
                 setup_context(ctx, inputs, out)
             if out_dtype is None:  # one set read as (3,) (weighted mmd_terms): a copy, not a view
                 return terms.view(3).clone() if scalar else terms
+            value = out[5]
+            if value.numel() > 0 and value.dtype == out_dtype:  # the backend's (value_parts)
+                return value.view(()).clone() if scalar else value
             value = torch.mv(terms, mmd_weights(terms.device))
             # one set as a 0-dim value (weighted mmd): no select node after this one, and a
             # copy (an output viewing a tensor made in here could not be modified in place)

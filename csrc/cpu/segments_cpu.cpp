@@ -19,7 +19,8 @@
 // derivatives of each set's two terms per row, wae_fast/contract.py) from the same tile pass as
 // the terms, so a training step runs the tiles once; the backward op (recomputing the tiles)
 // serves what the forward did not fuse (a y shared by B > 1 sets).  With value_parts, one part
-// per input, MMD^2's (the first minus twice the second), half the parts' stores and memory.
+// per input, MMD^2's (the first minus twice the second), half the parts' stores and memory, and
+// MMD^2 of every set (the value output).
 //
 // Scheduling: one list of (set, term, row/column block range) tasks over all sets, run by
 // at::parallel_for (small sets grouped by the loop's chunking, big sets split into row blocks).
@@ -1175,7 +1176,7 @@ at::Tensor call_shifts(const at::Tensor& shifts, const at::Tensor& Y, const at::
   return ct == at::kDouble ? set_shifts_t<double>(Y, YW, y_offsets, B, kind) : set_shifts_t<float>(Y, YW, y_offsets, B, kind);
 }
 
-using FwdOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using FwdOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_offsets, const at::Tensor& y_offsets,
                    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& shifts, int64_t kind,
@@ -1203,7 +1204,22 @@ FwdOut seg_fwd_cpp(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x
                                                       fx, fy, fxw, fyw, value_parts)
                                   : seg_fwd_t<float>(X, Y, pb, XW, YW, SH, defer_shifts, int(kind), P, unbiased,
                                                      fx, fy, fxw, fyw, value_parts);
-  return {o[0], o[1], o[2], o[3], o[4]};
+  // value_parts: MMD^2 of every set as well (wae_fast.contract: the value output), formed as
+  // (t_xx + t_yy) - 2 t_xy in fp64 and rounded once, so the eager path runs no product and cast
+  // ops after the tiles; float64 for fp64 points, else float32 (segments_value_dtype)
+  const auto vt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor value = at::empty({value_parts ? pb.B : 0}, x.options().dtype(vt));
+  if (value_parts) {
+    const double* t = o[0].data_ptr<double>();
+    for (int64_t b = 0; b < pb.B; ++b) {
+      const double v = (t[3 * b] + t[3 * b + 1]) - 2.0 * t[3 * b + 2];
+      if (vt == at::kDouble)
+        value.data_ptr<double>()[b] = v;
+      else
+        value.data_ptr<float>()[b] = float(v);
+    }
+  }
+  return {o[0], o[1], o[2], o[3], o[4], value};
 }
 
 // Gradients of sum_b grad_terms[b] . terms[b] (wae_fast/segment_sums.py), with the row sums of
