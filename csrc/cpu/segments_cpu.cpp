@@ -331,17 +331,18 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
     T* nr = pk.nrm.data() + t * kTile;
     T* wt = pk.w.data() + t * kTile;
     int64_t* st = pk.src.data() + t * kTile;
-    // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h)
-    for (int64_t c = 0; c < nn; ++c) {
-      nr[c] = acc[c] <= lim ? T(acc[c]) : std::numeric_limits<T>::quiet_NaN();
-      wt[c] = (src.W == nullptr || src.keep == Keep::kZero) ? T(1) : src.W[srcs[c]];
-      st[c] = srcs[c];
-    }
-    for (int64_t c = nn; c < kTile; ++c) {
-      nr[c] = T(0);
-      wt[c] = T(0);
-      st[c] = -1;
-    }
+    // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h).
+    // Three plain loops (the first two vectorised): one scalar loop with the weight's branch
+    // inside ran at ~24 cycles a row, ~6% of a B = 256 sets of 64 points forward + backward
+    for (int64_t c = 0; c < nn; ++c) nr[c] = acc[c] <= lim ? T(acc[c]) : std::numeric_limits<T>::quiet_NaN();
+    if (src.W == nullptr || src.keep == Keep::kZero)
+      std::fill(wt, wt + nn, T(1));
+    else
+      for (int64_t c = 0; c < nn; ++c) wt[c] = src.W[srcs[c]];
+    std::copy(srcs, srcs + nn, st);
+    std::fill(nr + nn, nr + kTile, T(0));
+    std::fill(wt + nn, wt + kTile, T(0));
+    std::fill(st + nn, st + kTile, int64_t(-1));
   }
   if (pk.window) pk.zeroed = std::max(pk.zeroed, pk.tile0[s] + pk.blocks(s));
 }
