@@ -291,6 +291,20 @@ struct PackSource {
   bool kept(int64_t i) const { return W == nullptr || keep == Keep::kAll || (keep == Keep::kZero) == (W[i] == T(0)); }
 };
 
+#ifdef WAE_PACK_AVX2
+//! nr[c] = float(acc[c]), NaN where acc[c] > lim or is NaN, for c < n, four at a time: the pack's
+//! 256-bit stores just wrote acc, and scalar loads of it waited for them (~10% of pack_set)
+__attribute__((target("avx2"), noinline)) void norms_avx2(const double* acc, float* nr, int64_t n, double lim) {
+  const __m256d l = _mm256_set1_pd(lim), nan = _mm256_set1_pd(std::numeric_limits<double>::quiet_NaN());
+  int64_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    const __m256d a = _mm256_loadu_pd(acc + c);
+    _mm_storeu_ps(nr + c, _mm256_cvtpd_ps(_mm256_blendv_pd(nan, a, _mm256_cmp_pd(a, l, _CMP_LE_OQ))));
+  }
+  for (; c < n; ++c) nr[c] = acc[c] <= lim ? float(acc[c]) : std::numeric_limits<float>::quiet_NaN();
+}
+#endif
+
 //! Packs set s of `src` into its tiles of pk (planned by build_pack): one tile at a time, every
 //! element of it written (padding rows and columns 0, src -1): the shifted rows (with_rows),
 //! their per-tile transpose (mmd_cpu_kernel.h Operand::cols), and the squared norms in fp64, k
@@ -303,20 +317,29 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
   const int64_t d = src.d, dp = pk.dp;
   const bool with_rows = src.with_rows;
   const double lim = double(wae_fast::MaxSqNorm<T>::value);
+  // every row kept (unweighted, or a pass over all rows): set s's rows in order, no index list
+  const bool all = src.W == nullptr || src.keep == Keep::kAll;
   int64_t srcs[kTile];
   double acc[kTile];
   const T* sh = src.SH + src.sh_row[s] * d;
   int64_t i = src.r0[s];
   for (int64_t t = pk.tile0[s]; t < pk.tile0[s] + pk.blocks(s); ++t) {
     int64_t nn = 0;
-    for (; i < src.r1[s] && nn < kTile; ++i)
-      if (src.kept(i)) srcs[nn++] = i;
+    const int64_t i0 = i;
+    const T* q[kTile];
+    if (all) {
+      nn = std::min<int64_t>(kTile, src.r1[s] - i);
+      for (int64_t c = 0; c < nn; ++c) q[c] = src.P + (i0 + c) * d;
+      i += nn;
+    } else {
+      for (; i < src.r1[s] && nn < kTile; ++i)
+        if (src.kept(i)) srcs[nn++] = i;
+      for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
+    }
     T* ctile = pk.cols.data() + t * dp * kTile;
-    std::fill(acc, acc + kTile, 0.0);  // squared norms, fp64 (padding rows: 0)
+    for (int64_t c = 0; c < kTile; ++c) acc[c] = 0.0;  // squared norms, fp64 (padding rows: 0)
     // the transpose straight from the input, the shifted rows written on the way (with_rows)
     T* rt = with_rows ? pk.rows.data() + t * kTile * dp : nullptr;
-    const T* q[kTile];
-    for (int64_t c = 0; c < nn; ++c) q[c] = src.P + srcs[c] * d;
     wae_cpu_pack::pack_tile<T>(q, sh, d, nn, ctile, acc, src.isa, rt, dp);
     for (int64_t k = 0; k < d; ++k) std::fill(ctile + k * kTile + nn, ctile + (k + 1) * kTile, T(0));
     // zeros: coordinates d .. dp - 1 (once per window tile: rewriting them for every set cost
@@ -332,14 +355,28 @@ void pack_set(Pack<T>& pk, const PackSource<T>& src, int64_t s) {
     T* wt = pk.w.data() + t * kTile;
     int64_t* st = pk.src.data() + t * kTile;
     // outside the supported magnitude range (or NaN): NaN, so its pairs are NaN (tile_math.h).
-    // Three plain loops (the first two vectorised): one scalar loop with the weight's branch
-    // inside ran at ~24 cycles a row, ~6% of a B = 256 sets of 64 points forward + backward
-    for (int64_t c = 0; c < nn; ++c) nr[c] = acc[c] <= lim ? T(acc[c]) : std::numeric_limits<T>::quiet_NaN();
+    // Plain loops, not one with the weight's branch inside (that one ran ~24 cycles a row, ~6% of
+    // a B = 256 sets of 64 points, d = 8 forward + backward)
+    bool done = false;
+#ifdef WAE_PACK_AVX2
+    if constexpr (std::is_same<T, float>::value)
+      if (src.isa >= 1) {
+        norms_avx2(acc, nr, nn, lim);
+        done = true;
+      }
+#endif
+    if (!done)
+      for (int64_t c = 0; c < nn; ++c) nr[c] = acc[c] <= lim ? T(acc[c]) : std::numeric_limits<T>::quiet_NaN();
     if (src.W == nullptr || src.keep == Keep::kZero)
       std::fill(wt, wt + nn, T(1));
+    else if (all)
+      std::copy(src.W + i0, src.W + i0 + nn, wt);
     else
       for (int64_t c = 0; c < nn; ++c) wt[c] = src.W[srcs[c]];
-    std::copy(srcs, srcs + nn, st);
+    if (all)
+      for (int64_t c = 0; c < nn; ++c) st[c] = i0 + c;
+    else
+      for (int64_t c = 0; c < nn; ++c) st[c] = srcs[c];
     std::fill(nr + nn, nr + kTile, T(0));
     std::fill(wt + nn, wt + kTile, T(0));
     std::fill(st + nn, st + kTile, int64_t(-1));
