@@ -627,6 +627,13 @@ def test_bench_segments_tiny_runs(capsys):
     assert out.count("| batched") == 16 and out.count("| ragged") == 12 and out.count("| single") == 4
 
 
+def test_bench_segments_ratio_tiny_runs(capsys):
+    """The interleaved per-pair ratio script runs and prints a positive ratio."""
+    from benchmarks import bench_segments_ratio
+    r = bench_segments_ratio.main(["--tiny", "--rounds", "1", "--grad", "--d", "3"])
+    assert r > 0 and "per-pair ratio" in capsys.readouterr().out
+
+
 def test_bench_segments_split_tiny_runs(capsys):
     """The time-split script's smoke run (tiny shapes, one rep) prints one row per d."""
     from benchmarks import bench_segments_split
