@@ -181,11 +181,6 @@ def _common(x, y):
     return x, y
 
 
-def _value_dtype(dtype: torch.dtype) -> torch.dtype:
-    """MMD^2's dtype: float64 for fp64 points, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def weighted_terms(x, y, x_weights, y_weights, kernel, *, estimator, backend, check_finite,
                    precision, value: bool = False) -> torch.Tensor:
     """(3,) terms of one weighted pair of sets (``mmd``/``mmd_terms`` with weights): B = 1;
@@ -196,7 +191,7 @@ def weighted_terms(x, y, x_weights, y_weights, kernel, *, estimator, backend, ch
     # one set of each size, as equal sets: ranges (cached offset tensors, the one-set backward)
     return segment_terms(x, y, uniform_offsets(1, x.shape[0]), uniform_offsets(1, y.shape[0]), xw, yw,
                          kernel, estimator, backend, check_finite, precision,
-                         _value_dtype(x.dtype) if value else None, scalar=True)
+                         contract.segments_value_dtype(x.dtype) if value else None, scalar=True)
 
 
 def mmd_terms_batched(
@@ -239,7 +234,8 @@ def _batched(x, y, kernel, x_weights, y_weights, estimator, backend, check_finit
     # them; a reshape here would put a view node per input in the autograd graph)
     return segment_terms(x, y, xo, yo, None if xw is None else xw.reshape(-1),
                          None if yw is None else yw.reshape(-1), kernel, estimator, backend,
-                         check_finite, precision, _value_dtype(x.dtype) if value else None)
+                         check_finite, precision,
+                         contract.segments_value_dtype(x.dtype) if value else None)
 
 
 def mmd_batched(
@@ -316,4 +312,4 @@ def mmd_varlen(
     xw = check_weights("x_weights", x_weights, x.shape[:1], x)
     yw = check_weights("y_weights", y_weights, y.shape[:1], y)
     return segment_terms(x, y, xo, yo, xw, yw, kernel, estimator, backend, check_finite, precision,
-                         _value_dtype(x.dtype))
+                         contract.segments_value_dtype(x.dtype))
