@@ -86,10 +86,12 @@ inline void transpose4(const T* const* q, const T* sh, int64_t d, T* ct, double*
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(WAE_NO_X86_PACK)
 #define WAE_PACK_AVX2 1
 //! transpose4 for sixteen rows at once, by 8 x 8 blocks of AVX2 registers (fp32; the caller
-//! checked the CPU's AVX2): the same stores and the same squared norms, bit for bit (products and
-//! sums rounded one at a time, k ascending: this function's target has no FMA to contract them
-//! into).  Four rows' norms were two chains of d dependent adds each, the pack's bound.
-static __attribute__((target("avx2"), noinline)) void transpose16_avx2(const float* const* q, const float* sh, int64_t d,
+//! checked the CPU's AVX2 and FMA): the same stores and the same squared norms, bit for bit (k
+//! ascending, one rounding per add: a float's square is exact in fp64, 24-bit significands, so
+//! the FMA n + v v rounds once, as the add of the exact product does; one instruction instead of
+//! two, the norms were most of this function's instructions at d = 8).  Four rows' norms were two
+//! chains of d dependent adds each, the pack's bound.
+static __attribute__((target("avx2,fma"), noinline)) void transpose16_avx2(const float* const* q, const float* sh, int64_t d,
                                                                float* ct, double* nrm, float* ro, int64_t ldr,
                                                                int64_t k0 = 0) {
   // coordinates k0 .. k0 + d - 1 (from k0 > 0: transpose16_avx512's last ones)
@@ -129,9 +131,11 @@ static __attribute__((target("avx2"), noinline)) void transpose16_avx2(const flo
       for (int j = 0; j < 8; ++j) {
         _mm256_storeu_ps(ct + (k + j) * kTile + 8 * g, r[j]);
         const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(r[j]));
-        const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(r[j], 1));
-        n[2 * g] = _mm256_add_pd(n[2 * g], _mm256_mul_pd(lo, lo));
-        n[2 * g + 1] = _mm256_add_pd(n[2 * g + 1], _mm256_mul_pd(hi, hi));
+        // the upper four from the store just made (a load port, not the shuffle unit that the
+        // transpose keeps busy)
+        const __m256d hi = _mm256_cvtps_pd(_mm_loadu_ps(ct + (k + j) * kTile + 8 * g + 4));
+        n[2 * g] = _mm256_fmadd_pd(lo, lo, n[2 * g]);  // exact product: the add's rounding
+        n[2 * g + 1] = _mm256_fmadd_pd(hi, hi, n[2 * g + 1]);
       }
     }
   }
@@ -139,12 +143,11 @@ static __attribute__((target("avx2"), noinline)) void transpose16_avx2(const flo
   pack_scalar<float>(q, sh, k, d, 16, ct, nrm, ro, ldr);
 }
 //! transpose16_avx2 by 16 x 16 blocks of AVX-512 registers (the caller checked the CPU's AVX-512
-//! F): half the instructions per element.  The products and sums of the norms take an explicit
-//! rounding mode, so that they stay two roundings (this target has FMA to contract them into).
+//! F): half the instructions per element.  The norms by FMAs, the same bits as transpose16_avx2's
+//! (a float's square is exact in fp64).
 static __attribute__((target("avx512f"), noinline)) void transpose16_avx512(const float* const* q, const float* sh,
                                                                      int64_t d, float* ct, double* nrm, float* ro,
                                                                      int64_t ldr) {
-  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   int64_t k = 0;
   __m512d n0 = _mm512_loadu_pd(nrm), n1 = _mm512_loadu_pd(nrm + 8);
   for (; k + 16 <= d; k += 16) {
@@ -177,9 +180,11 @@ static __attribute__((target("avx512f"), noinline)) void transpose16_avx512(cons
     for (int j = 0; j < 16; ++j) {  // r[j]: coordinate k + j of the sixteen rows
       _mm512_storeu_ps(ct + (k + j) * kTile, r[j]);
       const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(r[j]));
-      const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r[j]), 1)));
-      n0 = _mm512_add_round_pd(n0, _mm512_mul_round_pd(lo, lo, kRn), kRn);
-      n1 = _mm512_add_round_pd(n1, _mm512_mul_round_pd(hi, hi, kRn), kRn);
+      // the upper eight from the store just made (a load port, not the shuffle unit that the
+      // transpose keeps busy)
+      const __m512d hi = _mm512_cvtps_pd(_mm256_loadu_ps(ct + (k + j) * kTile + 8));
+      n0 = _mm512_fmadd_pd(lo, lo, n0);
+      n1 = _mm512_fmadd_pd(hi, hi, n1);
     }
   }
   _mm512_storeu_pd(nrm, n0);
@@ -197,7 +202,7 @@ inline int64_t transpose_rows(const T* const* q, const T* sh, int64_t d, T* ct, 
 #ifdef WAE_PACK_AVX2
   if constexpr (std::is_same<T, float>::value)
     if (isa >= 1 && left >= 16) {
-      if (isa >= 2)
+      if (isa >= 2 && d >= 16)  // (below 16 coordinates it would hand them all to the AVX2 form)
         transpose16_avx512(q, sh, d, ct, nrm, ro, ldr);
       else
         transpose16_avx2(q, sh, d, ct, nrm, ro, ldr);
