@@ -129,11 +129,12 @@ OFFSETS = {"one": (_cum([2, 17, 17, 64, 7, 33]), _cum([9, 3, 33, 33, 3, 64])),
     ("poly", False, torch.float64, True), ("poly", True, torch.float64, False),
     ("imq", True, torch.float32, True), ("imq", False, torch.float32, False)])
 def test_value_only_diagonal_tiles_against_oracle(isa, offs, d, kname, unbiased, dtype, weighted):
-    """The forward without gradients: its diagonal tiles skip the columns below the diagonal and,
-    for d <= 64, evaluate their diagonal lane blocks by rotations (every pair once, counted
-    twice; the j == i term of the biased estimator once; d = 40: the rotations' coordinates in
-    two chunks of kRotChunk = 32 and 8); d = 70 runs the plain tiles.  "one" and "many" pack
-    each set right before its tiles (one task per set)."""
+    """The forward without gradients: its diagonal tiles skip the columns below the diagonal and
+    evaluate their diagonal lane blocks by rotations (every pair once, counted twice; the j == i
+    term of the biased estimator once): AVX-512 at every d (rotations in the register), the
+    other ISAs for d <= 64 (d = 40: the rotations' coordinates in two chunks of kRotChunk = 32
+    and 8), d = 70 there runs the plain tiles.  "one" and "many" pack each set right before its
+    tiles (one task per set)."""
     xo, yo = OFFSETS[offs]
     x, y, xw, yw = segment_data(xo, yo, d, dtype, "cpu", seed=d + 3 * unbiased, nan_pad=weighted)
     if not weighted:
@@ -146,7 +147,7 @@ def test_value_only_diagonal_tiles_against_oracle(isa, offs, d, kname, unbiased,
     assert bool((err <= VAL_TOL[dtype] * terms_scale(want)[:, None]).all()), err.max().item()
 
 
-@pytest.mark.parametrize("d", [4, 8, 40])
+@pytest.mark.parametrize("d", [4, 8, 40, 70])
 def test_value_only_non_finite_point_stays_in_its_set(isa, d):
     """A NaN coordinate in the rotated diagonal block of set 1 (lane 5): that set's xx term is
     NaN, the other sets' terms are finite and right."""

@@ -232,6 +232,32 @@ struct VRcp14 {
 };
 #endif
 
+#if WAE_CPU_VBYTES == 64
+//! v with its lanes rotated by K (lane l holds v[(l + K) mod L]): valignd / valignq, one
+//! in-lane-order shuffle of the register with itself.
+template <class T, int K>
+static inline __attribute__((always_inline)) typename Vec<T>::V lane_rot(typename Vec<T>::V v) {
+  __m512i m;
+  __builtin_memcpy(&m, &v, 64);
+  if constexpr (sizeof(T) == 4)
+    m = _mm512_alignr_epi32(m, m, K);
+  else
+    m = _mm512_alignr_epi64(m, m, K);
+  __builtin_memcpy(&v, &m, 64);
+  return v;
+}
+template <class T, int... S>
+static inline __attribute__((always_inline)) void lane_rot_dots_seq(typename Vec<T>::V* dots, typename Vec<T>::V v,
+                                                                    std::integer_sequence<int, S...>) {
+  ((dots[S] += v * lane_rot<T, S + 1>(v)), ...);
+}
+//! dots[s - 1] += v * (v rotated by s), s = 1 .. L/2: one coordinate of the rotations' dot products.
+template <class T>
+static inline __attribute__((always_inline)) void lane_rot_dots(typename Vec<T>::V* dots, typename Vec<T>::V v) {
+  lane_rot_dots_seq<T>(dots, v, std::make_integer_sequence<int, Vec<T>::L / 2>{});
+}
+#endif
+
 // One kTile x kTile tile: returns the kernel sum over valid pairs (in fp64, from a compute-type
 // vector accumulator); with GRAD, stores W (kTile x kTile), row sums RS and column sums CS (CS
 // null: no column side reads them, a diagonal tile's or one without g_cols; not accumulated).
@@ -516,12 +542,20 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
         const V kv = eval(zero, dot);
         ksum += valid ? (WT ? wv * (kv * wv) : kv) : zero;
       }
-      // the dot products of the rotations from a copy of the block's coordinates with every
-      // point twice (lanes l and l + L: point l), where rotation s is the (unaligned) vector at
-      // lane s: loads instead of lane shuffles (B = 256 sets of 64 points, forward: 3-4% faster
-      // at d = 32 and 64; the same at 8 and 16); the sums over k in the same order (same bits)
+      // the dot products of the rotations, the sums over k in the same order (the same bits
+      // either way).  64-byte vectors: rotation s of the block's coordinates in the register
+      // (valignd, lane_rot): per coordinate one aligned load, L/2 shuffles and L/2 FMAs; the
+      // unaligned loads below split across cache lines at that width (two loads each): B = 256
+      // sets of 64 points, forward, the tiles' samples 3-8% fewer at d = 8, 5-10% at d = 32 and
+      // 64, 6-12% at d = 128 and 256 (perf, fixed calls).  32-byte vectors: from a copy of the
+      // block's coordinates with every point twice (lanes l and l + L: point l), where rotation
+      // s is the (unaligned) vector at lane s: loads instead of general lane shuffles (vpermps:
+      // 3-4% slower at d = 32 and 64, the same at 8 and 16)
       V dots[L / 2];
       for (int sr = 0; sr < L / 2; ++sr) dots[sr] = zero;
+#if WAE_CPU_VBYTES == 64
+      for (int64_t k = 0; k < pb.d; ++k) lane_rot_dots<T>(dots, vload<V>(cb + k * kTile));
+#else
       alignas(64) T dbl[kRotChunk * 2 * L];
       for (int64_t k0 = 0; k0 < pb.d; k0 += kRotChunk) {
         const int64_t kn = std::min<int64_t>(kRotChunk, pb.d - k0);
@@ -535,6 +569,7 @@ static double tile_forward(const Problem<T>& pb, int64_t i0, int64_t j0, bool di
           for (int sr = 1; sr <= L / 2; ++sr) dots[sr - 1] += v * vload<V>(dbl + k * 2 * L + sr);
         }
       }
+#endif
       for (int sr = 1; sr <= L / 2; ++sr) {
         const I perm = (iota + IS(sr)) & IS(L - 1);
         const V acc = dots[sr - 1];

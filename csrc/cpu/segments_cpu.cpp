@@ -78,11 +78,12 @@ using TileProblem = wae_cpu_generic::Problem<T>;
 template <class T>
 using Operand = wae_cpu_generic::Operand<T>;
 
-// Value-only diagonal tiles by lane rotations (mmd_cpu_kernel.h Problem::rotate_diag) up to this
-// d: each rotation recomputes its dot products (2 d loads and d FMAs per L pairs), which the saved
-// kernel evaluations and the skipped half of each diagonal block repay up to d = 64 (measured at
-// B = 256 sets of 64 points, one thread, forward: 3-4% faster at d = 32 and 64; d = 128 within
-// the host's noise); with lane shuffles instead of the loads, d = 64 was 5% slower
+// Value-only diagonal tiles by lane rotations (mmd_cpu_kernel.h Problem::rotate_diag): with
+// AVX-512 (isa 2: rotations in the register, valignd) at every d (B = 256 sets of 64 points, one
+// thread, forward: the tiles' samples 6-12% fewer than without rotations at d = 128 and 256);
+// with 32-byte vectors up to this d: each rotation recomputes its dot products (2 d loads and d
+// FMAs per L pairs), which the saved kernel evaluations and the skipped half of each diagonal
+// block repay up to d = 64 (3-4% faster at d = 32 and 64; d = 128 within the host's noise)
 constexpr int64_t kRotateMaxD = 64;
 constexpr int64_t kMaxGroups = 32;  // as mmd_cpu.cpp: groups of row blocks per set in the rounds
 
@@ -637,7 +638,7 @@ struct Setup {
     for (int s = 0; s < S; ++s) pb.P[s] = P[s];
     pb.symmetric = sym;
     pb.unbiased = unbiased;
-    pb.rotate_diag = d <= kRotateMaxD;
+    pb.rotate_diag = d <= kRotateMaxD || isa >= 2;
     if (weighted) {
       pb.wa = wa;
       pb.wb = wb;
